@@ -1,0 +1,77 @@
+"""All runtime configuration, read once from `SHARP_*` environment variables.
+
+Every knob of the service lives here so that the CLI, the HTTP app, Docker and Modal
+read the same names. See the README's "Configuration" table for each variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OFFICIAL_CHECKPOINT_URL = "https://ml-site.cdn-apple.com/models/sharp/sharp_2572gikvuh.pt"
+"""The official SHARP checkpoint, as named by apple/ml-sharp."""
+
+Preset = Literal["sharp", "tiny"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DTypeName = Literal["float32", "bfloat16", "float16"]
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/sharp-serve`, else `~/.cache/sharp-serve`."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sharp-serve"
+
+
+class Settings(BaseSettings):
+    """Typed settings; each field `name` is read from the variable `SHARP_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SHARP_", case_sensitive=False, extra="ignore")
+
+    # Model
+    preset: Preset = "sharp"
+    checkpoint: Path | None = None
+    checkpoint_url: str = OFFICIAL_CHECKPOINT_URL
+    checkpoint_sha256: str | None = None
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    offline: bool = False
+    device: DeviceName = "auto"
+    dtype: DTypeName = "float32"
+
+    # HTTP service
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_upload_mb: float = Field(default=25.0, gt=0)
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    max_queue: int = Field(default=8, ge=0)
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("checkpoint_sha256", "checkpoint", "api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read from the environment on first use)."""
+    return Settings()
