@@ -1,0 +1,238 @@
+"""The Modal pieces shared by `modal_api.py` (HTTP API) and `modal_app.py` (function API).
+
+One image, one weights volume, one set of container options and one model-loading path, so the two
+deploy files differ only in what they expose. Everything here is read at deploy time (`modal deploy`,
+`modal run`, `modal serve`) from the *local* environment:
+
+* `SHARP_GPU` - GPU type for the model containers (default `A100`; e.g. `H100`, `L40S`, `A100-80GB`).
+* `SHARP_SCALEDOWN_WINDOW` - seconds an idle container is kept warm (default 300).
+* `SHARP_PROXY_AUTH=1` - the web endpoint requires Modal proxy-auth headers (`Modal-Key`/`Modal-Secret`).
+* `SHARP_API_KEY_SECRET=<name>` - attach that Modal Secret (it should hold `SHARP_API_KEY`).
+* the service settings in `PASSTHROUGH_ENV` are copied into the container image's environment.
+
+This module must stay cheap to import (no torch, no pydantic at module level): it is imported by the
+deploy files locally and again in every container, including the lightweight forwarding functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import modal
+
+if TYPE_CHECKING:
+    from app.predictor import SharpPredictor
+    from app.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+CACHE_VOLUME_NAME = "sharp-model-cache"
+"""The Modal Volume holding downloaded checkpoints (created on first deploy)."""
+CACHE_MOUNT = PurePosixPath("/cache")
+"""Where the volume is mounted in containers; it is the container's `SHARP_CACHE_DIR`."""
+
+DEFAULT_GPU = "A100"
+DEFAULT_SCALEDOWN_WINDOW_S = 300
+MAX_CONCURRENT_INPUTS = 10
+"""Requests (or method calls) one container takes at once; the predictor still runs one forward at a time."""
+TIMEOUT_S = 900
+"""Per-input and container-startup limit: covers the first container's ~2.8 GB checkpoint download."""
+PYTHON_VERSION = "3.11"
+
+PASSTHROUGH_ENV: tuple[str, ...] = (
+    "SHARP_PRESET",
+    "SHARP_CHECKPOINT",
+    "SHARP_CHECKPOINT_URL",
+    "SHARP_CHECKPOINT_SHA256",
+    "SHARP_OFFLINE",
+    "SHARP_DEVICE",
+    "SHARP_DTYPE",
+    "SHARP_MAX_UPLOAD_MB",
+    "SHARP_MAX_PIXELS",
+    "SHARP_MAX_QUEUE",
+    "SHARP_CORS_ORIGINS",
+    "SHARP_LOG_LEVEL",
+)
+"""Service settings copied from the deploy environment into the container image (when set and non-empty).
+
+`SHARP_API_KEY` is deliberately absent: a key must not be baked into an image, use a Modal Secret
+(`SHARP_API_KEY_SECRET`). `SHARP_CACHE_DIR` is always the volume mount.
+"""
+
+CONTAINER_DEFAULTS: dict[str, str] = {"SHARP_DEVICE": "cuda"}
+"""Container settings that differ from the local defaults: a GPU container must fail loudly, not fall back
+to the CPU, if CUDA is unusable."""
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# ------------------------------------------------------------------------------------ deploy options
+
+
+def gpu_type(environ: Mapping[str, str] | None = None) -> str:
+    """The GPU to request: `SHARP_GPU` at deploy time, else `A100`."""
+    environ = os.environ if environ is None else environ
+    return (environ.get("SHARP_GPU") or "").strip() or DEFAULT_GPU
+
+
+def scaledown_window(environ: Mapping[str, str] | None = None) -> int:
+    """Seconds an idle container is kept: `SHARP_SCALEDOWN_WINDOW`, else 300 (Modal allows 2..3600)."""
+    environ = os.environ if environ is None else environ
+    raw = (environ.get("SHARP_SCALEDOWN_WINDOW") or "").strip()
+    if not raw:
+        return DEFAULT_SCALEDOWN_WINDOW_S
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"SHARP_SCALEDOWN_WINDOW must be a whole number of seconds, got {raw!r}") from None
+    if not 2 <= value <= 3600:
+        raise ValueError(f"SHARP_SCALEDOWN_WINDOW must be between 2 and 3600 seconds, got {value}")
+    return value
+
+
+def proxy_auth(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the web endpoint requires Modal proxy auth: `SHARP_PROXY_AUTH=1` at deploy time."""
+    environ = os.environ if environ is None else environ
+    return (environ.get("SHARP_PROXY_AUTH") or "").strip().lower() in _TRUE
+
+
+def secrets(environ: Mapping[str, str] | None = None) -> list[modal.Secret]:
+    """The Modal Secret named by `SHARP_API_KEY_SECRET` (e.g. `sharp-api-key`), if that variable is set."""
+    environ = os.environ if environ is None else environ
+    name = (environ.get("SHARP_API_KEY_SECRET") or "").strip()
+    return [modal.Secret.from_name(name)] if name else []
+
+
+def container_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The `SHARP_*` environment of the model containers."""
+    environ = os.environ if environ is None else environ
+    env = dict(CONTAINER_DEFAULTS)
+    for name in PASSTHROUGH_ENV:
+        value = environ.get(name)
+        if value is not None and value.strip():
+            env[name] = value
+    env["SHARP_CACHE_DIR"] = str(CACHE_MOUNT)
+    return env
+
+
+def build_image(environ: Mapping[str, str] | None = None) -> modal.Image:
+    """Debian slim + the project's dependencies (read from pyproject.toml at build time) + `app/`.
+
+    The PyPI torch wheels for Linux x86-64 bundle CUDA, so no CUDA base image is needed. The env layer comes
+    after the dependencies, so changing a setting does not reinstall anything; `app/` is mounted at
+    container start (not baked in), so code changes redeploy in seconds.
+    """
+    return (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .pip_install_from_pyproject(str(PYPROJECT))
+        .env(container_env(environ))
+        .add_local_python_source("app")
+    )
+
+
+image = build_image()
+cache_volume = modal.Volume.from_name(CACHE_VOLUME_NAME, create_if_missing=True)
+
+
+def model_cls_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of `@app.cls` for a class that holds the model on a GPU."""
+    return {
+        "image": image,
+        "gpu": gpu_type(environ),
+        "volumes": {str(CACHE_MOUNT): cache_volume},
+        "secrets": secrets(environ),
+        "timeout": TIMEOUT_S,
+        "scaledown_window": scaledown_window(environ),
+        "enable_memory_snapshot": True,
+    }
+
+
+# ------------------------------------------------------------------------------ in-container loading
+
+
+def running_in_container() -> bool:
+    """True inside a Modal container; False for local runs (`.local()`, tests)."""
+    return not modal.is_local()
+
+
+def container_settings() -> Settings:
+    """The service settings, read from the container's environment (see `container_env`)."""
+    from app.settings import Settings
+
+    return Settings()
+
+
+def prepare_checkpoint(
+    settings: Settings, volume: Any = None, *, in_container: bool | None = None
+) -> Path | None:
+    """Make sure the checkpoint the settings need is in the cache dir (the volume), downloading it once.
+
+    Returns its path, or None when the preset runs on synthetic weights (e.g. `tiny`) and needs no file.
+    Inside a container, a missing file first triggers `volume.reload()` (another container may have
+    committed it since this one mounted the volume), and a fresh download is followed by
+    `volume.commit()` so that later containers find it. Outside a container the volume is left alone.
+    """
+    from app import weights
+
+    if in_container is None:
+        in_container = running_in_container()
+    sync = volume is not None and in_container
+
+    if settings.checkpoint is not None:  # SHARP_CHECKPOINT, e.g. /cache/my-finetune.pt (`modal volume put`)
+        path = Path(settings.checkpoint)
+        if sync and not path.is_file():
+            volume.reload()
+        return path
+    if settings.preset != "sharp":
+        return None
+
+    dest = weights.cached_checkpoint_path(settings.checkpoint_url, settings.cache_dir)
+    if sync and not dest.is_file():
+        volume.reload()
+    had_it = dest.is_file()
+    path = weights.resolve_checkpoint(
+        None, url=settings.checkpoint_url, cache_dir=settings.cache_dir, sha256=settings.checkpoint_sha256,
+        offline=settings.offline, progress=False,
+    )
+    if sync and (not had_it or settings.checkpoint_sha256):  # a download, or a new `.sha256` sidecar
+        LOGGER.info("Committing %s to the volume %s.", path, CACHE_VOLUME_NAME)
+        volume.commit()
+    return path
+
+
+def load_on_cpu(settings: Settings, volume: Any = None) -> SharpPredictor:
+    """Step 1 of a container start (`@modal.enter(snap=True)`): weights into CPU memory, no GPU touched.
+
+    With memory snapshots this runs once per snapshot and its result (imports, network, weights) is
+    restored on later cold starts. The weights are copied out of the memory-mapped checkpoint into
+    ordinary memory, so the snapshot does not depend on the volume's file staying mapped. CUDA is not
+    initialised here: Modal's CPU snapshots are taken without a usable GPU.
+    """
+    import torch
+
+    from app.predictor import SharpPredictor
+
+    prepare_checkpoint(settings, volume)
+    cpu_settings = settings.model_copy(update={"device": "cpu", "dtype": "float32"})
+    predictor = SharpPredictor.from_settings(cpu_settings, progress=False)
+    with torch.no_grad():
+        predictor.network._apply(torch.Tensor.clone)  # mmap'ed file pages -> anonymous RAM
+    return predictor
+
+
+def move_to_device(predictor: SharpPredictor, settings: Settings) -> SharpPredictor:
+    """Step 2 (`@modal.enter(snap=False)`, after any restore): network to `SHARP_DEVICE` in `SHARP_DTYPE`."""
+    from app.predictor import SharpPredictor, select_device
+
+    device = select_device(settings.device)
+    info = predictor.info
+    return SharpPredictor(
+        predictor.network, weights=info.weights, checkpoint=info.checkpoint, device=device,
+        dtype=settings.dtype,
+    )
