@@ -1,0 +1,302 @@
+"""Niantic's compressed ``.spz`` format (gzip container, version 3 by default; version 2 on request).
+
+The file is one gzip stream of a 16-byte little-endian header followed by one section per attribute,
+each holding all Gaussians in turn (point-major inside a section):
+
+- header: magic ``0x5053474e`` ("NGSP") u32, version u32, numPoints u32, shDegree u8 (0 here),
+  fractionalBits u8, flags u8 (0: not antialiased), reserved u8 (0);
+- positions, 9 bytes each: x, y, z as 24-bit two's-complement fixed point, little-endian,
+  ``round(coordinate * 2**fractionalBits)``; fractionalBits is 12 (1/4096 m = 0.24 mm, range ±2048 m)
+  unless the scene is wider, then as many as fit (positions outside ±2**23 steps are clipped);
+- alphas, 1 byte: ``round(opacity * 255)``;
+- colors, 3 bytes: ``round(f_dc * 0.15 * 255 + 127.5)`` with ``f_dc = (srgb - 0.5) / SH_C0``, the SH DC
+  coefficient of the sRGB colour (as in the PLY), so sRGB [0, 1] uses bytes 60..195 (a step of 0.0074);
+- scales, 3 bytes: ``round((log(scale) + 10) * 16)``, log standard deviations in steps of 1/16 (±3 %);
+- rotations: version 3, 4 bytes: "smallest three" of the unit quaternion in (x, y, z, w) order, a
+  little-endian u32 holding the index of the largest-magnitude component in bits 30-31 and, for the other
+  three components in increasing index order from bit 29 down, a sign bit and a 9-bit magnitude
+  ``round(511 * |c| / sqrt(1/2))``, the quaternion being negated first so that the largest component is
+  positive; version 2, 3 bytes: ``round(c * 127.5 + 127.5)`` for x, y, z with w made non-negative.
+- no spherical-harmonic section (shDegree 0).
+
+Every byte quantity is rounded half away from zero and clipped to [0, 255].
+
+Axes: SPZ stores RUB coordinates (x right, y up, z back: OpenGL / three.js), while our scenes are in the
+OpenCV camera frame RDF (x right, y down, z forward). The two differ by a 180-degree rotation about x, so
+encoding maps positions (x, y, z) -> (x, -y, -z) and quaternions (w, x, y, z) -> (w, x, -y, -z); decoding
+applies the same map again (it is its own inverse). Viewers that honour the SPZ convention therefore show
+the photo upright, with the camera at the origin looking down -z.
+
+Not stored: the camera (pass it to `decode_spz`). Decoding gives colours, opacities and scales within the
+quantisation steps above, positions within half a fixed-point step, rotations within about 0.002 per
+quaternion component (version 3) or 0.004 (version 2).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from app.formats.splat import quantize_uint8
+from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
+
+SPZ_MAGIC = 0x5053474E
+HEADER_STRUCT = struct.Struct("<IIIBBBB")
+HEADER_BYTES = HEADER_STRUCT.size  # 16
+COLOR_SCALE = 0.15
+DEFAULT_FRACTIONAL_BITS = 12
+SUPPORTED_VERSIONS = (2, 3)
+_SH_DIM = {0: 0, 1: 3, 2: 8, 3: 15}
+_SQRT1_2 = np.float32(math.sqrt(0.5))
+_MAG_MAX = 511  # 9-bit magnitudes of the smallest-three encoding
+_FIXED_MAX = (1 << 23) - 1
+_GZIP_BLOCK_BYTES = 1 << 20
+# For each index of the largest component, the three other columns in increasing order.
+_KEPT_COLUMNS = np.array([[c for c in range(4) if c != largest] for largest in range(4)], dtype=np.int64)
+
+# RDF <-> RUB: a 180-degree rotation about x (its own inverse).
+_FLIP_POSITION = np.array([1, -1, -1], dtype=np.float32)
+_FLIP_QUATERNION_XYZW = np.array([1, -1, -1, 1], dtype=np.float32)
+
+
+class SpzHeader(NamedTuple):
+    """The 16-byte header at the start of the decompressed stream."""
+
+    magic: int
+    version: int
+    num_points: int
+    sh_degree: int
+    fractional_bits: int
+    flags: int
+    reserved: int
+
+
+def choose_fractional_bits(positions: np.ndarray) -> int:
+    """12, or fewer when the largest finite |coordinate| (metres) would not fit in 24 signed bits."""
+    finite = np.abs(positions[np.isfinite(positions)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest * (1 << DEFAULT_FRACTIONAL_BITS) <= _FIXED_MAX:
+        return DEFAULT_FRACTIONAL_BITS
+    return max(1, min(DEFAULT_FRACTIONAL_BITS, math.floor(math.log2(_FIXED_MAX / largest))))
+
+
+def _pack_positions(positions: np.ndarray, fractional_bits: int) -> np.ndarray:
+    """(N, 3) metres, RUB -> (N, 9) uint8, three 24-bit little-endian fixed-point numbers per row.
+
+    Scaling by a power of two is exact in float32 and so is adding 0.5 below 2**23, the clipping range.
+    """
+    scaled = np.asarray(positions, dtype=np.float32) * np.float32(1 << fractional_bits)
+    if not np.isfinite(scaled).all():
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=_FIXED_MAX, neginf=-_FIXED_MAX - 1)
+    fixed = np.clip(np.floor(scaled + np.float32(0.5)), -_FIXED_MAX - 1, _FIXED_MAX).astype("<i4")
+    return fixed.view(np.uint8).reshape(-1, 3, 4)[:, :, :3].reshape(-1, 9)
+
+
+def _unpack_positions(packed: np.ndarray, fractional_bits: int) -> np.ndarray:
+    """(N, 9) uint8 -> (N, 3) float32 metres."""
+    b = packed.reshape(-1, 3, 3).astype(np.int32)
+    fixed = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+    fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
+    return (fixed.astype(np.float32) / np.float32(1 << fractional_bits)).astype(np.float32)
+
+
+def _unit_quaternions_xyzw(rotations_wxyz: np.ndarray) -> np.ndarray:
+    """(N, 4) (w, x, y, z) -> normalised (N, 4) float32 (x, y, z, w); degenerate rows -> identity."""
+    q = np.asarray(rotations_wxyz, dtype=np.float32)[:, [1, 2, 3, 0]]
+    norm = np.linalg.norm(q, axis=1, keepdims=True)
+    good = np.isfinite(norm) & (norm > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(good, q / np.where(good, norm, 1), np.array([0, 0, 0, 1], dtype=np.float32))
+    return q.astype(np.float32)
+
+
+def _pack_smallest_three(q: np.ndarray) -> np.ndarray:
+    """(N, 4) unit (x, y, z, w) -> (N, 4) uint8, the version-3 "smallest three" encoding."""
+    n = q.shape[0]
+    largest = np.argmax(np.abs(q), axis=1)  # the first of equal magnitudes, as the reference loop does
+    negate = np.take_along_axis(q, largest[:, None], axis=1) < 0
+    kept = np.take_along_axis(q, _KEPT_COLUMNS[largest], axis=1)  # (N, 3), increasing column order
+    negbit = ((kept < 0) ^ negate).astype(np.uint32)
+    mag = np.floor(np.float32(_MAG_MAX) * (np.abs(kept) / _SQRT1_2) + np.float32(0.5))
+    fields = (negbit << np.uint32(9)) | np.minimum(mag, _MAG_MAX).astype(np.uint32)
+    comp = (largest.astype(np.uint32) << np.uint32(30)) | (fields[:, 0] << np.uint32(20))
+    comp |= (fields[:, 1] << np.uint32(10)) | fields[:, 2]
+    return comp.astype("<u4").view(np.uint8).reshape(n, 4)
+
+
+def _unpack_smallest_three(packed: np.ndarray) -> np.ndarray:
+    """(N, 4) uint8 -> (N, 4) float32 unit (x, y, z, w)."""
+    comp = np.ascontiguousarray(packed).view("<u4").reshape(-1).astype(np.uint32)
+    largest = (comp >> np.uint32(30)).astype(np.int64)
+    fields = np.stack([(comp >> np.uint32(shift)) & np.uint32(0x3FF) for shift in (20, 10, 0)], axis=1)
+    kept = _SQRT1_2 * (fields & np.uint32(_MAG_MAX)).astype(np.float32) / np.float32(_MAG_MAX)
+    kept = np.where(fields >> np.uint32(9), -kept, kept).astype(np.float32)
+    q = np.empty((comp.shape[0], 4), dtype=np.float32)
+    np.put_along_axis(q, _KEPT_COLUMNS[largest], kept, axis=1)
+    rest = np.sqrt(np.maximum(np.float32(0), np.float32(1) - np.square(kept).sum(axis=1, keepdims=True)))
+    np.put_along_axis(q, largest[:, None], rest.astype(np.float32), axis=1)
+    return q
+
+
+def _pack_first_three(q: np.ndarray) -> np.ndarray:
+    """(N, 4) unit (x, y, z, w) -> (N, 3) uint8, the version-2 encoding of x, y, z with w >= 0."""
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    return quantize_uint8(q[:, :3] * np.float32(127.5) + np.float32(127.5))
+
+
+def _unpack_first_three(packed: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 -> (N, 4) float32 unit (x, y, z, w)."""
+    xyz = packed.astype(np.float32) / np.float32(127.5) - np.float32(1)
+    w = np.sqrt(np.maximum(np.float32(0), np.float32(1) - np.square(xyz).sum(axis=1, keepdims=True)))
+    return np.concatenate([xyz, w], axis=1).astype(np.float32)
+
+
+def spz_payload(scene: GaussianScene, *, version: int = 3, fractional_bits: int | None = None) -> np.ndarray:
+    """The uncompressed SPZ stream (header and sections) for `scene`: (20 or 19) * N + 16 uint8."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"SPZ version {version} cannot be written (use one of {SUPPORTED_VERSIONS})")
+    n = scene.num_gaussians
+    positions = np.asarray(scene.positions, dtype=np.float32) * _FLIP_POSITION
+    bits = choose_fractional_bits(positions) if fractional_bits is None else int(fractional_bits)
+    if not 1 <= bits <= 23:
+        raise ValueError(f"fractional_bits must be in [1, 23], got {bits}")
+    rotation_bytes = 4 if version >= 3 else 3
+    sizes = [9 * n, n, 3 * n, 3 * n, rotation_bytes * n]
+    out = np.empty(HEADER_BYTES + sum(sizes), dtype=np.uint8)
+    out[:HEADER_BYTES] = np.frombuffer(HEADER_STRUCT.pack(SPZ_MAGIC, version, n, 0, bits, 0, 0), np.uint8)
+    sections = np.split(out[HEADER_BYTES:], np.cumsum(sizes)[:-1])
+
+    sections[0][:] = _pack_positions(positions, bits).reshape(-1)
+    sections[1][:] = quantize_uint8(np.asarray(scene.opacities, dtype=np.float32) * np.float32(255))
+    f_dc = (linear_to_srgb(scene.colors) - np.float32(0.5)) / np.float32(SH_C0)
+    sections[2][:] = quantize_uint8(f_dc * np.float32(COLOR_SCALE * 255) + np.float32(127.5)).reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_scales = np.log(np.asarray(scene.scales, dtype=np.float32))
+    sections[3][:] = quantize_uint8((log_scales + np.float32(10)) * np.float32(16)).reshape(-1)
+    q = _unit_quaternions_xyzw(scene.rotations) * _FLIP_QUATERNION_XYZW
+    packed_rotations = _pack_smallest_three(q) if version >= 3 else _pack_first_three(q)
+    sections[4][:] = packed_rotations.reshape(-1)
+    return out
+
+
+def gzip_parallel(data: bytes | bytearray | memoryview | np.ndarray, compresslevel: int = 6,
+                  workers: int | None = None, block_bytes: int = _GZIP_BLOCK_BYTES) -> bytes:
+    """One gzip member (RFC 1952, mtime 0) of `data`, its deflate blocks compressed on several threads.
+
+    The input is cut into `block_bytes` pieces, each deflated independently (zlib releases the GIL) and
+    ended by a sync flush except the last, so their concatenation is a single valid deflate stream, as
+    pigz does. Costs about 5 bytes per block and the 32 KiB of history at block starts (~0.1 %).
+
+    Args:
+        data: the bytes to compress.
+        compresslevel: zlib level 0-9.
+        workers: threads; None uses the machine's CPU count.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    starts = list(range(0, size, block_bytes)) or [0]
+
+    def deflate(index: int) -> bytes:
+        compressor = zlib.compressobj(compresslevel, zlib.DEFLATED, -zlib.MAX_WBITS)
+        start = starts[index]
+        last = index == len(starts) - 1
+        body = compressor.compress(view[start:start + block_bytes])
+        return body + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    workers = max(1, min(len(starts), workers or os.cpu_count() or 1))
+    if workers == 1:
+        parts = [deflate(i) for i in range(len(starts))]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(deflate, range(len(starts))))
+    extra_flags = {1: 4, 9: 2}.get(compresslevel, 0)
+    header = struct.pack("<BBBBIBB", 0x1F, 0x8B, 8, 0, 0, extra_flags, 255)
+    trailer = struct.pack("<II", zlib.crc32(view), size & 0xFFFFFFFF)
+    return b"".join([header, *parts, trailer])
+
+
+def encode_spz(
+    scene: GaussianScene, *, version: int = 3, compresslevel: int = 6, fractional_bits: int | None = None,
+    workers: int | None = None,
+) -> bytes:
+    """The scene as a .spz file: `spz_payload` in one gzip member (mtime 0, so the bytes are reproducible).
+
+    Args:
+        scene: the Gaussians (OpenCV axes; converted to SPZ's RUB).
+        version: 3 (smallest-three rotations, the default) or 2 (x, y, z bytes; older readers).
+        compresslevel: gzip level 0-9; 6 is zlib's default, as Niantic's writer uses.
+        fractional_bits: fixed-point fraction bits of positions; None picks 12 or fewer (see the module
+            docstring).
+        workers: compression threads (see `gzip_parallel`); None uses every CPU.
+    """
+    payload = spz_payload(scene, version=version, fractional_bits=fractional_bits)
+    return gzip_parallel(payload, compresslevel, workers)
+
+
+def read_spz_header(data: bytes | bytearray | memoryview) -> SpzHeader:
+    """Decompress just enough of a .spz file to read its 16-byte header."""
+    head = zlib.decompressobj(wbits=31).decompress(memoryview(data).cast("B")[: 1 << 16], HEADER_BYTES)
+    if len(head) < HEADER_BYTES:
+        raise ValueError("SPZ stream shorter than its 16-byte header")
+    return SpzHeader(*HEADER_STRUCT.unpack(head))
+
+
+def decode_spz(
+    data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0, image_height: int = 0
+) -> GaussianScene:
+    """Parse a gzip .spz file (versions 2 and 3) back into a scene in OpenCV axes.
+
+    Opacities are the stored bytes / 255, scales exp(byte / 16 - 10), colours sRGB -> linear of
+    ``0.5 + SH_C0 * f_dc`` (not clipped: SPZ may store colours slightly outside [0, 1]); spherical-harmonic
+    coefficients of degree >= 1, if any, are skipped.
+
+    Args:
+        data: the file's bytes.
+        f_px, image_width, image_height: the camera, which .spz does not store.
+    """
+    raw = np.frombuffer(gzip.decompress(data), dtype=np.uint8)
+    if raw.size < HEADER_BYTES:
+        raise ValueError("SPZ stream shorter than its 16-byte header")
+    header = SpzHeader(*HEADER_STRUCT.unpack(raw[:HEADER_BYTES].tobytes()))
+    if header.magic != SPZ_MAGIC:
+        raise ValueError(f"not an SPZ stream (magic 0x{header.magic:08x})")
+    if header.version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"SPZ version {header.version} is not supported (only {SUPPORTED_VERSIONS})")
+    if header.sh_degree not in _SH_DIM:
+        raise ValueError(f"SPZ shDegree {header.sh_degree} is not supported")
+    n = header.num_points
+    rotation_bytes = 4 if header.version >= 3 else 3
+    sizes = [9 * n, n, 3 * n, 3 * n, rotation_bytes * n, _SH_DIM[header.sh_degree] * 3 * n]
+    if raw.size - HEADER_BYTES < sum(sizes):
+        raise ValueError(f"SPZ stream truncated: {raw.size - HEADER_BYTES} bytes after the header, "
+                         f"{sum(sizes)} expected for {n} points")
+    sections = np.split(raw[HEADER_BYTES:HEADER_BYTES + sum(sizes)], np.cumsum(sizes)[:-1])
+
+    positions = _unpack_positions(sections[0].reshape(n, 9), header.fractional_bits) * _FLIP_POSITION
+    opacities = sections[1].astype(np.float32) / np.float32(255)
+    f_dc = (sections[2].reshape(n, 3).astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(
+        COLOR_SCALE)
+    colors = srgb_to_linear(np.float32(0.5) + np.float32(SH_C0) * f_dc)
+    scales = np.exp(sections[3].reshape(n, 3).astype(np.float32) / np.float32(16) - np.float32(10))
+    if header.version >= 3:
+        q = _unpack_smallest_three(sections[4].reshape(n, 4))
+    else:
+        q = _unpack_first_three(sections[4].reshape(n, 3))
+    q = q * _FLIP_QUATERNION_XYZW
+    return GaussianScene(
+        positions=positions.astype(np.float32),
+        scales=scales.astype(np.float32),
+        rotations=np.ascontiguousarray(q[:, [3, 0, 1, 2]], dtype=np.float32),
+        colors=colors.astype(np.float32),
+        opacities=opacities,
+        f_px=f_px,
+        image_width=image_width,
+        image_height=image_height,
+    )
