@@ -1,0 +1,133 @@
+"""Response models of the HTTP API: what `/`, `/health`, `/predict` and every error return.
+
+They document the API in OpenAPI (/docs). `/predict` bodies are serialised by
+`app.formats.json.encode_json` (orjson, no pydantic pass over a million rows) and `PredictResponse`
+describes that document; the tests validate real responses against these models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code, e.g. `unsupported_image`.",
+                      examples=["unsupported_image"])
+    message: str = Field(description="Human-readable explanation.")
+    request_id: str | None = Field(default=None, description="The request's X-Request-ID, for support.")
+    details: list[dict] | None = Field(
+        default=None, description="Per-field problems, for `validation_error` only (FastAPI's format)."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx response has this shape."""
+
+    error: ErrorDetail
+
+
+class ModelSummary(BaseModel):
+    preset: str = Field(description="Network configuration: `sharp` (the real model) or `tiny` (tests).")
+    weights: Literal["official", "file", "synthetic"] = Field(
+        description="Where the weights came from; `synthetic` means a test model, not SHARP."
+    )
+    device: str
+    dtype: str
+
+
+class ModelInfoResponse(ModelSummary):
+    checkpoint: str | None = Field(default=None, description="Path of the loaded checkpoint file.")
+    num_gaussians: int = Field(description="Gaussians predicted per image.")
+    internal_resolution: int = Field(description="Side of the square the network sees, in pixels.")
+
+
+class EndpointInfo(BaseModel):
+    method: str
+    path: str
+    summary: str
+
+
+class ApiInfo(BaseModel):
+    name: str = "sharp-serve"
+    version: str
+    description: str
+    status: Literal["ok", "loading", "error"] = Field(description="The model's state, as in /health.")
+    model: ModelInfoResponse | None = Field(description="The loaded model; null while loading.")
+    formats: list[str] = Field(description="Names accepted by `POST /predict/{format}`.")
+    endpoints: list[EndpointInfo]
+    docs_url: str
+    openapi_url: str
+
+
+class HealthResponse(BaseModel):
+    """200 once the model is loaded; 503 with `loading` or `error` (and `detail`) before that."""
+
+    status: Literal["ok", "loading", "error"]
+    detail: str | None = Field(default=None, description="Why loading failed (status `error`).")
+    version: str
+    uptime_s: float
+    preset: str | None = None
+    weights: Literal["official", "file", "synthetic"] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    num_gaussians: int | None = None
+    internal_resolution: int | None = None
+    queue_depth: int = Field(description="Requests admitted and waiting for the model.")
+    in_progress: int = Field(description="Predictions running now (0 or 1).")
+    max_queue: int = Field(description="Waiting requests allowed before 503 `queue_full`.")
+
+
+class Base64Array(BaseModel):
+    """An array packed as base64 of its little-endian float32 bytes, C order (`encoding=base64`)."""
+
+    dtype: Literal["float32"]
+    shape: list[int]
+    byteorder: Literal["little"]
+    data: str
+
+
+class Timings(BaseModel):
+    """Stage durations in milliseconds.
+
+    `encode` is null in the JSON body (a body cannot contain its own encoding time); the response's
+    Server-Timing header has it.
+    """
+
+    decode: float
+    preprocess: float
+    forward: float
+    postprocess: float
+    encode: float | None = None
+
+
+class PredictMetadata(BaseModel):
+    image_width: int = Field(description="Width of the (EXIF-rotated) input image, pixels.")
+    image_height: int
+    f_px: float = Field(description="Focal length used, pixels of the input image.")
+    f_px_source: Literal["request", "exif", "default"]
+    intrinsics: list[list[float]] = Field(description="3x3 pinhole matrix, principal point at (W/2, H/2).")
+    num_gaussians: int = Field(description="Gaussians in this response.")
+    total_gaussians: int = Field(description="Gaussians predicted (before `max_gaussians`).")
+    color_space: Literal["srgb"]
+    coordinate_convention: Literal["opencv"] = Field(
+        description="Camera at the origin, x right, y down, z forward; metres."
+    )
+    encoding: Literal["list", "base64"]
+    model: ModelSummary
+    timings_ms: Timings
+
+
+Rows = list[list[float | None]]
+
+
+class PredictResponse(BaseModel):
+    """N Gaussians; with `encoding=base64` each array is a `Base64Array` of the same shape instead."""
+
+    positions: Rows | Base64Array = Field(description="[N, 3] metres, OpenCV camera axes.")
+    scales: Rows | Base64Array = Field(description="[N, 3] standard deviations in metres.")
+    rotations: Rows | Base64Array = Field(description="[N, 4] unit quaternions (w, x, y, z).")
+    opacities: Rows | Base64Array = Field(description="[N, 1] in [0, 1].")
+    colors: Rows | Base64Array = Field(description="[N, 3] sRGB in [0, 1].")
+    metadata: PredictMetadata
