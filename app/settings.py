@@ -18,7 +18,7 @@ OFFICIAL_CHECKPOINT_URL = "https://ml-site.cdn-apple.com/models/sharp/sharp_2572
 
 Preset = Literal["sharp", "tiny"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DTypeName = Literal["float32", "bfloat16", "float16"]
+DTypeName = Literal["float32", "tf32", "bfloat16", "float16"]
 
 
 def default_cache_dir() -> Path:

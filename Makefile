@@ -1,0 +1,35 @@
+# sharp-serve: `make setup` once, then `make test`, `make serve`, `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+# The PyPI release we test against (a CUDA build on Linux x86_64, CPU/MPS elsewhere).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint serve bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no test: that is not a failure of the suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+serve: $(STAMP)
+	$(BIN)/python -m app serve
+
+bench: $(STAMP)
+	$(BIN)/python bench/formats.py
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
