@@ -13,12 +13,16 @@ Usage::
     fmt = FORMATS["spz"]
     body = fmt.encode(scene)                  # bytes, or an iterator of byte blocks (ply)
     data = encode_to_bytes("ply", scene)      # always bytes
+    write_file("spz", scene, "out.spz")       # atomically (temporary file, then rename)
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from app.formats.ply import encode_ply, iter_ply_chunks, ply_num_bytes, read_ply, write_ply
@@ -94,6 +98,24 @@ def encode_to_bytes(name: str, scene: GaussianScene, **options: Any) -> bytes:
     return b"".join(result)
 
 
+def write_file(name: str, scene: GaussianScene, path: str | os.PathLike[str], **options: Any) -> Path:
+    """Encode `scene` as format `name` into `path`, atomically: a temporary file in the same
+    directory is renamed into place only once complete, so a failure never leaves a partial file."""
+    path = Path(path)
+    result = get_format(name).encode(scene, **options)
+    blocks = [result] if isinstance(result, (bytes, bytearray, memoryview)) else result
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            for block in blocks:
+                stream.write(block)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 __all__ = [
     "FORMATS",
     "Encoded",
@@ -108,5 +130,6 @@ __all__ = [
     "iter_ply_chunks",
     "ply_num_bytes",
     "read_ply",
+    "write_file",
     "write_ply",
 ]

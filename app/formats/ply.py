@@ -14,7 +14,7 @@ Layout (binary little-endian, see shared/conformance/ARCHITECTURE.md §4):
   and ``version`` 3 uchar ``[1, 5, 0]``.
 
 The file holds ``663 + len(str(N))`` header bytes, ``56 * N`` vertex bytes and the 128-byte tail.
-``vertex_only=True`` writes the vertex element alone (``234 + len(str(N))`` header bytes, no tail): several
+``vertex_only=True`` writes the vertex element alone (``356 + len(str(N))`` header bytes, no tail): several
 3DGS viewers refuse elements they do not know.
 
 Everything is computed column by column with numpy on blocks of rows (no per-row Python), and
