@@ -63,9 +63,14 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
 (`SHARP_API_KEY_SECRET`). `SHARP_CACHE_DIR` is always the volume mount.
 """
 
-CONTAINER_DEFAULTS: dict[str, str] = {"SHARP_DEVICE": "cuda"}
-"""Container settings that differ from the local defaults: a GPU container must fail loudly, not fall back
-to the CPU, if CUDA is unusable."""
+CONTAINER_DEFAULTS: dict[str, str] = {
+    "SHARP_DEVICE": "cuda",
+    "SHARP_MAX_QUEUE": str(MAX_CONCURRENT_INPUTS - 1),
+}
+"""Container settings that differ from the local defaults (a deploy-time value wins). A GPU container must
+fail loudly, not fall back to the CPU, if CUDA is unusable; and the service's queue (1 predicting +
+`SHARP_MAX_QUEUE` waiting) must admit all the inputs Modal routes to one container, or the last ones
+get 503 `queue_full` while Modal could have sent them to another container."""
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

@@ -1,0 +1,407 @@
+"""The Modal deployment, checked offline: no Modal token, no network, no GPU.
+
+What is checked: the definitions Modal would send at deploy time (app, class, method and function names,
+GPU, volume, timeouts, scale-down window, concurrency, memory snapshots, web label and auth), read from
+the Modal objects themselves; the deploy-time switches (`SHARP_GPU` & co.) in a fresh interpreter; and
+the container code itself, run locally with the tiny preset on the CPU: the `@modal.enter` steps, the
+FastAPI app `SharpAPI.fastapi_app` returns, driven over real HTTP, and the `SharpModel` methods.
+
+What is not: building the image, the volume, memory snapshots and GPUs - only a real deploy shows those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import modal
+import numpy as np
+import pytest
+import uvicorn
+from modal._partial_function import _find_callables_for_obj
+from modal._partial_function import _PartialFunctionFlags as Flags
+from modal._utils.async_utils import synchronizer
+from modal_proto import api_pb2
+from PIL import Image
+
+from app import deploy
+from app.formats.ply import read_ply
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GAUSSIANS = 131_072
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*executing locally and will not have access to the mounted Volume:UserWarning"
+)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def service_function(cls: Any) -> Any:
+    """The (internal) `_Function` that serves every method of a Modal class."""
+    return synchronizer._translate_in(cls)._get_class_service_function()
+
+
+def definition(function: Any) -> dict[str, Any]:
+    """What modal 1.6 builds its FunctionCreate request from at deploy time.
+
+    `Function.info()` (public, offline for locally defined functions) has the GPU, timeout, volumes,
+    secrets, concurrency and web settings, but neither the autoscaler settings nor the snapshot flag:
+    those only exist as variables captured by the function's loader, which is where we read them.
+    """
+    impl = synchronizer._translate_in(function)
+    code, cells = impl._load.__code__, impl._load.__closure__
+    captured = {name: cell.cell_contents for name, cell in zip(code.co_freevars, cells, strict=True)}
+    return {
+        "info": synchronizer._translate_out(impl).info(),
+        "tag": impl._tag,
+        "scaledown_window": captured["autoscaler_settings"].scaledown_window,
+        "enable_memory_snapshot": captured["enable_memory_snapshot"],
+        "methods": captured["method_definitions"],
+        "webhook_config": captured["webhook_config"],
+    }
+
+
+def png_bytes(width: int = 96, height: int = 64) -> bytes:
+    rgb = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Container settings for a local run: tiny preset, CPU, a throwaway cache dir."""
+    for name in list(os.environ):
+        if name.startswith("SHARP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SHARP_PRESET", "tiny")
+    monkeypatch.setenv("SHARP_DEVICE", "cpu")
+    monkeypatch.setenv("SHARP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields `serve(app) -> base_url`."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def serve(asgi_app: Any) -> str:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(asgi_app, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------------- the definitions
+
+
+def test_http_api_definition() -> None:
+    import modal_api
+
+    assert modal_api.app.name == "sharp-api"
+    assert isinstance(modal_api.SharpAPI, modal.Cls)
+    spec = definition(service_function(modal_api.SharpAPI))
+    info = spec["info"]
+    assert spec["tag"] == "SharpAPI.*"
+    assert info.method_names == ["fastapi_app"]
+    assert info.gpus == [("A100", 1)]
+    assert info.timeout == 900 and info.startup_timeout == 900
+    assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 10
+    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache"}
+    assert info.secrets == []
+    assert spec["scaledown_window"] == 300
+    assert spec["enable_memory_snapshot"] is True
+
+    web = spec["methods"]["fastapi_app"].webhook_config
+    assert web.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
+    assert web.requested_suffix == "sharp-api-fastapi-app"  # https://<workspace>--sharp-api-fastapi-app.modal.run
+    assert web.requires_proxy_auth is False
+    assert info.method_details["fastapi_app"].unauthenticated is True
+
+
+def test_function_api_definition() -> None:
+    import modal_app
+
+    assert modal_app.app.name == "sharp-view-synthesis"
+    spec = definition(service_function(modal_app.SharpModel))
+    info = spec["info"]
+    assert spec["tag"] == "SharpModel.*"
+    assert sorted(info.method_names) == ["predict", "predict_and_save_ply"]
+    assert info.gpus == [("A100", 1)]
+    assert info.timeout == 900
+    assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 10
+    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache"}
+    assert spec["scaledown_window"] == 300
+    assert spec["enable_memory_snapshot"] is True
+    assert info.method_details == {}  # no web endpoints here
+
+    # Module-level forwarders, so that modal.Function.from_name(APP, "<name>") finds them: no GPU, no volume.
+    for name in ("predict_and_save_ply", "predict"):
+        forwarder = definition(getattr(modal_app, name))
+        assert forwarder["tag"] == name
+        assert forwarder["info"].gpus == [] and forwarder["info"].volumes == {}
+        assert forwarder["webhook_config"] is None
+
+
+def test_entrypoint_cli_options() -> None:
+    """`modal run modal_app.py --image-path ... --output-path ... --f-px ...` parses (no token needed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "modal", "run", "modal_app.py", "--help"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--image-path", "--output-path", "--f-px"):
+        assert option in result.stdout
+
+
+_PROBE = """
+import json
+from tests.test_modal import definition, service_function
+import modal_api, modal_app
+api = definition(service_function(modal_api.SharpAPI))
+fn = definition(service_function(modal_app.SharpModel))
+print(json.dumps({
+    "api_gpus": api["info"].gpus, "fn_gpus": fn["info"].gpus,
+    "api_scaledown": api["scaledown_window"], "fn_scaledown": fn["scaledown_window"],
+    "proxy_auth": api["methods"]["fastapi_app"].webhook_config.requires_proxy_auth,
+    "api_secrets": api["info"].secrets, "fn_secrets": fn["info"].secrets,
+}))
+"""
+
+
+def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
+    env.update(SHARP_GPU="H100", SHARP_SCALEDOWN_WINDOW="60", SHARP_PROXY_AUTH="1",
+               SHARP_API_KEY_SECRET="sharp-api-key")
+    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["api_gpus"] == seen["fn_gpus"] == [["H100", 1]]
+    assert seen["api_scaledown"] == seen["fn_scaledown"] == 60
+    assert seen["proxy_auth"] is True
+    assert seen["api_secrets"] == seen["fn_secrets"] == [repr(modal.Secret.from_name("sharp-api-key"))]
+
+
+def test_deploy_settings_from_the_environment() -> None:
+    assert deploy.gpu_type({}) == "A100" and deploy.gpu_type({"SHARP_GPU": " L40S "}) == "L40S"
+    assert deploy.scaledown_window({}) == 300
+    assert deploy.scaledown_window({"SHARP_SCALEDOWN_WINDOW": "30"}) == 30
+    for bad in ("abc", "1", "3601"):
+        with pytest.raises(ValueError, match="SHARP_SCALEDOWN_WINDOW"):
+            deploy.scaledown_window({"SHARP_SCALEDOWN_WINDOW": bad})
+    assert not deploy.proxy_auth({}) and deploy.proxy_auth({"SHARP_PROXY_AUTH": "true"})
+    assert deploy.secrets({}) == []
+
+    env = deploy.container_env({
+        "SHARP_PRESET": "sharp", "SHARP_CHECKPOINT_URL": "https://example.com/ft.pt",
+        "SHARP_CHECKPOINT_SHA256": "", "SHARP_API_KEY": "do-not-bake", "SHARP_CACHE_DIR": "/elsewhere",
+        "SHARP_GPU": "H100", "HOME": "/root",
+    })
+    assert env == {"SHARP_PRESET": "sharp", "SHARP_CHECKPOINT_URL": "https://example.com/ft.pt",
+                   "SHARP_DEVICE": "cuda", "SHARP_MAX_QUEUE": "9", "SHARP_CACHE_DIR": "/cache"}
+    assert deploy.container_env({"SHARP_MAX_QUEUE": "20"})["SHARP_MAX_QUEUE"] == "20"
+
+
+# ------------------------------------------------------------------------------ weights on the volume
+
+
+class FakeVolume:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reload(self) -> None:
+        self.calls.append("reload")
+
+    def commit(self) -> None:
+        self.calls.append("commit")
+
+
+@pytest.fixture
+def checkpoint_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A small file served over HTTP on loopback, standing in for the checkpoint URL."""
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "sharp_test.pt").write_bytes(b"not really a checkpoint")
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(upstream))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/sharp_test.pt"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_checkpoint_download_is_committed_once(tmp_path: Path, checkpoint_url: str) -> None:
+    from app.settings import Settings
+
+    source = tmp_path / "upstream" / "sharp_test.pt"
+    cache = tmp_path / "cache"
+    settings = Settings(preset="sharp", checkpoint_url=checkpoint_url, cache_dir=cache)
+
+    volume = FakeVolume()
+    path = deploy.prepare_checkpoint(settings, volume, in_container=True)
+    assert path == cache / "sharp_test.pt" and path.read_bytes() == source.read_bytes()
+    assert volume.calls == ["reload", "commit"]  # not there: look for another container's commit, then ours
+
+    volume.calls.clear()
+    assert deploy.prepare_checkpoint(settings, volume, in_container=True) == path
+    assert volume.calls == []  # cached: no reload, no commit
+
+    tiny = Settings(preset="tiny", cache_dir=cache)
+    assert deploy.prepare_checkpoint(tiny, volume, in_container=True) is None
+    explicit = Settings(preset="sharp", checkpoint=cache / "missing.pt", cache_dir=cache)
+    assert deploy.prepare_checkpoint(explicit, volume, in_container=True) == cache / "missing.pt"
+    assert volume.calls == ["reload"]
+
+    volume.calls.clear()
+    (cache / "sharp_test.pt").unlink()
+    deploy.prepare_checkpoint(settings, volume, in_container=False)  # a local run never touches the volume
+    assert volume.calls == []
+
+
+# ------------------------------------------------------------------------- the container code, locally
+
+
+def test_http_api_container_serves_the_local_app(tiny_env: Path, http_server: Any) -> None:
+    import modal_api
+
+    instance = modal_api.SharpAPI()
+    asgi_app = instance.fastapi_app.local()  # runs both @modal.enter steps first, as a container would
+    predictor = instance.predictor
+    assert predictor.info.preset == "tiny" and predictor.info.device == "cpu"
+    assert instance.settings.cache_dir == tiny_env / "cache"
+
+    base_url = http_server(asgi_app)
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        health = client.get("/health")
+        assert health.status_code == 200, health.text
+        assert health.json()["status"] == "ok" and health.json()["preset"] == "tiny"
+        response = client.post("/predict/ply", files={"file": ("photo.png", png_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
+
+
+class LocalContainer:
+    """A Modal class's user code run the way its container runs it: `@modal.enter(snap=True)` hooks (before
+    the memory snapshot), then `@modal.enter(snap=False)` hooks, then methods, then `@modal.exit` hooks.
+
+    (`.local()` on an *async* method does not run the enter hooks in modal 1.6, hence this helper.)
+    """
+
+    def __init__(self, cls: Any) -> None:
+        self.instance = synchronizer._translate_in(cls)._get_user_cls()()
+        for flag in (Flags.ENTER_PRE_SNAPSHOT, Flags.ENTER_POST_SNAPSHOT):
+            for hook in _find_callables_for_obj(self.instance, flag).values():
+                hook()
+        self.methods = _find_callables_for_obj(self.instance, Flags.interface_flags())
+
+    def exit(self) -> None:
+        for hook in _find_callables_for_obj(self.instance, Flags.EXIT).values():
+            hook()
+
+
+def test_function_api_methods_run_locally(tiny_env: Path) -> None:
+    import modal_app
+
+    container = LocalContainer(modal_app.SharpModel)
+    assert sorted(container.methods) == ["predict", "predict_and_save_ply"]
+    assert container.instance.predictor.info.device == "cpu"
+    image = png_bytes()
+
+    async def calls() -> tuple[bytes, dict[str, Any]]:
+        ply = await container.methods["predict_and_save_ply"](image, 600.0)
+        body = await container.methods["predict"](image, None, 1000, "base64")
+        return ply, body
+
+    try:
+        ply, body = asyncio.run(calls())
+    finally:
+        container.exit()
+    assert isinstance(ply, bytes)
+    assert read_ply(ply).num_gaussians == TINY_GAUSSIANS
+
+    assert isinstance(body, dict)
+    metadata = body["metadata"]
+    assert metadata["total_gaussians"] == TINY_GAUSSIANS and metadata["num_gaussians"] == 1000
+    assert metadata["encoding"] == "base64" and metadata["model"]["preset"] == "tiny"
+    assert body["positions"]["shape"] == [1000, 3]
+    assert {"decode", "forward"} <= set(metadata["timings_ms"])
+
+
+# -------------------------------------------------------------------------------- no removed Modal API
+
+
+def _word(*parts: str) -> str:
+    """A regex for the identifier spelled by `parts` (split so that this file never contains it whole)."""
+    return r"\b" + re.escape("".join(parts)) + r"\b"
+
+
+_LOOKUP = "lookup"
+REMOVED_MODAL_APIS: dict[str, tuple[str, str]] = {
+    # name: (pattern, a line of old code it must catch); names are split so this file never spells them
+    "modal.gpu objects": (r"\bmodal\.gpu\.[A-Z]", "gpu=modal." + "gpu.A100()"),
+    "container_idle" + "_timeout": (_word("container_idle", "_timeout"), "container_idle" + "_timeout=300"),
+    "allow_concurrent" + "_inputs": (_word("allow_concurrent", "_inputs"), "allow_concurrent" + "_inputs=10"),
+    "Function/Cls ." + _LOOKUP: (
+        r"\b(?:Function|Cls)\." + _LOOKUP + r"\b", "modal.Function." + _LOOKUP + "('a', 'f')"
+    ),
+    "keep" + "_warm": (_word("keep", "_warm"), "keep" + "_warm=1"),
+    "concurrency" + "_limit": (_word("concurrency", "_limit"), "concurrency" + "_limit=2"),
+    "web" + "_endpoint": (_word("web", "_endpoint"), "@modal." + "web" + "_endpoint(method='POST')"),
+}
+
+
+def test_no_removed_modal_apis_in_the_repo() -> None:
+    for name, (pattern, old_code) in REMOVED_MODAL_APIS.items():
+        assert re.search(pattern, old_code), f"the pattern for {name} misses {old_code!r}"
+    assert not re.search(REMOVED_MODAL_APIS["web" + "_endpoint"][0], "@modal.fastapi_endpoint()")
+
+    skipped = {".venv", "venv", ".git", "node_modules", "build", "dist", "__pycache__", ".ruff_cache"}
+    offenders = []
+    for directory, subdirs, files in os.walk(ROOT):
+        subdirs[:] = [name for name in subdirs if name not in skipped]
+        for path in (Path(directory, name) for name in files if name.endswith(".py")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for name, (pattern, _) in REMOVED_MODAL_APIS.items():
+                for match in re.finditer(pattern, text):
+                    line = text.count("\n", 0, match.start()) + 1
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
+    assert not offenders, "removed Modal APIs in use:\n" + "\n".join(offenders)
