@@ -28,8 +28,9 @@ applies the same map again (it is its own inverse). Viewers that honour the SPZ 
 the photo upright, with the camera at the origin looking down -z.
 
 Not stored: the camera (pass it to `decode_spz`). Decoding gives colours, opacities and scales within the
-quantisation steps above, positions within half a fixed-point step, rotations within about 0.002 per
-quaternion component (version 3) or 0.004 (version 2).
+quantisation steps above and positions within half a fixed-point step. Rotations: version 3 within 0.002
+per quaternion component (covariances within 0.5 %); version 2 stores x, y, z to 0.004 but derives w,
+which is then up to ~0.1 off when small (covariances within ~25 %), hence version 3 by default.
 """
 
 from __future__ import annotations
@@ -186,6 +187,14 @@ def spz_payload(scene: GaussianScene, *, version: int = 3, fractional_bits: int 
     return out
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def gzip_parallel(data: bytes | bytearray | memoryview | np.ndarray, compresslevel: int = 6,
                   workers: int | None = None, block_bytes: int = _GZIP_BLOCK_BYTES) -> bytes:
     """One gzip member (RFC 1952, mtime 0) of `data`, its deflate blocks compressed on several threads.
@@ -197,7 +206,7 @@ def gzip_parallel(data: bytes | bytearray | memoryview | np.ndarray, compresslev
     Args:
         data: the bytes to compress.
         compresslevel: zlib level 0-9.
-        workers: threads; None uses the machine's CPU count.
+        workers: threads; None uses every CPU this process may run on.
     """
     view = memoryview(data).cast("B")
     size = len(view)
@@ -210,7 +219,7 @@ def gzip_parallel(data: bytes | bytearray | memoryview | np.ndarray, compresslev
         body = compressor.compress(view[start:start + block_bytes])
         return body + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
-    workers = max(1, min(len(starts), workers or os.cpu_count() or 1))
+    workers = max(1, min(len(starts), workers or _usable_cpus()))
     if workers == 1:
         parts = [deflate(i) for i in range(len(starts))]
     else:
