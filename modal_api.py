@@ -34,7 +34,7 @@ app = modal.App(APP_NAME)
 class SharpAPI:
     """A GPU container: one model and one FastAPI app, serving up to 10 requests at once."""
 
-    @modal.enter(snap=True)
+    @modal.enter(snap=deploy.memory_snapshot())
     def load_weights(self) -> None:
         """Imports and weights into CPU memory (captured by the memory snapshot)."""
         self.settings = deploy.container_settings()
@@ -43,6 +43,7 @@ class SharpAPI:
     @modal.enter(snap=False)
     def move_to_gpu(self) -> None:
         """After every (re)start: the network onto the GPU."""
+        self.settings = deploy.container_settings()  # re-read: a Secret may have changed since the snapshot
         self.predictor = deploy.move_to_device(self.predictor, self.settings)
 
     @modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=deploy.proxy_auth())

@@ -38,7 +38,7 @@ class SharpModel:
     """One GPU container holding one model. Calls go through the same `InferenceService` as HTTP requests
     (bounded queue, decoding off the event loop, one forward pass at a time), so up to 10 calls overlap."""
 
-    @modal.enter(snap=True)
+    @modal.enter(snap=deploy.memory_snapshot())
     def load_weights(self) -> None:
         """Imports and weights into CPU memory (captured by the memory snapshot)."""
         self.settings = deploy.container_settings()
@@ -49,6 +49,7 @@ class SharpModel:
         """After every (re)start: the network onto the GPU, and the service that feeds it."""
         from app.service import InferenceService
 
+        self.settings = deploy.container_settings()  # re-read: a Secret may have changed since the snapshot
         self.predictor = deploy.move_to_device(self.predictor, self.settings)
         self.service = InferenceService(self.settings, self.predictor)
 

@@ -8,6 +8,7 @@ deploy files differ only in what they expose. Everything here is read at deploy 
 * `SHARP_SCALEDOWN_WINDOW` - seconds an idle container is kept warm (default 300).
 * `SHARP_PROXY_AUTH=1` - the web endpoint requires Modal proxy-auth headers (`Modal-Key`/`Modal-Secret`).
 * `SHARP_API_KEY_SECRET=<name>` - attach that Modal Secret (it should hold `SHARP_API_KEY`).
+* `SHARP_MEMORY_SNAPSHOT=0` - turn memory snapshots off (they are on by default).
 * the service settings in `PASSTHROUGH_ENV` are copied into the container image's environment.
 
 This module must stay cheap to import (no torch, no pydantic at module level): it is imported by the
@@ -107,6 +108,12 @@ def proxy_auth(environ: Mapping[str, str] | None = None) -> bool:
     return (environ.get("SHARP_PROXY_AUTH") or "").strip().lower() in _TRUE
 
 
+def memory_snapshot(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to enable Modal memory snapshots: on unless `SHARP_MEMORY_SNAPSHOT=0` at deploy time."""
+    environ = os.environ if environ is None else environ
+    return (environ.get("SHARP_MEMORY_SNAPSHOT") or "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
 def secrets(environ: Mapping[str, str] | None = None) -> list[modal.Secret]:
     """The Modal Secret named by `SHARP_API_KEY_SECRET` (e.g. `sharp-api-key`), if that variable is set."""
     environ = os.environ if environ is None else environ
@@ -154,7 +161,7 @@ def model_cls_options(environ: Mapping[str, str] | None = None) -> dict[str, Any
         "secrets": secrets(environ),
         "timeout": TIMEOUT_S,
         "scaledown_window": scaledown_window(environ),
-        "enable_memory_snapshot": True,
+        "enable_memory_snapshot": memory_snapshot(environ),
     }
 
 

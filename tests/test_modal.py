@@ -32,7 +32,7 @@ import modal
 import numpy as np
 import pytest
 import uvicorn
-from modal._partial_function import _find_callables_for_obj
+from modal._partial_function import _find_callables_for_obj, _find_partial_methods_for_user_cls
 from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
 from modal_proto import api_pb2
@@ -188,31 +188,55 @@ def test_entrypoint_cli_options() -> None:
 
 _PROBE = """
 import json
-from tests.test_modal import definition, service_function
+from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags as Flags
+from tests.test_modal import definition, service_function, synchronizer
 import modal_api, modal_app
 api = definition(service_function(modal_api.SharpAPI))
 fn = definition(service_function(modal_app.SharpModel))
+user_cls = synchronizer._translate_in(modal_api.SharpAPI)._get_user_cls()
 print(json.dumps({
     "api_gpus": api["info"].gpus, "fn_gpus": fn["info"].gpus,
     "api_scaledown": api["scaledown_window"], "fn_scaledown": fn["scaledown_window"],
     "proxy_auth": api["methods"]["fastapi_app"].webhook_config.requires_proxy_auth,
     "api_secrets": api["info"].secrets, "fn_secrets": fn["info"].secrets,
+    "snapshots": [api["enable_memory_snapshot"], fn["enable_memory_snapshot"]],
+    "pre_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_PRE_SNAPSHOT)),
+    "post_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_POST_SNAPSHOT)),
 }))
 """
 
 
-def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
+def probe(**environ: str) -> dict[str, Any]:
+    """Import both deploy files in a fresh interpreter with `environ` set, as `modal deploy` would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
-    env.update(SHARP_GPU="H100", SHARP_SCALEDOWN_WINDOW="60", SHARP_PROXY_AUTH="1",
-               SHARP_API_KEY_SECRET="sharp-api-key")
+    env.update(environ)
     result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
+    seen = probe(SHARP_GPU="H100", SHARP_SCALEDOWN_WINDOW="60", SHARP_PROXY_AUTH="1",
+                 SHARP_API_KEY_SECRET="sharp-api-key", SHARP_MEMORY_SNAPSHOT="0")
     assert seen["api_gpus"] == seen["fn_gpus"] == [["H100", 1]]
     assert seen["api_scaledown"] == seen["fn_scaledown"] == 60
     assert seen["proxy_auth"] is True
     assert seen["api_secrets"] == seen["fn_secrets"] == [repr(modal.Secret.from_name("sharp-api-key"))]
+    # Without snapshots both start-up steps run after start, still in order (Modal requires snap=False then).
+    assert seen["snapshots"] == [False, False]
+    assert seen["pre_snapshot_hooks"] == []
+    assert seen["post_snapshot_hooks"] == ["load_weights", "move_to_gpu"]
+
+
+def test_start_up_steps_with_memory_snapshots() -> None:
+    import modal_api
+    import modal_app
+
+    for cls in (modal_api.SharpAPI, modal_app.SharpModel):
+        user_cls = synchronizer._translate_in(cls)._get_user_cls()
+        assert list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_PRE_SNAPSHOT)) == ["load_weights"]
+        assert list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_POST_SNAPSHOT)) == ["move_to_gpu"]
 
 
 def test_deploy_settings_from_the_environment() -> None:
