@@ -117,21 +117,18 @@ class SharpPredictor:
             fill_synthetic_weights(network)
             return cls(network, weights="synthetic", device=target, dtype=dtype)
 
-        source: WeightsSource = "file"
-        if checkpoint is None:
-            from app.settings import default_cache_dir
+        from app.settings import default_cache_dir
 
-            checkpoint = weights_io.resolve_checkpoint(
-                None, url=checkpoint_url, cache_dir=cache_dir or default_cache_dir(), sha256=checkpoint_sha256,
-                offline=offline, progress=progress,
-            )
-            source = "official" if checkpoint_url == OFFICIAL_CHECKPOINT_URL else "file"
-        elif not Path(checkpoint).is_file():
-            raise weights_io.CheckpointNotAvailableError(f"checkpoint file {checkpoint} does not exist")
-        state_dict = weights_io.load_state_dict(Path(checkpoint), mmap=True)
+        path = weights_io.resolve_checkpoint(
+            checkpoint, url=checkpoint_url, cache_dir=cache_dir or default_cache_dir(), sha256=checkpoint_sha256,
+            offline=offline, progress=progress,
+        )
+        official = checkpoint is None and checkpoint_url == OFFICIAL_CHECKPOINT_URL
+        source: WeightsSource = "official" if official else "file"
+        state_dict = weights_io.load_state_dict(path, mmap=True)
         network = build_network(preset, device="meta")
         weights_io.load_weights(network, state_dict, assign=True)
-        return cls(network, weights=source, checkpoint=str(checkpoint), device=target, dtype=dtype)
+        return cls(network, weights=source, checkpoint=str(path), device=target, dtype=dtype)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, progress: bool = True) -> SharpPredictor:
