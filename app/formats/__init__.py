@@ -106,6 +106,7 @@ def write_file(name: str, scene: GaussianScene, path: str | os.PathLike[str], **
     blocks = [result] if isinstance(result, (bytes, bytearray, memoryview)) else result
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         with os.fdopen(descriptor, "wb") as stream:
             for block in blocks:
                 stream.write(block)
