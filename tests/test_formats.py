@@ -273,6 +273,7 @@ def test_write_ply_replaces_atomically_and_cleans_up(tmp_path: Path) -> None:
     scene = random_scene(200)
     assert write_ply(scene, target) == target
     assert target.read_bytes() == encode_ply(scene)
+    assert target.stat().st_mode & 0o777 == 0o644
     bad = GaussianScene(scene.positions, scene.scales, np.full((200, 4), "x"), scene.colors,
                         scene.opacities, 500.0, 600, 400)  # rotations that cannot become float32
     with pytest.raises(ValueError):
@@ -552,7 +553,22 @@ def test_write_file_writes_each_format_atomically(tmp_path: Path) -> None:
     for name in FORMATS:
         path = write_file(name, scene, tmp_path / f"scene.{name}")
         assert path.read_bytes() == encode_to_bytes(name, scene)
+        assert path.stat().st_mode & 0o777 == 0o644
     assert read_ply(tmp_path / "scene.ply").num_gaussians == 400
     with pytest.raises(KeyError):
         write_file("obj", scene, tmp_path / "scene.obj")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.ply", "scene.splat", "scene.spz"]
+
+
+def test_any_array_layout_and_dtype_gives_the_same_bytes() -> None:
+    scene = random_scene(500, seed=13)
+    odd = GaussianScene(  # Fortran order, a strided view, float64
+        positions=np.asfortranarray(scene.positions), scales=np.asfortranarray(scene.scales),
+        rotations=np.repeat(scene.rotations, 2, axis=0)[::2], colors=scene.colors.astype(np.float64),
+        opacities=np.repeat(scene.opacities, 3)[::3], f_px=500.0, image_width=600, image_height=400,
+    )
+    assert not odd.positions.flags.c_contiguous and not odd.rotations.flags.c_contiguous
+    for name in FORMATS:
+        assert encode_to_bytes(name, odd) == encode_to_bytes(name, scene), name
+    assert encode_json(odd, {}) == encode_json(scene, {})
+    assert encode_json(odd, {}, encoding="base64") == encode_json(scene, {}, encoding="base64")

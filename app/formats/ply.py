@@ -189,6 +189,7 @@ def write_ply(scene: GaussianScene, path: str | os.PathLike[str], vertex_only: b
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the output is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             for chunk in iter_ply_chunks(scene, vertex_only):
                 fh.write(chunk)

@@ -96,7 +96,8 @@ def _pack_positions(positions: np.ndarray, fractional_bits: int) -> np.ndarray:
     scaled = np.asarray(positions, dtype=np.float32) * np.float32(1 << fractional_bits)
     if not np.isfinite(scaled).all():
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=_FIXED_MAX, neginf=-_FIXED_MAX - 1)
-    fixed = np.clip(np.floor(scaled + np.float32(0.5)), -_FIXED_MAX - 1, _FIXED_MAX).astype("<i4")
+    fixed = np.ascontiguousarray(np.clip(np.floor(scaled + np.float32(0.5)), -_FIXED_MAX - 1, _FIXED_MAX),
+                                 dtype="<i4")
     return fixed.view(np.uint8).reshape(-1, 3, 4)[:, :, :3].reshape(-1, 9)
 
 
@@ -129,7 +130,7 @@ def _pack_smallest_three(q: np.ndarray) -> np.ndarray:
     fields = (negbit << np.uint32(9)) | np.minimum(mag, _MAG_MAX).astype(np.uint32)
     comp = (largest.astype(np.uint32) << np.uint32(30)) | (fields[:, 0] << np.uint32(20))
     comp |= (fields[:, 1] << np.uint32(10)) | fields[:, 2]
-    return comp.astype("<u4").view(np.uint8).reshape(n, 4)
+    return np.ascontiguousarray(comp, dtype="<u4").view(np.uint8).reshape(n, 4)
 
 
 def _unpack_smallest_three(packed: np.ndarray) -> np.ndarray:
