@@ -48,6 +48,7 @@ from app.schemas import (
     PredictResponse,
 )
 from app.service import (
+    LOADING_RETRY_AFTER_S,
     Inference,
     InferenceService,
     Loader,
@@ -335,7 +336,7 @@ async def health(service: Service) -> JSONResponse:
         max_queue=service.settings.max_queue,
         **(_model_info(predictor.info).model_dump(exclude={"checkpoint"}) if predictor else {}),
     )
-    headers = {"Retry-After": "5"} if body.status == "loading" else None
+    headers = {"Retry-After": str(LOADING_RETRY_AFTER_S)} if body.status == "loading" else None
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if body.status == "ok" else 503,
                         headers=headers)
 

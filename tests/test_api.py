@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import itertools
 import logging
 import socket
 import struct
@@ -18,11 +20,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 from plyfile import PlyData
+from starlette.types import Message
 
 from app import __version__
 from app.api import create_app
@@ -616,6 +620,43 @@ def test_upload_limits(strict_server: LiveServer) -> None:
         response = client.post("/predict", files={"file": ("wide.png", buffer.getvalue())}, headers=auth)
         error = assert_error(response, 413, "image_too_large")
         assert "100,000" in error["message"]
+
+
+def call_asgi(app: FastAPI, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[int, int, dict]:
+    """POST /predict straight through the ASGI interface: (status, body messages the app pulled, body)."""
+    pulled = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": next(chunks), "more_body": True}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "root_path": "", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=20))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], pulled, orjson.loads(body)
+
+
+def test_upload_is_not_read_past_the_limit(tiny_predictor: SharpPredictor) -> None:
+    """The app stops pulling an endless upload at the limit, and trusts a large Content-Length at once."""
+    app = create_app(tiny_settings(max_upload_mb=0.25), predictor=tiny_predictor)
+    head, content_type = multipart({}, "endless.png", b"")
+    opening = head[: head.index(b"\r\n\r\n", head.index(b"filename")) + 4]
+    endless = itertools.chain([opening], itertools.repeat(b"\xff" * 65536))
+    status, pulled, body = call_asgi(app, {"content-type": content_type}, endless)
+    assert (status, body["error"]["code"]) == (413, "upload_too_large")
+    assert pulled <= (0.25 * 2**20 + 64 * 1024) // 65536 + 2
+
+    declared = {"content-type": content_type, "content-length": str(2**30)}
+    status, pulled, body = call_asgi(app, declared, itertools.repeat(b"\xff" * 65536))
+    assert (status, pulled, body["error"]["code"]) == (413, 0, "upload_too_large")
 
 
 # ---------------------------------------------------------------------------------- model lifecycle
