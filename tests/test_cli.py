@@ -1,0 +1,68 @@
+"""`python -m app predict` end to end with the tiny preset: real files in, parsed files out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.formats import decode_spz, read_ply
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_predict_directory_writes_one_file_per_image(tmp_path: Path, conformance_dir: Path) -> None:
+    inputs = tmp_path / "photos"
+    (inputs / "nested").mkdir(parents=True)
+    shutil.copy(conformance_dir / "coffee.png", inputs / "coffee.png")
+    Image.fromarray(np.full((90, 120, 3), 200, dtype=np.uint8)).save(inputs / "nested" / "wall.JPG")
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+
+    run = run_cli("predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "--preset", "tiny", "--device", "cpu")
+
+    assert run.returncode == 1, run.stderr  # one unreadable image
+    assert "preset=tiny weights=synthetic" in run.stdout
+    assert "NOT a real SHARP prediction" in run.stderr
+    assert "broken.jpg: skipped:" in run.stderr
+    assert "[2/3] coffee.png: 600x400 px, f_px=500.0 (default), 131,072 Gaussians" in run.stdout
+    assert "120x90 px" in run.stdout
+    coffee = read_ply(tmp_path / "out" / "coffee.ply")
+    assert coffee.num_gaussians == 131_072 and (coffee.image_width, coffee.image_height) == (600, 400)
+    assert read_ply(tmp_path / "out" / "wall.ply").num_gaussians == 131_072
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coffee.ply", "wall.ply"]
+
+
+def test_predict_single_image_as_spz_with_focal_override(tmp_path: Path, conformance_dir: Path) -> None:
+    run = run_cli("predict", "-i", str(conformance_dir / "coffee.png"), "-o", str(tmp_path), "--preset", "tiny",
+                  "--format", "spz", "--f-px", "1234.5")
+    assert run.returncode == 0, run.stderr
+    assert "f_px=1234.5 (request)" in run.stdout
+    scene = decode_spz((tmp_path / "coffee.spz").read_bytes())
+    assert scene.num_gaussians == 131_072
+
+
+def test_bad_arguments_are_clear_messages(tmp_path: Path) -> None:
+    missing = run_cli("predict", "-i", str(tmp_path / "nope.jpg"), "-o", str(tmp_path), "--preset", "tiny")
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+    bad_focal = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--f-px", "-3")
+    assert bad_focal.returncode == 2 and "--f-px must be a finite number > 0" in bad_focal.stderr
+    bad_format = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--format", "obj")
+    assert bad_format.returncode == 2 and "unknown format 'obj'" in bad_format.stderr
+    empty = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "--preset", "tiny")
+    assert empty.returncode == 2 and "no supported images" in empty.stderr
+    offline = subprocess.run(
+        [sys.executable, "-m", "app", "predict", "-i", str(tmp_path), "-o", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "SHARP_OFFLINE": "1", "SHARP_CACHE_DIR": str(tmp_path / "cache"),
+             "HOME": str(tmp_path)},
+    )
+    assert offline.returncode == 2
