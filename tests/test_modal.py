@@ -77,6 +77,23 @@ def definition(function: Any) -> dict[str, Any]:
     }
 
 
+def image_layers(image: Any, builder_version: str = "2025.06") -> list[Any]:
+    """The layers of a (local, unbuilt) Modal image, base first: each layer's Dockerfile commands as
+    modal 1.6 would send them to the image builder, or the Mount of a mount layer."""
+    impl = synchronizer._translate_in(image)
+    code, cells = impl._load.__code__, impl._load.__closure__
+    captured = {name: cell.cell_contents for name, cell in zip(code.co_freevars, cells, strict=True)}
+    if "mount" in captured:  # add_local_python_source(copy=False): files added at container start
+        return [*image_layers(synchronizer._translate_out(captured["base_image"]), builder_version),
+                captured["mount"]]
+    layers: list[Any] = []
+    for base in captured["base_images"].values():
+        layers += image_layers(synchronizer._translate_out(base), builder_version)
+    if captured["dockerfile_function"] is not None:
+        layers.append(captured["dockerfile_function"](builder_version).commands)
+    return layers
+
+
 def png_bytes(width: int = 96, height: int = 64) -> bytes:
     rgb = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
@@ -189,8 +206,9 @@ def test_entrypoint_cli_options() -> None:
 _PROBE = """
 import json
 from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags as Flags
-from tests.test_modal import definition, service_function, synchronizer
+from tests.test_modal import definition, image_layers, service_function, synchronizer
 import modal_api, modal_app
+from app import deploy
 api = definition(service_function(modal_api.SharpAPI))
 fn = definition(service_function(modal_app.SharpModel))
 user_cls = synchronizer._translate_in(modal_api.SharpAPI)._get_user_cls()
@@ -202,6 +220,7 @@ print(json.dumps({
     "snapshots": [api["enable_memory_snapshot"], fn["enable_memory_snapshot"]],
     "pre_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_PRE_SNAPSHOT)),
     "post_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_POST_SNAPSHOT)),
+    "env_layer": image_layers(deploy.image)[-2],
 }))
 """
 
@@ -218,7 +237,9 @@ def probe(**environ: str) -> dict[str, Any]:
 
 def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
     seen = probe(SHARP_GPU="H100", SHARP_SCALEDOWN_WINDOW="60", SHARP_PROXY_AUTH="1",
-                 SHARP_API_KEY_SECRET="sharp-api-key", SHARP_MEMORY_SNAPSHOT="0")
+                 SHARP_API_KEY_SECRET="sharp-api-key", SHARP_MEMORY_SNAPSHOT="0",
+                 SHARP_CHECKPOINT_URL="https://example.com/my ft.pt", SHARP_DTYPE="bfloat16",
+                 SHARP_API_KEY="never-in-the-image")
     assert seen["api_gpus"] == seen["fn_gpus"] == [["H100", 1]]
     assert seen["api_scaledown"] == seen["fn_scaledown"] == 60
     assert seen["proxy_auth"] is True
@@ -227,6 +248,21 @@ def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
     assert seen["snapshots"] == [False, False]
     assert seen["pre_snapshot_hooks"] == []
     assert seen["post_snapshot_hooks"] == ["load_weights", "move_to_gpu"]
+    assert seen["env_layer"] == [
+        "FROM base", "ENV SHARP_DEVICE=cuda", "ENV SHARP_MAX_QUEUE=9",
+        "ENV SHARP_CHECKPOINT_URL='https://example.com/my ft.pt'", "ENV SHARP_DTYPE=bfloat16",
+        "ENV SHARP_CACHE_DIR=/cache",
+    ]
+
+
+def test_image_installs_the_project_and_mounts_app() -> None:
+    base, dependencies, env, source = image_layers(deploy.image)
+    assert base[0].startswith("FROM python:3.11")
+    assert len(dependencies) == 2 and dependencies[1].startswith("RUN python -m pip install")
+    for requirement in ("'torch>=", "'fastapi>=", "'uvicorn[standard]>=", "'pydantic-settings>="):
+        assert requirement in dependencies[1]  # read from pyproject.toml, not a copy of the list
+    assert env[0] == "FROM base" and "ENV SHARP_CACHE_DIR=/cache" in env
+    assert "module_name='app', remote_dir='/root'" in repr(source)  # add_local_python_source("app")
 
 
 def test_start_up_steps_with_memory_snapshots() -> None:
