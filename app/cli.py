@@ -115,7 +115,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.api import create_app
 
     settings = _settings_with(host=args.host, port=args.port, preset=args.preset)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # app.access logs each request once, with its request id; uvicorn's own access log would repeat it.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)
     return 0
 
 
