@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import http.server
 import io
 import json
@@ -355,6 +356,36 @@ def test_checkpoint_download_is_committed_once(tmp_path: Path, checkpoint_url: s
     (cache / "sharp_test.pt").unlink()
     deploy.prepare_checkpoint(settings, volume, in_container=False)  # a local run never touches the volume
     assert volume.calls == []
+
+
+def test_weights_leave_the_checkpoint_file_before_the_snapshot(tmp_path: Path) -> None:
+    """`load_on_cpu` copies the mmap'ed weights into ordinary memory: the snapshot holds them, and no mapping
+    of the volume's file is left in it; `move_to_device` then wraps the same network for the target."""
+    import torch
+
+    from app.model import build_network
+    from app.model.network import fill_synthetic_weights
+    from app.settings import Settings
+
+    network = build_network("tiny")
+    fill_synthetic_weights(network)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(network.state_dict(), checkpoint)
+    del network
+
+    def mappings() -> int:
+        with open("/proc/self/maps") as maps:
+            return sum(str(checkpoint) in line for line in maps)
+
+    settings = Settings(preset="tiny", checkpoint=checkpoint, device="cpu", cache_dir=tmp_path / "cache")
+    predictor = deploy.load_on_cpu(settings, FakeVolume())
+    gc.collect()
+    assert predictor.info.weights == "file" and predictor.info.checkpoint == str(checkpoint)
+    if Path("/proc/self/maps").exists():
+        assert mappings() == 0
+
+    moved = deploy.move_to_device(predictor, settings)
+    assert moved.network is predictor.network and moved.info == predictor.info
 
 
 # ------------------------------------------------------------------------- the container code, locally
