@@ -78,10 +78,10 @@ class SharpModel:
         """
         import orjson
 
-        from app.api import _encode_json
+        from app.api import encode_prediction_json
 
         inference = await self.service.infer(image_bytes, filename=None, f_px=f_px)
-        body = await asyncio.to_thread(_encode_json, inference, max_gaussians, encoding)
+        body = await asyncio.to_thread(encode_prediction_json, inference, max_gaussians, encoding)
         return orjson.loads(body)
 
 

@@ -356,7 +356,7 @@ async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None
     """
     inference = await service.infer(await _read_upload(file, service), filename=file.filename, f_px=f_px)
     start = time.perf_counter()
-    body = await run_in_threadpool(_encode_json, inference, max_gaussians, encoding)
+    body = await run_in_threadpool(encode_prediction_json, inference, max_gaussians, encoding)
     inference.timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
     return Response(body, media_type="application/json",
                     headers={"Server-Timing": _server_timing(inference.timings_ms)})
@@ -432,8 +432,9 @@ async def _file_response(inference: Inference, fmt: OutputFormat, media_type: st
     return StreamingResponse(encoded, media_type=media_type, headers=headers)
 
 
-def _encode_json(inference: Inference, max_gaussians: int | None,
-                 encoding: Literal["list", "base64"]) -> bytes:
+def encode_prediction_json(inference: Inference, max_gaussians: int | None,
+                           encoding: Literal["list", "base64"]) -> bytes:
+    """The body of `POST /predict` (also returned by the Modal function API): arrays plus metadata."""
     scene = inference.prediction.scene
     selected = select_gaussians(scene, max_gaussians)
     model = inference.model
