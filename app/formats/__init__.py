@@ -19,12 +19,12 @@ Usage::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.formats.files import write_atomically
 from app.formats.ply import encode_ply, iter_ply_chunks, ply_num_bytes, read_ply, write_ply
 from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
@@ -101,20 +101,8 @@ def encode_to_bytes(name: str, scene: GaussianScene, **options: Any) -> bytes:
 def write_file(name: str, scene: GaussianScene, path: str | os.PathLike[str], **options: Any) -> Path:
     """Encode `scene` as format `name` into `path`, atomically: a temporary file in the same
     directory is renamed into place only once complete, so a failure never leaves a partial file."""
-    path = Path(path)
     result = get_format(name).encode(scene, **options)
-    blocks = [result] if isinstance(result, (bytes, bytearray, memoryview)) else result
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(descriptor, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        with os.fdopen(descriptor, "wb") as stream:
-            for block in blocks:
-                stream.write(block)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, [result] if isinstance(result, (bytes, bytearray, memoryview)) else result)
 
 
 __all__ = [

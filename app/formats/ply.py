@@ -24,12 +24,12 @@ Everything is computed column by column with numpy on blocks of rows (no per-row
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from app.formats.files import write_atomically
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
 VERTEX_PROPERTIES: tuple[str, ...] = (
@@ -186,18 +186,7 @@ def write_ply(scene: GaussianScene, path: str | os.PathLike[str], vertex_only: b
     Returns:
         The path written, as a `Path`.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the output is an ordinary file
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in iter_ply_chunks(scene, vertex_only):
-                fh.write(chunk)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, iter_ply_chunks(scene, vertex_only))
 
 
 def _parse_ply(raw: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
