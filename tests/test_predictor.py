@@ -131,5 +131,15 @@ def test_device_and_dtype_choices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             select_device("cuda")
-    with pytest.raises(ValueError, match="only supported on GPUs"):
-        SharpPredictor(build_network("tiny"), weights="synthetic", device="cpu", dtype="bfloat16")
+    with pytest.raises(ValueError, match="float16 is only supported on GPUs"):
+        SharpPredictor(build_network("tiny"), weights="synthetic", device="cpu", dtype="float16")
+
+
+def test_bfloat16_autocast_stays_close_to_float32(tiny: SharpPredictor, conformance_dir: Path) -> None:
+    half = SharpPredictor(tiny.network, weights="synthetic", device="cpu", dtype="bfloat16")
+    assert half.info.dtype == "bfloat16"
+    image = load_image(conformance_dir / "coffee.png")
+    reference, reduced = tiny.predict(image).scene, half.predict(image).scene
+    assert reduced.positions.dtype == np.float32 and np.isfinite(reduced.positions).all()
+    error = np.linalg.norm(reduced.positions - reference.positions) / np.linalg.norm(reference.positions)
+    assert 0 < error < 0.05
