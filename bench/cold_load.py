@@ -1,8 +1,8 @@
 """Cold-load benchmark for a checkpoint with the exact tensor shapes of the official SHARP one.
 
-Writes a synthetic ~2.8 GB state_dict (shapes from the conformance manifest) to a temporary
-directory, then measures each way of loading it in a fresh process, after evicting the file from
-the page cache (POSIX_FADV_DONTNEED) where the OS allows:
+Writes a synthetic ~2.8 GB state_dict (the shapes of `app.model.build_network("sharp")`, which a test
+holds equal to the official manifest) to a temporary directory, then measures each way of loading it
+in a fresh process, after evicting the file from the page cache (POSIX_FADV_DONTNEED) where the OS allows:
 
 - `full`:   `torch.load` without mmap (every byte read and copied into RAM);
 - `mmap`:   `torch.load` with mmap (tensors are views of the file, pages are read on first use),
@@ -10,8 +10,7 @@ the page cache (POSIX_FADV_DONTNEED) where the OS allows:
 - `assign`: mmap load + building the network on the meta device + `load_weights(assign=True)`;
 - `copy`:   full load + building the network on the CPU (allocation + init) + `load_weights` by copy.
 
-The network is `app.model.build_network("sharp")` when importable and matching the manifest, else
-a stand-in module tree with the manifest's keys and shapes (a note says which). Times are wall-clock
+Times are wall-clock
 seconds, excluding interpreter start and imports; memory is in GB (10^9 bytes): anonymous (private
 copies), file-backed (mapped checkpoint pages) and the process's peak RSS. The file is deleted at
 the end. Run: `.venv/bin/python bench/cold_load.py`.
@@ -21,81 +20,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app.weights import CheckpointMismatchError, load_state_dict, load_weights  # noqa: E402
+from app.model import build_network  # noqa: E402
+from app.weights import load_state_dict, load_weights  # noqa: E402
 
-DEFAULT_MANIFEST = Path("/work/shared/conformance/sharp_state_dict.tsv")
 SCENARIOS = ("full", "mmap", "assign", "copy")
-Builder = Callable[[str], nn.Module]
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the tab-separated manifest (key, `AxBxC` or `scalar`, dtype, kind)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape, *_ = line.split("\t")
-        shapes[key] = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
-    return shapes
-
-
-class ManifestModule(nn.Module):
-    """A module tree whose state_dict has exactly the manifest's keys and shapes (a stand-in network)."""
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        super().__init__()
-        for key, shape in shapes.items():
-            *path, leaf = key.split(".")
-            module: nn.Module = self
-            for name in path:
-                if not hasattr(module, name):
-                    module.add_module(name, nn.Module())
-                module = getattr(module, name)
-            module.register_parameter(leaf, nn.Parameter(torch.empty(shape), requires_grad=False))
-
-
-def stand_in_builder(shapes: dict[str, tuple[int, ...]]) -> tuple[Builder, str]:
-    """A function device -> ManifestModule, and its description."""
-
-    def build(device: str) -> nn.Module:
-        with torch.device(device):
-            return ManifestModule(shapes)
-
-    return build, "stand-in module tree with the manifest's keys and shapes"
-
-
-def network_builder(shapes: dict[str, tuple[int, ...]]) -> tuple[Builder, str]:
-    """A function device -> network, and its description: app.model.build_network, else a stand-in."""
-    try:
-        from app.model import build_network
-    except Exception as exc:  # whatever breaks the import, the benchmark goes on with the stand-in
-        print(f"note: app.model.build_network unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return stand_in_builder(shapes)
-    if "device" in inspect.signature(build_network).parameters:
-        return (lambda device: build_network("sharp", device=device)), "app.model.build_network('sharp')"
-
-    def build(device: str) -> nn.Module:
-        with torch.device(device):
-            return build_network("sharp")
-
-    return build, "app.model.build_network('sharp') under a torch.device context"
 
 
 def evict(path: Path) -> bool:
@@ -138,76 +80,44 @@ class Clock:
         self.start = now
 
 
-def run_scenario(scenario: str, path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
-    """Measure one scenario in this process; returns laps (s), memory (GB) and notes."""
+def run_scenario(scenario: str, path: Path) -> dict[str, object]:
+    """Measure one scenario in this process; returns laps (s) and memory (GB)."""
     result: dict[str, object] = {}
-    build, description = network_builder(shapes) if scenario in ("assign", "copy") else (None, "")
+    mmap = scenario in ("mmap", "assign")
     clock = Clock()
-    if scenario == "full":
-        state_dict = load_state_dict(path, mmap=False)
-        clock.lap("torch.load, no mmap")
-    elif scenario == "mmap":
-        state_dict = load_state_dict(path, mmap=True)
-        clock.lap("torch.load, mmap")
+    state_dict = load_state_dict(path, mmap=mmap)
+    clock.lap("torch.load, mmap" if mmap else "torch.load, no mmap")
+    if scenario == "mmap":
         result["memory_after_load"] = memory_gb()
         sum(float(t.sum(dtype=torch.float64)) for t in state_dict.values())
         clock.lap("first read of every weight")
     elif scenario == "assign":
-        assert build is not None
-        state_dict = load_state_dict(path, mmap=True)
-        clock.lap("torch.load, mmap")
-        model = build("meta")
+        model = build_network("sharp", device="meta")
         clock.lap("build network on meta device")
-        try:
-            load_weights(model, state_dict, assign=True)
-        except CheckpointMismatchError as exc:
-            result["note"] = f"{description} does not fit the manifest ({exc}); timed the stand-in"
-            build, description = stand_in_builder(shapes)
-            clock = Clock()
-            state_dict = load_state_dict(path, mmap=True)
-            clock.lap("torch.load, mmap")
-            model = build("meta")
-            clock.lap("build network on meta device")
-            load_weights(model, state_dict, assign=True)
+        load_weights(model, state_dict, assign=True)
         clock.lap("load_weights(assign=True)")
         assert not any(t.is_meta for t in model.state_dict().values())
     elif scenario == "copy":
-        assert build is not None
-        state_dict = load_state_dict(path, mmap=False)
-        clock.lap("torch.load, no mmap")
-        model = build("cpu")
+        model = build_network("sharp", device="cpu")
         clock.lap("build network on CPU (allocate + init)")
-        try:
-            load_weights(model, state_dict, assign=False)
-        except CheckpointMismatchError:
-            build, description = stand_in_builder(shapes)
-            clock = Clock()
-            state_dict = load_state_dict(path, mmap=False)
-            clock.lap("torch.load, no mmap")
-            model = build("cpu")
-            clock.lap("build network on CPU (allocate + init)")
-            load_weights(model, state_dict, assign=False)
+        load_weights(model, state_dict, assign=False)
         clock.lap("load_weights(assign=False), copy")
-    result.update(laps=clock.laps, memory=memory_gb(), network=description)
+    result.update(laps=clock.laps, memory=memory_gb())
     return result
 
 
-def child_main(scenario: str, path: Path, manifest: Path) -> None:
-    print(json.dumps(run_scenario(scenario, path, read_manifest(manifest))))
-
-
-def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """torch.save float32 tensors of the manifest's shapes, tensor i filled with the constant i / 1000."""
-    state_dict = {key: torch.full(shape, i / 1000.0) for i, (key, shape) in enumerate(shapes.items())}
-    torch.save(state_dict, path)
+def write_checkpoint(path: Path) -> dict[str, tuple[int, ...]]:
+    """torch.save float32 tensors of the network's shapes, tensor i filled with the constant i / 1000."""
+    shapes = {key: tuple(t.shape) for key, t in build_network("sharp", device="meta").state_dict().items()}
+    torch.save({key: torch.full(shape, i / 1000.0) for i, (key, shape) in enumerate(shapes.items())}, path)
+    return shapes
 
 
 def print_result(scenario: str, result: dict[str, object]) -> float:
     """Print one scenario's laps and memory; returns its total seconds."""
     laps: dict[str, float] = result["laps"]  # type: ignore[assignment]
     total = sum(laps.values())
-    network = f" [{result['network']}]" if result.get("network") else ""
-    print(f"\n{scenario}{network}")
+    print(f"\n{scenario}")
     for name, seconds in laps.items():
         print(f"  {name:<44} {seconds:8.3f} s")
     print(f"  {'total':<44} {total:8.3f} s")
@@ -218,30 +128,26 @@ def print_result(scenario: str, result: dict[str, object]) -> float:
                 f"  {label:<44} anon {mem['anon_gb']:.2f} GB, file-backed {mem['file_gb']:.2f} GB, "
                 f"peak RSS {mem['peak_gb']:.2f} GB"
             )
-    if "note" in result:
-        print(f"  note: {result['note']}")
     return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where to write the ~2.8 GB file")
     parser.add_argument("--child", choices=SCENARIOS, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, args.file, args.manifest)
+        print(json.dumps(run_scenario(args.child, args.file)))
         return
 
-    shapes = read_manifest(args.manifest)
-    n_params = sum(torch.Size(s).numel() for s in shapes.values())
-    print(f"manifest: {len(shapes)} tensors, {n_params:,} parameters; torch {torch.__version__}, ", end="")
-    print(f"{os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(dir=args.tmp_dir, prefix="sharp-cold-load-") as tmp:
         path = Path(tmp) / "sharp_synthetic.pt"
         start = time.perf_counter()
-        write_checkpoint(path, shapes)
+        shapes = write_checkpoint(path)
+        n_params = sum(torch.Size(s).numel() for s in shapes.values())
+        print(f"checkpoint: {len(shapes)} tensors, {n_params:,} parameters; torch {torch.__version__}, "
+              f"{os.cpu_count()} CPUs")
         size = path.stat().st_size
         print(
             f"wrote {path.name}: {size:,} bytes ({size / 1e9:.3f} GB) in {time.perf_counter() - start:.1f} s"
@@ -253,7 +159,6 @@ def main() -> None:
         for scenario in SCENARIOS:
             evict(path)
             command = [sys.executable, __file__, "--child", scenario, "--file", str(path)]
-            command += ["--manifest", str(args.manifest)]
             done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
             totals[scenario] = print_result(scenario, json.loads(done.stdout.strip().splitlines()[-1]))
 
