@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from app import __version__
+from app.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_with(**overrides: object):
-    from app.settings import Settings
-
+def _settings_with(**overrides: object) -> Settings:
+    """Settings from the environment, with the command line's non-None options on top."""
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from app import weights as weights_io
 from app.gaussians import GaussianScene
 from app.model import SharpNetwork, build_network
 from app.model.network import fill_synthetic_weights
-from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings
+from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings, default_cache_dir
 from app.unproject import unproject_to_camera
 
 if TYPE_CHECKING:
@@ -109,16 +110,12 @@ class SharpPredictor:
         downloaded checkpoint from `checkpoint_url`; the `tiny` preset (or `synthetic=True`)
         gets deterministic synthetic weights.
         """
-        from app import weights as weights_io
-
         target = select_device(device)
         use_synthetic = (preset != "sharp" and checkpoint is None) if synthetic is None else synthetic
         if use_synthetic:
             network = build_network(preset)
             fill_synthetic_weights(network)
             return cls(network, weights="synthetic", device=target, dtype=dtype)
-
-        from app.settings import default_cache_dir
 
         path = weights_io.resolve_checkpoint(
             checkpoint, url=checkpoint_url, cache_dir=cache_dir or default_cache_dir(), sha256=checkpoint_sha256,

@@ -10,6 +10,7 @@ and three scales (symmetric eigendecomposition in float64, all Gaussians at once
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from app.gaussians import GaussianScene
@@ -88,7 +89,7 @@ def unproject_to_camera(
     covariances = covariances * axis_gain[:, None] * axis_gain[None, :]
     quaternions, scales = decompose_covariances(covariances)
 
-    def to_numpy(t: torch.Tensor):
+    def to_numpy(t: torch.Tensor) -> np.ndarray:
         return t.detach().float().cpu().numpy()
 
     return GaussianScene(

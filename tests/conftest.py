@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 
@@ -18,7 +20,7 @@ def conformance_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def fill_state_dict(conformance_dir: Path):
+def fill_state_dict(conformance_dir: Path) -> Callable[..., dict[str, torch.Tensor]]:
     """The kit's deterministic weight filler, `fill_state_dict(state_dict, seed)`."""
     sys.path.insert(0, str(conformance_dir))
     from fill_weights import fill_state_dict

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def seed0_checkpoint(tmp_path_factory: pytest.TempPathFactory, fill_state_dict) -> Path:
+def seed0_checkpoint(tmp_path_factory: pytest.TempPathFactory,
+                     fill_state_dict: Callable[..., dict[str, torch.Tensor]]) -> Path:
     network = build_network("sharp", device="meta")
     state_dict = fill_state_dict(network.state_dict(), seed=0)
     path = tmp_path_factory.mktemp("checkpoint") / "sharp_seed0.pt"
