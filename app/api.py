@@ -79,6 +79,10 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 PLY_MEDIA_TYPE = "application/octet-stream"
 """The PLY is sent as a plain download, as the API contract says (the registry names application/x-ply)."""
 
+PREDICTION_HEADERS = ("X-Sharp-Preset", "X-Sharp-Weights", "X-Sharp-F-Px", "X-Sharp-F-Px-Source",
+                      "X-Sharp-Image-Size", "X-Sharp-Num-Gaussians")
+"""Response headers of every prediction: the model (preset, weights) and the camera of the scene."""
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _IMAGE_ERROR_STATUS = {"unsupported_image": 415, "corrupt_image": 400, "image_too_large": 413}
 _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -359,7 +363,7 @@ async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None
     body = await run_in_threadpool(encode_prediction_json, inference, max_gaussians, encoding)
     inference.timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
     return Response(body, media_type="application/json",
-                    headers={"Server-Timing": _server_timing(inference.timings_ms)})
+                    headers={"Server-Timing": _server_timing(inference.timings_ms), **prediction_headers(inference)})
 
 
 @router.post(
@@ -418,7 +422,8 @@ async def _file_response(inference: Inference, fmt: OutputFormat, media_type: st
                          **options: Any) -> Response:
     """The scene as a download: whole bytes, or streamed block by block when the encoder yields blocks."""
     scene = inference.prediction.scene
-    headers = {"Content-Disposition": _content_disposition(f"{inference.name}{fmt.extension}")}
+    headers = {"Content-Disposition": _content_disposition(f"{inference.name}{fmt.extension}"),
+               **prediction_headers(inference)}
     start = time.perf_counter()
     encoded = await run_in_threadpool(fmt.encode, scene, **options)
     if isinstance(encoded, (bytes, bytearray, memoryview)):
@@ -430,6 +435,19 @@ async def _file_response(inference: Inference, fmt: OutputFormat, media_type: st
     if fmt.num_bytes is not None:
         headers["Content-Length"] = str(fmt.num_bytes(scene, **options))
     return StreamingResponse(encoded, media_type=media_type, headers=headers)
+
+
+def prediction_headers(inference: Inference) -> dict[str, str]:
+    """What made this response and for which camera, so a file from a test model never passes for SHARP."""
+    scene = inference.prediction.scene
+    return {
+        "X-Sharp-Preset": inference.model.preset,
+        "X-Sharp-Weights": inference.model.weights,
+        "X-Sharp-F-Px": f"{scene.f_px:.6g}",
+        "X-Sharp-F-Px-Source": inference.prediction.f_px_source,
+        "X-Sharp-Image-Size": f"{scene.image_width}x{scene.image_height}",
+        "X-Sharp-Num-Gaussians": str(scene.num_gaussians),
+    }
 
 
 def encode_prediction_json(inference: Inference, max_gaussians: int | None,
@@ -509,7 +527,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After"],
+            expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After", *PREDICTION_HEADERS],
         )
     app.add_middleware(RequestContextMiddleware)
     return app

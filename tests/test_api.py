@@ -722,3 +722,17 @@ def test_pixel_helper_is_what_it_claims() -> None:
         image = Image.open(io.BytesIO(png_header_only(10_000, 10_000)))
     assert image.size == (10_000, 10_000)
     assert len(png_header_only(10_000, 10_000)) < 200
+
+
+def test_every_prediction_names_its_model_and_camera(client: httpx.Client) -> None:
+    """A file made by the tiny preset must say so in its headers (the file bytes keep the reference layout)."""
+    photo = image_bytes(90, 60)
+    for path in ("/predict", *(f"/predict/{name}" for name in FORMATS)):
+        response = client.post(path, files={"file": ("p.png", photo, "image/png")}, data={"f_px": "77"})
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["x-sharp-preset"] == "tiny"
+        assert response.headers["x-sharp-weights"] == "synthetic"
+        assert float(response.headers["x-sharp-f-px"]) == 77.0
+        assert response.headers["x-sharp-f-px-source"] == "request"
+        assert response.headers["x-sharp-image-size"] == "90x60"
+        assert int(response.headers["x-sharp-num-gaussians"]) == TINY_GAUSSIANS
