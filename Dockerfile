@@ -6,6 +6,15 @@
 # The first start downloads the ~2.8 GB checkpoint into the /cache volume; /health answers 503
 # "loading" until the model is ready. Configure with SHARP_* variables (-e SHARP_API_KEY=...).
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+
+# The web page's renderer: three.js and Spark from npm, pinned with integrity hashes in web/package-lock.json,
+# copied into app/web/static/vendor. Node.js stays in this stage; the image serves the files itself (no CDN).
+FROM node:20-slim AS web
+WORKDIR /src
+COPY web/package.json web/package-lock.json web/copy-vendor.mjs ./web/
+RUN npm ci --prefix web --no-audit --no-fund \
+    && node web/copy-vendor.mjs
+
 FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,6 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/sharp-serve
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY --from=web /src/app/web/static/vendor ./app/web/static/vendor
 RUN python -m pip install . \
     && python -c "import torch, app.api; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 

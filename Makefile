@@ -5,10 +5,19 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The web page's renderer: three.js and Spark from npm (pinned in web/package-lock.json), copied into
+# app/web/static/vendor (gitignored). Node.js is needed only here, not at run time.
+WEB_STAMP := app/web/static/vendor/versions.json
 
-.PHONY: setup test lint serve bench clean
+.PHONY: setup test lint serve bench clean web
 
-setup: $(STAMP)
+setup: $(STAMP) $(WEB_STAMP)
+
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): web/package.json web/package-lock.json web/copy-vendor.mjs
+	npm ci --prefix web --no-audit --no-fund
+	node web/copy-vendor.mjs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache web/node_modules app/web/static/vendor

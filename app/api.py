@@ -57,6 +57,7 @@ from app.service import (
     default_loader,
 )
 from app.settings import Settings, get_settings
+from app.web import mount_page, page_response, wants_html
 
 LOGGER = logging.getLogger(__name__)
 ACCESS_LOGGER = logging.getLogger("app.access")
@@ -312,8 +313,11 @@ Service = Annotated[InferenceService, Depends(get_service)]
 
 
 @router.get("/", response_model=ApiInfo, summary="API information")
-async def api_info(request: Request, service: Service) -> ApiInfo:
-    """Name, version, model, formats and endpoints of this server."""
+async def api_info(request: Request, response: Response, service: Service) -> ApiInfo | Response:
+    """Name, version, model, formats and endpoints of this server (browsers that prefer HTML get the web page)."""
+    if wants_html(request):
+        return page_response()
+    response.headers["Vary"] = "Accept"
     predictor = service.predictor
     endpoints = [
         EndpointInfo(method=method.upper(), path=path, summary=operation.get("summary", ""))
@@ -522,6 +526,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     app.state.settings = settings
     _install_error_handlers(app)
     app.include_router(router)
+    mount_page(app)
     app.add_middleware(UploadGuard, settings=settings)
     if settings.cors_origins:
         app.add_middleware(

@@ -144,8 +144,13 @@ def build_image(environ: Mapping[str, str] | None = None) -> modal.Image:
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .pip_install_from_pyproject(str(PYPROJECT))
         .env(container_env(environ))
-        .add_local_python_source("app")
+        .add_local_python_source("app", ignore=_not_shipped)
     )
+
+
+def _not_shipped(path: Path) -> bool:
+    """What `add_local_python_source` leaves out: all but Python files and the web page (`app/web/static`)."""
+    return not (path.suffix == ".py" or "static" in path.parts)
 
 
 image = build_image()

@@ -59,6 +59,7 @@ class ApiInfo(BaseModel):
     endpoints: list[EndpointInfo]
     docs_url: str
     openapi_url: str
+    page_url: str = Field(default="/viewer", description="The web page: drop a photo, orbit the 3D scene.")
 
 
 class HealthResponse(BaseModel):

@@ -1,0 +1,895 @@
+// sharp-serve web page: a photo in, a 3D Gaussian splat scene out, rendered with Spark on three.js.
+//
+// Flow: the photo is uploaded at once (XMLHttpRequest, for upload progress); the server predicts; the
+// SPZ scene comes back and is rendered from the photo's own viewpoint, then the user can orbit.
+// Two transports: the jobs API (POST /jobs, then server-sent events, then GET the result) when the
+// server's JSON info lists `POST /jobs`, else one `POST /predict/spz` request.
+//
+// Test contract: document.body.dataset.state is one of idle, uploading, queued, running,
+// loading-scene, ready, error; dataset.frames counts frames rendered of the current scene and
+// dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame).
+
+const $ = (id) => document.getElementById(id);
+const body = document.body;
+const KEY_STORAGE = "sharp-serve.api-key";
+const SCENE_EXTENSIONS = ["ply", "spz", "splat"];
+const DOWNLOADS = [
+  // [name in job results, label, sync endpoint, extra form fields, file extension]
+  ["spz", "SPZ (compact)", "predict/spz", {}, ".spz"],
+  ["ply", "PLY (reference)", "predict/ply", {}, ".ply"],
+  ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"],
+  ["splat", ".splat", "predict/splat", {}, ".splat"],
+];
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+const page = {
+  info: null, // the server's JSON info (GET / with Accept: application/json)
+  jobs: false, // the server offers POST /jobs
+  run: 0, // id of the current action; callbacks of older ones are ignored
+  abort: null, // cancels the current action's requests
+  retry: null, // repeats the last action (after an API key is entered, or "Try again")
+  startedAt: 0,
+  ticker: 0,
+};
+
+// ------------------------------------------------------------------------------------------ state
+
+class ApiError extends Error {
+  constructor(status, code, message, requestId = null) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.requestId = requestId;
+  }
+}
+
+class Superseded extends Error {}
+
+function setState(state, text, { progress = undefined, detail = "" } = {}) {
+  body.dataset.state = state;
+  $("status-text").textContent = text;
+  $("status-detail").textContent = detail;
+  const bar = $("progress");
+  if (progress === undefined) {
+    bar.hidden = true;
+  } else {
+    bar.hidden = false;
+    if (progress === null) bar.removeAttribute("value"); // indeterminate
+    else bar.value = Math.max(0, Math.min(1, progress));
+  }
+  if (state !== "error") {
+    $("error").hidden = true;
+    $("auth-form").hidden = true;
+    delete body.dataset.errorCode;
+  }
+}
+
+function showError(error) {
+  stopTicker();
+  const api = error instanceof ApiError;
+  body.dataset.errorCode = api ? error.code : "client_error";
+  setState("error", api && error.status === 401 ? "An API key is needed." : "Something went wrong.");
+  body.dataset.state = "error";
+  $("error").hidden = false;
+  $("error-message").textContent = error.message || String(error);
+  $("error-request").textContent = api && error.requestId ? `Request id: ${error.requestId}` : "";
+  $("retry").hidden = !page.retry;
+  $("auth-form").hidden = !(api && error.status === 401);
+  if (!$("auth-form").hidden) $("api-key").focus();
+}
+
+function startTicker(render) {
+  stopTicker();
+  const t0 = performance.now();
+  render(0);
+  page.ticker = setInterval(() => render((performance.now() - t0) / 1000), 250);
+}
+
+function stopTicker() {
+  clearInterval(page.ticker);
+  page.ticker = 0;
+}
+
+function newRun() {
+  page.abort?.();
+  stopTicker();
+  page.run += 1;
+  const run = page.run;
+  const controller = new AbortController();
+  const xhrs = new Set();
+  page.abort = () => {
+    controller.abort();
+    for (const xhr of xhrs) xhr.abort();
+  };
+  return {
+    signal: controller.signal,
+    track: (xhr) => xhrs.add(xhr),
+    check: () => {
+      if (run !== page.run) throw new Superseded();
+    },
+    current: () => run === page.run,
+  };
+}
+
+// ------------------------------------------------------------------------------------------ HTTP
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function errorFromBody(status, text, fallbackRequestId = null) {
+  try {
+    const error = JSON.parse(text).error;
+    if (error?.message) return new ApiError(status, error.code || `http_${status}`, error.message, error.request_id);
+  } catch {
+    // not JSON: fall through
+  }
+  const message = status ? `The server answered ${status}${text ? `: ${text.slice(0, 200)}` : "."}` : "The server could not be reached.";
+  return new ApiError(status, `http_${status}`, message, fallbackRequestId);
+}
+
+async function errorFromResponse(response) {
+  return errorFromBody(response.status, await response.text(), response.headers.get("X-Request-ID"));
+}
+
+function mb(bytes) {
+  return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1)} MB`;
+}
+
+/** POST a form with XMLHttpRequest: upload progress, then (optionally) download progress. */
+function postForm(url, form, run, { onUploaded, onHeaders, onDownload, responseType = "arraybuffer" } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    run.track(xhr);
+    xhr.open("POST", url);
+    xhr.responseType = responseType;
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (event) => {
+      if (run.current() && event.lengthComputable) {
+        setState("uploading", "Uploading the photo…", {
+          progress: event.loaded / event.total,
+          detail: `${Math.round((100 * event.loaded) / event.total)} % of ${mb(event.total)}`,
+        });
+      }
+    };
+    xhr.upload.onload = () => run.current() && onUploaded?.();
+    xhr.onreadystatechange = () => {
+      if (xhr.readyState === XMLHttpRequest.HEADERS_RECEIVED && run.current() && xhr.status < 300) onHeaders?.(xhr);
+    };
+    xhr.onprogress = (event) => run.current() && xhr.status < 300 && onDownload?.(event.loaded, event.lengthComputable ? event.total : 0);
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve(xhr);
+        return;
+      }
+      const text = xhr.response instanceof ArrayBuffer ? new TextDecoder().decode(xhr.response) : String(xhr.response ?? "");
+      const error = errorFromBody(xhr.status, text, xhr.getResponseHeader("X-Request-ID"));
+      error.retryAfter = Number(xhr.getResponseHeader("Retry-After")) || 0;
+      reject(error);
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network_error", "The server could not be reached (network error)."));
+    xhr.onabort = () => reject(new Superseded());
+    if (run.current()) setState("uploading", "Uploading the photo…", { progress: 0 });
+    xhr.send(form);
+  });
+}
+
+/** GET with fetch, reading the body as a stream to report progress against Content-Length. */
+async function download(url, run, onProgress) {
+  const response = await fetch(url, { headers: authHeaders(), signal: run.signal });
+  if (!response.ok) throw await errorFromResponse(response);
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.length;
+    run.check();
+    onProgress?.(loaded, total);
+  }
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return { bytes, headers: response.headers };
+}
+
+function downloadProgress(what) {
+  return (loaded, total) =>
+    setState("loading-scene", `Downloading the ${what}…`, {
+      progress: total ? loaded / total : null,
+      detail: total ? `${Math.round((100 * loaded) / total)} % of ${mb(total)}` : mb(loaded),
+    });
+}
+
+/** The `event: job` messages of a server-sent event stream, read with fetch (so it can send a key). */
+async function* jobEvents(url, run) {
+  const response = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() }, signal: run.signal });
+  if (!response.ok) throw await errorFromResponse(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end = buffer.indexOf("\n\n");
+    while (end >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      end = buffer.indexOf("\n\n");
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (event === "job" && data.length) yield JSON.parse(data.join("\n"));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ server info
+
+async function loadInfo() {
+  try {
+    const response = await fetch("./", { headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    page.info = await response.json();
+    page.jobs = (page.info.endpoints || []).some((e) => e.method === "POST" && e.path === "/jobs");
+    if (page.info.model) showModel(page.info.model);
+    else $("model").textContent = `model ${page.info.status || "loading"}`;
+    $("model").hidden = false;
+    if (page.info.auth_required && !apiKey()) $("auth-form").hidden = false;
+  } catch {
+    // The page still works: the transport falls back to POST /predict/spz.
+  }
+}
+
+function showModel({ preset, weights, device, dtype }) {
+  $("model").textContent = `model: ${preset} · weights: ${weights}${device ? ` · ${device}` : ""}${dtype ? ` ${dtype}` : ""}`;
+  $("model").hidden = false;
+  const banner = $("model-banner");
+  if (preset === "tiny" || (weights && weights !== "official")) {
+    const what = preset === "tiny" ? "the tiny test network" : `the ${preset} network`;
+    banner.textContent =
+      weights === "official"
+        ? `This server runs ${what}: its scenes are not real SHARP predictions.`
+        : `This server runs ${what} with ${weights} weights, not the official SHARP checkpoint: ` +
+          (weights === "synthetic" ? "its scenes are noise shaped by the photo, not a real prediction." : "results depend on that checkpoint.");
+    banner.hidden = false;
+  } else {
+    banner.hidden = true;
+  }
+}
+
+// ------------------------------------------------------------------------------------- prediction
+
+async function predict(file) {
+  const run = newRun();
+  const fPx = $("f-px").value.trim();
+  page.retry = () => predict(file);
+  page.startedAt = performance.now();
+  body.dataset.source = "upload";
+  try {
+    const result = page.jobs ? await predictWithJob(file, fPx, run) : await predictSync(file, fPx, run);
+    run.check();
+    stopTicker();
+    setState("loading-scene", "Preparing the 3D scene…", { progress: null });
+    await showScene(result.bytes, "spz", result.camera, run);
+    run.check();
+    showResult(result, file);
+  } catch (error) {
+    if (error instanceof Superseded || !run.current()) return;
+    if (error instanceof ApiError && error.code === "model_loading" && error.retryAfter) {
+      setState("queued", "The model is still loading…", { progress: null, detail: `Trying again in ${error.retryAfter} s.` });
+      setTimeout(() => run.current() && predict(file), error.retryAfter * 1000);
+      return;
+    }
+    showError(error);
+  }
+}
+
+function formFor(file, fPx, extra = {}) {
+  const form = new FormData();
+  form.append("file", file, file.name || "photo");
+  if (fPx) form.append("f_px", fPx);
+  for (const [name, value] of Object.entries(extra)) form.append(name, value);
+  return form;
+}
+
+/** Transport (b): one POST /predict/spz; the X-Sharp-* headers describe the camera and the model. */
+async function predictSync(file, fPx, run) {
+  const t0 = performance.now();
+  let uploadedAt = 0;
+  let headersAt = 0;
+  const xhr = await postForm("predict/spz", formFor(file, fPx), run, {
+    onUploaded: () => {
+      uploadedAt = performance.now();
+      startTicker((s) =>
+        setState("running", "Predicting the 3D scene…", {
+          progress: null,
+          detail: `${s.toFixed(0)} s (a single request: the server reports no progress until it is done)`,
+        }),
+      );
+    },
+    onHeaders: () => {
+      headersAt = performance.now();
+      stopTicker();
+      downloadProgress("scene")(0, 0);
+    },
+    onDownload: (loaded, total) => downloadProgress("scene")(loaded, total),
+  });
+  const end = performance.now();
+  const header = (name) => xhr.getResponseHeader(name);
+  const [width, height] = (header("X-Sharp-Image-Size") || "0x0").split("x").map(Number);
+  const model = { preset: header("X-Sharp-Preset"), weights: header("X-Sharp-Weights") };
+  if (model.preset) showModel({ ...(page.info?.model || {}), ...model });
+  const bytes = new Uint8Array(xhr.response);
+  return {
+    bytes,
+    camera: { fPx: Number(header("X-Sharp-F-Px")) || 0, width, height },
+    meta: {
+      gaussians: Number(header("X-Sharp-Num-Gaussians")) || 0,
+      fPx: Number(header("X-Sharp-F-Px")) || 0,
+      fPxSource: header("X-Sharp-F-Px-Source"),
+      width,
+      height,
+      model,
+      timings: parseServerTiming(header("Server-Timing")),
+      transfer: {
+        upload: ((uploadedAt || headersAt || end) - t0) / 1000,
+        wait: uploadedAt && headersAt ? (headersAt - uploadedAt) / 1000 : null,
+        download: headersAt ? (end - headersAt) / 1000 : null,
+        bytes: bytes.length,
+      },
+    },
+    sources: { spz: bytes },
+    fileStem: filenameStem(header("Content-Disposition"), file),
+  };
+}
+
+/** Transport (a): POST /jobs, follow GET /jobs/{id}/events, then GET the SPZ result. */
+async function predictWithJob(file, fPx, run) {
+  const t0 = performance.now();
+  let uploadedAt = 0;
+  const xhr = await postForm("jobs", formFor(file, fPx), run, {
+    responseType: "text",
+    onUploaded: () => {
+      uploadedAt = performance.now();
+      setState("queued", "Waiting for the server…", { progress: null });
+    },
+  });
+  let job = JSON.parse(xhr.response);
+  const jobUrl = new URL(xhr.getResponseHeader("Location") || `jobs/${job.id}`, location.href);
+  showJob(job);
+  try {
+    for await (const event of jobEvents(new URL(`${jobUrl.pathname.replace(/\/$/, "")}/events`, location.href), run)) {
+      run.check();
+      job = event;
+      showJob(job);
+      if (TERMINAL.has(job.status)) break;
+    }
+  } catch (error) {
+    if (error instanceof Superseded || run.signal.aborted) throw new Superseded();
+    // The event stream broke: poll the job instead.
+  }
+  while (!TERMINAL.has(job.status)) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    run.check();
+    const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
+    if (!response.ok) throw await errorFromResponse(response);
+    job = await response.json();
+    showJob(job);
+  }
+  if (job.status !== "succeeded") {
+    throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.id);
+  }
+  const waitedAt = performance.now();
+  const spzUrl = new URL(job.results.spz, location.href);
+  const { bytes } = await download(spzUrl, run, downloadProgress("scene"));
+  const end = performance.now();
+  const m = job.metadata || {};
+  if (job.model) showModel(job.model);
+  return {
+    bytes,
+    camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
+    meta: {
+      gaussians: m.num_gaussians,
+      fPx: m.f_px,
+      fPxSource: m.f_px_source,
+      width: m.image_width,
+      height: m.image_height,
+      model: job.model || {},
+      timings: job.timings_ms || {},
+      transfer: {
+        upload: ((uploadedAt || waitedAt) - t0) / 1000,
+        wait: uploadedAt ? (waitedAt - uploadedAt) / 1000 : null,
+        download: (end - waitedAt) / 1000,
+        bytes: bytes.length,
+      },
+    },
+    sources: { spz: bytes },
+    results: job.results || {},
+    fileStem: (file.name || "scene").replace(/\.[^.]*$/, ""),
+  };
+}
+
+function showJob(job) {
+  if (job.status === "queued") {
+    const position = job.queue_position;
+    setState("queued", "Queued…", {
+      progress: null,
+      detail: position === null || position === undefined ? "" : position === 0 ? "Next in line." : `${position} ahead in the queue.`,
+    });
+  } else if (job.status === "running") {
+    const progress = Number.isFinite(job.progress) ? job.progress : null;
+    setState("running", "Predicting the 3D scene…", {
+      progress,
+      detail: `${job.stage || "running"}${progress === null ? "" : ` · ${Math.round(100 * progress)} %`}`,
+    });
+  }
+}
+
+function parseServerTiming(value) {
+  const timings = {};
+  for (const item of (value || "").split(",")) {
+    const match = /^\s*([\w-]+)\s*;\s*dur=([\d.]+)/.exec(item);
+    if (match) timings[match[1]] = Number(match[2]);
+  }
+  return timings;
+}
+
+function filenameStem(disposition, file) {
+  const match = /filename="([^"]+)"/.exec(disposition || "");
+  const name = match ? match[1] : file.name || "scene";
+  return name.replace(/\.[^.]*$/, "");
+}
+
+// ------------------------------------------------------------------------------------ result panel
+
+function showResult(result, file) {
+  const { meta } = result;
+  const rows = [];
+  const fmt = (n, digits = 0) => Number(n).toLocaleString("en-US", { maximumFractionDigits: digits });
+  if (meta.gaussians) rows.push(["Gaussians", fmt(meta.gaussians)]);
+  if (meta.width) rows.push(["Image", `${meta.width} × ${meta.height} px`]);
+  if (meta.fPx) rows.push(["f_px", `${fmt(meta.fPx, 1)}${meta.fPxSource ? ` (${meta.fPxSource})` : ""}`]);
+  if (meta.model?.preset) rows.push(["Model", `${meta.model.preset}, ${meta.model.weights} weights`]);
+  const stages = Object.entries(meta.timings || {}).filter(([, ms]) => Number.isFinite(ms));
+  if (stages.length) rows.push(["Server", stages.map(([stage, ms]) => `${stage} ${fmt(ms)} ms`).join(", ")]);
+  const t = meta.transfer;
+  if (t) {
+    const parts = [`upload ${t.upload.toFixed(2)} s`];
+    if (t.wait !== null) parts.push(`prediction ${t.wait.toFixed(2)} s`);
+    if (t.download !== null) parts.push(`download ${t.download.toFixed(2)} s (${mb(t.bytes)})`);
+    rows.push(["This page", parts.join(", ")]);
+  }
+  if (result.local) rows.push(["File", `${result.local} (opened locally, not uploaded)`]);
+  const dl = $("meta");
+  dl.replaceChildren();
+  for (const [name, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    dl.append(dt, dd);
+  }
+  showDownloads(result, file);
+  $("result").hidden = false;
+}
+
+function showDownloads(result, file) {
+  const box = $("downloads");
+  box.replaceChildren();
+  $("downloads-note").textContent = "";
+  if (!file) return; // a local file: nothing to download
+  for (const [name, label, endpoint, extra, extension] of DOWNLOADS) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.dataset.format = name;
+    const filename = `${result.fileStem}${extension}`;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        let bytes = result.sources[name];
+        if (!bytes) {
+          const run = { signal: undefined, track: () => {}, check: () => {}, current: () => false };
+          if (result.results?.[name]) {
+            ({ bytes } = await download(new URL(result.results[name], location.href), run, (loaded, total) => {
+              button.textContent = `${label}: ${total ? `${Math.round((100 * loaded) / total)} %` : mb(loaded)}`;
+            }));
+          } else {
+            button.textContent = `${label}: predicting…`;
+            const xhr = await postForm(endpoint, formFor(file, $("f-px").value.trim(), extra), run, {
+              onDownload: (loaded, total) => {
+                button.textContent = `${label}: ${total ? `${Math.round((100 * loaded) / total)} %` : mb(loaded)}`;
+              },
+            });
+            bytes = new Uint8Array(xhr.response);
+          }
+          result.sources[name] = bytes;
+        }
+        saveBytes(bytes, filename);
+        button.textContent = label;
+      } catch (error) {
+        button.textContent = `${label}: failed`;
+        $("downloads-note").textContent = error.message || String(error);
+      } finally {
+        button.disabled = false;
+      }
+    });
+    box.append(button);
+  }
+  $("downloads-note").textContent = result.results
+    ? "All formats were made by the same job."
+    : "SPZ is the scene shown here. The other formats run the model again on the same photo (same result).";
+}
+
+function saveBytes(bytes, filename) {
+  const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+// ------------------------------------------------------------------------------------ local files
+
+async function openLocal(file) {
+  const run = newRun();
+  page.retry = () => openLocal(file);
+  page.startedAt = performance.now();
+  body.dataset.source = "local";
+  const extension = (file.name.split(".").pop() || "").toLowerCase();
+  try {
+    setState("loading-scene", `Reading ${file.name}…`, { progress: null });
+    let bytes = new Uint8Array(await file.arrayBuffer());
+    let camera = null;
+    if (extension === "ply") ({ bytes, camera } = plyForSpark(bytes));
+    await showScene(bytes, extension, camera, run);
+    run.check();
+    const meta = camera ? { width: camera.width, height: camera.height, fPx: camera.fPx, fPxSource: "file" } : {};
+    meta.gaussians = numSplats(viewer.mesh);
+    showResult({ meta, local: file.name }, null);
+  } catch (error) {
+    if (error instanceof Superseded || !run.current()) return;
+    showError(error);
+  }
+}
+
+/**
+ * A PLY for Spark: the vertex element alone (SHARP's PLY adds camera elements after it), plus the
+ * camera from its `intrinsic` and `image_size` elements when present.
+ */
+function plyForSpark(bytes) {
+  const head = new TextDecoder("latin1").decode(bytes.subarray(0, Math.min(bytes.length, 16384)));
+  const end = head.indexOf("end_header\n");
+  if (!head.startsWith("ply") || end < 0) return { bytes, camera: null };
+  const dataStart = end + "end_header\n".length;
+  const sizes = { char: 1, uchar: 1, int8: 1, uint8: 1, short: 2, ushort: 2, int16: 2, uint16: 2, int: 4, uint: 4, int32: 4, uint32: 4, float: 4, float32: 4, double: 8, float64: 8 };
+  const elements = [];
+  const lines = head.slice(0, end).split("\n");
+  let vertexHeaderEnd = -1;
+  for (const [index, line] of lines.entries()) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] === "format" && words[1] !== "binary_little_endian") return { bytes, camera: null };
+    if (words[0] === "element") elements.push({ name: words[1], count: Number(words[2]), props: [] });
+    else if (words[0] === "property" && elements.length) {
+      if (words[1] === "list") return { bytes, camera: null };
+      elements.at(-1).props.push({ name: words[2], type: words[1], size: sizes[words[1]] || 0 });
+    }
+    if (elements.length === 1) vertexHeaderEnd = index;
+  }
+  if (elements[0]?.name !== "vertex" || elements.length === 1) return { bytes, camera: null };
+  let offset = dataStart;
+  const where = {};
+  for (const element of elements) {
+    const stride = element.props.reduce((sum, p) => sum + p.size, 0);
+    where[element.name] = { offset, element };
+    offset += stride * element.count;
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let camera = null;
+  if (where.intrinsic && where.image_size && offset <= bytes.length) {
+    const f = view.getFloat32(where.intrinsic.offset, true);
+    const read = where.image_size.element.props[0].type.startsWith("u") ? "getUint32" : "getInt32";
+    const width = view[read](where.image_size.offset, true);
+    const height = view[read](where.image_size.offset + 4, true);
+    if (f > 0 && width > 0 && height > 0) camera = { fPx: f, width, height };
+  }
+  const vertexBytes = where.vertex.element.props.reduce((sum, p) => sum + p.size, 0) * where.vertex.element.count;
+  const header = new TextEncoder().encode(`${lines.slice(0, vertexHeaderEnd + 1).join("\n")}\nend_header\n`);
+  const trimmed = new Uint8Array(header.length + vertexBytes);
+  trimmed.set(header, 0);
+  trimmed.set(bytes.subarray(dataStart, dataStart + vertexBytes), header.length);
+  return { bytes: trimmed, camera };
+}
+
+// ---------------------------------------------------------------------------------------- viewer
+
+const viewer = {
+  ready: null, // Promise of the loaded modules
+  THREE: null,
+  renderer: null,
+  scene: null,
+  camera: null,
+  controls: null,
+  mesh: null,
+  aspect: 4 / 3,
+  home: { depth: 2 },
+  pending: false,
+  frames: 0,
+  visible: false,
+};
+
+/** Spark's SPZ reader keeps the file's coordinates. SPZ stores RUB axes (x right, y up, z back), the
+ * axes of a three.js camera; PLY and .splat from SHARP keep OpenCV axes (x right, y down, z forward)
+ * and are turned 180 degrees about x. Either way the camera at the origin looking down -z sees the photo. */
+const OPENCV_TO_THREE = { ply: true, splat: true, spz: false };
+
+async function loadRenderer() {
+  if (body.dataset.vendor === "missing") {
+    throw new ApiError(0, "renderer_missing", $("vendor-banner").textContent.replace(/\s+/g, " ").trim());
+  }
+  viewer.ready ??= (async () => {
+    const [THREE, { OrbitControls }, Spark] = await Promise.all([
+      import("three"),
+      import("three/addons/controls/OrbitControls.js"),
+      import("@sparkjsdev/spark"),
+    ]);
+    viewer.THREE = THREE;
+    viewer.Spark = Spark;
+    const canvas = $("canvas");
+    canvas.hidden = false;
+    $("placeholder").hidden = true;
+    const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
+    renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+    renderer.setClearColor(0x101114, 1);
+    const scene = new THREE.Scene();
+    const camera = new THREE.PerspectiveCamera(50, 4 / 3, 0.01, 1000);
+    scene.add(new Spark.SparkRenderer({ renderer, onDirty: requestRender }));
+    const controls = new OrbitControls(camera, canvas);
+    controls.enableDamping = true;
+    controls.dampingFactor = 0.12;
+    controls.screenSpacePanning = true;
+    controls.addEventListener("change", requestRender);
+    Object.assign(viewer, { renderer, scene, camera, controls });
+    new ResizeObserver(layout).observe($("stage"));
+    layout();
+  })().catch((error) => {
+    viewer.ready = null;
+    throw new ApiError(0, "renderer_missing", `The 3D renderer could not be loaded (${error.message}). Run \`make web\` on the server.`);
+  });
+  return viewer.ready;
+}
+
+/** The canvas: the largest rectangle of the scene's aspect ratio that fits the stage (letterboxed). */
+function layout() {
+  if (!viewer.renderer) return;
+  const stage = $("stage").getBoundingClientRect();
+  let width = stage.width;
+  let height = width / viewer.aspect;
+  if (height > stage.height) {
+    height = stage.height;
+    width = height * viewer.aspect;
+  }
+  width = Math.max(1, Math.floor(width));
+  height = Math.max(1, Math.floor(height));
+  viewer.renderer.setSize(width, height, true);
+  viewer.camera.aspect = width / height;
+  viewer.camera.updateProjectionMatrix();
+  requestRender();
+}
+
+function requestRender() {
+  if (viewer.pending || !viewer.renderer) return;
+  viewer.pending = true;
+  requestAnimationFrame(renderFrame);
+}
+
+function renderFrame() {
+  viewer.pending = false;
+  const moving = viewer.controls.update();
+  viewer.renderer.render(viewer.scene, viewer.camera);
+  if (viewer.mesh) {
+    viewer.frames += 1;
+    body.dataset.frames = String(viewer.frames);
+    if (!viewer.visible && frameHasSplats()) {
+      viewer.visible = true;
+      body.dataset.visible = "1";
+      body.dataset.firstFrameMs = String(Math.round(performance.now() - page.startedAt));
+    }
+  }
+  // Damping eases out over several frames; until the splats first show, keep drawing (Spark sorts
+  // asynchronously and says so through onDirty, but a few extra frames are cheap and certain).
+  if (moving || (viewer.mesh && !viewer.visible && viewer.frames < 600)) requestRender();
+}
+
+/** Whether the frame just drawn differs from the clear colour in more than 0.5 % of its pixels. */
+function frameHasSplats() {
+  const gl = viewer.renderer.getContext();
+  const width = gl.drawingBufferWidth;
+  const height = gl.drawingBufferHeight;
+  const pixels = new Uint8Array(width * height * 4);
+  // Spark may leave its readback buffer bound; reading into client memory needs none bound.
+  const packBuffer = gl.getParameter(gl.PIXEL_PACK_BUFFER_BINDING);
+  gl.bindBuffer(gl.PIXEL_PACK_BUFFER, null);
+  gl.readPixels(0, 0, width, height, gl.RGBA, gl.UNSIGNED_BYTE, pixels);
+  gl.bindBuffer(gl.PIXEL_PACK_BUFFER, packBuffer);
+  if (gl.getError() !== gl.NO_ERROR) return false;
+  let differing = 0;
+  for (let i = 0; i < pixels.length; i += 4 * 7) {
+    if (Math.abs(pixels[i] - 0x10) + Math.abs(pixels[i + 1] - 0x11) + Math.abs(pixels[i + 2] - 0x14) > 12) differing += 1;
+  }
+  return differing > (0.005 * pixels.length) / (4 * 7);
+}
+
+async function showScene(bytes, fileType, camera, run) {
+  await loadRenderer();
+  run.check();
+  const { THREE, Spark } = viewer;
+  const mesh = new Spark.SplatMesh({ fileBytes: bytes, fileType, fileName: `scene.${fileType}` });
+  await mesh.initialized;
+  if (!run.current()) {
+    mesh.dispose();
+    throw new Superseded();
+  }
+  if (viewer.mesh) {
+    viewer.scene.remove(viewer.mesh);
+    viewer.mesh.dispose();
+  }
+  if (OPENCV_TO_THREE[fileType]) mesh.quaternion.set(1, 0, 0, 0); // 180 degrees about x
+  viewer.mesh = mesh;
+  viewer.scene.add(mesh);
+  viewer.frames = 0;
+  viewer.visible = false;
+  body.dataset.frames = "0";
+  delete body.dataset.visible;
+  delete body.dataset.firstFrameMs;
+
+  // The photo's camera: at the origin, looking down -z, y up, with the photo's vertical field of view.
+  if (camera?.fPx > 0 && camera.height > 0) {
+    viewer.aspect = camera.width / camera.height;
+    viewer.camera.fov = THREE.MathUtils.radToDeg(2 * Math.atan(camera.height / (2 * camera.fPx)));
+  } else {
+    const stage = $("stage").getBoundingClientRect();
+    viewer.aspect = stage.width / Math.max(1, stage.height);
+    viewer.camera.fov = 50;
+  }
+  viewer.home.depth = medianDepth(mesh, OPENCV_TO_THREE[fileType]);
+  const depth = viewer.home.depth;
+  viewer.controls.minDistance = depth * 0.02;
+  viewer.controls.maxDistance = depth * 20;
+  viewer.camera.near = Math.max(0.001, depth * 0.005);
+  viewer.camera.far = depth * 200;
+  resetView();
+  layout();
+  $("reset-view").disabled = false;
+  setState("ready", "Ready: drag to orbit the scene.", {
+    detail: `Shown from the photo's viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
+  });
+  requestRender();
+}
+
+function numSplats(mesh) {
+  try {
+    return mesh?.splats?.getNumSplats?.() ?? mesh?.packedSplats?.numSplats ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Median distance in front of the camera of (a sample of) the splat centres; 2 m if there are none. */
+function medianDepth(mesh, opencv) {
+  const count = numSplats(mesh);
+  const step = Math.max(1, Math.floor(count / 20000));
+  const depths = [];
+  let index = 0;
+  try {
+    mesh.forEachSplat((i, center) => {
+      if (index++ % step === 0) {
+        const depth = opencv ? center.z : -center.z;
+        if (depth > 0 && Number.isFinite(depth)) depths.push(depth);
+      }
+    });
+  } catch {
+    return 2;
+  }
+  if (!depths.length) return 2;
+  depths.sort((a, b) => a - b);
+  return depths[Math.floor(depths.length / 2)];
+}
+
+function resetView() {
+  const { camera, controls } = viewer;
+  camera.position.set(0, 0, 0);
+  camera.up.set(0, 1, 0);
+  camera.quaternion.identity();
+  camera.updateProjectionMatrix();
+  controls.target.set(0, 0, -viewer.home.depth);
+  controls.update();
+  requestRender();
+}
+
+// ------------------------------------------------------------------------------------------ input
+
+function take(file) {
+  if (!file) return;
+  const extension = (file.name || "").split(".").pop().toLowerCase();
+  if (SCENE_EXTENSIONS.includes(extension)) openLocal(file);
+  else predict(file);
+}
+
+function wire() {
+  $("photo").addEventListener("change", (event) => {
+    take(event.target.files[0]);
+    event.target.value = ""; // choosing the same file again starts again
+  });
+  $("scene-file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) openLocal(file);
+    event.target.value = "";
+  });
+  $("upload-form").addEventListener("submit", (event) => event.preventDefault());
+  $("retry").addEventListener("click", () => page.retry?.());
+  $("reset-view").addEventListener("click", () => viewer.controls && resetView());
+  $("auth-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("api-key").value = "";
+    $("auth-form").hidden = true;
+    if (body.dataset.state === "error" && page.retry) page.retry();
+  });
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    body.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) body.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    body.classList.remove("dragging");
+    take(event.dataTransfer?.files?.[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData?.files || [])][0];
+    if (file) {
+      event.preventDefault();
+      take(file);
+    }
+  });
+}
+
+async function showVersions() {
+  try {
+    const response = await fetch("static/vendor/versions.json");
+    if (!response.ok) throw new Error();
+    const versions = await response.json();
+    $("versions").textContent = Object.entries(versions).map(([name, version]) => `${name} ${version}`).join(" · ");
+  } catch {
+    $("versions").textContent = "renderer not installed";
+  }
+}
+
+wire();
+if (body.dataset.vendor === "missing") $("vendor-banner").hidden = false;
+setState("idle", "Waiting for a photo.");
+showVersions();
+loadInfo();
