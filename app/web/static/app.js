@@ -73,7 +73,12 @@ function showError(error) {
   $("error").hidden = false;
   $("error-message").textContent = error.message || String(error);
   $("error-request").textContent = api && error.requestId ? `Request id: ${error.requestId}` : "";
-  $("retry").hidden = !page.retry;
+  // Retrying helps when the server or the network failed, not when the request itself was refused.
+  const retryable = !api || error.status === 0 || error.status >= 500 || error.status === 429;
+  $("retry").hidden = !page.retry || !retryable || error.code === "renderer_missing";
+  if (!retryable && error.status !== 401) {
+    $("error-request").textContent += `${$("error-request").textContent ? " · " : ""}Choose another file to try again.`;
+  }
   $("auth-form").hidden = !(api && error.status === 401);
   if (!$("auth-form").hidden) $("api-key").focus();
 }
@@ -265,7 +270,7 @@ function showModel({ preset, weights, device, dtype }) {
       weights === "official"
         ? `This server runs ${what}: its scenes are not real SHARP predictions.`
         : `This server runs ${what} with ${weights} weights, not the official SHARP checkpoint: ` +
-          (weights === "synthetic" ? "its scenes are noise shaped by the photo, not a real prediction." : "results depend on that checkpoint.");
+          (weights === "synthetic" ? "its scenes are not real SHARP predictions (colours follow the photo, depth is meaningless)." : "results depend on that checkpoint.");
     banner.hidden = false;
   } else {
     banner.hidden = true;
@@ -814,14 +819,19 @@ function medianDepth(mesh, opencv) {
   return depths[Math.floor(depths.length / 2)];
 }
 
+/** Back to the photo's viewpoint: camera at the origin looking at the orbit centre straight ahead. */
 function resetView() {
   const { camera, controls } = viewer;
+  // An undamped update spends the motion still pending from a drag, so nothing drifts afterwards.
+  const damping = controls.enableDamping;
+  controls.enableDamping = false;
+  controls.update();
   camera.position.set(0, 0, 0);
   camera.up.set(0, 1, 0);
-  camera.quaternion.identity();
   camera.updateProjectionMatrix();
   controls.target.set(0, 0, -viewer.home.depth);
   controls.update();
+  controls.enableDamping = damping;
   requestRender();
 }
 
