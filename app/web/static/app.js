@@ -659,8 +659,6 @@ async function loadRenderer() {
     viewer.THREE = THREE;
     viewer.Spark = Spark;
     const canvas = $("canvas");
-    canvas.hidden = false;
-    $("placeholder").hidden = true;
     const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
     renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
     renderer.setClearColor(0x101114, 1);
@@ -758,6 +756,8 @@ async function showScene(bytes, fileType, camera, run) {
     viewer.mesh.dispose();
   }
   if (OPENCV_TO_THREE[fileType]) mesh.quaternion.set(1, 0, 0, 0); // 180 degrees about x
+  $("canvas").hidden = false;
+  $("placeholder").hidden = true;
   viewer.mesh = mesh;
   viewer.scene.add(mesh);
   viewer.frames = 0;
@@ -900,6 +900,7 @@ async function showVersions() {
 
 wire();
 if (body.dataset.vendor === "missing") $("vendor-banner").hidden = false;
+else loadRenderer().catch(() => {}); // fetch and set up the renderer while the user picks a photo
 setState("idle", "Waiting for a photo.");
 showVersions();
 loadInfo();

@@ -1,0 +1,138 @@
+"""Benchmark of the web page: from dropping a photo to the first frame with splats, and the bytes moved.
+
+    .venv/bin/python bench/page.py [--photo PHOTO] [--preset tiny] [--repeat 3]
+
+Starts the server on loopback (the `tiny` preset by default: its network is fast, so the figures are
+mostly the page's own costs) and Debian's `chromium` with software WebGL (SwiftShader) through
+Playwright. Each run uses a fresh browser context (empty cache): it opens the page, chooses the photo
+in `#photo` and waits until the page reports a frame with splats (`data-visible`). Printed per run
+and as medians:
+
+- `page_load_s`: navigation until the page is `idle` with the model named, and `page_bytes` (HTML,
+  script, style and the vendor renderer builds the page fetches while idle, uncompressed: the server
+  sends no Content-Encoding);
+- `upload_s`, `predict_s`: the state changes uploading -> running -> loading-scene (the response's
+  headers arrived: prediction and encoding done);
+- `scene_s`: loading-scene -> ready (SPZ downloaded, decoded by Spark, camera placed);
+- `first_frame_s`: the photo chosen -> first frame with splats (the page's own clock);
+- `upload_bytes`, `scene_bytes`: the request body of `POST /predict/spz` and the SPZ received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import uvicorn  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from app.api import create_app  # noqa: E402
+from app.predictor import SharpPredictor  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
+RECORD_STATES = """
+window.__states = [];
+new MutationObserver(() => {
+  const state = document.body && document.body.dataset.state;
+  const last = window.__states[window.__states.length - 1];
+  if (state && (!last || last[0] !== state)) window.__states.push([state, performance.now()]);
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state"]});
+"""
+DEFAULT_PHOTO = ROOT.parent / "shared" / "conformance" / "coffee.png"
+
+
+def start_server(preset: str) -> tuple[uvicorn.Server, threading.Thread, str]:
+    settings = Settings(preset=preset, device="cpu", api_key=None, cors_origins=[])
+    app = create_app(settings, predictor=SharpPredictor.from_settings(settings))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def one_run(browser: Any, url: str, photo: Path) -> dict[str, float]:
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    page = context.new_page()
+    page.add_init_script(RECORD_STATES)
+    page.set_default_timeout(600_000)
+    sizes: dict[str, int] = {"page_bytes": 0, "upload_bytes": 0, "scene_bytes": 0}
+
+    def finished(request: Any) -> None:
+        size = request.sizes()
+        if request.method == "POST" and request.url.endswith("/predict/spz"):
+            sizes["upload_bytes"] += int(request.header_value("content-length") or 0)
+            sizes["scene_bytes"] += size["responseBodySize"]
+        elif request.method == "GET":
+            sizes["page_bytes"] += size["responseBodySize"]
+
+    page.on("requestfinished", finished)
+    start = time.perf_counter()
+    page.goto(f"{url}/")
+    page.wait_for_function("document.body.dataset.state === 'idle' && !document.getElementById('model').hidden")
+    page.wait_for_load_state("networkidle")  # the renderer's modules load while the page is idle
+    page_load_s = time.perf_counter() - start
+    page_bytes = sizes["page_bytes"]
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_function("document.body.dataset.visible === '1' || document.body.dataset.state === 'error'")
+    if page.evaluate("document.body.dataset.state") == "error":
+        raise RuntimeError(page.text_content("#error-message"))
+    first_frame_s = float(page.get_attribute("body", "data-first-frame-ms")) / 1000
+    at = {state: ms / 1000 for state, ms in page.evaluate("window.__states")}
+    context.close()
+    return {
+        "page_load_s": page_load_s, "page_bytes": page_bytes,
+        "upload_s": at["running"] - at["uploading"], "predict_s": at["loading-scene"] - at["running"],
+        "scene_s": at["ready"] - at["loading-scene"], "first_frame_s": first_frame_s,
+        "upload_bytes": sizes["upload_bytes"], "scene_bytes": sizes["scene_bytes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("bench/page.py needs Debian's chromium on PATH (apt-get install -y chromium)")
+    server, thread, url = start_server(args.preset)
+    runs = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            for index in range(args.repeat):
+                run = one_run(browser, url, args.photo)
+                runs.append(run)
+                print(f"run {index + 1}: " + " ".join(f"{k}={v:.2f}" if k.endswith("_s") else f"{k}={v:,}"
+                                                       for k, v in run.items()), flush=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+    print(f"photo: {args.photo.name}, preset: {args.preset}, chromium with SwiftShader WebGL, {args.repeat} runs "
+          "(median):")
+    for key in runs[0]:
+        value = statistics.median(run[key] for run in runs)
+        print(f"{key}: {value:.2f}" if key.endswith("_s") else f"{key}: {int(value):,}")
+
+
+if __name__ == "__main__":
+    main()
