@@ -779,8 +779,8 @@ async function showScene(bytes, fileType, camera, run) {
   const depth = viewer.home.depth;
   viewer.controls.minDistance = depth * 0.02;
   viewer.controls.maxDistance = depth * 20;
-  viewer.camera.near = Math.max(0.001, depth * 0.005);
-  viewer.camera.far = depth * 200;
+  viewer.camera.near = 0.01;
+  viewer.camera.far = Math.max(1000, depth * 200);
   resetView();
   layout();
   $("reset-view").disabled = false;
