@@ -56,13 +56,18 @@ TIMEOUT_MS = 240_000  # SwiftShader on a shared 2-core machine: a first frame ca
 VIEWPORT = {"width": 1100, "height": 720}
 SCREENSHOT_DIR = os.environ.get("SHARP_PAGE_SCREENSHOTS")
 
-# Records every value body.dataset.state takes, in order, from the first script on.
+# Records every value body.dataset.state takes, in order, from the first script on. Observers run
+# after the task that made the changes, so each value is taken from the record of the next change
+# (its oldValue) and the last one from the attribute itself.
 RECORD_STATES = """
 window.__states = [];
-new MutationObserver(() => {
-  const state = document.body && document.body.dataset.state;
+const push = (state) => {
   if (state && window.__states[window.__states.length - 1] !== state) window.__states.push(state);
-}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state"]});
+};
+new MutationObserver((records) => {
+  for (const record of records) if (record.target === document.body) push(record.oldValue);
+  push(document.body && document.body.dataset.state);
+}).observe(document, {subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ["data-state"]});
 """
 
 
@@ -544,6 +549,20 @@ def test_error_is_shown_then_the_page_recovers(page: Any, server: LiveServer, ph
     page.set_input_files("#photo", str(photo))
     wait_first_frame(page)
     assert not page.is_visible("#error")
+
+
+def test_upload_over_the_limit_is_explained(page: Any, tiny_predictor: SharpPredictor) -> None:
+    """The server refuses the body before reading it (413); the browser still gets the JSON message."""
+    live = LiveServer.start(create_app(tiny_settings(max_upload_mb=0.1), predictor=tiny_predictor))
+    try:
+        page.goto(f"{live.url}/")
+        big = np.random.default_rng(0).integers(0, 256, size=3_000_000, dtype=np.uint8).tobytes()
+        page.set_input_files("#photo", files=[{"name": "big.jpg", "mimeType": "image/jpeg", "buffer": big}])
+        assert wait_state(page, "error", "ready") == "error"
+        assert page.get_attribute("body", "data-error-code") == "upload_too_large"
+        assert "0.1 MB" in page.text_content("#error-message")
+    finally:
+        live.stop()
 
 
 def test_api_key_is_asked_for_then_used(page: Any, key_server: LiveServer, photo: Path) -> None:

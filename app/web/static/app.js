@@ -397,7 +397,7 @@ async function predictWithJob(file, fPx, run) {
     showJob(job);
   }
   if (job.status !== "succeeded") {
-    throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.id);
+    throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.error?.request_id);
   }
   const waitedAt = performance.now();
   const spzUrl = new URL(job.results.spz, location.href);
