@@ -24,6 +24,7 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 const page = {
   info: null, // the server's JSON info (GET / with Accept: application/json)
+  infoLoaded: null, // Promise: settles once `info` and `jobs` are known (or the request failed)
   jobs: false, // the server offers POST /jobs
   run: 0, // id of the current action; callbacks of older ones are ignored
   abort: null, // cancels the current action's requests
@@ -286,6 +287,8 @@ async function predict(file) {
   page.startedAt = performance.now();
   body.dataset.source = "upload";
   try {
+    await page.infoLoaded; // the transport depends on it: a photo may be chosen before it arrived
+    run.check();
     const result = page.jobs ? await predictWithJob(file, fPx, run) : await predictSync(file, fPx, run);
     run.check();
     stopTicker();
@@ -903,4 +906,4 @@ if (body.dataset.vendor === "missing") $("vendor-banner").hidden = false;
 else loadRenderer().catch(() => {}); // fetch and set up the renderer while the user picks a photo
 setState("idle", "Waiting for a photo.");
 showVersions();
-loadInfo();
+page.infoLoaded = loadInfo();
