@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,7 @@ from app.weights import (
     load_state_dict,
     load_weights,
     resolve_checkpoint,
+    transfer,
 )
 
 SIZE = 400_000
@@ -43,7 +45,12 @@ CUT = 150_000
 
 
 def payload(size: int = SIZE, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
+    """A zip archive laid out like a `torch.save` file (downloads must be one), about `size` bytes long."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("sharp_test/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("sharp_test/data/0", random.Random(seed).randbytes(max(size - 300, 0)))
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------ test HTTP server
@@ -56,6 +63,9 @@ class Behaviour:
     content: bytes = field(default_factory=payload)
     etag: str | None = '"v1"'
     honor_range: bool = True
+    send_length: bool = True
+    """Send Content-Length; without it the body is close-delimited (HTTP/1.0) or chunked."""
+    chunked: bool = False
     cut_after: int | None = None
     """Close the connection after this many body bytes (for the next `cuts` responses)."""
     cuts: int = 0
@@ -108,18 +118,27 @@ class _Handler(BaseHTTPRequestHandler):
             record["status"] = "200"
             self.send_response(200)
         body = content[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if b.send_length:
+            self.send_header("Content-Length", str(len(body)))
+        if b.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Content-Type", "application/octet-stream")
         if b.etag:
             self.send_header("ETag", b.etag)
         self.end_headers()
+        write = self._write_chunk if b.chunked else self.wfile.write
         if b.cut_after is not None and b.cuts > 0:
             b.cuts -= 1
-            self.wfile.write(body[: b.cut_after])
+            write(body[: b.cut_after])
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(body)
+        write(body)
+        if b.chunked:
+            self._write_chunk(b"")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
 class _Server(ThreadingHTTPServer):
@@ -146,7 +165,7 @@ def server() -> Iterator[_Server]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_local(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(transfer, "_BACKOFF_BASE_S", 0.01)
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
@@ -157,6 +176,11 @@ def sha(data: bytes) -> str:
 
 def part_of(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Download by-products in `directory`: lock files, partial downloads and their metadata."""
+    return sorted(p.name for p in directory.rglob("*") if p.name.endswith((".lock", ".part", ".part.json")))
 
 
 # ------------------------------------------------------------------------------------------ file names
@@ -179,7 +203,7 @@ def test_download_success(server: _Server, tmp_path: Path) -> None:
     dest = tmp_path / "sub" / "ckpt.pt"
     assert download_file(server.url(), dest, progress=False) == dest
     assert dest.read_bytes() == server.behaviour.content
-    assert not part_of(dest).exists()
+    assert leftovers(tmp_path) == []
     assert len(server.behaviour.requests) == 1 and "range" not in server.behaviour.requests[0]
 
 
@@ -194,9 +218,9 @@ def test_checksum_mismatch_creates_nothing(server: _Server, tmp_path: Path) -> N
     dest = tmp_path / "ckpt.pt"
     with pytest.raises(ChecksumMismatchError) as info:
         download_file(server.url(), dest, sha256="0" * 64, progress=False)
-    assert info.value.code == "checksum_mismatch"
+    assert info.value.code == "checksum_mismatch" and not info.value.retryable
     assert sha(server.behaviour.content) in str(info.value)
-    assert not dest.exists() and not part_of(dest).exists()
+    assert not dest.exists() and leftovers(tmp_path) == []
 
 
 def test_checksum_mismatch_leaves_existing_file_untouched(server: _Server, tmp_path: Path) -> None:
@@ -217,7 +241,8 @@ def test_interrupted_download_keeps_part_then_resumes(server: _Server, tmp_path:
     dest = tmp_path / "ckpt.pt"
     with pytest.raises(CheckpointDownloadError) as info:
         download_file(server.url(), dest, progress=False, retries=0)
-    assert info.value.code == "download_failed" and "\n" not in str(info.value)
+    assert info.value.code == "checkpoint_download_failed" and "\n" not in str(info.value)
+    assert info.value.retryable
     assert not dest.exists()
     assert part_of(dest).stat().st_size == CUT
 
@@ -292,7 +317,8 @@ def test_http_404_fails_at_once_naming_the_url(server: _Server, tmp_path: Path) 
         download_file(url, dest, progress=False, retries=3)
     assert url in str(info.value) and "404" in str(info.value)
     assert len(server.behaviour.requests) == 1
-    assert not dest.exists() and not part_of(dest).exists()
+    assert not dest.exists() and leftovers(tmp_path) == []
+    assert info.value.code == "checkpoint_download_failed" and not info.value.retryable
 
 
 def test_http_503_is_retried(server: _Server, tmp_path: Path) -> None:
@@ -368,6 +394,7 @@ def test_second_process_waits_for_the_lock_and_uses_the_file(
     assert results == {"first": dest, "second": dest}
     assert len(b.requests) == 1
     assert dest.read_bytes() == b.content
+    assert leftovers(tmp_path) == []
 
 
 # -------------------------------------------------------------------------------------------- resolution
@@ -378,8 +405,9 @@ def test_offline_with_nothing_cached_says_what_and_where(server: _Server, tmp_pa
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=url, cache_dir=tmp_path, offline=True)
     message = str(info.value)
-    assert info.value.code == "checkpoint_not_available"
-    assert url in message and str(tmp_path / "sharp_test.pt") in message and "SHARP_CHECKPOINT" in message
+    assert info.value.code == "checkpoint_unavailable" and not info.value.retryable
+    assert url in message and str(tmp_path / "sharp_test.pt") in message
+    assert "SHARP_CHECKPOINT=/path/to/file.pt" in message and "SHARP_PRESET=tiny" in message
     assert "\n" not in message
     assert server.behaviour.requests == []
 
@@ -391,8 +419,12 @@ def test_unreachable_with_nothing_cached_says_what_and_where(tmp_path: Path) -> 
     url = f"http://127.0.0.1:{port}/models/sharp_test.pt"
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=url, cache_dir=tmp_path, progress=False)
-    assert url in str(info.value) and str(tmp_path / "sharp_test.pt") in str(info.value)
+    message = str(info.value)
+    assert url in message and str(tmp_path / "sharp_test.pt") in message
+    assert "SHARP_CHECKPOINT=/path/to/file.pt" in message and "SHARP_PRESET=tiny" in message
+    assert info.value.code == "checkpoint_unavailable" and info.value.retryable
     assert isinstance(info.value.__cause__, CheckpointDownloadError)
+    assert leftovers(tmp_path) == []
 
 
 def test_explicit_path_must_exist(server: _Server, tmp_path: Path) -> None:
@@ -400,6 +432,7 @@ def test_explicit_path_must_exist(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(missing, url=server.url(), cache_dir=tmp_path)
     assert str(missing) in str(info.value) and "SHARP_CHECKPOINT" in str(info.value)
+    assert not info.value.retryable
     assert server.behaviour.requests == []
 
 
@@ -520,7 +553,7 @@ def test_load_state_dict_rejects_garbage(tmp_path: Path, content: bytes | str) -
     path.write_bytes(content)
     with pytest.raises(CheckpointFormatError) as info:
         load_state_dict(path)
-    assert info.value.code == "invalid_checkpoint"
+    assert info.value.code == "checkpoint_format" and not info.value.retryable
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -548,7 +581,7 @@ def test_check_state_dict_lists_every_kind_of_mismatch() -> None:
         check_state_dict(expected, sd)
     err = info.value
     message = str(err)
-    assert err.code == "checkpoint_mismatch" and "\n" not in message
+    assert err.code == "checkpoint_mismatch" and "\n" not in message and not err.retryable
     assert "1 missing key(s): head.bias" in message
     assert "1 unexpected key(s): extra.weight" in message
     assert "conv.weight: got [4, 3, 5, 5] vs expected [4, 3, 3, 3]" in message
@@ -615,4 +648,4 @@ def test_error_messages_are_json_friendly(server: _Server, tmp_path: Path) -> No
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=server.url(), cache_dir=tmp_path, offline=True)
     body = json.loads(json.dumps({"code": info.value.code, "message": str(info.value)}))
-    assert body["code"] == "checkpoint_not_available"
+    assert body["code"] == "checkpoint_unavailable"
