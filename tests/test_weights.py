@@ -26,6 +26,7 @@ from torch import nn
 from app import weights
 from app.weights import (
     CheckpointDownloadError,
+    CheckpointError,
     CheckpointFormatError,
     CheckpointMismatchError,
     CheckpointNotAvailableError,
@@ -39,6 +40,7 @@ from app.weights import (
     resolve_checkpoint,
     transfer,
 )
+from app.weights.lock import download_lock
 
 SIZE = 400_000
 CUT = 150_000
@@ -327,6 +329,141 @@ def test_http_503_is_retried(server: _Server, tmp_path: Path) -> None:
     download_file(server.url(), dest, progress=False, retries=1)
     assert dest.read_bytes() == server.behaviour.content
     assert len(server.behaviour.requests) == 2
+
+
+# ------------------------------------------------------------------------------- integrity and locks
+
+
+def test_body_without_length_is_accepted_when_whole(server: _Server, tmp_path: Path) -> None:
+    server.behaviour.send_length = False
+    dest = tmp_path / "ckpt.pt"
+    download_file(server.url(), dest, progress=False, retries=0)
+    assert dest.read_bytes() == server.behaviour.content
+    assert leftovers(tmp_path) == []
+
+
+def test_body_cut_short_without_length_is_never_renamed_into_place(server: _Server, tmp_path: Path) -> None:
+    """HTTP/1.0 close-delimited body: the client cannot tell the cut from the end, the zip check can."""
+    b = server.behaviour
+    b.send_length, b.cut_after, b.cuts = False, CUT, 1
+    dest = tmp_path / "ckpt.pt"
+    old = payload(1000, seed=7)
+    dest.write_bytes(old)
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), dest, progress=False, retries=0)
+    err = info.value
+    assert err.retryable and err.code == "checkpoint_download_failed"
+    assert "cut short" in str(err) and "end-of-central-directory" in str(err) and str(dest) in str(err)
+    assert dest.read_bytes() == old
+    assert leftovers(tmp_path) == []
+
+    download_file(server.url(), dest, progress=False, retries=0)  # the next try gets the whole file
+    assert dest.read_bytes() == b.content
+
+
+def test_chunked_body_cut_short_is_retried_and_resumed(server: _Server, tmp_path: Path) -> None:
+    b = server.behaviour
+    b.content = payload(3 << 20)
+    b.send_length, b.chunked, b.cut_after, b.cuts = False, True, 3 << 19, 1
+    dest = tmp_path / "ckpt.pt"
+    download_file(server.url(), dest, progress=False, retries=1)
+    assert dest.read_bytes() == b.content
+    # The client reads 1 MiB at a time: the first MiB was written, the cut-off read is asked for again.
+    assert [(r.get("range"), r["status"]) for r in b.requests] == [(None, "200"), (f"bytes={1 << 20}-", "206")]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["truncated-zip", "not-a-zip", "zip-without-data.pkl"])
+def test_complete_body_that_is_no_checkpoint_is_rejected(server: _Server, tmp_path: Path, kind: str) -> None:
+    """The announced length matches, so only the archive check can tell; retrying would not help."""
+    b = server.behaviour
+    if kind == "truncated-zip":
+        b.content = payload()[: SIZE // 2]
+    elif kind == "not-a-zip":
+        b.content = random.Random(1).randbytes(SIZE)
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+        b.content = buffer.getvalue()
+    dest = tmp_path / "ckpt.pt"
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), dest, progress=False, retries=2)
+    assert not info.value.retryable and "retrying will not help" in str(info.value)
+    assert len(b.requests) == 1
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_archive_check_accepts_torch_save_and_rejects_the_legacy_format(tmp_path: Path) -> None:
+    from app.weights.download import archive_problem
+
+    torch.save(tiny_state_dict(), tmp_path / "new.pt")
+    torch.save(tiny_state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert archive_problem(tmp_path / "new.pt") is None
+    assert "zip archive" in (archive_problem(tmp_path / "old.pt") or "")
+
+
+@pytest.mark.parametrize("outcome", ["success", "http-404", "checksum", "cut-with-length", "cut-without-length"])
+def test_no_lock_file_is_left_behind(server: _Server, tmp_path: Path, outcome: str) -> None:
+    b = server.behaviour
+    sha256 = "0" * 64 if outcome == "checksum" else None
+    if outcome == "http-404":
+        b.status = 404
+    elif outcome.startswith("cut"):
+        b.cut_after, b.cuts, b.send_length = CUT, 1, outcome == "cut-with-length"
+    dest = tmp_path / "ckpt.pt"
+    if outcome == "success":
+        download_file(server.url(), dest, progress=False)
+    else:
+        with pytest.raises((CheckpointDownloadError, ChecksumMismatchError)):
+            download_file(server.url(), dest, sha256=sha256, progress=False, retries=0)
+    assert not dest.with_name("ckpt.pt.lock").exists()
+
+
+def test_lock_stays_exclusive_although_its_file_is_deleted(tmp_path: Path) -> None:
+    """Each holder deletes the lock file before releasing; waiters on the old file must not get in."""
+    path = tmp_path / "x.lock"
+    inside: list[int] = []
+    overlaps: list[int] = []
+    entries: list[int] = []
+
+    def worker(n: int) -> None:
+        for _ in range(15):
+            with download_lock(path):
+                inside.append(n)
+                entries.append(n)
+                if len(inside) > 1:
+                    overlaps.append(n)
+                time.sleep(0.001)
+                inside.remove(n)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert overlaps == [] and len(entries) == 4 * 15
+    assert not path.exists()
+
+
+def test_retryable_classification(server: _Server, tmp_path: Path) -> None:
+    server.behaviour.status = 503
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), tmp_path / "a.pt", progress=False, retries=1)
+    assert info.value.retryable and "503" in str(info.value) and len(server.behaviour.requests) == 2
+    server.behaviour.status = 429
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), tmp_path / "b.pt", progress=False, retries=0)
+    assert info.value.retryable
+    for status in (403, 404, 410):
+        server.behaviour.status = status
+        with pytest.raises(CheckpointDownloadError) as info:
+            download_file(server.url(), tmp_path / "c.pt", progress=False, retries=3)
+        assert not info.value.retryable and "Retrying will not help" in str(info.value)
+    assert CheckpointError.retryable is False and CheckpointError.status == 503
+    for cls in (ChecksumMismatchError, CheckpointFormatError, CheckpointMismatchError):
+        assert cls("x").retryable is False and issubclass(cls, CheckpointError)
+    assert CheckpointNotAvailableError("x", retryable=True).retryable
 
 
 def test_progress_logs_about_every_ten_percent(
