@@ -446,6 +446,43 @@ def test_lock_stays_exclusive_although_its_file_is_deleted(tmp_path: Path) -> No
     assert not path.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is Unix-only")
+def test_waiter_does_not_get_in_after_the_lock_file_is_deleted(tmp_path: Path) -> None:
+    """The premise of deleting the lock file while holding it: a waiter that may have the deleted
+    file open must not take the lock while another process holds the new file at the same path."""
+    import fcntl
+
+    path = tmp_path / "x.lock"
+    holder = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result: list[str] = []
+
+    def waiter() -> None:
+        try:
+            with download_lock(path):
+                result.append("got in")
+        except Exception as exc:  # handed to the main thread
+            result.append(repr(exc))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the waiter is polling the first file
+    os.unlink(path)  # what download_lock does on the way out: delete while held, then release
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    newcomer = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    fcntl.flock(newcomer, fcntl.LOCK_EX)
+    try:
+        time.sleep(0.5)
+        assert result == [], "the waiter got in while another process held the lock"
+    finally:
+        os.unlink(path)
+        fcntl.flock(newcomer, fcntl.LOCK_UN)
+        os.close(newcomer)
+    thread.join(5)
+    assert result == ["got in"]
+
+
 def test_retryable_classification(server: _Server, tmp_path: Path) -> None:
     server.behaviour.status = 503
     with pytest.raises(CheckpointDownloadError) as info:

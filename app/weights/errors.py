@@ -30,10 +30,6 @@ class CheckpointError(RuntimeError):
         if retryable is not None:
             self.retryable = retryable
 
-    @property
-    def message(self) -> str:
-        return str(self)
-
 
 class CheckpointNotAvailableError(CheckpointError):
     """No checkpoint file can be had: nothing cached and downloads disabled or the host unreachable,
