@@ -285,7 +285,9 @@ def checkpoint_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """A small file served over HTTP on loopback, standing in for the checkpoint URL."""
     upstream = tmp_path / "upstream"
     upstream.mkdir()
-    (upstream / "sharp_test.pt").write_bytes(b"not really a checkpoint")
+    import torch
+
+    torch.save({"weight": torch.zeros(2)}, upstream / "sharp_test.pt")  # downloads must be complete zip archives
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(upstream))
