@@ -88,7 +88,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from app import pipeline
     from app.imaging import find_images
     from app.predictor import SharpPredictor, check_f_px
-    from app.weights import CheckpointError
 
     format_name = _output_format(args)
     try:
@@ -107,7 +106,7 @@ def run_predict(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         predictor = SharpPredictor.from_settings(settings, progress=True)
-    except (SharpError, CheckpointError, ValueError) as error:
+    except (SharpError, ValueError) as error:
         raise UsageError(str(error)) from None
     info = predictor.info
     weights = info.weights if info.checkpoint is None else f"{info.weights} ({info.checkpoint})"

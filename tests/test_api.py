@@ -705,3 +705,56 @@ def test_every_prediction_names_its_model_and_camera(client: httpx.Client) -> No
         assert response.headers["x-sharp-f-px-source"] == "request"
         assert response.headers["x-sharp-image-size"] == "90x60"
         assert int(response.headers["x-sharp-num-gaussians"]) == TINY_GAUSSIANS
+
+
+def test_transient_load_failure_is_retried_with_backoff(tiny_predictor: SharpPredictor,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A network failure at start leaves the server in `error` only until the next retry, and the 503s say
+    when to come back; once loading succeeds the server is ready and warns that the weights are synthetic."""
+    from app.service import InferenceService
+    from app.weights import CheckpointDownloadError
+
+    attempts: list[float] = []
+    release = threading.Event()
+
+    def flaky_loader(_settings: Settings) -> SharpPredictor:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise CheckpointDownloadError("connection reset", url="http://127.0.0.1:9/x.pt", retryable=True)
+        release.wait(30)
+        return tiny_predictor
+
+    service = InferenceService(tiny_settings(), loader=flaky_loader, load_backoff_s=(2.0, 4.0))
+    with caplog.at_level(logging.WARNING, logger="app.service"):
+        server = LiveServer.start(create_app(tiny_settings(), service=service))
+        try:
+            with server.client() as client:
+                deadline = time.monotonic() + 20
+                while (health := client.get("/health").json())["status"] != "error":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                assert health["detail"] == "checkpoint_download_failed; the server retries"
+                response = client.post("/predict", files={"file": ("a.png", image_bytes(32, 32))})
+                assert_error(response, 503, "model_unavailable")
+                assert 1 <= int(response.headers["retry-after"]) <= 2
+                while len(attempts) < 2:  # the retry comes after the backoff, by itself
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                assert attempts[1] - attempts[0] >= 1.9
+                release.set()
+                assert service.wait_until_loaded(timeout=20)
+                assert client.get("/health").json()["status"] == "ready"
+                response = client.post("/predict/spz", files={"file": ("a.png", image_bytes(32, 32))})
+                assert response.status_code == 200 and response.headers["x-sharp-weights"] == "synthetic"
+        finally:
+            release.set()
+            server.stop()
+    assert any("SYNTHETIC weights" in record.getMessage() for record in caplog.records)
+
+
+def test_head_probes_and_openapi_without_a_key(client: httpx.Client) -> None:
+    for path in ("/", "/health"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+    schema = client.get("/openapi.json").json()
+    assert "security" not in schema["paths"]["/predict"]["post"]  # no key configured: nothing to send

@@ -16,8 +16,10 @@ Every error carries:
 
 from __future__ import annotations
 
+from app.errors import SharpError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(SharpError, RuntimeError):
     """Base class of every checkpoint error; see the module docstring for `code`, `status`, `retryable`."""
 
     code: str = "checkpoint_error"
