@@ -5,7 +5,9 @@
 #
 # The first start downloads the ~2.8 GB checkpoint into the /cache volume; /health answers 503
 # "loading" until the model is ready. Configure with SHARP_* variables (-e SHARP_API_KEY=...).
-ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# torch comes from PyPI at the version the project is tested with (the Makefile's TORCH_SPEC); on
+# x86-64 Linux that wheel bundles CUDA, so no CUDA base image is needed, only the host's NVIDIA driver.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The web page's renderer: three.js and Spark from npm, pinned with integrity hashes in web/package-lock.json,
 # copied into app/web/static/vendor. Node.js stays in this stage; the image serves the files itself (no CDN).
@@ -15,21 +17,32 @@ COPY web/package.json web/package-lock.json web/copy-vendor.mjs ./web/
 RUN npm ci --prefix web --no-audit --no-fund \
     && node web/copy-vendor.mjs
 
-FROM ${BASE_IMAGE}
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_SPEC=torch==2.13.0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone: editing the code does not reinstall them.
+# TORCH_SPEC pins torch (hadolint cannot see through the variable).
+COPY pyproject.toml ./
+# hadolint ignore=DL3013
+RUN python -m pip install "${TORCH_SPEC}" \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && python -m pip install -r /tmp/requirements.txt
+COPY README.md ./
+COPY app ./app
+# Before the install: the package data (app/web/static/**) then includes the renderer builds.
+COPY --from=web /src/app/web/static/vendor ./app/web/static/vendor
+RUN python -m pip install --no-deps . \
+    && python -c "import torch, app.http; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-
-# The base image's CUDA build of torch satisfies the project's torch requirement and is kept.
-WORKDIR /opt/sharp-serve
-COPY pyproject.toml README.md ./
-COPY app ./app
-COPY --from=web /src/app/web/static/vendor ./app/web/static/vendor
-RUN python -m pip install . \
-    && python -c "import torch, app.api; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-
+    PATH=/opt/venv/bin:$PATH
+COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 --user-group sharp \
     && mkdir -p /cache \
     && chown sharp:sharp /cache

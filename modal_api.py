@@ -49,6 +49,6 @@ class SharpAPI:
     @modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=deploy.proxy_auth())
     def fastapi_app(self) -> FastAPI:
         """The same app as `sharp-serve serve`, ready at once with this container's predictor."""
-        from app.api import create_app
+        from app.http import create_app
 
         return create_app(self.settings, predictor=self.predictor)

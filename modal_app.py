@@ -19,7 +19,6 @@ are thin CPU-only forwarders to it, so `modal.Function.from_name` works too; the
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,10 +62,8 @@ class SharpModel:
     @modal.method()
     async def predict_and_save_ply(self, image_bytes: bytes, f_px: float | None = None) -> bytes:
         """The photo's Gaussians as a binary PLY: the file `POST /predict/ply` returns."""
-        from app.formats.ply import encode_ply
-
-        inference = await self.service.infer(image_bytes, filename=None, f_px=f_px)
-        return await asyncio.to_thread(encode_ply, inference.prediction.scene)
+        prediction = await self.service.predict(image_bytes, filename=None, f_px=f_px)
+        return (await self.service.encode(prediction, "ply")).body
 
     @modal.method()
     async def predict(self, image_bytes: bytes, f_px: float | None = None, max_gaussians: int | None = None,
@@ -78,11 +75,9 @@ class SharpModel:
         """
         import orjson
 
-        from app.api import encode_prediction_json
-
-        inference = await self.service.infer(image_bytes, filename=None, f_px=f_px)
-        body = await asyncio.to_thread(encode_prediction_json, inference, max_gaussians, encoding)
-        return orjson.loads(body)
+        prediction = await self.service.predict(image_bytes, filename=None, f_px=f_px)
+        output = await self.service.encode(prediction, "json", max_gaussians=max_gaussians, encoding=encoding)
+        return orjson.loads(output.body)
 
 
 @app.function(image=deploy.image, timeout=2 * deploy.TIMEOUT_S)

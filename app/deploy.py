@@ -206,18 +206,19 @@ def prepare_checkpoint(
         if sync and not path.is_file():
             volume.reload()
         return path
-    if settings.preset != "sharp":
+    url = settings.weights_url
+    if url is None:  # a preset without official weights (tiny) runs on synthetic ones
         return None
 
-    dest = weights.cached_checkpoint_path(settings.checkpoint_url, settings.cache_dir)
+    dest = weights.cached_checkpoint_path(url, settings.cache_dir)
     if sync and not dest.is_file():
         volume.reload()
     had_it = dest.is_file()
     path = weights.resolve_checkpoint(
-        None, url=settings.checkpoint_url, cache_dir=settings.cache_dir, sha256=settings.checkpoint_sha256,
+        None, url=url, cache_dir=settings.cache_dir, sha256=settings.weights_sha256,
         offline=settings.offline, progress=False,
     )
-    if sync and (not had_it or settings.checkpoint_sha256):  # a download, or a new `.sha256` sidecar
+    if sync and (not had_it or settings.weights_sha256):  # a download, or a new `.sha256` sidecar
         LOGGER.info("Committing %s to the volume %s.", path, CACHE_VOLUME_NAME)
         volume.commit()
     return path

@@ -9,32 +9,41 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from app import weights as weights_io
-from app.gaussians import GaussianScene
-from app.model import SharpNetwork, build_network
-from app.model.network import fill_synthetic_weights
-from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings, default_cache_dir
+from app.errors import InvalidRequestError
+from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
+from app.prediction import ModelInfo, Prediction
+from app.settings import Settings, default_cache_dir
 from app.unproject import unproject_to_camera
+from app.vocabulary import DeviceName, DTypeName, FocalSource, WeightsSource
 
 if TYPE_CHECKING:
     from app.imaging import LoadedImage
 
 LOGGER = logging.getLogger(__name__)
 
-WeightsSource = Literal["official", "file", "synthetic"]
-FocalSource = Literal["request", "exif", "default"]
+F_PX_MIN = 1.0
+F_PX_MAX = 1e6
+"""The focal lengths (pixels of the input image) a prediction accepts. 1e6 px is a 2000 mm lens on a
+100-megapixel sensor; at 1 px any image wider than a few pixels spans nearly 180 degrees."""
 
 REDUCED_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_f_px(f_px: float | None) -> None:
+    """None (use the photo's own) or a focal length in [F_PX_MIN, F_PX_MAX] pixels; InvalidRequestError else."""
+    if f_px is not None and not (math.isfinite(f_px) and F_PX_MIN <= f_px <= F_PX_MAX):
+        raise InvalidRequestError(f"f_px must be a number of pixels in [{F_PX_MIN:g}, {F_PX_MAX:g}], got {f_px}")
 
 
 def select_device(name: DeviceName | str = "auto") -> torch.device:
@@ -51,28 +60,6 @@ def select_device(name: DeviceName | str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was requested but Apple MPS is not available on this machine")
     return device
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What is loaded: reported by the CLI, `/`, and `/health`, so a test model is never mistaken for SHARP."""
-
-    preset: str
-    weights: WeightsSource
-    checkpoint: str | None
-    device: str
-    dtype: str
-    num_gaussians: int
-    internal_resolution: int
-
-
-@dataclass
-class Prediction:
-    """One photo's result: the scene, where its focal length came from, and stage timings (ms)."""
-
-    scene: GaussianScene
-    f_px_source: FocalSource
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class SharpPredictor:
@@ -100,28 +87,30 @@ class SharpPredictor:
 
     @classmethod
     def load(cls, preset: str = "sharp", *, checkpoint: Path | None = None,
-             checkpoint_url: str = OFFICIAL_CHECKPOINT_URL, checkpoint_sha256: str | None = None,
+             checkpoint_url: str | None = None, checkpoint_sha256: str | None = None,
              cache_dir: Path | None = None, offline: bool = False,
              device: DeviceName | str = "auto", dtype: DTypeName = "float32", synthetic: bool | None = None,
              progress: bool = True) -> SharpPredictor:
         """Build the network for `preset` and load its weights.
 
-        Weights: an explicit `checkpoint` file; else, for the `sharp` preset, the cached or
-        downloaded checkpoint from `checkpoint_url`; the `tiny` preset (or `synthetic=True`)
-        gets deterministic synthetic weights.
+        Weights: an explicit `checkpoint` file; else the cached or downloaded checkpoint from
+        `checkpoint_url` (default: the preset's official one); a preset without official weights
+        (`tiny`), or `synthetic=True`, gets deterministic synthetic weights.
         """
         target = select_device(device)
-        use_synthetic = (preset != "sharp" and checkpoint is None) if synthetic is None else synthetic
+        official_url = get_preset(preset).checkpoint_url
+        url = checkpoint_url or official_url
+        use_synthetic = (url is None and checkpoint is None) if synthetic is None else synthetic
         if use_synthetic:
             network = build_network(preset)
             fill_synthetic_weights(network)
             return cls(network, weights="synthetic", device=target, dtype=dtype)
 
         path = weights_io.resolve_checkpoint(
-            checkpoint, url=checkpoint_url, cache_dir=cache_dir or default_cache_dir(), sha256=checkpoint_sha256,
+            checkpoint, url=url or "", cache_dir=cache_dir or default_cache_dir(), sha256=checkpoint_sha256,
             offline=offline, progress=progress,
         )
-        official = checkpoint is None and checkpoint_url == OFFICIAL_CHECKPOINT_URL
+        official = checkpoint is None and url == official_url
         source: WeightsSource = "official" if official else "file"
         state_dict = weights_io.load_state_dict(path, mmap=True)
         network = build_network(preset, device="meta")
@@ -131,8 +120,8 @@ class SharpPredictor:
     @classmethod
     def from_settings(cls, settings: Settings, *, progress: bool = True) -> SharpPredictor:
         return cls.load(
-            settings.preset, checkpoint=settings.checkpoint, checkpoint_url=settings.checkpoint_url,
-            checkpoint_sha256=settings.checkpoint_sha256, cache_dir=settings.cache_dir, offline=settings.offline,
+            settings.preset, checkpoint=settings.checkpoint, checkpoint_url=settings.weights_url,
+            checkpoint_sha256=settings.weights_sha256, cache_dir=settings.cache_dir, offline=settings.offline,
             device=settings.device, dtype=settings.dtype, progress=progress,
         )
 
@@ -141,10 +130,12 @@ class SharpPredictor:
 
         Args:
             image: the decoded photo (its EXIF focal length is used when `f_px` is None).
-            f_px: focal length override in pixels of the original image; must be finite and > 0.
+            f_px: focal length override in pixels of the original image, in [F_PX_MIN, F_PX_MAX].
+
+        Raises:
+            InvalidRequestError: `f_px` out of range.
         """
-        if f_px is not None and not (f_px > 0 and f_px < float("inf")):
-            raise ValueError(f"f_px must be a finite number > 0, got {f_px}")
+        check_f_px(f_px)
         focal = float(f_px) if f_px is not None else image.f_px
         focal_source: FocalSource = "request" if f_px is not None else image.f_px_source
         timings: dict[str, float] = {}
@@ -156,7 +147,8 @@ class SharpPredictor:
                 gaussians = self.network(network_input, disparity_factor)
             with self._stage(timings, "postprocess"):
                 scene = unproject_to_camera(gaussians, focal, image.width, image.height)
-        return Prediction(scene=scene, f_px_source=focal_source, timings_ms=timings)
+        return Prediction(name=image.name, scene=scene, f_px_source=focal_source, model=self.info,
+                          timings_ms=timings)
 
     def preprocess(self, image: LoadedImage) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, 3, S, S) float32 in [0, 1]: bilinear, align_corners=True, no antialiasing.

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-OFFICIAL_CHECKPOINT_URL = "https://ml-site.cdn-apple.com/models/sharp/sharp_2572gikvuh.pt"
-"""The official SHARP checkpoint, as named by apple/ml-sharp."""
-
-Preset = Literal["sharp", "tiny"]
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DTypeName = Literal["float32", "tf32", "bfloat16", "float16"]
+from app.model.presets import PresetName, get_preset
+from app.vocabulary import DeviceName, DTypeName
 
 
 def default_cache_dir() -> Path:
@@ -35,9 +31,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHARP_", case_sensitive=False, extra="ignore")
 
     # Model
-    preset: Preset = "sharp"
+    preset: PresetName = "sharp"
     checkpoint: Path | None = None
-    checkpoint_url: str = OFFICIAL_CHECKPOINT_URL
+    checkpoint_url: str | None = None
+    """None: the preset's official checkpoint (`app.model.presets`)."""
     checkpoint_sha256: str | None = None
     cache_dir: Path = Field(default_factory=default_cache_dir)
     offline: bool = False
@@ -61,10 +58,22 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("checkpoint_sha256", "checkpoint", "api_key", mode="before")
+    @field_validator("checkpoint_sha256", "checkpoint", "checkpoint_url", "api_key", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def weights_url(self) -> str | None:
+        """The checkpoint URL to use: `SHARP_CHECKPOINT_URL`, else the preset's official one (None for `tiny`)."""
+        return self.checkpoint_url or get_preset(self.preset).checkpoint_url
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """`SHARP_CHECKPOINT_SHA256`, else the preset's published digest when its official URL is used."""
+        if self.checkpoint_sha256 or self.checkpoint_url:
+            return self.checkpoint_sha256
+        return get_preset(self.preset).checkpoint_sha256
 
     @property
     def max_upload_bytes(self) -> int:

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import uvicorn  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from app.api import create_app  # noqa: E402
+from app.http import create_app  # noqa: E402
 from app.predictor import SharpPredictor  # noqa: E402
 from app.settings import Settings  # noqa: E402
 

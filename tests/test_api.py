@@ -7,14 +7,12 @@ import base64
 import io
 import itertools
 import logging
-import socket
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +20,19 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
+from conftest import LiveServer
 from fastapi import FastAPI
 from PIL import Image
 from plyfile import PlyData
 from starlette.types import Message
 
 from app import __version__
-from app.api import create_app
-from app.formats import FORMATS
+from app.formats import FORMATS, read_ply
 from app.formats.spz import decode_spz
 from app.gaussians import SH_C0
+from app.http import create_app
+from app.http.schemas import ApiInfo, ErrorResponse, HealthResponse, PredictResponse
 from app.predictor import SharpPredictor
-from app.schemas import ApiInfo, ErrorResponse, HealthResponse, PredictResponse
 from app.settings import Settings
 
 API_KEY = "test-key-0123456789"
@@ -44,39 +42,6 @@ STAGES = ("decode", "preprocess", "forward", "postprocess")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@dataclass
-class LiveServer:
-    """A uvicorn server running `app` on a free loopback port in a background thread."""
-
-    app: FastAPI
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @classmethod
-    def start(cls, app: FastAPI) -> LiveServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return cls(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 def tiny_settings(**overrides: Any) -> Settings:
@@ -207,7 +172,7 @@ def test_root_describes_the_api_and_model(client: httpx.Client) -> None:
     response = client.get("/")
     assert response.status_code == 200
     info = ApiInfo.model_validate(response.json())
-    assert (info.name, info.version, info.status) == ("sharp-serve", __version__, "ok")
+    assert (info.name, info.version, info.status) == ("sharp-serve", __version__, "ready")
     assert info.model is not None
     assert (info.model.preset, info.model.weights, info.model.device) == ("tiny", "synthetic", "cpu")
     assert info.formats == list(FORMATS)
@@ -221,7 +186,7 @@ def test_health_when_ready(client: httpx.Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     health = HealthResponse.model_validate(response.json())
-    assert health.status == "ok"
+    assert health.status == "ready"
     model = (health.preset, health.weights, health.device, health.dtype)
     assert model == ("tiny", "synthetic", "cpu", "float32")
     assert health.num_gaussians == TINY_GAUSSIANS
@@ -305,7 +270,7 @@ def test_ply_matches_the_json(client: httpx.Client, coffee: bytes, coffee_json: 
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.headers["content-disposition"] == 'attachment; filename="coffee.ply"'
     assert int(response.headers["content-length"]) == len(response.content)
-    assert set(server_timing(response)) == set(STAGES)
+    assert set(server_timing(response)) == {*STAGES, "encode"}
 
     ply = PlyData.read(io.BytesIO(response.content))
     assert [e.name for e in ply.elements] == ["vertex", "extrinsic", "intrinsic", "image_size", "frame",
@@ -339,7 +304,7 @@ def test_ply_vertex_only(client: httpx.Client) -> None:
     assert int(response.headers["content-length"]) == len(response.content)
 
 
-@pytest.mark.parametrize("name", [n for n in FORMATS if n != "ply"])
+@pytest.mark.parametrize("name", [n for n in FORMATS if n not in ("ply", "json")])
 def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[str, Any], name: str) -> None:
     fmt = FORMATS[name]
     response = client.post(f"/predict/{name}", files={"file": ("coffee.png", coffee)})
@@ -354,6 +319,9 @@ def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[st
         received = records["p"]
         # .splat reorders the records (largest first): compare the two sets of positions.
         np.testing.assert_array_equal(received[np.lexsort(received.T)], positions[np.lexsort(positions.T)])
+    elif name == "ply_vertex":
+        assert b"element extrinsic" not in response.content
+        np.testing.assert_array_equal(read_ply(response.content).positions, positions)
     else:
         decoded = decode_spz(response.content)
         assert decoded.num_gaussians == TINY_GAUSSIANS
@@ -443,7 +411,7 @@ def test_file_sent_as_text_field(client: httpx.Client) -> None:
 
 def test_unknown_format_lists_the_formats(client: httpx.Client) -> None:
     error = assert_error(client.post("/predict/obj", files={"file": ("a.png", b"x")}), 404, "unknown_format")
-    assert all(name in error["message"] for name in FORMATS)
+    assert all(name in error["message"] for name in FORMATS if name != "json")
 
 
 def test_http_errors_use_the_error_shape(client: httpx.Client) -> None:
@@ -452,7 +420,7 @@ def test_http_errors_use_the_error_shape(client: httpx.Client) -> None:
 
 
 def test_unexpected_exception_is_a_json_500(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="app.api"):
+    with caplog.at_level(logging.ERROR, logger="app.http.middleware"):
         response = client.get("/test-only/crash", headers={"X-Request-ID": "crash-1"})
     error = assert_error(response, 500, "internal_error")
     assert "deliberate" not in response.text
@@ -707,11 +675,12 @@ def test_failed_loading_is_reported(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             assert health["status"] == "error"
-            assert str(missing) in health["detail"] and "does not exist" in health["detail"]
+            # The code for anyone; the path and the exception text only in the server log.
+            assert health["detail"] == "checkpoint_unavailable; see the server log"
             response = client.post("/predict", files={"file": ("a.png", image_bytes(32, 32))})
             error = assert_error(response, 503, "model_unavailable")
-            assert str(missing) in error["message"]
-            assert "retry-after" not in response.headers
+            assert "checkpoint_unavailable" in error["message"] and str(missing) not in error["message"]
+            assert "retry-after" not in response.headers  # a missing file does not come back by waiting
     finally:
         server.stop()
 
@@ -727,7 +696,7 @@ def test_pixel_helper_is_what_it_claims() -> None:
 def test_every_prediction_names_its_model_and_camera(client: httpx.Client) -> None:
     """A file made by the tiny preset must say so in its headers (the file bytes keep the reference layout)."""
     photo = image_bytes(90, 60)
-    for path in ("/predict", *(f"/predict/{name}" for name in FORMATS)):
+    for path in ("/predict", *(f"/predict/{name}" for name in FORMATS if name != "json")):
         response = client.post(path, files={"file": ("p.png", photo, "image/png")}, data={"f_px": "77"})
         assert response.status_code == 200, (path, response.text)
         assert response.headers["x-sharp-preset"] == "tiny"
@@ -736,3 +705,56 @@ def test_every_prediction_names_its_model_and_camera(client: httpx.Client) -> No
         assert response.headers["x-sharp-f-px-source"] == "request"
         assert response.headers["x-sharp-image-size"] == "90x60"
         assert int(response.headers["x-sharp-num-gaussians"]) == TINY_GAUSSIANS
+
+
+def test_transient_load_failure_is_retried_with_backoff(tiny_predictor: SharpPredictor,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A network failure at start leaves the server in `error` only until the next retry, and the 503s say
+    when to come back; once loading succeeds the server is ready and warns that the weights are synthetic."""
+    from app.service import InferenceService
+    from app.weights import CheckpointDownloadError
+
+    attempts: list[float] = []
+    release = threading.Event()
+
+    def flaky_loader(_settings: Settings) -> SharpPredictor:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise CheckpointDownloadError("connection reset", url="http://127.0.0.1:9/x.pt", retryable=True)
+        release.wait(30)
+        return tiny_predictor
+
+    service = InferenceService(tiny_settings(), loader=flaky_loader, load_backoff_s=(2.0, 4.0))
+    with caplog.at_level(logging.WARNING, logger="app.service"):
+        server = LiveServer.start(create_app(tiny_settings(), service=service))
+        try:
+            with server.client() as client:
+                deadline = time.monotonic() + 20
+                while (health := client.get("/health").json())["status"] != "error":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                assert health["detail"] == "checkpoint_download_failed; the server retries"
+                response = client.post("/predict", files={"file": ("a.png", image_bytes(32, 32))})
+                assert_error(response, 503, "model_unavailable")
+                assert 1 <= int(response.headers["retry-after"]) <= 2
+                while len(attempts) < 2:  # the retry comes after the backoff, by itself
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                assert attempts[1] - attempts[0] >= 1.9
+                release.set()
+                assert service.wait_until_loaded(timeout=20)
+                assert client.get("/health").json()["status"] == "ready"
+                response = client.post("/predict/spz", files={"file": ("a.png", image_bytes(32, 32))})
+                assert response.status_code == 200 and response.headers["x-sharp-weights"] == "synthetic"
+        finally:
+            release.set()
+            server.stop()
+    assert any("SYNTHETIC weights" in record.getMessage() for record in caplog.records)
+
+
+def test_head_probes_and_openapi_without_a_key(client: httpx.Client) -> None:
+    for path in ("/", "/health"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+    schema = client.get("/openapi.json").json()
+    assert "security" not in schema["paths"]["/predict"]["post"]  # no key configured: nothing to send

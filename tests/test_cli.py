@@ -54,11 +54,30 @@ def test_bad_arguments_are_clear_messages(tmp_path: Path) -> None:
     missing = run_cli("predict", "-i", str(tmp_path / "nope.jpg"), "-o", str(tmp_path), "--preset", "tiny")
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
     bad_focal = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--f-px", "-3")
-    assert bad_focal.returncode == 2 and "--f-px must be a finite number > 0" in bad_focal.stderr
+    assert bad_focal.returncode == 2 and "f_px must be a number of pixels in [1, 1e+06]" in bad_focal.stderr
+    huge_focal = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--f-px", "1e20")
+    assert huge_focal.returncode == 2 and "got 1e+20" in huge_focal.stderr
     bad_format = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--format", "obj")
-    assert bad_format.returncode == 2 and "unknown format 'obj'" in bad_format.stderr
+    assert bad_format.returncode == 2 and "invalid choice: 'obj'" in bad_format.stderr
+    useless = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path), "--preset", "tiny", "--format", "splat",
+                      "--vertex-only")
+    assert useless.returncode == 2 and "--vertex-only does nothing for --format splat" in useless.stderr
     empty = run_cli("predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "--preset", "tiny")
     assert empty.returncode == 2 and "no supported images" in empty.stderr
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("not a directory")
+    photo = tmp_path / "in" / "p.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(photo)
+    onto_file = run_cli("predict", "-i", str(photo), "-o", str(a_file), "--preset", "tiny")
+    assert onto_file.returncode == 2 and "is a file" in onto_file.stderr and "Traceback" not in onto_file.stderr
+    bad_env = subprocess.run(
+        [sys.executable, "-m", "app", "predict", "-i", str(photo), "-o", str(tmp_path / "o2"), "--preset", "tiny"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHARP_DTYPE": "float8", "SHARP_MAX_QUEUE": "-1"},
+    )
+    assert bad_env.returncode == 2 and "Traceback" not in bad_env.stderr, bad_env.stderr
+    assert "SHARP_DTYPE" in bad_env.stderr and "SHARP_MAX_QUEUE" in bad_env.stderr
     offline = subprocess.run(
         [sys.executable, "-m", "app", "predict", "-i", str(tmp_path), "-o", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import json
 import struct
 import subprocess
@@ -15,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.formats import FORMATS, encode_to_bytes, get_format, write_file
-from app.formats.json import decode_json_arrays, encode_json, select_gaussians
+from app.errors import InvalidRequestError, UnknownFormatError
+from app.formats import FORMATS, encode, get_format
+from app.formats.json import encode_json, select_gaussians
 from app.formats.ply import (
     TAIL_BYTES,
     VERTEX_PROPERTIES,
@@ -31,20 +31,71 @@ from app.formats.ply import (
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
 from app.formats.spz import decode_spz, encode_spz, gzip_parallel, read_spz_header, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
+from app.prediction import ModelInfo, Prediction
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_N = 2 * 768 * 768  # 1,179,648 Gaussians, what SHARP predicts for any photo
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_formats", REPO / "bench" / "formats.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def decode_json_arrays(document: bytes | str) -> dict[str, np.ndarray]:
+    """The five arrays of an `encode_json` document as float32 arrays (either encoding; null -> NaN)."""
+    body = json.loads(document)
+    out: dict[str, np.ndarray] = {}
+    for name in ("positions", "scales", "rotations", "opacities", "colors"):
+        value = body[name]
+        if isinstance(value, dict):
+            assert value["dtype"] == "float32" and value["byteorder"] == "little"
+            out[name] = np.frombuffer(base64.b64decode(value["data"]), dtype="<f4").reshape(value["shape"])
+        else:
+            width = {"rotations": 4, "opacities": 1}.get(name, 3)
+            rows = [[np.nan if v is None else v for v in row] for row in value]
+            out[name] = np.array(rows, dtype=np.float64).reshape(-1, width).astype(np.float32)
+    return out
 
 
-bench = _load_bench()
+def write_ply_with_plyfile(scene: GaussianScene, path: Path, vertex_only: bool = False) -> Path:
+    """An independent writer of the reference layout, built on plyfile (what apple/ml-sharp uses)."""
+    from plyfile import PlyData, PlyElement
+
+    f_dc = (linear_to_srgb(scene.colors) - np.float32(0.5)) / np.float32(SH_C0)
+    opacity = scene.opacities.astype(np.float32)
+    columns = {
+        "x": scene.positions[:, 0], "y": scene.positions[:, 1], "z": scene.positions[:, 2],
+        **{f"f_dc_{i}": f_dc[:, i] for i in range(3)},
+        "opacity": np.log(opacity / (np.float32(1) - opacity)),
+        **{f"scale_{i}": np.log(scene.scales[:, i]) for i in range(3)},
+        **{f"rot_{i}": scene.rotations[:, i] for i in range(4)},
+    }
+    vertices = np.empty(scene.num_gaussians, dtype=[(name, "f4") for name in VERTEX_PROPERTIES])
+    for name in VERTEX_PROPERTIES:
+        vertices[name] = columns[name]
+    elements = [PlyElement.describe(vertices, "vertex")]
+    if not vertex_only:
+        import torch
+
+        w, h, f, n = scene.image_width, scene.image_height, scene.f_px, scene.num_gaussians
+        disparity = 1.0 / torch.from_numpy(np.ascontiguousarray(scene.positions[:, 2], dtype=np.float32))
+        for name, dtype, value in [
+            ("extrinsic", "f4", np.eye(4).flatten()),
+            ("intrinsic", "f4", np.array([f, 0, w * 0.5, 0, f, h * 0.5, 0, 0, 1])),
+            ("image_size", "u4", np.array([w, h])),
+            ("frame", "i4", np.array([1, n])),
+            ("disparity", "f4", torch.quantile(disparity, q=torch.tensor([0.1, 0.9])).numpy()),
+            ("color_space", "u1", np.array([0])),  # sRGB
+            ("version", "u1", np.array([1, 5, 0])),
+        ]:
+            array = np.empty(len(value), dtype=[(name, dtype)])
+            array[:] = value
+            elements.append(PlyElement.describe(array, name))
+    PlyData(elements).write(str(path))
+    return path
+
+
+def prediction_of(scene: GaussianScene) -> Prediction:
+    model = ModelInfo(preset="tiny", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
+                      num_gaussians=scene.num_gaussians, internal_resolution=512)
+    return Prediction(name="scene", scene=scene, f_px_source="default", model=model,
+                      timings_ms={"decode": 1.0, "preprocess": 2.0, "forward": 3.0, "postprocess": 4.0})
 
 
 def random_scene(n: int = 2000, seed: int = 0) -> GaussianScene:
@@ -252,9 +303,8 @@ def test_ply_saturated_opacities_are_infinite_logits() -> None:
 def test_ply_bytes_identical_to_plyfile_writers(tmp_path: Path, vertex_only: bool) -> None:
     scene = random_scene(1500, seed=2)
     ours = encode_ply(scene, vertex_only=vertex_only)
-    for writer in (bench.write_ply_plyfile, bench.write_ply_plyfile_columnwise):
-        path = writer(scene, tmp_path / f"{writer.__name__}.ply", vertex_only=vertex_only)
-        assert path.read_bytes() == ours, writer.__name__
+    path = write_ply_with_plyfile(scene, tmp_path / "plyfile.ply", vertex_only=vertex_only)
+    assert path.read_bytes() == ours
 
 
 def test_iter_ply_chunks_are_independent_blocks() -> None:
@@ -333,20 +383,7 @@ def test_splat_round_trip() -> None:
     assert np.median(err) < 0.02 and err.max() < 0.15
 
 
-def test_splat_y_up_rotates_the_scene_180_degrees_about_x() -> None:
-    scene = random_scene(1000, seed=4)
-    plain = decode_splat(encode_splat(scene, sort=False))
-    up = decode_splat(encode_splat(scene, sort=False, y_up=True))
-    np.testing.assert_array_equal(up.positions, plain.positions * [1, -1, -1])
-    flip = np.diag([1.0, -1.0, -1.0])
-    rotated = flip @ covariances(scene.scales, scene.rotations) @ flip
-    err = relative_cov_error(covariances(up.scales, up.rotations), rotated)
-    assert np.median(err) < 0.02 and err.max() < 0.15
-    mirror = np.diag([1.0, -1.0, 1.0])  # a reflection, what a plain y flip would be
-    mirrored = mirror @ covariances(scene.scales, scene.rotations) @ mirror
-    assert np.median(relative_cov_error(covariances(up.scales, up.rotations), mirrored)) > 0.1
-    back = decode_splat(encode_splat(scene, sort=False, y_up=True), y_up=True)
-    np.testing.assert_array_equal(back.positions, scene.positions)
+def test_splat_rejects_a_partial_record() -> None:
     with pytest.raises(ValueError):
         decode_splat(b"\0" * 33)
 
@@ -419,7 +456,7 @@ def test_spz_bytes_by_hand() -> None:
 
 
 def test_spz_size_and_realistic_scene() -> None:
-    scene = bench.make_realistic_scene(64)  # 8192 Gaussians from the conformance photo
+    scene = random_scene(8192, seed=5)
     spz = encode_spz(scene)
     assert len(spz) <= ply_num_bytes(scene) / 3
     assert len(spz_payload(scene)) == 16 + 20 * scene.num_gaussians
@@ -533,31 +570,25 @@ def test_encode_json_non_finite_values_stay_valid_json() -> None:
 
 def test_registry_encoders_produce_their_formats() -> None:
     scene = random_scene(700, seed=11)
-    assert set(FORMATS) == {"ply", "splat", "spz"}
+    prediction = prediction_of(scene)
+    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "json"}
     for name, fmt in FORMATS.items():
-        assert fmt.name == name and fmt.extension == f".{name}" and "/" in fmt.media_type
-        data = encode_to_bytes(name, scene)
-        if fmt.num_bytes is not None:
-            assert fmt.num_bytes(scene) == len(data)
-    assert encode_to_bytes("ply", scene) == encode_ply(scene)
-    assert encode_to_bytes("ply", scene, vertex_only=True) == encode_ply(scene, vertex_only=True)
-    assert encode_to_bytes("splat", scene) == encode_splat(scene)
-    assert decode_spz(encode_to_bytes("spz", scene)).num_gaussians == 700
+        assert fmt.name == name and fmt.extension.startswith(".") and "/" in fmt.media_type
+        assert fmt.filename("photo") == f"photo{fmt.extension}"
+    assert encode(prediction, "ply") == encode_ply(scene)
+    assert encode(prediction, "ply_vertex") == encode_ply(scene, vertex_only=True)
+    assert encode(prediction, "splat") == encode_splat(scene)
+    assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
+    body = json.loads(encode(prediction, "json", max_gaussians=10, encoding="base64"))
+    assert body["metadata"]["num_gaussians"] == 10 and body["metadata"]["total_gaussians"] == 700
+    assert body["metadata"]["model"] == {"preset": "tiny", "weights": "synthetic", "device": "cpu",
+                                         "dtype": "float32"}
+    assert set(body["metadata"]["timings_ms"]) == {"decode", "preprocess", "forward", "postprocess", "encode"}
     assert get_format(".SPZ") is FORMATS["spz"]
-    with pytest.raises(KeyError, match="known"):
+    with pytest.raises(UnknownFormatError, match="ply, ply_vertex"):
         get_format("obj")
-
-
-def test_write_file_writes_each_format_atomically(tmp_path: Path) -> None:
-    scene = random_scene(400, seed=12)
-    for name in FORMATS:
-        path = write_file(name, scene, tmp_path / f"scene.{name}")
-        assert path.read_bytes() == encode_to_bytes(name, scene)
-        assert path.stat().st_mode & 0o777 == 0o644
-    assert read_ply(tmp_path / "scene.ply").num_gaussians == 400
-    with pytest.raises(KeyError):
-        write_file("obj", scene, tmp_path / "scene.obj")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.ply", "scene.splat", "scene.spz"]
+    with pytest.raises(InvalidRequestError, match="max_gaussians does nothing for the splat format"):
+        encode(prediction, "splat", max_gaussians=3)
 
 
 def test_any_array_layout_and_dtype_gives_the_same_bytes() -> None:
@@ -568,7 +599,7 @@ def test_any_array_layout_and_dtype_gives_the_same_bytes() -> None:
         opacities=np.repeat(scene.opacities, 3)[::3], f_px=500.0, image_width=600, image_height=400,
     )
     assert not odd.positions.flags.c_contiguous and not odd.rotations.flags.c_contiguous
-    for name in FORMATS:
-        assert encode_to_bytes(name, odd) == encode_to_bytes(name, scene), name
+    for name in FORMATS.keys() - {"json"}:  # json carries timings; its arrays are compared below
+        assert encode(prediction_of(odd), name) == encode(prediction_of(scene), name), name
     assert encode_json(odd, {}) == encode_json(scene, {})
     assert encode_json(odd, {}, encoding="base64") == encode_json(scene, {}, encoding="base64")

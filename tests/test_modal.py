@@ -19,11 +19,9 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ import httpx
 import modal
 import numpy as np
 import pytest
-import uvicorn
 from modal._partial_function import _find_callables_for_obj, _find_partial_methods_for_user_cls
 from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
@@ -112,33 +109,6 @@ def tiny_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("SHARP_DEVICE", "cpu")
     monkeypatch.setenv("SHARP_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
-
-
-@pytest.fixture
-def http_server() -> Iterator[Any]:
-    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields `serve(app) -> base_url`."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def serve(asgi_app: Any) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(asgi_app, log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return f"http://127.0.0.1:{port}"
-
-    yield serve
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # ----------------------------------------------------------------------------------- the definitions
@@ -315,7 +285,9 @@ def checkpoint_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """A small file served over HTTP on loopback, standing in for the checkpoint URL."""
     upstream = tmp_path / "upstream"
     upstream.mkdir()
-    (upstream / "sharp_test.pt").write_bytes(b"not really a checkpoint")
+    import torch
+
+    torch.save({"weight": torch.zeros(2)}, upstream / "sharp_test.pt")  # downloads must be complete zip archives
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(upstream))
@@ -391,7 +363,7 @@ def test_weights_leave_the_checkpoint_file_before_the_snapshot(tmp_path: Path) -
 # ------------------------------------------------------------------------- the container code, locally
 
 
-def test_http_api_container_serves_the_local_app(tiny_env: Path, http_server: Any) -> None:
+def test_http_api_container_serves_the_local_app(tiny_env: Path, serve: Any) -> None:
     import modal_api
 
     instance = modal_api.SharpAPI()
@@ -400,11 +372,11 @@ def test_http_api_container_serves_the_local_app(tiny_env: Path, http_server: An
     assert predictor.info.preset == "tiny" and predictor.info.device == "cpu"
     assert instance.settings.cache_dir == tiny_env / "cache"
 
-    base_url = http_server(asgi_app)
+    base_url = serve(asgi_app).url
     with httpx.Client(base_url=base_url, timeout=120) as client:
         health = client.get("/health")
         assert health.status_code == 200, health.text
-        assert health.json()["status"] == "ok" and health.json()["preset"] == "tiny"
+        assert health.json()["status"] == "ready" and health.json()["preset"] == "tiny"
         response = client.post("/predict/ply", files={"file": ("photo.png", png_bytes(), "image/png")})
     assert response.status_code == 200, response.text
     assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS

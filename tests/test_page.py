@@ -17,27 +17,26 @@ import asyncio
 import io
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from conftest import LiveServer
 from fastapi import FastAPI, Form, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
-from app.api import create_app
-from app.formats import FORMATS, write_file
+from app.formats import encode as encode_format
 from app.gaussians import GaussianScene, srgb_to_linear
+from app.http import create_app
 from app.imaging import load_image
+from app.prediction import ModelInfo, Prediction
 from app.predictor import SharpPredictor
 from app.settings import Settings
 from app.web import page as web_page
@@ -74,39 +73,6 @@ new MutationObserver((records) => {
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@dataclass
-class LiveServer:
-    """A uvicorn server running `app` on a free loopback port in a background thread.
-
-    A copy of tests/test_api.py's helper: the shared one is moving to conftest.py.
-    """
-
-    app: FastAPI
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @classmethod
-    def start(cls, app: FastAPI) -> LiveServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return cls(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
 def tiny_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
                               "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
@@ -128,6 +94,15 @@ def red_over_blue(width: int, height: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]
     pixels[np.abs(x - y * width / height) < width / 30] = (20, 20, 20)
     return pixels
+
+
+def write_scene(scene: GaussianScene, path: Path) -> Path:
+    """`scene` as a file of the format its suffix names (ply, spz, splat)."""
+    model = ModelInfo(preset="test", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
+                      num_gaussians=scene.num_gaussians, internal_resolution=0)
+    prediction = Prediction(name=path.stem, scene=scene, f_px_source="request", model=model)
+    path.write_bytes(encode_format(prediction, path.suffix[1:]))
+    return path
 
 
 def photo_scene(pixels: np.ndarray, f_px: float, depth: float = 2.0) -> GaussianScene:
@@ -213,25 +188,23 @@ def add_fake_jobs(app: FastAPI) -> None:
     async def run(job_id: str, data: bytes, filename: str, f_px: float | None) -> None:
         await asyncio.sleep(0.3)  # long enough for the page to see "queued"
         update(job_id, status="running", stage="predict", progress=0.1, queue_position=None)
-        inference = await app.state.service.infer(data, filename=filename, f_px=f_px)
+        prediction = await app.state.service.predict(data, filename=filename, f_px=f_px)
         update(job_id, stage="encode", progress=0.9)
-        scene = inference.prediction.scene
-        results[job_id] = FORMATS["spz"].encode(scene)
+        scene = prediction.scene
+        results[job_id] = encode_format(prediction, "spz")
         update(job_id, status="succeeded", stage="done", progress=1.0,
                metadata={"image_width": scene.image_width, "image_height": scene.image_height,
-                         "f_px": scene.f_px, "f_px_source": inference.prediction.f_px_source,
+                         "f_px": scene.f_px, "f_px_source": prediction.f_px_source,
                          "num_gaussians": scene.num_gaussians},
-               timings_ms={k: round(v, 1) for k, v in inference.timings_ms.items()},
+               timings_ms={k: round(v, 1) for k, v in prediction.timings_ms.items()},
                results={"spz": f"/jobs/{job_id}/result.spz"})
 
     @app.post("/jobs", status_code=202, summary="Start a prediction job (test double)")
     async def create_job(file: UploadFile, f_px: float | None = Form(None)) -> JSONResponse:
         job_id = uuid.uuid4().hex
-        model = app.state.service.predictor.info
         jobs[job_id] = {"id": job_id, "status": "queued", "stage": "queued", "progress": 0.0, "queue_position": 0,
                         "created_at": time.time(), "metadata": None, "timings_ms": {}, "error": None, "results": {},
-                        "model": {"preset": model.preset, "weights": model.weights, "device": model.device,
-                                  "dtype": model.dtype}}
+                        "model": app.state.service.predictor.info.summary()}
         changed[job_id] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(run(job_id, await file.read(), file.filename or "", f_px))
         app.state.fake_job_tasks = [*getattr(app.state, "fake_job_tasks", []), task]
@@ -399,7 +372,7 @@ def test_page_without_renderer_says_what_to_run(page: Any, server: LiveServer, t
     page.goto(f"{server.url}/viewer")
     assert page.is_visible("#vendor-banner") and "make web" in page.text_content("#vendor-banner")
     ply = tmp_path / "scene.ply"
-    write_file("ply", photo_scene(red_over_blue(16, 12), f_px=15.0), ply)
+    write_scene(photo_scene(red_over_blue(16, 12), f_px=15.0), ply)
     page.set_input_files("#scene-file", str(ply))
     assert wait_state(page, "error", "ready") == "error"
     assert "make web" in page.text_content("#error-message")
@@ -492,7 +465,7 @@ def test_local_files_open_upright_and_resemble_the_photo(page: Any, server: Live
     pixels = red_over_blue(160, 120)
     scene = photo_scene(pixels, f_px=150.0)
     for fmt in ("ply", "spz", "splat"):
-        write_file(fmt, scene, tmp_path / f"photo.{fmt}")
+        write_scene(scene, tmp_path / f"photo.{fmt}")
     page.goto(f"{server.url}/viewer")
     requests: list[str] = []
     page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import OFFICIAL_CHECKPOINT_URL, Settings
+from app.model.presets import OFFICIAL_CHECKPOINT_URL
+from app.settings import Settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     settings = Settings()
     assert settings.preset == "sharp" and settings.device == "auto" and settings.dtype == "float32"
-    assert settings.checkpoint is None and settings.checkpoint_url == OFFICIAL_CHECKPOINT_URL
+    assert settings.checkpoint is None and settings.checkpoint_url is None
+    assert settings.weights_url == OFFICIAL_CHECKPOINT_URL  # the preset's official checkpoint
     assert settings.cache_dir == tmp_path / "sharp-serve"
     assert settings.max_upload_bytes == 25 * 1024 * 1024
     assert settings.api_key is None and settings.cors_origins == []
@@ -42,3 +44,10 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str,
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("SHARP_").lower()):
         Settings()
+
+
+def test_weights_come_from_the_preset_unless_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHARP_CHECKPOINT_URL", raising=False)
+    assert Settings(preset="tiny").weights_url is None  # synthetic weights, nothing to download
+    custom = Settings(preset="sharp", checkpoint_url="http://127.0.0.1:9/my.pt", checkpoint_sha256="ab" * 32)
+    assert (custom.weights_url, custom.weights_sha256) == ("http://127.0.0.1:9/my.pt", "ab" * 32)

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from torch import nn
 from app import weights
 from app.weights import (
     CheckpointDownloadError,
+    CheckpointError,
     CheckpointFormatError,
     CheckpointMismatchError,
     CheckpointNotAvailableError,
@@ -36,14 +38,21 @@ from app.weights import (
     load_state_dict,
     load_weights,
     resolve_checkpoint,
+    transfer,
 )
+from app.weights.lock import download_lock
 
 SIZE = 400_000
 CUT = 150_000
 
 
 def payload(size: int = SIZE, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
+    """A zip archive laid out like a `torch.save` file (downloads must be one), about `size` bytes long."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("sharp_test/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("sharp_test/data/0", random.Random(seed).randbytes(max(size - 300, 0)))
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------ test HTTP server
@@ -56,6 +65,9 @@ class Behaviour:
     content: bytes = field(default_factory=payload)
     etag: str | None = '"v1"'
     honor_range: bool = True
+    send_length: bool = True
+    """Send Content-Length; without it the body is close-delimited (HTTP/1.0) or chunked."""
+    chunked: bool = False
     cut_after: int | None = None
     """Close the connection after this many body bytes (for the next `cuts` responses)."""
     cuts: int = 0
@@ -108,18 +120,27 @@ class _Handler(BaseHTTPRequestHandler):
             record["status"] = "200"
             self.send_response(200)
         body = content[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if b.send_length:
+            self.send_header("Content-Length", str(len(body)))
+        if b.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Content-Type", "application/octet-stream")
         if b.etag:
             self.send_header("ETag", b.etag)
         self.end_headers()
+        write = self._write_chunk if b.chunked else self.wfile.write
         if b.cut_after is not None and b.cuts > 0:
             b.cuts -= 1
-            self.wfile.write(body[: b.cut_after])
+            write(body[: b.cut_after])
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(body)
+        write(body)
+        if b.chunked:
+            self._write_chunk(b"")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
 class _Server(ThreadingHTTPServer):
@@ -146,7 +167,7 @@ def server() -> Iterator[_Server]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_local(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(transfer, "_BACKOFF_BASE_S", 0.01)
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
@@ -157,6 +178,11 @@ def sha(data: bytes) -> str:
 
 def part_of(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Download by-products in `directory`: lock files, partial downloads and their metadata."""
+    return sorted(p.name for p in directory.rglob("*") if p.name.endswith((".lock", ".part", ".part.json")))
 
 
 # ------------------------------------------------------------------------------------------ file names
@@ -179,7 +205,7 @@ def test_download_success(server: _Server, tmp_path: Path) -> None:
     dest = tmp_path / "sub" / "ckpt.pt"
     assert download_file(server.url(), dest, progress=False) == dest
     assert dest.read_bytes() == server.behaviour.content
-    assert not part_of(dest).exists()
+    assert leftovers(tmp_path) == []
     assert len(server.behaviour.requests) == 1 and "range" not in server.behaviour.requests[0]
 
 
@@ -194,9 +220,9 @@ def test_checksum_mismatch_creates_nothing(server: _Server, tmp_path: Path) -> N
     dest = tmp_path / "ckpt.pt"
     with pytest.raises(ChecksumMismatchError) as info:
         download_file(server.url(), dest, sha256="0" * 64, progress=False)
-    assert info.value.code == "checksum_mismatch"
+    assert info.value.code == "checksum_mismatch" and not info.value.retryable
     assert sha(server.behaviour.content) in str(info.value)
-    assert not dest.exists() and not part_of(dest).exists()
+    assert not dest.exists() and leftovers(tmp_path) == []
 
 
 def test_checksum_mismatch_leaves_existing_file_untouched(server: _Server, tmp_path: Path) -> None:
@@ -217,7 +243,8 @@ def test_interrupted_download_keeps_part_then_resumes(server: _Server, tmp_path:
     dest = tmp_path / "ckpt.pt"
     with pytest.raises(CheckpointDownloadError) as info:
         download_file(server.url(), dest, progress=False, retries=0)
-    assert info.value.code == "download_failed" and "\n" not in str(info.value)
+    assert info.value.code == "checkpoint_download_failed" and "\n" not in str(info.value)
+    assert info.value.retryable
     assert not dest.exists()
     assert part_of(dest).stat().st_size == CUT
 
@@ -292,7 +319,8 @@ def test_http_404_fails_at_once_naming_the_url(server: _Server, tmp_path: Path) 
         download_file(url, dest, progress=False, retries=3)
     assert url in str(info.value) and "404" in str(info.value)
     assert len(server.behaviour.requests) == 1
-    assert not dest.exists() and not part_of(dest).exists()
+    assert not dest.exists() and leftovers(tmp_path) == []
+    assert info.value.code == "checkpoint_download_failed" and not info.value.retryable
 
 
 def test_http_503_is_retried(server: _Server, tmp_path: Path) -> None:
@@ -301,6 +329,178 @@ def test_http_503_is_retried(server: _Server, tmp_path: Path) -> None:
     download_file(server.url(), dest, progress=False, retries=1)
     assert dest.read_bytes() == server.behaviour.content
     assert len(server.behaviour.requests) == 2
+
+
+# ------------------------------------------------------------------------------- integrity and locks
+
+
+def test_body_without_length_is_accepted_when_whole(server: _Server, tmp_path: Path) -> None:
+    server.behaviour.send_length = False
+    dest = tmp_path / "ckpt.pt"
+    download_file(server.url(), dest, progress=False, retries=0)
+    assert dest.read_bytes() == server.behaviour.content
+    assert leftovers(tmp_path) == []
+
+
+def test_body_cut_short_without_length_is_never_renamed_into_place(server: _Server, tmp_path: Path) -> None:
+    """HTTP/1.0 close-delimited body: the client cannot tell the cut from the end, the zip check can."""
+    b = server.behaviour
+    b.send_length, b.cut_after, b.cuts = False, CUT, 1
+    dest = tmp_path / "ckpt.pt"
+    old = payload(1000, seed=7)
+    dest.write_bytes(old)
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), dest, progress=False, retries=0)
+    err = info.value
+    assert err.retryable and err.code == "checkpoint_download_failed"
+    assert "cut short" in str(err) and "end-of-central-directory" in str(err) and str(dest) in str(err)
+    assert dest.read_bytes() == old
+    assert leftovers(tmp_path) == []
+
+    download_file(server.url(), dest, progress=False, retries=0)  # the next try gets the whole file
+    assert dest.read_bytes() == b.content
+
+
+def test_chunked_body_cut_short_is_retried_and_resumed(server: _Server, tmp_path: Path) -> None:
+    b = server.behaviour
+    b.content = payload(3 << 20)
+    b.send_length, b.chunked, b.cut_after, b.cuts = False, True, 3 << 19, 1
+    dest = tmp_path / "ckpt.pt"
+    download_file(server.url(), dest, progress=False, retries=1)
+    assert dest.read_bytes() == b.content
+    # The client reads 1 MiB at a time: the first MiB was written, the cut-off read is asked for again.
+    assert [(r.get("range"), r["status"]) for r in b.requests] == [(None, "200"), (f"bytes={1 << 20}-", "206")]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["truncated-zip", "not-a-zip", "zip-without-data.pkl"])
+def test_complete_body_that_is_no_checkpoint_is_rejected(server: _Server, tmp_path: Path, kind: str) -> None:
+    """The announced length matches, so only the archive check can tell; retrying would not help."""
+    b = server.behaviour
+    if kind == "truncated-zip":
+        b.content = payload()[: SIZE // 2]
+    elif kind == "not-a-zip":
+        b.content = random.Random(1).randbytes(SIZE)
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+        b.content = buffer.getvalue()
+    dest = tmp_path / "ckpt.pt"
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), dest, progress=False, retries=2)
+    assert not info.value.retryable and "retrying will not help" in str(info.value)
+    assert len(b.requests) == 1
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_archive_check_accepts_torch_save_and_rejects_the_legacy_format(tmp_path: Path) -> None:
+    from app.weights.download import archive_problem
+
+    torch.save(tiny_state_dict(), tmp_path / "new.pt")
+    torch.save(tiny_state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert archive_problem(tmp_path / "new.pt") is None
+    assert "zip archive" in (archive_problem(tmp_path / "old.pt") or "")
+
+
+@pytest.mark.parametrize("outcome", ["success", "http-404", "checksum", "cut-with-length", "cut-without-length"])
+def test_no_lock_file_is_left_behind(server: _Server, tmp_path: Path, outcome: str) -> None:
+    b = server.behaviour
+    sha256 = "0" * 64 if outcome == "checksum" else None
+    if outcome == "http-404":
+        b.status = 404
+    elif outcome.startswith("cut"):
+        b.cut_after, b.cuts, b.send_length = CUT, 1, outcome == "cut-with-length"
+    dest = tmp_path / "ckpt.pt"
+    if outcome == "success":
+        download_file(server.url(), dest, progress=False)
+    else:
+        with pytest.raises((CheckpointDownloadError, ChecksumMismatchError)):
+            download_file(server.url(), dest, sha256=sha256, progress=False, retries=0)
+    assert not dest.with_name("ckpt.pt.lock").exists()
+
+
+def test_lock_stays_exclusive_although_its_file_is_deleted(tmp_path: Path) -> None:
+    """Each holder deletes the lock file before releasing; waiters on the old file must not get in."""
+    path = tmp_path / "x.lock"
+    inside: list[int] = []
+    overlaps: list[int] = []
+    entries: list[int] = []
+
+    def worker(n: int) -> None:
+        for _ in range(15):
+            with download_lock(path):
+                inside.append(n)
+                entries.append(n)
+                if len(inside) > 1:
+                    overlaps.append(n)
+                time.sleep(0.001)
+                inside.remove(n)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert overlaps == [] and len(entries) == 4 * 15
+    assert not path.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is Unix-only")
+def test_waiter_does_not_get_in_after_the_lock_file_is_deleted(tmp_path: Path) -> None:
+    """The premise of deleting the lock file while holding it: a waiter that may have the deleted
+    file open must not take the lock while another process holds the new file at the same path."""
+    import fcntl
+
+    path = tmp_path / "x.lock"
+    holder = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result: list[str] = []
+
+    def waiter() -> None:
+        try:
+            with download_lock(path):
+                result.append("got in")
+        except Exception as exc:  # handed to the main thread
+            result.append(repr(exc))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the waiter is polling the first file
+    os.unlink(path)  # what download_lock does on the way out: delete while held, then release
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    newcomer = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    fcntl.flock(newcomer, fcntl.LOCK_EX)
+    try:
+        time.sleep(0.5)
+        assert result == [], "the waiter got in while another process held the lock"
+    finally:
+        os.unlink(path)
+        fcntl.flock(newcomer, fcntl.LOCK_UN)
+        os.close(newcomer)
+    thread.join(5)
+    assert result == ["got in"]
+
+
+def test_retryable_classification(server: _Server, tmp_path: Path) -> None:
+    server.behaviour.status = 503
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), tmp_path / "a.pt", progress=False, retries=1)
+    assert info.value.retryable and "503" in str(info.value) and len(server.behaviour.requests) == 2
+    server.behaviour.status = 429
+    with pytest.raises(CheckpointDownloadError) as info:
+        download_file(server.url(), tmp_path / "b.pt", progress=False, retries=0)
+    assert info.value.retryable
+    for status in (403, 404, 410):
+        server.behaviour.status = status
+        with pytest.raises(CheckpointDownloadError) as info:
+            download_file(server.url(), tmp_path / "c.pt", progress=False, retries=3)
+        assert not info.value.retryable and "Retrying will not help" in str(info.value)
+    assert CheckpointError.retryable is False and CheckpointError.status == 503
+    for cls in (ChecksumMismatchError, CheckpointFormatError, CheckpointMismatchError):
+        assert cls("x").retryable is False and issubclass(cls, CheckpointError)
+    assert CheckpointNotAvailableError("x", retryable=True).retryable
 
 
 def test_progress_logs_about_every_ten_percent(
@@ -368,6 +568,7 @@ def test_second_process_waits_for_the_lock_and_uses_the_file(
     assert results == {"first": dest, "second": dest}
     assert len(b.requests) == 1
     assert dest.read_bytes() == b.content
+    assert leftovers(tmp_path) == []
 
 
 # -------------------------------------------------------------------------------------------- resolution
@@ -378,8 +579,9 @@ def test_offline_with_nothing_cached_says_what_and_where(server: _Server, tmp_pa
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=url, cache_dir=tmp_path, offline=True)
     message = str(info.value)
-    assert info.value.code == "checkpoint_not_available"
-    assert url in message and str(tmp_path / "sharp_test.pt") in message and "SHARP_CHECKPOINT" in message
+    assert info.value.code == "checkpoint_unavailable" and not info.value.retryable
+    assert url in message and str(tmp_path / "sharp_test.pt") in message
+    assert "SHARP_CHECKPOINT=/path/to/file.pt" in message and "SHARP_PRESET=tiny" in message
     assert "\n" not in message
     assert server.behaviour.requests == []
 
@@ -391,8 +593,12 @@ def test_unreachable_with_nothing_cached_says_what_and_where(tmp_path: Path) -> 
     url = f"http://127.0.0.1:{port}/models/sharp_test.pt"
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=url, cache_dir=tmp_path, progress=False)
-    assert url in str(info.value) and str(tmp_path / "sharp_test.pt") in str(info.value)
+    message = str(info.value)
+    assert url in message and str(tmp_path / "sharp_test.pt") in message
+    assert "SHARP_CHECKPOINT=/path/to/file.pt" in message and "SHARP_PRESET=tiny" in message
+    assert info.value.code == "checkpoint_unavailable" and info.value.retryable
     assert isinstance(info.value.__cause__, CheckpointDownloadError)
+    assert leftovers(tmp_path) == []
 
 
 def test_explicit_path_must_exist(server: _Server, tmp_path: Path) -> None:
@@ -400,6 +606,7 @@ def test_explicit_path_must_exist(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(missing, url=server.url(), cache_dir=tmp_path)
     assert str(missing) in str(info.value) and "SHARP_CHECKPOINT" in str(info.value)
+    assert not info.value.retryable
     assert server.behaviour.requests == []
 
 
@@ -520,7 +727,7 @@ def test_load_state_dict_rejects_garbage(tmp_path: Path, content: bytes | str) -
     path.write_bytes(content)
     with pytest.raises(CheckpointFormatError) as info:
         load_state_dict(path)
-    assert info.value.code == "invalid_checkpoint"
+    assert info.value.code == "checkpoint_format" and not info.value.retryable
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -548,7 +755,7 @@ def test_check_state_dict_lists_every_kind_of_mismatch() -> None:
         check_state_dict(expected, sd)
     err = info.value
     message = str(err)
-    assert err.code == "checkpoint_mismatch" and "\n" not in message
+    assert err.code == "checkpoint_mismatch" and "\n" not in message and not err.retryable
     assert "1 missing key(s): head.bias" in message
     assert "1 unexpected key(s): extra.weight" in message
     assert "conv.weight: got [4, 3, 5, 5] vs expected [4, 3, 3, 3]" in message
@@ -615,4 +822,4 @@ def test_error_messages_are_json_friendly(server: _Server, tmp_path: Path) -> No
     with pytest.raises(CheckpointNotAvailableError) as info:
         resolve_checkpoint(None, url=server.url(), cache_dir=tmp_path, offline=True)
     body = json.loads(json.dumps({"code": info.value.code, "message": str(info.value)}))
-    assert body["code"] == "checkpoint_not_available"
+    assert body["code"] == "checkpoint_unavailable"

@@ -1,80 +1,91 @@
-"""Output formats for a predicted `GaussianScene`, and the registry the HTTP service and CLI expose.
+"""Output formats: a `Prediction` -> the bytes of one downloadable file, and the registry of them.
 
-- ``ply``: the reference 3DGS PLY (56 bytes per Gaussian + camera metadata), what apple/ml-sharp writes;
-  streamed in blocks. Option ``vertex_only`` drops the metadata elements for picky viewers.
-- ``splat``: antimatter15's 32-byte records for web viewers. Options ``sort``, ``y_up``.
+Every entry point (HTTP routes, CLI, Modal functions, job worker) reaches a format through `FORMATS`
+(via `app.pipeline.encode`), so adding a format is: an encoder module in this package, plus one
+`OutputFormat` entry below. The HTTP routes `POST /predict/<name>` and the CLI's `--format` choices
+follow the registry.
+
+- ``ply``: the reference 3DGS PLY (56 bytes per Gaussian + camera metadata), what apple/ml-sharp writes.
+- ``ply_vertex``: the same PLY with the vertex element only, for viewers that reject the extra elements.
+- ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
-  Options ``version`` (3 or 2), ``compresslevel``.
+- ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
+  ``encoding``.
 
-JSON (`app.formats.json`) is not in the registry: it also takes request metadata and a size cap.
-
-Usage::
-
-    fmt = FORMATS["spz"]
-    body = fmt.encode(scene)                  # bytes, or an iterator of byte blocks (ply)
-    data = encode_to_bytes("ply", scene)      # always bytes
-    write_file("spz", scene, "out.spz")       # atomically (temporary file, then rename)
+The readers (`read_ply`, `decode_splat`, `decode_spz`) turn files back into scenes, for the renderer.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.files import write_atomically
-from app.formats.ply import encode_ply, iter_ply_chunks, ply_num_bytes, read_ply, write_ply
+from app.formats.json import encode_prediction_json
+from app.formats.ply import encode_ply, read_ply
 from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
-from app.gaussians import GaussianScene
+from app.prediction import Prediction
 
-Encoded = bytes | Iterable[bytes | memoryview]
-"""What an encoder returns: the whole file, or its consecutive pieces (to stream)."""
+PLY_MEDIA_TYPE = "application/octet-stream"
+"""PLY files are sent as plain downloads (the API contract); the unregistered type would be application/x-ply."""
 
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """One downloadable format.
+    """One output format.
 
     Attributes:
-        name: the key in `FORMATS`, as used in ``POST /predict/{format}`` and ``--format``.
-        extension: the file extension with its dot, e.g. ".ply".
-        media_type: the HTTP Content-Type to send.
-        encode: ``encode(scene, **options)`` -> bytes or an iterable of byte blocks.
-        description: one line for help texts.
-        num_bytes: ``num_bytes(scene, **options)`` -> exact size, when known without encoding (for a
-            Content-Length header), else None.
+        name: the registry key, as in ``POST /predict/<name>`` and ``--format``.
+        extension: the file name suffix with its dot, e.g. ".ply".
+        media_type: the HTTP Content-Type.
+        description: one line for help texts and the API docs.
+        encode: ``encode(prediction, **options) -> bytes``, the whole file.
+        options: the keyword options `encode` takes (anything else is refused).
     """
 
     name: str
     extension: str
     media_type: str
-    encode: Callable[..., Encoded]
     description: str
-    num_bytes: Callable[..., int] | None = None
+    encode: Callable[..., bytes]
+    options: frozenset[str] = field(default_factory=frozenset)
+
+    def filename(self, stem: str) -> str:
+        return f"{stem}{self.extension}"
 
 
-def _splat_num_bytes(scene: GaussianScene, **_options: Any) -> int:
-    return 32 * scene.num_gaussians
+def _ply(prediction: Prediction) -> bytes:
+    return encode_ply(prediction.scene)
+
+
+def _ply_vertex(prediction: Prediction) -> bytes:
+    return encode_ply(prediction.scene, vertex_only=True)
+
+
+def _splat(prediction: Prediction) -> bytes:
+    return encode_splat(prediction.scene)
+
+
+def _spz(prediction: Prediction) -> bytes:
+    return encode_spz(prediction.scene)
 
 
 FORMATS: dict[str, OutputFormat] = {
-    "ply": OutputFormat(
-        name="ply", extension=".ply", media_type="application/x-ply", encode=iter_ply_chunks,
-        description="3DGS PLY as apple/ml-sharp writes it (56 B/Gaussian + camera metadata)",
-        num_bytes=ply_num_bytes,
-    ),
-    "splat": OutputFormat(
-        name="splat", extension=".splat", media_type="application/x-splat", encode=encode_splat,
-        description="antimatter15 .splat for web viewers (32 B/Gaussian, 8-bit colour and rotation)",
-        num_bytes=_splat_num_bytes,
-    ),
-    "spz": OutputFormat(
-        name="spz", extension=".spz", media_type="application/x-spz", encode=encode_spz,
-        description="Niantic .spz, gzip-compressed (about 1/4 of the PLY), RUB axes",
-    ),
+    fmt.name: fmt for fmt in (
+        OutputFormat("ply", ".ply", PLY_MEDIA_TYPE, "3DGS PLY as apple/ml-sharp writes it (56 B/Gaussian + "
+                     "camera metadata elements)", _ply),
+        OutputFormat("ply_vertex", ".ply", PLY_MEDIA_TYPE, "the same PLY with the vertex element only, for "
+                     "viewers that reject the camera metadata elements", _ply_vertex),
+        OutputFormat("splat", ".splat", "application/x-splat", "antimatter15 .splat for web viewers "
+                     "(32 B/Gaussian, 8-bit colour and rotation)", _splat),
+        OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
+                     "PLY), RUB axes", _spz),
+        OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
+                     "metadata", encode_prediction_json, frozenset({"max_gaussians", "encoding"})),
+    )
 }
 
 
@@ -82,43 +93,43 @@ def get_format(name: str) -> OutputFormat:
     """The registered format called `name` (case-insensitive, a leading dot allowed).
 
     Raises:
-        KeyError: naming the known formats.
+        UnknownFormatError: naming the known formats.
     """
     key = name.lower().lstrip(".")
     if key not in FORMATS:
-        raise KeyError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+        raise UnknownFormatError(f"Unknown output format {name!r}; use one of: {', '.join(FORMATS)}.")
     return FORMATS[key]
 
 
-def encode_to_bytes(name: str, scene: GaussianScene, **options: Any) -> bytes:
-    """Encode `scene` in the format `name` and return the whole file."""
-    result = get_format(name).encode(scene, **options)
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        return bytes(result)
-    return b"".join(result)
+def check_options(name: str, options: dict[str, Any]) -> OutputFormat:
+    """The format `name`, after checking it takes every option in `options`.
+
+    Raises:
+        UnknownFormatError: no such format.
+        InvalidRequestError: an option this format does not take (it would do nothing).
+    """
+    fmt = get_format(name)
+    unknown = sorted(set(options) - fmt.options)
+    if unknown:
+        takes = ", ".join(sorted(fmt.options)) or "no options"
+        raise InvalidRequestError(f"{', '.join(unknown)} does nothing for the {fmt.name} format (it takes {takes}).")
+    return fmt
 
 
-def write_file(name: str, scene: GaussianScene, path: str | os.PathLike[str], **options: Any) -> Path:
-    """Encode `scene` as format `name` into `path`, atomically: a temporary file in the same
-    directory is renamed into place only once complete, so a failure never leaves a partial file."""
-    result = get_format(name).encode(scene, **options)
-    return write_atomically(path, [result] if isinstance(result, (bytes, bytearray, memoryview)) else result)
+def encode(prediction: Prediction, name: str, **options: Any) -> bytes:
+    """`prediction` as the file of format `name` (see `check_options` for the errors)."""
+    return check_options(name, options).encode(prediction, **options)
 
 
 __all__ = [
     "FORMATS",
-    "Encoded",
+    "PLY_MEDIA_TYPE",
     "OutputFormat",
+    "check_options",
     "decode_splat",
     "decode_spz",
-    "encode_ply",
-    "encode_splat",
-    "encode_spz",
-    "encode_to_bytes",
+    "encode",
     "get_format",
-    "iter_ply_chunks",
-    "ply_num_bytes",
     "read_ply",
-    "write_file",
-    "write_ply",
+    "write_atomically",
 ]

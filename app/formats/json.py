@@ -22,6 +22,7 @@ them bit for bit.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ import numpy as np
 import orjson
 
 from app.gaussians import GaussianScene
+from app.prediction import Prediction
 
 Encoding = Literal["list", "base64"]
 ENCODINGS: tuple[str, ...] = ("list", "base64")
@@ -68,7 +70,8 @@ def _base64_array(array: np.ndarray) -> dict[str, Any]:
 
 
 def encode_json(
-    scene: GaussianScene, metadata: Mapping[str, Any] | None = None, *, encoding: Encoding = "list"
+    scene: GaussianScene, metadata: Mapping[str, Any] | None = None, *, encoding: Encoding = "list",
+    timings_ms: dict[str, float] | None = None,
 ) -> bytes:
     """The scene as a JSON document (UTF-8 bytes); see the module docstring for the shape.
 
@@ -77,9 +80,12 @@ def encode_json(
         metadata: extra JSON-serialisable fields (numpy scalars allowed) for the "metadata" object;
             "color_space", "num_gaussians" and "encoding" are set by this function.
         encoding: "list" (nested arrays) or "base64" (packed float32).
+        timings_ms: when given, the time spent serialising the arrays is stored in it as `encode` before
+            it is written into `metadata["timings_ms"]` (the metadata object is serialised last).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    start = time.perf_counter()
     arrays = {
         "positions": scene.positions,
         "scales": scene.scales,
@@ -93,26 +99,28 @@ def encode_json(
             body[name] = _base64_array(array)
         else:
             body[name] = np.ascontiguousarray(array, dtype=np.float32)
-    body["metadata"] = {**(metadata or {}), "color_space": "srgb", "num_gaussians": scene.num_gaussians,
-                        "encoding": encoding}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    arrays_json = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    meta = {**(metadata or {}), "color_space": "srgb", "num_gaussians": scene.num_gaussians, "encoding": encoding}
+    if timings_ms is not None:
+        timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
+        meta["timings_ms"] = {stage: round(ms, 3) for stage, ms in timings_ms.items()}
+    metadata_json = orjson.dumps({"metadata": meta}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return arrays_json[:-1] + b"," + metadata_json[1:]
 
 
-def decode_json_arrays(document: bytes | str) -> dict[str, np.ndarray]:
-    """The five arrays of an `encode_json` document as float32 numpy arrays (either encoding).
+def encode_prediction_json(prediction: Prediction, *, max_gaussians: int | None = None,
+                           encoding: Encoding = "list") -> bytes:
+    """The body of `POST /predict` (and of the Modal `predict` method): arrays plus the prediction's metadata.
 
-    ``null`` values of the list encoding come back as NaN.
+    `metadata.timings_ms.encode` is the time spent serialising the arrays, which is also recorded in
+    `prediction.timings_ms`.
     """
-    body = orjson.loads(document)
-    out: dict[str, np.ndarray] = {}
-    for name in ("positions", "scales", "rotations", "opacities", "colors"):
-        value = body[name]
-        if isinstance(value, dict):
-            if value.get("dtype") != "float32" or value.get("byteorder") != "little":
-                raise ValueError(f"{name}: unsupported array encoding {value.get('dtype')!r}")
-            raw = np.frombuffer(base64.b64decode(value["data"]), dtype="<f4")
-            out[name] = raw.reshape(value["shape"]).astype(np.float32)
-        else:
-            width = {"rotations": 4, "opacities": 1}.get(name, 3)
-            out[name] = np.array(value, dtype=np.float64).reshape(-1, width).astype(np.float32)
-    return out
+    scene = prediction.scene
+    metadata = {
+        "image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
+        "f_px_source": prediction.f_px_source, "intrinsics": scene.intrinsics.tolist(),
+        "total_gaussians": scene.num_gaussians, "coordinate_convention": "opencv",
+        "model": prediction.model.summary(),
+    }
+    return encode_json(select_gaussians(scene, max_gaussians), metadata, encoding=encoding,
+                       timings_ms=prediction.timings_ms)

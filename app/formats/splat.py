@@ -12,12 +12,9 @@ Records are sorted by descending ``opacity * scale_0 * scale_1 * scale_2`` (opac
 the ellipsoid, up to 4/3 pi), as the common ``convert.py`` does: a viewer that loads the file
 progressively shows the Gaussians that cover most of the picture first. Ties keep the scene's order.
 
-Axes: .splat says nothing about them. By default we keep the scene's OpenCV camera axes (x right, y down,
-z forward, camera at the origin looking along +z); y-up viewers then show the scene upside down.
-``y_up=True`` rotates the scene 180 degrees about the x axis, (x, y, z) -> (x, -y, -z) and
-(w, x, y, z) -> (w, x, -y, -z), which gives OpenGL / three.js axes (x right, y up, the scene in front of
-the camera along -z) without mirroring it. Users of an OpenCV-axes file can apply the same rotation in
-their viewer (e.g. rotate 180 degrees about x).
+Axes: .splat says nothing about them. We keep the scene's OpenCV camera axes (x right, y down,
+z forward, camera at the origin looking along +z), as the PLY does; y-up viewers then show the scene
+upside down until it is rotated 180 degrees about x, (x, y, z) -> (x, -y, -z).
 
 What is lost: colour and opacity are quantised to 1/255, rotations to 1/128 per component.
 """
@@ -34,10 +31,6 @@ SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgb
 
 RECORD_BYTES = SPLAT_DTYPE.itemsize
 assert RECORD_BYTES == 32
-
-# 180 degrees about x: positions (x, -y, -z), quaternions (w, x, -y, -z).
-_FLIP_POSITION = np.array([1, -1, -1], dtype=np.float32)
-_FLIP_QUATERNION = np.array([1, 1, -1, -1], dtype=np.float32)
 
 
 def quantize_uint8(values: np.ndarray) -> np.ndarray:
@@ -65,14 +58,13 @@ def _normalised_quaternions(q: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def encode_splat(scene: GaussianScene, *, sort: bool = True, y_up: bool = False) -> bytes:
+def encode_splat(scene: GaussianScene, *, sort: bool = True) -> bytes:
     """The scene as a .splat file: 32 * N bytes.
 
     Args:
         scene: the Gaussians.
         sort: order records by descending opacity x volume (the usual converter's order); False keeps
             the scene's order.
-        y_up: rotate 180 degrees about x into OpenGL axes (see the module docstring).
     """
     if sort:
         scene = scene.select(splat_order(scene))
@@ -83,22 +75,18 @@ def encode_splat(scene: GaussianScene, *, sort: bool = True, y_up: bool = False)
     out["rgba"][:, :3] = quantize_uint8(scene.colors_srgb() * np.float32(255))
     out["rgba"][:, 3] = quantize_uint8(np.asarray(scene.opacities, dtype=np.float32) * np.float32(255))
     q = _normalised_quaternions(scene.rotations)
-    if y_up:
-        out["position"] *= _FLIP_POSITION
-        q *= _FLIP_QUATERNION
     out["rotation"] = quantize_uint8(q * np.float32(128) + np.float32(128))
     return out.tobytes()
 
 
 def decode_splat(
-    data: bytes | bytearray | memoryview, *, y_up: bool = False, f_px: float = 0.0, image_width: int = 0,
+    data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0,
     image_height: int = 0,
 ) -> GaussianScene:
     """Parse a .splat file back into a scene (colours back to linear RGB, quaternions renormalised).
 
     Args:
         data: the file's bytes, a multiple of 32.
-        y_up: the file was written with ``y_up=True``: undo the rotation (it is its own inverse).
         f_px, image_width, image_height: the camera, which .splat does not store.
     """
     if len(data) % RECORD_BYTES:
@@ -107,9 +95,6 @@ def decode_splat(
     positions = rec["position"].astype(np.float32)
     rotations = (rec["rotation"].astype(np.float32) - np.float32(128)) / np.float32(128)
     rotations = _normalised_quaternions(rotations)
-    if y_up:
-        positions *= _FLIP_POSITION
-        rotations *= _FLIP_QUATERNION
     rgba = rec["rgba"].astype(np.float32) / np.float32(255)
     return GaussianScene(
         positions=positions,

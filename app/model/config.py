@@ -1,6 +1,6 @@
 """Configuration of the SHARP network: the full-size preset and a reduced one for tests.
 
-Both presets build the very same modules; `tiny` only shrinks widths, depths and the
+Both presets (`app.model.presets`) build the very same modules; `tiny` only shrinks widths, depths and the
 internal resolution so that a forward pass takes well under a second on a CPU. Its
 outputs mean nothing: it exists to exercise the real code paths quickly.
 """
@@ -70,28 +70,3 @@ class SharpConfig:
     @property
     def num_gaussians(self) -> int:
         return self.num_layers * self.gaussian_grid_size**2
-
-
-PRESETS: dict[str, SharpConfig] = {
-    "sharp": SharpConfig(name="sharp"),
-    "tiny": SharpConfig(
-        name="tiny",
-        vit=ViTConfig(img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10),
-        latent_block_ids=(0, 1),
-        encoder_dims=(8, 8, 16, 32, 32),
-        monodepth_decoder_dim=8,
-        monodepth_head_dims=(8, 8),
-        gaussian_decoder_dim=16,
-        gaussian_head_hidden_dim=8,
-        gaussian_feature_dim=8,
-        alignment_base_width=8,
-    ),
-}
-
-
-def get_config(preset: str) -> SharpConfig:
-    """The configuration named `preset` ("sharp" or "tiny")."""
-    try:
-        return PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None

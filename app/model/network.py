@@ -11,10 +11,11 @@ from torch import nn
 
 from app.model.alignment import DepthAlignment
 from app.model.composer import NetworkGaussians, compose_gaussians
-from app.model.config import SharpConfig, get_config
+from app.model.config import SharpConfig
 from app.model.gaussian_decoder import DeltaHead, GaussianFeatureDecoder
 from app.model.initializer import initialize_gaussians
 from app.model.monodepth import MonodepthModel
+from app.model.presets import get_config
 
 MIN_DISPARITY = 1e-4
 MAX_DISPARITY = 1e4

@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.formats.json import Encoding
+from app.vocabulary import FocalSource, ModelState, WeightsSource
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable error code, e.g. `unsupported_image`.",
@@ -30,7 +33,7 @@ class ErrorResponse(BaseModel):
 
 class ModelSummary(BaseModel):
     preset: str = Field(description="Network configuration: `sharp` (the real model) or `tiny` (tests).")
-    weights: Literal["official", "file", "synthetic"] = Field(
+    weights: WeightsSource = Field(
         description="Where the weights came from; `synthetic` means a test model, not SHARP."
     )
     device: str
@@ -38,7 +41,7 @@ class ModelSummary(BaseModel):
 
 
 class ModelInfoResponse(ModelSummary):
-    checkpoint: str | None = Field(default=None, description="Path of the loaded checkpoint file.")
+    checkpoint: str | None = Field(default=None, description="File name of the loaded checkpoint (no directory).")
     num_gaussians: int = Field(description="Gaussians predicted per image.")
     internal_resolution: int = Field(description="Side of the square the network sees, in pixels.")
 
@@ -53,7 +56,7 @@ class ApiInfo(BaseModel):
     name: str = "sharp-serve"
     version: str
     description: str
-    status: Literal["ok", "loading", "error"] = Field(description="The model's state, as in /health.")
+    status: ModelState = Field(description="The model's state, as in /health.")
     model: ModelInfoResponse | None = Field(description="The loaded model; null while loading.")
     formats: list[str] = Field(description="Names accepted by `POST /predict/{format}`.")
     endpoints: list[EndpointInfo]
@@ -65,12 +68,13 @@ class ApiInfo(BaseModel):
 class HealthResponse(BaseModel):
     """200 once the model is loaded; 503 with `loading` or `error` (and `detail`) before that."""
 
-    status: Literal["ok", "loading", "error"]
-    detail: str | None = Field(default=None, description="Why loading failed (status `error`).")
+    status: ModelState
+    detail: str | None = Field(default=None, description="Why loading failed (status `error`): an error code and "
+                               "whether the server retries; the full story is in the server log.")
     version: str
     uptime_s: float
     preset: str | None = None
-    weights: Literal["official", "file", "synthetic"] | None = None
+    weights: WeightsSource | None = None
     device: str | None = None
     dtype: str | None = None
     num_gaussians: int | None = None
@@ -90,24 +94,21 @@ class Base64Array(BaseModel):
 
 
 class Timings(BaseModel):
-    """Stage durations in milliseconds.
-
-    `encode` is null in the JSON body (a body cannot contain its own encoding time); the response's
-    Server-Timing header has it.
-    """
+    """Stage durations in milliseconds. In the JSON body, `encode` is the time spent serialising the arrays
+    (the metadata object is written after it); the Server-Timing header's `encode` is the whole body."""
 
     decode: float
     preprocess: float
     forward: float
     postprocess: float
-    encode: float | None = None
+    encode: float
 
 
 class PredictMetadata(BaseModel):
     image_width: int = Field(description="Width of the (EXIF-rotated) input image, pixels.")
     image_height: int
     f_px: float = Field(description="Focal length used, pixels of the input image.")
-    f_px_source: Literal["request", "exif", "default"]
+    f_px_source: FocalSource
     intrinsics: list[list[float]] = Field(description="3x3 pinhole matrix, principal point at (W/2, H/2).")
     num_gaussians: int = Field(description="Gaussians in this response.")
     total_gaussians: int = Field(description="Gaussians predicted (before `max_gaussians`).")
@@ -115,7 +116,7 @@ class PredictMetadata(BaseModel):
     coordinate_convention: Literal["opencv"] = Field(
         description="Camera at the origin, x right, y down, z forward; metres."
     )
-    encoding: Literal["list", "base64"]
+    encoding: Encoding
     model: ModelSummary
     timings_ms: Timings
 

@@ -1,0 +1,53 @@
+"""Request dependencies and form fields shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, File, Form, Request, UploadFile
+from fastapi.security import HTTPBearer
+
+from app.errors import SharpError
+from app.formats.json import Encoding
+from app.http.middleware import too_large_message
+from app.predictor import F_PX_MAX, F_PX_MIN
+from app.service import InferenceService
+from app.settings import Settings
+
+
+def get_service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+Service = Annotated[InferenceService, Depends(get_service)]
+
+ImageUpload = Annotated[UploadFile, File(description="The photo (JPEG, PNG, HEIC, WebP, TIFF, ...).")]
+FocalPx = Annotated[float | None, Form(
+    ge=F_PX_MIN, le=F_PX_MAX, allow_inf_nan=False,
+    description=f"Focal length in pixels of the uploaded image, in [{F_PX_MIN:g}, {F_PX_MAX:g}]; default: from "
+                "EXIF, else a 30 mm equivalent.",
+)]
+VertexOnly = Annotated[bool, Form(description="Write only the vertex element (the `ply_vertex` format).")]
+MaxGaussians = Annotated[int | None, Form(ge=1, description="Return at most this many Gaussians, the most "
+                                                            "opaque ones (in their original order).")]
+JsonEncoding = Annotated[Encoding, Form(
+    description="`list`: nested number arrays. `base64`: each array as base64 of little-endian float32.",
+)]
+
+bearer_scheme = HTTPBearer(auto_error=False, description="Required when the server has SHARP_API_KEY set.")
+"""Documents the scheme in OpenAPI; the key itself is checked by `UploadGuard` before the upload is read."""
+
+
+async def read_upload(file: UploadFile, service: InferenceService) -> bytes:
+    """The uploaded bytes, refusing empty and oversized files."""
+    limit = service.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise SharpError(too_large_message(limit), code="upload_too_large", status=413)
+    if not data:
+        raise SharpError("The uploaded file is empty (0 bytes); expected an image.", code="empty_file", status=400)
+    return data

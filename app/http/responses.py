@@ -1,0 +1,75 @@
+"""How a prediction leaves over HTTP: the file's bytes plus headers naming the model, camera and timings."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from fastapi.responses import Response
+
+from app.http.schemas import ErrorResponse
+from app.pipeline import EncodedOutput
+from app.prediction import Prediction
+
+PREDICTION_HEADERS = ("X-Sharp-Preset", "X-Sharp-Weights", "X-Sharp-F-Px", "X-Sharp-F-Px-Source",
+                      "X-Sharp-Image-Size", "X-Sharp-Num-Gaussians")
+"""Response headers of every prediction: the model (preset, weights) and the camera of the scene."""
+
+_ERROR_STATUS_TEXT = {
+    400: "Corrupt or truncated image, empty upload or malformed request",
+    401: "Missing or wrong API key",
+    404: "Unknown output format, or unknown job",
+    409: "The job has not finished",
+    410: "The job's results have expired",
+    413: "Upload or image too large",
+    415: "Not an image, or an unsupported image format",
+    422: "Invalid form field (missing file, f_px out of range, bad max_gaussians, encoding or option)",
+    503: "Model loading or failed to load, or queue full; see Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for these error statuses."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_STATUS_TEXT[status]} for status in statuses}
+
+
+def file_responses(media_type: str, what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route that returns a file."""
+    return {
+        200: {"description": what, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(400, 401, 413, 415, 422, 503),
+    }
+
+
+def prediction_headers(prediction: Prediction) -> dict[str, str]:
+    """What made this response and for which camera, so a file from a test model never passes for SHARP."""
+    scene = prediction.scene
+    return {
+        "X-Sharp-Preset": prediction.model.preset,
+        "X-Sharp-Weights": prediction.model.weights,
+        "X-Sharp-F-Px": f"{scene.f_px:.6g}",
+        "X-Sharp-F-Px-Source": prediction.f_px_source,
+        "X-Sharp-Image-Size": f"{scene.image_width}x{scene.image_height}",
+        "X-Sharp-Num-Gaussians": str(scene.num_gaussians),
+    }
+
+
+def server_timing(timings_ms: dict[str, float]) -> str:
+    return ", ".join(f"{stage};dur={ms:.1f}" for stage, ms in timings_ms.items())
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with a plain ASCII filename, plus RFC 5987 `filename*` when the name needs escaping."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def prediction_response(prediction: Prediction, output: EncodedOutput, *, attachment: bool = True) -> Response:
+    """The encoded file with its media type, download name, model/camera headers and Server-Timing."""
+    headers = {**prediction_headers(prediction), "Server-Timing": server_timing(prediction.timings_ms)}
+    if attachment:
+        headers["Content-Disposition"] = content_disposition(output.filename)
+    return Response(output.body, media_type=output.media_type, headers=headers)

@@ -1,0 +1,85 @@
+"""`POST /predict` (JSON) and `POST /predict/<format>` (a file): one photo in, its Gaussians out, synchronously.
+
+Each route reads the upload, then calls the service (decode -> predict on its threads) and the
+pipeline's encoder for the format; the response carries the model and camera in `X-Sharp-*` headers
+and every stage (decode, preprocess, forward, postprocess, encode) in `Server-Timing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from app.errors import UnknownFormatError
+from app.formats import FORMATS, OutputFormat
+from app.http.deps import (
+    FocalPx,
+    ImageUpload,
+    JsonEncoding,
+    MaxGaussians,
+    Service,
+    VertexOnly,
+    read_upload,
+)
+from app.http.responses import error_responses, file_responses, prediction_response
+from app.http.schemas import PredictResponse
+
+router = APIRouter()
+
+
+@router.post(
+    "/predict", summary="Predict Gaussians as JSON", response_class=Response,
+    responses={200: {"model": PredictResponse, "description": "The Gaussians and their metadata"},
+               **error_responses(400, 401, 413, 415, 422, 503)},
+)
+async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None,
+                       max_gaussians: MaxGaussians = None, encoding: JsonEncoding = "list") -> Response:
+    """The Gaussians as JSON arrays (see the response schema for units and axes).
+
+    No cap by default: the full SHARP scene is ~1.18M Gaussians (hundreds of MB as lists); use
+    `max_gaussians` and/or `encoding=base64` for large scenes.
+    """
+    prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
+    output = await service.encode(prediction, "json", max_gaussians=max_gaussians, encoding=encoding)
+    return prediction_response(prediction, output, attachment=False)
+
+
+@router.post(
+    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response,
+    responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
+)
+async def predict_ply(service: Service, file: ImageUpload, f_px: FocalPx = None,
+                      vertex_only: VertexOnly = False) -> Response:
+    """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
+    prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
+    output = await service.encode(prediction, "ply_vertex" if vertex_only else "ply")
+    return prediction_response(prediction, output)
+
+
+def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
+    async def predict_format(service: Service, file: ImageUpload, f_px: FocalPx = None) -> Response:
+        prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
+        return prediction_response(prediction, await service.encode(prediction, fmt.name))
+
+    predict_format.__doc__ = f"{fmt.description[:1].upper()}{fmt.description[1:]}."
+    predict_format.__name__ = f"predict_{fmt.name}"
+    return predict_format
+
+
+for _fmt in FORMATS.values():
+    if _fmt.name not in ("ply", "json"):  # ply has its own route (vertex_only); json is POST /predict
+        router.add_api_route(
+            f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
+            summary=f"Predict Gaussians as a {_fmt.name} file", responses=file_responses(_fmt.media_type,
+                                                                                         _fmt.description),
+        )
+
+
+@router.post("/predict/{format_name}", include_in_schema=False)
+async def unknown_format(format_name: str) -> Response:
+    raise UnknownFormatError(f"Unknown output format {format_name!r}; use one of: "
+                             f"{', '.join(name for name in FORMATS if name != 'json')} (POST /predict/<format>), "
+                             "or POST /predict for JSON.")

@@ -1,0 +1,82 @@
+"""The model presets: everything that belongs to one named network, in one registry (timm-style).
+
+A preset carries its network configuration and where its official weights come from. The CLI's
+`--preset` choices, the settings' `SHARP_PRESET` type and the default checkpoint URL all come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from app.model.config import SharpConfig, ViTConfig
+
+PresetName = Literal["sharp", "tiny"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named network and its weights.
+
+    Attributes:
+        name: the registry key (`SHARP_PRESET`, `--preset`).
+        config: the network's hyper-parameters.
+        description: one line for help texts.
+        checkpoint_url: the official checkpoint, or None when the preset runs on synthetic weights.
+        checkpoint_sha256: its SHA-256 when published (Apple publishes none for SHARP), else None.
+    """
+
+    name: PresetName
+    config: SharpConfig
+    description: str
+    checkpoint_url: str | None = None
+    checkpoint_sha256: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the preset has no official weights (its outputs are meaningless)."""
+        return self.checkpoint_url is None
+
+
+SHARP = Preset(
+    name="sharp",
+    config=SharpConfig(name="sharp"),
+    description="the SHARP network (702M parameters, 1536 px input, 1,179,648 Gaussians)",
+    checkpoint_url="https://ml-site.cdn-apple.com/models/sharp/sharp_2572gikvuh.pt",
+)
+
+TINY = Preset(
+    name="tiny",
+    config=SharpConfig(
+        name="tiny",
+        vit=ViTConfig(img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+        latent_block_ids=(0, 1),
+        encoder_dims=(8, 8, 16, 32, 32),
+        monodepth_decoder_dim=8,
+        monodepth_head_dims=(8, 8),
+        gaussian_decoder_dim=16,
+        gaussian_head_hidden_dim=8,
+        gaussian_feature_dim=8,
+        alignment_base_width=8,
+    ),
+    description="the same modules at reduced width and 512 px with synthetic weights (tests, demos; not SHARP)",
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (SHARP, TINY)}
+assert set(PRESETS) == set(get_args(PresetName)), "PresetName must list exactly the registered presets"
+
+OFFICIAL_CHECKPOINT_URL: str = SHARP.checkpoint_url  # type: ignore[assignment]
+"""The official SHARP checkpoint, as named by apple/ml-sharp."""
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; ValueError naming the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def get_config(name: str) -> SharpConfig:
+    """The network configuration of the preset called `name`."""
+    return get_preset(name).config

@@ -1,0 +1,50 @@
+"""What a prediction is, as data: the scene, where its focal length came from, the model that made it, timings.
+
+Plain dataclasses with no torch, so that format writers, the HTTP layer and job storage can use them
+without loading the network code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.gaussians import GaussianScene
+from app.vocabulary import FocalSource, WeightsSource
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is loaded: reported by the CLI, `/`, `/health` and every prediction, so that a test model is
+    never mistaken for SHARP."""
+
+    preset: str
+    weights: WeightsSource
+    checkpoint: str | None
+    device: str
+    dtype: str
+    num_gaussians: int
+    internal_resolution: int
+
+    def summary(self) -> dict[str, str]:
+        """The four fields every response carries: preset, weights, device, dtype."""
+        return {"preset": self.preset, "weights": self.weights, "device": self.device, "dtype": self.dtype}
+
+
+@dataclass
+class Prediction:
+    """One photo's result.
+
+    Attributes:
+        name: the output file stem (the photo's name without directory and suffix).
+        scene: the Gaussians and the camera they were predicted for.
+        f_px_source: where `scene.f_px` came from.
+        model: the model that made it.
+        timings_ms: stage durations in milliseconds, in pipeline order (decode, preprocess, forward,
+            postprocess, then encode once a format has been written).
+    """
+
+    name: str
+    scene: GaussianScene
+    f_px_source: FocalSource
+    model: ModelInfo
+    timings_ms: dict[str, float] = field(default_factory=dict)
