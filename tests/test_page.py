@@ -432,6 +432,11 @@ def test_photo_becomes_a_scene_seen_from_the_photo(page: Any, server: LiveServer
     with page.expect_download() as download:
         page.click("#downloads button[data-format='spz']")
     assert download.value.suggested_filename.endswith(".spz")
+    with page.expect_download() as download:  # runs the model again on the same photo
+        page.click("#downloads button[data-format='ply_vertex']")
+    assert download.value.suggested_filename.endswith(".vertex.ply")
+    header = Path(download.value.path()).read_bytes()[:400]
+    assert b"element vertex 131072" in header and b"element intrinsic" not in header
     screenshot(page, "ready")
 
 

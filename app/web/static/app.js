@@ -17,7 +17,7 @@ const DOWNLOADS = [
   // [name in job results, label, sync endpoint, extra form fields, file extension]
   ["spz", "SPZ (compact)", "predict/spz", {}, ".spz"],
   ["ply", "PLY (reference)", "predict/ply", {}, ".ply"],
-  ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"],
+  ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"], // = /predict/ply_vertex
   ["splat", ".splat", "predict/splat", {}, ".splat"],
 ];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
