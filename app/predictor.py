@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 
 from app import weights as weights_io
 from app.gaussians import GaussianScene
 from app.model import SharpNetwork, build_network
 from app.model.network import fill_synthetic_weights
+from app.preprocess import resize_for_network
 from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings, default_cache_dir
 from app.unproject import unproject_to_camera
 
@@ -164,9 +164,7 @@ class SharpPredictor:
         The aspect ratio is not kept: the network always sees a square, and the unprojection
         restores the true proportions.
         """
-        pixels = torch.tensor(image.rgb, device=self.device).permute(2, 0, 1)[None].float() / 255.0
-        size = self.info.internal_resolution
-        return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=True)
+        return resize_for_network(image.rgb, self.info.internal_resolution).to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype in REDUCED_PRECISION:
