@@ -24,7 +24,7 @@ from app.model import SharpNetwork, build_network
 from app.model.network import fill_synthetic_weights
 from app.preprocess import resize_for_network
 from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings, default_cache_dir
-from app.unproject import unproject_to_camera
+from app.unproject import network_disparity_factor, unproject_to_camera
 
 if TYPE_CHECKING:
     from app.imaging import LoadedImage
@@ -151,11 +151,12 @@ class SharpPredictor:
         with self._lock, torch.inference_mode():
             with self._stage(timings, "preprocess"):
                 network_input = self.preprocess(image)
-                disparity_factor = torch.tensor([focal / image.width], dtype=torch.float32, device=self.device)
+                factor, depth_scale = network_disparity_factor(focal, image.width)
+                disparity_factor = torch.tensor([factor], dtype=torch.float32, device=self.device)
             with self._stage(timings, "forward"), self._autocast():
                 gaussians = self.network(network_input, disparity_factor)
             with self._stage(timings, "postprocess"):
-                scene = unproject_to_camera(gaussians, focal, image.width, image.height)
+                scene = unproject_to_camera(gaussians, focal, image.width, image.height, depth_scale=depth_scale)
         return Prediction(scene=scene, f_px_source=focal_source, timings_ms=timings)
 
     def preprocess(self, image: LoadedImage) -> torch.Tensor:
