@@ -72,7 +72,11 @@ def resize_for_network(rgb: np.ndarray, size: int) -> torch.Tensor:
     out = np.empty((3, size, size), dtype=np.float32)
     for start in range(0, size, _ROWS_PER_BLOCK):
         block = slice(start, min(start + _ROWS_PER_BLOCK, size))
-        top, bottom = horizontal(rows0[block]), horizontal(rows1[block])
+        # Each source row is interpolated along x once per block, however many output rows use it
+        # (many, when upscaling).
+        needed, where = np.unique(np.concatenate([rows0[block], rows1[block]]), return_inverse=True)
+        along_x = horizontal(needed)
+        top, bottom = along_x[where[: block.stop - start]], along_x[where[block.stop - start :]]
         blended = (top * row_l0_exact[block] + bottom * row_l1[block]).astype(np.float32)
         out[:, block] = blended.transpose(2, 0, 1)
     return torch.from_numpy(out)[None]
