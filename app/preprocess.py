@@ -5,7 +5,7 @@
 align_corners=True)`, gives, without ever holding the photo as floats. Bilinear interpolation with
 `align_corners=True` and no antialiasing reads only the 2 x 2 source pixels around each of the S x S
 sample positions, so those are gathered from the uint8 array, a block of output rows at a time, and
-blended. Memory is O(S²) whatever the photo's size (plus two blocks of source rows), where the plain
+blended. Memory is O(S²) whatever the photo's size (plus one block of source rows), where the plain
 path makes two float32 copies of the whole photo: 1.2 GB for a 7000 x 7000 image, which a 50 KB PNG
 can encode.
 
@@ -20,7 +20,8 @@ one thread and S > 64 (`upsample_generic_Nd_kernel_impl`, the path the service t
 * along x, `top = fma(a, lx0, b * lx1)` and `bottom = fma(c, lx0, d * lx1)`; along y,
   `out = fma(top, ly0, bottom * ly1)`: the expression `t0 * w0 + t1 * w1`, fused the way the compiler
   fuses it in PyTorch's AVX2/AVX512 builds. Each fused step is evaluated in float64, where the product
-  of two float32 values is exact, and rounded to float32.
+  of two float32 values is exact, and rounded to float32 (rounding twice, float64 then float32, can in
+  rare near-ties differ from one fused rounding by one ulp).
 
 This is bit-identical to PyTorch's output on our x86-64 CPUs (tested). Other paths round in other
 orders: PyTorch on one thread, or with S <= 64, uses its channels-last kernel
