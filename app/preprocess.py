@@ -6,7 +6,7 @@ align_corners=True)`, gives, without ever holding the photo as floats. Bilinear 
 `align_corners=True` and no antialiasing reads only the 2 x 2 source pixels around each of the S x S
 sample positions, so those are gathered from the uint8 array, a block of output rows at a time, and
 blended. Memory is O(S²) whatever the photo's size (plus one block of source rows), where the plain
-path makes two float32 copies of the whole photo: 1.2 GB for a 7000 x 7000 image, which a 50 KB PNG
+path makes two float32 copies of the whole photo: 1.2 GB for a 7000 x 7000 image, which a 160 KB PNG
 can encode.
 
 The arithmetic is that of PyTorch's CPU kernel for 3-channel float images when it runs on more than
