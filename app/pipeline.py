@@ -20,7 +20,7 @@ from typing import Any
 from app import formats
 from app.imaging import LoadedImage, load_image
 from app.prediction import Prediction
-from app.predictor import SharpPredictor
+from app.predictor import SharpPredictor, check_f_px
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ def decode(source: bytes | Path, *, name: str | None = None, max_pixels: int | N
 
 def predict(predictor: SharpPredictor, decoded: DecodedImage, f_px: float | None = None) -> Prediction:
     """The photo's Gaussians (`InvalidRequestError` for an `f_px` out of range), timings from decode on."""
+    check_f_px(f_px)
     prediction = predictor.predict(decoded.image, f_px=f_px)
     prediction.timings_ms = {"decode": decoded.decode_ms, **prediction.timings_ms}
     return prediction
@@ -72,6 +73,7 @@ def run(predictor: SharpPredictor, source: bytes | Path, format_name: str, *, na
         f_px: float | None = None, max_pixels: int | None = None,
         **options: Any) -> tuple[Prediction, EncodedOutput]:
     """decode -> predict -> encode in one call (the CLI and the Modal functions)."""
-    formats.check_options(format_name, options)  # fail on a bad format before the forward pass, not after
+    formats.check_options(format_name, options)  # fail on bad options before the forward pass, not after
+    check_f_px(f_px)
     prediction = predict(predictor, decode(source, name=name, max_pixels=max_pixels), f_px)
     return prediction, encode(prediction, format_name, **options)

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from app import weights as weights_io
 from app.errors import InvalidRequestError
 from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
 from app.prediction import ModelInfo, Prediction
+from app.preprocess import resize_for_network
 from app.settings import Settings, default_cache_dir
-from app.unproject import unproject_to_camera
+from app.unproject import network_disparity_factor, unproject_to_camera
 from app.vocabulary import DeviceName, DTypeName, FocalSource, WeightsSource
 
 if TYPE_CHECKING:
@@ -41,7 +41,11 @@ REDUCED_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_f_px(f_px: float | None) -> None:
-    """None (use the photo's own) or a focal length in [F_PX_MIN, F_PX_MAX] pixels; InvalidRequestError else."""
+    """A focal length a user may ask for: None (use the photo's own) or [F_PX_MIN, F_PX_MAX] pixels.
+
+    Raises:
+        InvalidRequestError: naming the range.
+    """
     if f_px is not None and not (math.isfinite(f_px) and F_PX_MIN <= f_px <= F_PX_MAX):
         raise InvalidRequestError(f"f_px must be a number of pixels in [{F_PX_MIN:g}, {F_PX_MAX:g}], got {f_px}")
 
@@ -130,23 +134,26 @@ class SharpPredictor:
 
         Args:
             image: the decoded photo (its EXIF focal length is used when `f_px` is None).
-            f_px: focal length override in pixels of the original image, in [F_PX_MIN, F_PX_MAX].
+            f_px: focal length override in pixels of the original image; any finite value > 0 works
+                numerically (callers taking it from users check `check_f_px` first, as `app.pipeline` does).
 
         Raises:
-            InvalidRequestError: `f_px` out of range.
+            ValueError: `f_px` not finite and > 0.
         """
-        check_f_px(f_px)
+        if f_px is not None and not (math.isfinite(f_px) and f_px > 0):
+            raise ValueError(f"f_px must be a finite number > 0, got {f_px}")
         focal = float(f_px) if f_px is not None else image.f_px
         focal_source: FocalSource = "request" if f_px is not None else image.f_px_source
         timings: dict[str, float] = {}
         with self._lock, torch.inference_mode():
             with self._stage(timings, "preprocess"):
                 network_input = self.preprocess(image)
-                disparity_factor = torch.tensor([focal / image.width], dtype=torch.float32, device=self.device)
+                factor, depth_scale = network_disparity_factor(focal, image.width)
+                disparity_factor = torch.tensor([factor], dtype=torch.float32, device=self.device)
             with self._stage(timings, "forward"), self._autocast():
                 gaussians = self.network(network_input, disparity_factor)
             with self._stage(timings, "postprocess"):
-                scene = unproject_to_camera(gaussians, focal, image.width, image.height)
+                scene = unproject_to_camera(gaussians, focal, image.width, image.height, depth_scale=depth_scale)
         return Prediction(name=image.name, scene=scene, f_px_source=focal_source, model=self.info,
                           timings_ms=timings)
 
@@ -156,9 +163,7 @@ class SharpPredictor:
         The aspect ratio is not kept: the network always sees a square, and the unprojection
         restores the true proportions.
         """
-        pixels = torch.tensor(image.rgb, device=self.device).permute(2, 0, 1)[None].float() / 255.0
-        size = self.info.internal_resolution
-        return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=True)
+        return resize_for_network(image.rgb, self.info.internal_resolution).to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype in REDUCED_PRECISION:

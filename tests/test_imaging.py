@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -15,19 +16,20 @@ from PIL import Image, ImageFile, ImageOps, TiffImagePlugin
 
 from app.imaging import (
     DEFAULT_FOCAL_LENGTH_MM,
+    FOCAL_LENGTH_35MM_RANGE,
     MAX_SIDE_PX,
     CorruptImageError,
     ImageError,
     ImageTooLargeError,
     LoadedImage,
     UnsupportedImageError,
-    _focal_length_35mm,
     find_images,
     focal_length_to_px,
     is_supported_image_path,
     load_image,
     supported_extensions,
 )
+from app.imaging.exif import focal_length_35mm
 
 # Any warning (Pillow's DecompressionBombWarning, palette-transparency warnings, ...) fails a test.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -273,7 +275,8 @@ def test_orientation_matches_pillow_exif_transpose_exactly(orientation: int) -> 
     loaded = load_image(data)
 
     np.testing.assert_array_equal(loaded.rgb, expected)
-    assert loaded.rgb.flags.c_contiguous
+    # Orientation flips and transposes the decoded array in place of a copy: a view for 2-8.
+    assert loaded.rgb.flags.owndata == (orientation == 1)
 
 
 @pytest.mark.parametrize(
@@ -385,16 +388,74 @@ def test_no_exif_uses_30mm_default() -> None:
 
 def test_focal_rules_guard_odd_exif_values() -> None:
     # Exercises value types and tag names that Pillow cannot write into a file.
-    assert _focal_length_35mm({"FocalLenIn35mmFilm": 28}) == (28.0, "exif")
-    assert _focal_length_35mm({"FocalLengthIn35mmFilm": float("nan"), "FocalLenIn35mmFilm": 28}) == (
+    assert focal_length_35mm({"FocalLenIn35mmFilm": 28}) == (28.0, "exif")
+    assert focal_length_35mm({"FocalLengthIn35mmFilm": float("nan"), "FocalLenIn35mmFilm": 28}) == (
         28.0,
         "exif",
     )
-    assert _focal_length_35mm({"FocalLengthIn35mmFilm": 0.5, "FocalLength": 50}) == (50.0, "exif")
-    assert _focal_length_35mm({"FocalLength": -4}) == (30.0, "default")
-    assert _focal_length_35mm({"FocalLength": float("inf")}) == (30.0, "default")
-    assert _focal_length_35mm({"FocalLength": b"junk", "FocalLengthIn35mmFilm": "x"}) == (30.0, "default")
-    assert _focal_length_35mm({"FocalLength": (1, 2)}) == (30.0, "default")
+    assert focal_length_35mm({"FocalLengthIn35mmFilm": 0.5, "FocalLength": 50}) == (50.0, "exif")
+    assert focal_length_35mm({"FocalLength": -4}) == (30.0, "default")
+    assert focal_length_35mm({"FocalLength": float("inf")}) == (30.0, "default")
+    assert focal_length_35mm({"FocalLength": b"junk", "FocalLengthIn35mmFilm": "x"}) == (30.0, "default")
+    assert focal_length_35mm({"FocalLength": (1, 2)}) == (30.0, "default")
+
+
+def exif_bytes(focal_35mm: object = None, focal: object = None) -> bytes:
+    """An EXIF block with the given sub-IFD focal tags; floats are written as DOUBLE, as some tools do."""
+    exif = Image.Exif()
+    if focal_35mm is not None:
+        exif.get_ifd(EXIF_IFD)[FOCAL_LENGTH_35MM] = focal_35mm
+    if focal is not None:
+        exif.get_ifd(EXIF_IFD)[FOCAL_LENGTH] = focal
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+@pytest.mark.parametrize(
+    ("focal_35mm", "focal"),
+    [
+        (1e20, None),
+        (1e-30, None),
+        (None, 1e20),
+        (None, 1e-30),
+        (1e20, 1e-30),
+        (None, TiffImagePlugin.IFDRational(1, 4_000_000_000)),  # 2.5e-10 mm, x 8.4 still far below 1 mm
+        (None, 10_001.0),
+        (None, 0.1),  # x 8.4 = 0.84 mm
+        (10_000.5, None),
+    ],
+)
+def test_absurd_exif_focal_lengths_fall_back_to_the_default(fmt: str, focal_35mm: object, focal: object) -> None:
+    data = encode(Image.new("RGB", (40, 30)), fmt, exif=exif_bytes(focal_35mm, focal))
+    with Image.open(io.BytesIO(data)) as img:  # the tags really are in the file
+        written = img.getexif().get_ifd(EXIF_IFD)
+        assert written.get(FOCAL_LENGTH_35MM) == focal_35mm and written.get(FOCAL_LENGTH) == focal
+
+    loaded = load_image(data)
+
+    assert (loaded.f_px_source, loaded.focal_length_35mm) == ("default", DEFAULT_FOCAL_LENGTH_MM)
+    assert loaded.f_px == pytest.approx(focal_length_to_px(30.0, 40, 30), rel=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_absurd_35mm_value_falls_through_to_a_sane_focal_length(fmt: str) -> None:
+    data = encode(Image.new("RGB", (40, 30)), fmt, exif=exif_bytes(1e20, TiffImagePlugin.IFDRational(50, 1)))
+
+    loaded = load_image(data)
+
+    assert (loaded.f_px_source, loaded.focal_length_35mm) == ("exif", 50.0)
+
+
+@pytest.mark.parametrize(
+    ("focal_35mm", "focal", "expected"),
+    [(1, None, 1.0), (10_000, None, 10_000.0), (None, 10_000.0, 10_000.0), (None, 0.125, 1.05)],
+)
+def test_focal_range_bounds_are_inclusive(focal_35mm: object, focal: object, expected: float) -> None:
+    loaded = load_image(encode(Image.new("RGB", (40, 30)), "JPEG", exif=exif_bytes(focal_35mm, focal)))
+
+    assert loaded.f_px_source == "exif"
+    assert loaded.focal_length_35mm == pytest.approx(expected, rel=1e-12)
+    assert FOCAL_LENGTH_35MM_RANGE == (1.0, 10_000.0)
 
 
 def test_coffee_conformance_image() -> None:
@@ -521,19 +582,73 @@ def test_lab_tiff_becomes_rgb() -> None:
     assert close_to(tuple(int(v) for v in loaded.rgb[0, 1]), (0, 0, 0), tol=3)
 
 
+def big_image(mode: str) -> Image.Image:
+    """1500 x 1200 (two or more conversion strips) with varied pixels, in `mode`."""
+    rng = np.random.default_rng(11)
+    if mode == "P":
+        img = Image.fromarray(rng.integers(0, 200, (1200, 1500), dtype=np.uint8), "L").convert("P")
+        img.putpalette(list(rng.integers(0, 256, 768, dtype=np.uint8)))
+        img.info["transparency"] = 7
+        return img
+    if mode == "L":
+        return Image.fromarray(rng.integers(0, 256, (1200, 1500), dtype=np.uint8), "L")
+    channels = len(mode)
+    return Image.fromarray(rng.integers(0, 256, (1200, 1500, channels), dtype=np.uint8), mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "whole_image_rgb"),
+    [
+        ("RGB", "PNG", lambda img: np.asarray(img)),
+        ("RGBA", "PNG", lambda img: np.asarray(img)[:, :, :3]),
+        ("P", "PNG", lambda img: np.asarray(img.convert("RGBA"))[:, :, :3]),
+        ("L", "PNG", lambda img: np.repeat(np.asarray(img)[:, :, None], 3, axis=2)),
+        ("CMYK", "TIFF", lambda img: np.asarray(img.convert("RGB"))),
+    ],
+)
+def test_strip_by_strip_conversion_equals_whole_image_conversion(
+    mode: str, fmt: str, whole_image_rgb: object
+) -> None:
+    data = encode(big_image(mode), fmt)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == mode
+        expected = whole_image_rgb(img)  # type: ignore[operator]
+
+    loaded = load_image(data)
+
+    assert loaded.rgb.shape == (1200, 1500, 3) and loaded.rgb.flags.c_contiguous
+    np.testing.assert_array_equal(loaded.rgb, expected)
+
+
+def test_decoding_holds_one_rgb_copy_not_three() -> None:
+    # numpy arrays and Python bytes are traced (Pillow's own buffers are not): the result is
+    # 3000 x 3000 x 3 = 27 MB, plus a 4 MiB strip and its pieces; np.asarray(img) would add two more
+    # whole copies (the tobytes chunks and their join).
+    data = encode(Image.new("RGB", (3000, 3000), (200, 120, 40)), "PNG")
+    tracemalloc.start()
+    try:
+        loaded = load_image(data)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded.rgb.nbytes == 27_000_000
+    assert peak < loaded.rgb.nbytes + 16 * 2**20, f"peak {peak / 1e6:.0f} MB"
+
+
 # --------------------------------------------------------------------------- errors
 
 
 def test_error_classes_and_codes() -> None:
     assert issubclass(ImageError, ValueError)
-    for cls, code in [
-        (UnsupportedImageError, "unsupported_image"),
-        (CorruptImageError, "corrupt_image"),
-        (ImageTooLargeError, "image_too_large"),
+    assert (ImageError.code, ImageError.status) == ("invalid_image", 400)
+    for cls, code, status in [
+        (UnsupportedImageError, "unsupported_image", 415),
+        (CorruptImageError, "corrupt_image", 400),
+        (ImageTooLargeError, "image_too_large", 413),
     ]:
         assert issubclass(cls, ImageError)
         error = cls("human message")
-        assert error.code == code
+        assert (error.code, error.status) == (code, status)
         assert str(error) == "human message"
 
 

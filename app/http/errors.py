@@ -17,11 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from app.errors import SharpError
-from app.imaging import ImageError
 
 _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                      413: "upload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
-_IMAGE_ERROR_STATUS = {"unsupported_image": 415, "corrupt_image": 400, "image_too_large": 413}
 
 
 def error_response(status_code: int, code: str, message: str, request_id: str | None,
@@ -46,11 +44,6 @@ async def _sharp_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, request_id_of(request), headers)
 
 
-async def _image_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ImageError)
-    return error_response(_IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message, request_id_of(request))
-
-
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
@@ -73,6 +66,5 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SharpError, _sharp_error)
-    app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
