@@ -20,7 +20,8 @@ from app.errors import SharpError
 from app.imaging import ImageError
 
 _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                     413: "upload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
+                     408: "upload_timeout", 413: "upload_too_large", 415: "unsupported_media_type",
+                     503: "unavailable"}
 _IMAGE_ERROR_STATUS = {"unsupported_image": 415, "corrupt_image": 400, "image_too_large": 413}
 
 
