@@ -65,7 +65,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     message = "; ".join(f"{'.'.join(str(p) for p in d['loc'] if p != 'body')}: {d['msg']}" for d in details)
-    missing_file = any(d["loc"][-1:] == ["file"] for d in details)
+    missing_file = any(d["loc"][-1:] == ["file"] and d["type"] != "duplicate_field" for d in details)
     code = "missing_file" if missing_file else "validation_error"
     if missing_file:
         message = "Send the image as a multipart form field named 'file'. " + message
