@@ -25,6 +25,10 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
+# Load/soak benchmark of the tiny server on loopback (see bench/load.py for the options).
+load: $(STAMP)
+	nice -n 5 $(BIN)/python bench/load.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
