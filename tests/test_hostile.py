@@ -28,13 +28,14 @@ from conftest import LiveServer
 from test_api import assert_error, multipart, tiny_settings
 
 from app.http import create_app
-from app.http.server import UVICORN_OPTIONS
+from app.http.server import uvicorn_options
 from app.predictor import F_PX_MAX, F_PX_MIN, SharpPredictor
 
 ORIGIN = "https://viewer.example"
 MAX_UPLOAD_MB = 1
 MAX_PIXELS = 4_000_000
 UPLOAD_TIMEOUT_S = 2.0
+HEAD_TIMEOUT_S = 2.0
 KEPT = 64
 """max_gaussians on accepted requests, so responses stay small."""
 
@@ -71,7 +72,7 @@ def server(error_log: ErrorLog) -> Iterator[LiveServer]:
     settings = tiny_settings(max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, cors_origins=[ORIGIN],
                              upload_timeout_s=UPLOAD_TIMEOUT_S)
     live = LiveServer.start(create_app(settings, predictor=SharpPredictor.load("tiny", device="cpu")),
-                            **UVICORN_OPTIONS)
+                            **uvicorn_options(head_timeout_s=HEAD_TIMEOUT_S))
     yield live
     live.stop()
 
@@ -327,6 +328,26 @@ def test_content_length_longer_than_the_body_stalls_into_a_408(server: LiveServe
 def test_client_that_sends_nothing_after_the_headers_gets_a_408(server: LiveServer) -> None:
     request = http_request("POST", "/predict/ply", {"Content-Type": MULTIPART_TYPE, "Transfer-Encoding": "chunked"})
     assert_raw_error(raw_request(server, request), 408, "upload_timeout")
+
+
+@pytest.mark.parametrize("opening", [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n", b"P"],
+                         ids=["silent", "head-never-finished", "one-byte"])
+def test_connection_without_a_complete_head_is_closed(server: LiveServer, opening: bytes) -> None:
+    """Slowloris: a connection that never completes its request head is closed, without an answer."""
+    assert raw_request(server, opening, timeout_s=60) == b""
+
+
+def test_keep_alive_connection_whose_next_head_stalls_is_closed(server: LiveServer) -> None:
+    """After a first answer, the start of a second head (which stops uvicorn's keep-alive timer), then nothing."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b'"max_queue"' not in answer:
+            answer += sock.recv(65536)
+        assert parse_response(answer)[0] == 200
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+        assert sock.recv(65536) == b""  # closed, without an answer
 
 
 def test_slow_but_steady_client_is_served(server: LiveServer) -> None:
