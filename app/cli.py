@@ -143,11 +143,12 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.http import create_app
+    from app.http.server import UVICORN_OPTIONS
 
     settings = _settings_with(host=args.host, port=args.port, preset=args.preset)
     # app.access logs each request once, with its request id; uvicorn's own access log would repeat it.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)
+                access_log=False, **UVICORN_OPTIONS)
     return 0
 
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=25.0, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     max_queue: int = Field(default=8, ge=0)
+    upload_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait, in seconds, for the next piece of an upload's body before answering 408."""
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"

@@ -3,7 +3,7 @@
 A request goes, top-down:
 
 1. `RequestContextMiddleware`: X-Request-ID, one access-log line, a JSON 500 for any crash;
-2. CORS (when `SHARP_CORS_ORIGINS` is set);
+2. CORS (when `SHARP_CORS_ORIGINS` is set; a refused preflight is a JSON 400 too);
 3. `UploadGuard`: the API key and the upload size, before the body is read;
 4. a route (`app.http.routes`): reads the upload, calls `InferenceService` (`app.service`), which runs
    `app.pipeline` (decode -> predict -> encode) on its threads;
@@ -16,12 +16,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.http.deps import bearer_scheme
 from app.http.errors import install_error_handlers
-from app.http.middleware import RequestContextMiddleware, UploadGuard
+from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
 from app.http.routes import info, predict
 from app.predictor import SharpPredictor
@@ -74,7 +73,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     app.add_middleware(UploadGuard, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After", "Location",
                             *PREDICTION_HEADERS],
