@@ -201,6 +201,26 @@ class ResultFile:
     path: Path
 
 
+def check_live(job: Job) -> None:
+    """`JobExpiredError` if the job's files are gone (time to live, or the size cap)."""
+    if job.expired is not None:
+        why = "was evicted to keep the job store under its size limit" if job.expired == "evicted" else \
+            "expired (SHARP_JOB_TTL_S)"
+        raise JobExpiredError(f"Job {job.id} {why}; its results are gone.")
+
+
+def check_result(job: Job, format_name: str) -> None:
+    """That `job` has a file for `format_name`: 404 if it was not asked for, 409 while unfinished or if it
+    did not succeed."""
+    if format_name not in job.outputs:
+        raise JobNotFoundError(f"Job {job.id} was not asked for {format_name} (its outputs: "
+                               f"{', '.join(job.outputs)}).", code="result_not_requested")
+    if job.status != "succeeded":
+        if job.final:
+            raise JobNotFinishedError(f"Job {job.id} {job.status}; it has no results.", code=f"job_{job.status}")
+        raise JobNotFinishedError(f"Job {job.id} is {job.status}; its results are not ready yet.", retry_after_s=1)
+
+
 # ---------------------------------------------------------------------------------------------- the queue
 
 

@@ -26,21 +26,22 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
+from app.forward_progress import ProgressCallback
 from app.imaging import ImageError
+from app.jobs import runner
 from app.jobs.base import (
     Job,
     JobCancelledError,
-    JobExpiredError,
-    JobNotFinishedError,
     JobNotFoundError,
     JobQueueFullError,
     ResultFile,
     check_job_id,
+    check_live,
+    check_result,
     new_job_id,
     overall_progress,
 )
 from app.jobs.store import JobStore
-from app.prediction import Prediction
 from app.service import InferenceService, ModelFailedError, ModelLoadingError
 from app.settings import Settings
 
@@ -123,10 +124,7 @@ class LocalJobQueue:
             raise JobNotFoundError(f"No job {job_id!r} (unknown, deleted, or expired long ago).")
         if job.expired is None and job.expires_at is not None and time.time() >= job.expires_at:
             await self._sweep()  # its time is up: expire it now rather than at the next periodic sweep
-        if job.expired is not None:
-            why = "was evicted to keep the job store under its size limit" if job.expired == "evicted" else \
-                "expired (SHARP_JOB_TTL_S)"
-            raise JobExpiredError(f"Job {job_id} {why}; its results are gone.")
+        check_live(job)
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -148,14 +146,7 @@ class LocalJobQueue:
 
     async def result(self, job_id: str, format_name: str) -> ResultFile:
         job = await self.get(job_id)
-        if format_name not in job.outputs:
-            raise JobNotFoundError(f"Job {job_id} was not asked for {format_name} (its outputs: "
-                                   f"{', '.join(job.outputs)}).", code="result_not_requested")
-        if job.status != "succeeded":
-            if job.final:
-                raise JobNotFinishedError(f"Job {job_id} {job.status}; it has no results.", code=f"job_{job.status}")
-            raise JobNotFinishedError(f"Job {job_id} is {job.status}; its results are not ready yet.",
-                                      retry_after_s=1)
+        check_result(job, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
 
     async def watch(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
@@ -216,8 +207,9 @@ class LocalJobQueue:
         await anyio.to_thread.run_sync(self.store.save, job)
         self._publish(job)
         try:
-            prediction = await self._predict(job, cancel)
-            await self._encode(job, prediction, cancel)
+            await runner.execute(self.service, self.store, job, self._progress_callback(job, cancel))
+            if cancel.is_set():
+                raise JobCancelledError(job.id)
         except JobCancelledError:
             LOGGER.info("Job %s cancelled while running", job.id)
         except (SharpError, ImageError) as error:
@@ -241,14 +233,12 @@ class LocalJobQueue:
         await anyio.to_thread.run_sync(self._delete_input_and_save, job)
         self._publish(job)
 
-    async def _predict(self, job: Job, cancel: threading.Event) -> Prediction:
+    def _progress_callback(self, job: Job, cancel: threading.Event) -> ProgressCallback:
+        """Checks for a cancel and publishes progress (throttled) on the event loop, from any thread."""
         loop = asyncio.get_running_loop()
-        data = await anyio.to_thread.run_sync(self.store.read_input, job.id)
-        decoded = await self.service.decode(data, filename=job.filename)
-        self._set_progress(job, "decode", 1.0)
-        last_sent = [0.0, "decode"]
+        last_sent = [0.0, ""]
 
-        def progress(stage: str, fraction: float) -> None:  # on the prediction thread
+        def progress(stage: str, fraction: float) -> None:
             if cancel.is_set():
                 raise JobCancelledError(job.id)
             now = time.monotonic()
@@ -256,25 +246,7 @@ class LocalJobQueue:
                 last_sent[:] = [now, stage]
                 loop.call_soon_threadsafe(self._set_progress, job, stage, fraction)
 
-        prediction = await self.service.predict_decoded(decoded, f_px=job.f_px, progress=progress)
-        scene = prediction.scene
-        job.name = prediction.name
-        job.model = prediction.model.summary()
-        job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height,
-                        "f_px": scene.f_px, "f_px_source": prediction.f_px_source,
-                        "num_gaussians": scene.num_gaussians}
-        return prediction
-
-    async def _encode(self, job: Job, prediction: Prediction, cancel: threading.Event) -> None:
-        encode_ms = 0.0
-        for done, name in enumerate(job.outputs):
-            self._set_progress(job, "encode", done / len(job.outputs))
-            if cancel.is_set():
-                raise JobCancelledError(job.id)
-            output = await self.service.encode(prediction, name, **(job.options if name == "json" else {}))
-            encode_ms += prediction.timings_ms.pop("encode", 0.0)
-            job.results[name] = await anyio.to_thread.run_sync(self.store.write_result, job.id, name, output.body)
-        job.timings_ms = {**prediction.timings_ms, "encode": encode_ms}
+        return progress
 
     # ----------------------------------------------------------------------------------------- helpers
 
