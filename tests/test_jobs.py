@@ -106,6 +106,36 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert ErrorResponse.model_validate(response.json()).error.code == code, response.text
 
 
+# ---------------------------------------------------------------------------------------------- progress
+
+
+def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
+    """Progress climbs through the stages, the forward reports from its blocks, the hooks never change the
+    result and are gone afterwards, even when the callback stops the prediction."""
+    from app import pipeline
+
+    decoded = pipeline.decode(image_bytes(9))
+    seen: list[tuple[str, float]] = []
+    with_progress = pipeline.predict(predictor, decoded, progress=lambda stage, f: seen.append((stage, f)))
+    stages = [stage for stage, _ in seen]
+    assert stages[:3] == ["preprocess", "preprocess", "forward"] and stages[-2:] == ["postprocess"] * 2
+    forward = [f for stage, f in seen if stage == "forward"]
+    assert len(forward) > 100 and forward == sorted(forward) and forward[0] == 0.0 and forward[-1] == 1.0
+    plain = pipeline.predict(predictor, decoded)
+    assert np.array_equal(plain.scene.positions, with_progress.scene.positions)
+
+    class Stop(Exception):
+        pass
+
+    def stop_halfway(stage: str, fraction: float) -> None:
+        if stage == "forward" and fraction > 0.5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipeline.predict(predictor, decoded, progress=stop_halfway)
+    assert sum(len(module._forward_hooks) for module in predictor.network.modules()) == 0
+
+
 # -------------------------------------------------------------------------------------------- the path
 
 
