@@ -8,11 +8,14 @@ queued; the queue then reads the upload back when the job runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from app.formats import FORMATS
@@ -86,23 +89,68 @@ async def get_job(job_id: str, jobs: Jobs) -> JSONResponse:
                 200: {"description": "`event: job` + `data: <job JSON>` on every change, until the job is final",
                       "content": {"text/event-stream": {}}},
                 **error_responses(401, 404, 410)})
-async def job_events(job_id: str, jobs: Jobs) -> StreamingResponse:
+async def job_events(job_id: str, jobs: Jobs, request: Request) -> StreamingResponse:
     """One `job` event now and on every change (progress at most 10 times a second), a `: keep-alive`
-    comment every 15 s, and the end of the stream after the final state."""
+    comment every 15 s, and the end of the stream after the final state (or when the server stops)."""
     events = jobs.watch(job_id, KEEPALIVE_S)
     first = await anext(events)  # 404 / 410 as JSON, before the stream starts
+    stopping: asyncio.Event = getattr(request.app.state, "jobs_stopping", None) or asyncio.Event()
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
         yield _event(first)
         try:
-            async for job in events:
+            while True:
+                change = asyncio.ensure_future(anext(events))
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not change.done():  # the server is shutting down: end the stream, let it exit
+                    change.cancel()
+                    return
+                try:
+                    job = change.result()
+                except StopAsyncIteration:
+                    return
                 yield b": keep-alive\n\n" if job is None else _event(job)
         finally:
             await events.aclose()
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def end_streams_on_exit_signals(app: FastAPI) -> Callable[[], None]:
+    """Make SIGINT/SIGTERM end the open event streams, then do what they did before (uvicorn's handler).
+
+    uvicorn waits for every open response before it shuts down, and the stream of a queued job may stay
+    open for as long as the queue is long: without this, Ctrl+C would wait for it. Returns a function
+    that puts the previous handlers back. Outside the main thread (tests) it does nothing.
+    """
+    app.state.jobs_stopping = stopping = asyncio.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+        before = previous[signal.Signals(sig)]
+        if callable(before):
+            before(sig, frame)
+        elif before == signal.SIG_DFL:  # what the signal would have done: end the process
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+    return restore
 
 
 def _event(job: Job | None) -> bytes:
