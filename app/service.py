@@ -189,6 +189,11 @@ class InferenceService:
             return self._admitted - self._predicting
 
     @property
+    def predict_estimate_s(self) -> float:
+        """A running average of a prediction's duration in seconds (for Retry-After hints)."""
+        return self._predict_estimate_s
+
+    @property
     def in_progress(self) -> int:
         """Predictions running now (0 or 1)."""
         return self._predicting

@@ -344,15 +344,16 @@ def run_remote(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_remote_client_downloads_the_results(start: Callable[..., LiveServer], tmp_path: Path) -> None:
-    server = start()
+    server = start(jobs_max_queued=1)  # three images: the third submission gets a 503 and is retried
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "one.png").write_bytes(image_bytes(5))
-    (photos / "two.png").write_bytes(image_bytes(6))
+    for seed, name in ((5, "one"), (6, "two"), (7, "three")):
+        (photos / f"{name}.png").write_bytes(image_bytes(seed))
     run = run_remote("-i", str(photos), "-o", str(tmp_path / "out"), "--url", server.url, "--format", "ply,spz")
     assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr and "forward" in run.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.ply", "one.spz", "two.ply", "two.spz"]
+    assert "Traceback" not in run.stderr and "forward" in run.stderr and "retrying in" in run.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"{name}.{ext}" for name in ("one", "three", "two") for ext in ("ply", "spz")]
     with server.client() as client:
         sync = client.post("/predict/ply", files={"file": ("one.png", image_bytes(5), "image/png")}).content
     assert (tmp_path / "out" / "one.ply").read_bytes() == sync

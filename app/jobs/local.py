@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -49,7 +50,8 @@ LOGGER = logging.getLogger(__name__)
 
 PROGRESS_HZ = 10.0
 """Progress updates published per second at most (stage changes are always published)."""
-QUEUE_FULL_RETRY_AFTER_S = 10
+MAX_RETRY_AFTER_S = 300
+"""The longest Retry-After a full queue suggests (the queue's expected duration, at most this)."""
 SWEEP_INTERVAL_S = 60.0
 """How often expired jobs are looked for (also after every finished job)."""
 INTERRUPTED = SharpError("The server stopped before this job finished; submit it again.", code="interrupted",
@@ -107,8 +109,9 @@ class LocalJobQueue:
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any]) -> Job:
         if len(self._pending) >= self.settings.jobs_max_queued:
+            wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
             raise JobQueueFullError(f"{len(self._pending)} jobs are queued (SHARP_JOBS_MAX_QUEUED); retry later.",
-                                    retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
+                                    retry_after_s=max(1, min(wait, MAX_RETRY_AFTER_S)))
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
                   options=options, input_bytes=len(data))
         await anyio.to_thread.run_sync(self._store_new, job, data)

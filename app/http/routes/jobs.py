@@ -138,7 +138,7 @@ def end_streams_on_exit_signals(app: FastAPI) -> Callable[[], None]:
         before = previous[signal.Signals(sig)]
         if callable(before):
             before(sig, frame)
-        elif before == signal.SIG_DFL:  # what the signal would have done: end the process
+        elif before != signal.SIG_IGN:  # the default (or a handler set outside Python): let it act
             signal.signal(sig, signal.SIG_DFL)
             signal.raise_signal(sig)
 
