@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ def output_name(stem: str, format_name: str) -> str:
 
 def run_remote(args: argparse.Namespace) -> int:
     """The `remote` command; returns the exit status (an unexpected fault is one `error:` line, status 1)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
     try:
         return _run(args)
     except KeyboardInterrupt:

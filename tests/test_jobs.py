@@ -352,6 +352,7 @@ def test_remote_client_downloads_the_results(start: Callable[..., LiveServer], t
     run = run_remote("-i", str(photos), "-o", str(tmp_path / "out"), "--url", server.url, "--format", "ply,spz")
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr and "forward" in run.stderr and "retrying in" in run.stderr
+    assert "HTTP Request" not in run.stderr  # httpx's request log stays quiet
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         f"{name}.{ext}" for name in ("one", "three", "two") for ext in ("ply", "spz")]
     with server.client() as client:
