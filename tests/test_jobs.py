@@ -365,7 +365,16 @@ def test_remote_client_downloads_the_results(start: Callable[..., LiveServer], t
     assert run.returncode == 1 and "bad.png: failed:" in run.stderr and "unsupported_image" in run.stderr
     assert "Traceback" not in run.stderr
 
-    run = run_remote("-i", str(photos), "-o", str(tmp_path / "out"), "--url", server.url, "--format", "obj")
-    assert run.returncode == 2 and run.stderr.startswith("error:")
-    run = run_remote("-i", str(photos / "one.png"), "-o", str(tmp_path / "out"), "--url", "http://127.0.0.1:9")
-    assert run.returncode == 1 and run.stderr.startswith("error: cannot reach") and "Traceback" not in run.stderr
+
+
+def test_remote_client_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    (tmp_path / "one.png").write_bytes(image_bytes())
+    common = ["remote", "-i", str(tmp_path / "one.png"), "-o", str(tmp_path / "out")]
+    assert main([*common, "--url", "http://127.0.0.1:9", "--format", "obj"]) == 2
+    assert capsys.readouterr().err.startswith("error: --format: unknown format obj")
+    assert main([*common, "--url", "127.0.0.1:8000"]) == 2
+    assert capsys.readouterr().err.startswith("error: --url must start with http")
+    assert main([*common, "--url", "http://127.0.0.1:9"]) == 1  # nothing listens on port 9
+    assert capsys.readouterr().err.startswith("error: cannot reach http://127.0.0.1:9")
