@@ -64,6 +64,8 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
     "SHARP_MAX_QUEUE",
     "SHARP_CORS_ORIGINS",
     "SHARP_LOG_LEVEL",
+    "SHARP_JOB_TTL_S",
+    "SHARP_JOBS_MAX_BYTES",
 )
 """Service settings copied from the deploy environment into the container image (when set and non-empty).
 

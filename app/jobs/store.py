@@ -121,7 +121,8 @@ class JobStore:
             elif job.expired is None and now >= job.expires_at:
                 self._expire(job, "expired", now)
                 expired.append(job)
-        live = [job for job in jobs if job not in removed]
+        gone = {job.id for job in removed}
+        live = [job for job in jobs if job.id not in gone]
         total = sum(stored_bytes(job) for job in live)
         for job in sorted((j for j in live if j.final and stored_bytes(j)), key=lambda j: j.finished_at or 0):
             if total <= self.max_bytes:
