@@ -145,6 +145,8 @@ class SharpPredictor:
         focal = float(f_px) if f_px is not None else image.f_px
         focal_source: FocalSource = "request" if f_px is not None else image.f_px_source
         timings: dict[str, float] = {}
+        if progress is not None:
+            forward_progress.flop_profile(self.network.config)  # made once per config, outside the timings
         with self._lock, torch.inference_mode():
             with self._stage(timings, "preprocess", progress):
                 network_input = self.preprocess(image)
