@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default SHARP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default SHARP_PORT or 8000)")
     serve.add_argument("--preset", default=None, choices=list(PRESETS), help=f"network: {presets}")
+
+    from app.client import add_parser  # `remote`: the jobs API client (app/client.py)
+
+    add_parser(commands)
     return parser
 
 
@@ -160,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return run_predict(args)
+        if args.command == "remote":
+            from app.client import run_remote
+
+            return run_remote(args)
         return run_serve(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
