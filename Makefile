@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # app/web/static/vendor (gitignored). Node.js is needed only here, not at run time.
 WEB_STAMP := app/web/static/vendor/versions.json
 
-.PHONY: setup test lint serve bench clean web
+.PHONY: setup test lint serve bench fuzz load clean web
 
 setup: $(STAMP) $(WEB_STAMP)
 
@@ -29,6 +29,14 @@ $(STAMP): pyproject.toml
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+# Schema-driven fuzzing of the HTTP API (schemathesis), far more cases than CI's derandomized 40 per operation.
+fuzz: $(STAMP)
+	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+
+# Load/soak benchmark of the tiny server on loopback (see bench/load.py for the options).
+load: $(STAMP)
+	nice -n 5 $(BIN)/python bench/load.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default SHARP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default SHARP_PORT or 8000)")
     serve.add_argument("--preset", default=None, choices=list(PRESETS), help=f"network: {presets}")
+
+    from app.client import add_parser  # `remote`: the jobs API client (app/client.py)
+
+    add_parser(commands)
     return parser
 
 
@@ -143,11 +147,12 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.http import create_app
+    from app.http.server import UVICORN_OPTIONS
 
     settings = _settings_with(host=args.host, port=args.port, preset=args.preset)
     # app.access logs each request once, with its request id; uvicorn's own access log would repeat it.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)
+                access_log=False, **UVICORN_OPTIONS)
     return 0
 
 
@@ -159,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return run_predict(args)
+        if args.command == "remote":
+            from app.client import run_remote
+
+            return run_remote(args)
         return run_serve(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

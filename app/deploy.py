@@ -9,6 +9,7 @@ deploy files differ only in what they expose. Everything here is read at deploy 
 * `SHARP_PROXY_AUTH=1` - the web endpoint requires Modal proxy-auth headers (`Modal-Key`/`Modal-Secret`).
 * `SHARP_API_KEY_SECRET=<name>` - attach that Modal Secret (it should hold `SHARP_API_KEY`).
 * `SHARP_MEMORY_SNAPSHOT=0` - turn memory snapshots off (they are on by default).
+* `SHARP_MAX_CONTAINERS` - most GPU containers running jobs at once (default 10; `modal_api.SharpJobWorker`).
 * the service settings in `PASSTHROUGH_ENV` are copied into the container image's environment.
 
 This module must stay cheap to import (no torch, no pydantic at module level): it is imported by the
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import modal
 
 if TYPE_CHECKING:
+    from app.jobs.store import JobStore
     from app.predictor import SharpPredictor
     from app.settings import Settings
 
@@ -36,7 +38,12 @@ CACHE_VOLUME_NAME = "sharp-model-cache"
 CACHE_MOUNT = PurePosixPath("/cache")
 """Where the volume is mounted in containers; it is the container's `SHARP_CACHE_DIR`."""
 
+JOBS_VOLUME_NAME = "sharp-jobs"
+"""The Modal Volume holding jobs' state and results (`app.jobs.modal`), shared by web and GPU containers."""
+JOBS_MOUNT = PurePosixPath("/jobs")
+
 DEFAULT_GPU = "A100"
+DEFAULT_MAX_CONTAINERS = 10
 DEFAULT_SCALEDOWN_WINDOW_S = 300
 MAX_CONCURRENT_INPUTS = 10
 """Requests (or method calls) one container takes at once; the predictor still runs one forward at a time."""
@@ -55,8 +62,11 @@ PASSTHROUGH_ENV: tuple[str, ...] = (
     "SHARP_MAX_UPLOAD_MB",
     "SHARP_MAX_PIXELS",
     "SHARP_MAX_QUEUE",
+    "SHARP_UPLOAD_TIMEOUT_S",
     "SHARP_CORS_ORIGINS",
     "SHARP_LOG_LEVEL",
+    "SHARP_JOB_TTL_S",
+    "SHARP_JOBS_MAX_BYTES",
 )
 """Service settings copied from the deploy environment into the container image (when set and non-empty).
 
@@ -100,6 +110,17 @@ def scaledown_window(environ: Mapping[str, str] | None = None) -> int:
     if not 2 <= value <= 3600:
         raise ValueError(f"SHARP_SCALEDOWN_WINDOW must be between 2 and 3600 seconds, got {value}")
     return value
+
+
+def max_containers(environ: Mapping[str, str] | None = None) -> int:
+    """GPU containers that may run jobs at once: `SHARP_MAX_CONTAINERS` at deploy time, else 10."""
+    environ = os.environ if environ is None else environ
+    raw = (environ.get("SHARP_MAX_CONTAINERS") or "").strip()
+    if not raw:
+        return DEFAULT_MAX_CONTAINERS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"SHARP_MAX_CONTAINERS must be a whole number >= 1, got {raw!r}")
+    return int(raw)
 
 
 def proxy_auth(environ: Mapping[str, str] | None = None) -> bool:
@@ -155,14 +176,17 @@ def _not_shipped(path: Path) -> bool:
 
 image = build_image()
 cache_volume = modal.Volume.from_name(CACHE_VOLUME_NAME, create_if_missing=True)
+jobs_volume = modal.Volume.from_name(JOBS_VOLUME_NAME, create_if_missing=True)
 
 
-def model_cls_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Keyword arguments of `@app.cls` for a class that holds the model on a GPU."""
+def model_cls_options(environ: Mapping[str, str] | None = None, *, jobs: bool = False) -> dict[str, Any]:
+    """Keyword arguments of `@app.cls` for a class that holds the model on a GPU (`jobs`: with the jobs
+    volume at `/jobs` too)."""
+    volumes = {str(CACHE_MOUNT): cache_volume, **({str(JOBS_MOUNT): jobs_volume} if jobs else {})}
     return {
         "image": image,
         "gpu": gpu_type(environ),
-        "volumes": {str(CACHE_MOUNT): cache_volume},
+        "volumes": volumes,
         "secrets": secrets(environ),
         "timeout": TIMEOUT_S,
         "scaledown_window": scaledown_window(environ),
@@ -242,6 +266,13 @@ def load_on_cpu(settings: Settings, volume: Any = None) -> SharpPredictor:
     with torch.no_grad():
         predictor.network._apply(torch.Tensor.clone)  # mmap'ed file pages -> anonymous RAM
     return predictor
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The jobs' directories on the jobs volume (`JOBS_MOUNT`), with the settings' time to live and size cap."""
+    from app.jobs.store import JobStore
+
+    return JobStore(Path(JOBS_MOUNT), ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
 
 
 def move_to_device(predictor: SharpPredictor, settings: Settings) -> SharpPredictor:

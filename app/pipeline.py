@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app import formats
+from app.forward_progress import ProgressCallback
 from app.imaging import LoadedImage, load_image
 from app.prediction import Prediction
 from app.predictor import SharpPredictor, check_f_px
@@ -48,10 +49,14 @@ def decode(source: bytes | Path, *, name: str | None = None, max_pixels: int | N
     return DecodedImage(image=image, decode_ms=(time.perf_counter() - start) * 1000.0)
 
 
-def predict(predictor: SharpPredictor, decoded: DecodedImage, f_px: float | None = None) -> Prediction:
-    """The photo's Gaussians (`InvalidRequestError` for an `f_px` out of range), timings from decode on."""
+def predict(predictor: SharpPredictor, decoded: DecodedImage, f_px: float | None = None,
+            progress: ProgressCallback | None = None) -> Prediction:
+    """The photo's Gaussians (`InvalidRequestError` for an `f_px` out of range), timings from decode on.
+
+    `progress(stage, fraction)` is called as the stages go (see `SharpPredictor.predict`).
+    """
     check_f_px(f_px)
-    prediction = predictor.predict(decoded.image, f_px=f_px)
+    prediction = predictor.predict(decoded.image, f_px=f_px, progress=progress)
     prediction.timings_ms = {"decode": decoded.decode_ms, **prediction.timings_ms}
     return prediction
 

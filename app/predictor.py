@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from app import forward_progress
 from app import weights as weights_io
 from app.errors import InvalidRequestError
+from app.forward_progress import ProgressCallback
 from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
 from app.prediction import ModelInfo, Prediction
 from app.preprocess import resize_for_network
@@ -129,13 +131,17 @@ class SharpPredictor:
             device=settings.device, dtype=settings.dtype, progress=progress,
         )
 
-    def predict(self, image: LoadedImage, f_px: float | None = None) -> Prediction:
+    def predict(self, image: LoadedImage, f_px: float | None = None,
+                progress: ProgressCallback | None = None) -> Prediction:
         """Predict the Gaussians of one photo.
 
         Args:
             image: the decoded photo (its EXIF focal length is used when `f_px` is None).
             f_px: focal length override in pixels of the original image; any finite value > 0 works
                 numerically (callers taking it from users check `check_f_px` first, as `app.pipeline` does).
+            progress: called with (stage, fraction) at each stage's start and end and, during the
+                forward pass, after each of the network's leaf modules (`app.forward_progress`).
+                An exception it raises stops the prediction.
 
         Raises:
             ValueError: `f_px` not finite and > 0.
@@ -145,14 +151,16 @@ class SharpPredictor:
         focal = float(f_px) if f_px is not None else image.f_px
         focal_source: FocalSource = "request" if f_px is not None else image.f_px_source
         timings: dict[str, float] = {}
+        if progress is not None:
+            forward_progress.flop_profile(self.network.config)  # made once per config, outside the timings
         with self._lock, torch.inference_mode():
-            with self._stage(timings, "preprocess"):
+            with self._stage(timings, "preprocess", progress):
                 network_input = self.preprocess(image)
                 factor, depth_scale = network_disparity_factor(focal, image.width)
                 disparity_factor = torch.tensor([factor], dtype=torch.float32, device=self.device)
-            with self._stage(timings, "forward"), self._autocast():
+            with self._stage(timings, "forward", progress), self._autocast(), self._hooks(progress):
                 gaussians = self.network(network_input, disparity_factor)
-            with self._stage(timings, "postprocess"):
+            with self._stage(timings, "postprocess", progress):
                 scene = unproject_to_camera(gaussians, focal, image.width, image.height, depth_scale=depth_scale)
         return Prediction(name=image.name, scene=scene, f_px_source=focal_source, model=self.info,
                           timings_ms=timings)
@@ -170,10 +178,19 @@ class SharpPredictor:
             return torch.autocast(self.device.type, dtype=REDUCED_PRECISION[self.dtype])
         return contextlib.nullcontext()
 
+    def _hooks(self, progress: ProgressCallback | None) -> contextlib.AbstractContextManager:
+        if progress is None:
+            return contextlib.nullcontext()
+        return forward_progress.reporting(self.network, self.network.config, progress)
+
     @contextlib.contextmanager
-    def _stage(self, timings: dict[str, float], name: str) -> Iterator[None]:
+    def _stage(self, timings: dict[str, float], name: str, progress: ProgressCallback | None) -> Iterator[None]:
+        if progress is not None:
+            progress(name, 0.0)
         start = time.perf_counter()
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         timings[name] = (time.perf_counter() - start) * 1000.0
+        if progress is not None:
+            progress(name, 1.0)

@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from app import pipeline
 from app.errors import SharpError
+from app.forward_progress import ProgressCallback
 from app.prediction import Prediction
 from app.predictor import SharpPredictor
 from app.settings import Settings
@@ -188,6 +189,11 @@ class InferenceService:
             return self._admitted - self._predicting
 
     @property
+    def predict_estimate_s(self) -> float:
+        """A running average of a prediction's duration in seconds (for Retry-After hints)."""
+        return self._predict_estimate_s
+
+    @property
     def in_progress(self) -> int:
         """Predictions running now (0 or 1)."""
         return self._predicting
@@ -221,11 +227,21 @@ class InferenceService:
             ImageError: the upload is not a usable image (see `app.imaging`).
             InvalidRequestError: `f_px` out of range.
         """
-        predictor = self.require_predictor()
+        self.require_predictor()
         with self._admission():
-            decoded = await anyio.to_thread.run_sync(self._decode, data, filename, limiter=self._decode_limiter)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._predict, predictor, decoded, f_px)
+            return await self.predict_decoded(await self.decode(data, filename=filename), f_px=f_px)
+
+    async def decode(self, data: bytes, *, filename: str | None) -> pipeline.DecodedImage:
+        """`pipeline.decode` on a worker thread (at most `DECODE_CONCURRENCY` at once); `ImageError` if unusable."""
+        return await anyio.to_thread.run_sync(self._decode, data, filename, limiter=self._decode_limiter)
+
+    async def predict_decoded(self, decoded: pipeline.DecodedImage, *, f_px: float | None,
+                              progress: ProgressCallback | None = None) -> Prediction:
+        """`pipeline.predict` on the prediction thread, outside the admission count (the job worker's way in:
+        its own queue bounds what waits). `progress` is called on that thread (see `SharpPredictor.predict`)."""
+        predictor = self.require_predictor()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._predict, predictor, decoded, f_px, progress)
 
     async def encode(self, prediction: Prediction, format_name: str, **options: Any) -> pipeline.EncodedOutput:
         """`pipeline.encode` on a worker thread."""
@@ -234,12 +250,13 @@ class InferenceService:
     def _decode(self, data: bytes, filename: str | None) -> pipeline.DecodedImage:
         return pipeline.decode(data, name=filename, max_pixels=self.settings.max_pixels)
 
-    def _predict(self, predictor: SharpPredictor, decoded: pipeline.DecodedImage, f_px: float | None) -> Prediction:
+    def _predict(self, predictor: SharpPredictor, decoded: pipeline.DecodedImage, f_px: float | None,
+                 progress: ProgressCallback | None = None) -> Prediction:
         with self._lock:
             self._predicting += 1
         start = time.perf_counter()
         try:
-            return pipeline.predict(predictor, decoded, f_px)
+            return pipeline.predict(predictor, decoded, f_px, progress)
         finally:
             elapsed = time.perf_counter() - start
             with self._lock:

@@ -47,9 +47,18 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=25.0, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     max_queue: int = Field(default=8, ge=0)
+    upload_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait, in seconds, for the next piece of an upload's body before answering 408."""
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
+
+    # Jobs (`POST /jobs`)
+    jobs_dir: Path | None = None
+    """None: `<cache_dir>/jobs` (see `jobs_path`)."""
+    job_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    jobs_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    jobs_max_queued: int = Field(default=100, ge=1)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -58,7 +67,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("checkpoint_sha256", "checkpoint", "checkpoint_url", "api_key", mode="before")
+    @field_validator("checkpoint_sha256", "checkpoint", "checkpoint_url", "api_key", "jobs_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -74,6 +83,11 @@ class Settings(BaseSettings):
         if self.checkpoint_sha256 or self.checkpoint_url:
             return self.checkpoint_sha256
         return get_preset(self.preset).checkpoint_sha256
+
+    @property
+    def jobs_path(self) -> Path:
+        """Where jobs keep their state and results: `SHARP_JOBS_DIR`, else `<SHARP_CACHE_DIR>/jobs`."""
+        return self.jobs_dir or self.cache_dir / "jobs"
 
     @property
     def max_upload_bytes(self) -> int:

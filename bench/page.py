@@ -11,11 +11,15 @@ and as medians:
 - `page_load_s`: navigation until the page is `idle` with the model named, and `page_bytes` (HTML,
   script, style and the vendor renderer builds the page fetches while idle, uncompressed: the server
   sends no Content-Encoding);
-- `upload_s`, `predict_s`: the state changes uploading -> running -> loading-scene (the response's
-  headers arrived: prediction and encoding done);
+- `upload_s`: uploading -> queued (jobs API) or running (`POST /predict/spz`);
+- `predict_s`: from there -> loading-scene (the job succeeded, or the response's headers arrived:
+  prediction and encoding done);
 - `scene_s`: loading-scene -> ready (SPZ downloaded, decoded by Spark, camera placed);
 - `first_frame_s`: the photo chosen -> first frame with splats (the page's own clock);
-- `upload_bytes`, `scene_bytes`: the request body of `POST /predict/spz` and the SPZ received.
+- `upload_bytes`, `scene_bytes`: the request body of `POST /jobs` (or `/predict/spz`) and the SPZ received.
+
+The page uses the jobs API, which this server has; `--sync` hides it so that the page sends one
+`POST /predict/spz` instead.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ import shutil
 import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import uvicorn  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
@@ -55,7 +61,8 @@ DEFAULT_PHOTO = ROOT.parent / "shared" / "conformance" / "coffee.png"
 
 
 def start_server(preset: str) -> tuple[uvicorn.Server, threading.Thread, str]:
-    settings = Settings(preset=preset, device="cpu", api_key=None, cors_origins=[])
+    settings = Settings(preset=preset, device="cpu", api_key=None, cors_origins=[],
+                        jobs_dir=Path(tempfile.mkdtemp(prefix="sharp-bench-page-")))
     app = create_app(settings, predictor=SharpPredictor.from_settings(settings))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -67,19 +74,26 @@ def start_server(preset: str) -> tuple[uvicorn.Server, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def one_run(browser: Any, url: str, photo: Path) -> dict[str, float]:
+def one_run(browser: Any, url: str, photo: Path, sync: bool) -> dict[str, float]:
     context = browser.new_context(viewport={"width": 1100, "height": 720})
     page = context.new_page()
+    if sync:
+        from test_page import without_jobs
+
+        without_jobs(page)
     page.add_init_script(RECORD_STATES)
     page.set_default_timeout(600_000)
     sizes: dict[str, int] = {"page_bytes": 0, "upload_bytes": 0, "scene_bytes": 0}
 
     def finished(request: Any) -> None:
         size = request.sizes()
-        if request.method == "POST" and request.url.endswith("/predict/spz"):
+        if request.method == "POST" and request.url.endswith(("/predict/spz", "/jobs")):
             sizes["upload_bytes"] += int(request.header_value("content-length") or 0)
+            if request.url.endswith("/predict/spz"):
+                sizes["scene_bytes"] += size["responseBodySize"]
+        elif request.method == "GET" and request.url.endswith("/result.spz"):
             sizes["scene_bytes"] += size["responseBodySize"]
-        elif request.method == "GET":
+        elif request.method == "GET" and "/jobs/" not in request.url:
             sizes["page_bytes"] += size["responseBodySize"]
 
     page.on("requestfinished", finished)
@@ -96,9 +110,10 @@ def one_run(browser: Any, url: str, photo: Path) -> dict[str, float]:
     first_frame_s = float(page.get_attribute("body", "data-first-frame-ms")) / 1000
     at = {state: ms / 1000 for state, ms in page.evaluate("window.__states")}
     context.close()
+    uploaded = at.get("queued", at["running"])
     return {
         "page_load_s": page_load_s, "page_bytes": page_bytes,
-        "upload_s": at["running"] - at["uploading"], "predict_s": at["loading-scene"] - at["running"],
+        "upload_s": uploaded - at["uploading"], "predict_s": at["loading-scene"] - uploaded,
         "scene_s": at["ready"] - at["loading-scene"], "first_frame_s": first_frame_s,
         "upload_bytes": sizes["upload_bytes"], "scene_bytes": sizes["scene_bytes"],
     }
@@ -109,6 +124,7 @@ def main() -> None:
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sync", action="store_true", help="hide POST /jobs: one POST /predict/spz per photo")
     args = parser.parse_args()
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -119,7 +135,7 @@ def main() -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             for index in range(args.repeat):
-                run = one_run(browser, url, args.photo)
+                run = one_run(browser, url, args.photo, args.sync)
                 runs.append(run)
                 print(f"run {index + 1}: " + " ".join(f"{k}={v:.2f}" if k.endswith("_s") else f"{k}={v:,}"
                                                        for k, v in run.items()), flush=True)
@@ -127,8 +143,9 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
-    print(f"photo: {args.photo.name}, preset: {args.preset}, chromium with SwiftShader WebGL, {args.repeat} runs "
-          "(median):")
+    transport = "POST /predict/spz" if args.sync else "jobs API"
+    print(f"photo: {args.photo.name}, preset: {args.preset}, {transport}, chromium with SwiftShader WebGL, "
+          f"{args.repeat} runs (median):")
     for key in runs[0]:
         value = statistics.median(run[key] for run in runs)
         print(f"{key}: {value:.2f}" if key.endswith("_s") else f"{key}: {int(value):,}")

@@ -46,13 +46,14 @@ class LiveServer:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, app: ASGIApp) -> LiveServer:
+    def start(cls, app: ASGIApp, **config: Any) -> LiveServer:
+        """`config`: more `uvicorn.Config` options (by default uvicorn's own defaults)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                               lifespan="on"))
+                                               lifespan="on", **config))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 20

@@ -126,7 +126,8 @@ def test_http_api_definition() -> None:
     assert info.gpus == [("A100", 1)]
     assert info.timeout == 900 and info.startup_timeout == 900
     assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 10
-    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache"}
+    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache",
+                                                                          "/jobs": "sharp-jobs"}
     assert info.secrets == []
     assert spec["scaledown_window"] == 300
     assert spec["enable_memory_snapshot"] is True

@@ -13,14 +13,12 @@ the reason, without it (CI installs it in .ci/run).
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import shutil
+import tempfile
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,6 @@ import httpx
 import numpy as np
 import pytest
 from conftest import LiveServer
-from fastapi import FastAPI, Form, UploadFile
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
 from app.formats import encode as encode_format
@@ -75,7 +71,8 @@ new MutationObserver((records) => {
 
 def tiny_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
-                              "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
+                              "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000,
+                              "jobs_dir": Path(tempfile.mkdtemp(prefix="sharp-page-jobs-"))}
     return Settings(**{**values, **overrides})
 
 
@@ -171,65 +168,19 @@ def api_message(url: str, filename: str, content: bytes) -> str:
     return response.json()["error"]["message"]
 
 
-# ----------------------------------------------------------------------------- a jobs API test double
+def without_jobs(page: Any) -> None:
+    """Hide `POST /jobs` from the page's JSON info, so that it takes the one-request transport."""
 
+    def handle(route: Any) -> None:
+        if "application/json" not in (route.request.headers.get("accept") or ""):
+            route.continue_()
+            return
+        response = route.fetch()
+        info = response.json()
+        info["endpoints"] = [e for e in info["endpoints"] if not e["path"].startswith("/jobs")]
+        route.fulfill(response=response, json=info)
 
-def add_fake_jobs(app: FastAPI) -> None:
-    """`POST /jobs`, `GET /jobs/{id}`, `/events` and `/result.spz` to the documented contract, on top of
-    the app's own inference service: enough to drive the page's jobs transport until the real one lands."""
-    jobs: dict[str, dict[str, Any]] = {}
-    changed: dict[str, asyncio.Event] = {}
-    results: dict[str, bytes] = {}
-
-    def update(job_id: str, **fields: Any) -> None:
-        jobs[job_id] = {**jobs[job_id], **fields}
-        changed[job_id].set()
-
-    async def run(job_id: str, data: bytes, filename: str, f_px: float | None) -> None:
-        await asyncio.sleep(0.3)  # long enough for the page to see "queued"
-        update(job_id, status="running", stage="predict", progress=0.1, queue_position=None)
-        prediction = await app.state.service.predict(data, filename=filename, f_px=f_px)
-        update(job_id, stage="encode", progress=0.9)
-        scene = prediction.scene
-        results[job_id] = encode_format(prediction, "spz")
-        update(job_id, status="succeeded", stage="done", progress=1.0,
-               metadata={"image_width": scene.image_width, "image_height": scene.image_height,
-                         "f_px": scene.f_px, "f_px_source": prediction.f_px_source,
-                         "num_gaussians": scene.num_gaussians},
-               timings_ms={k: round(v, 1) for k, v in prediction.timings_ms.items()},
-               results={"spz": f"/jobs/{job_id}/result.spz"})
-
-    @app.post("/jobs", status_code=202, summary="Start a prediction job (test double)")
-    async def create_job(file: UploadFile, f_px: float | None = Form(None)) -> JSONResponse:
-        job_id = uuid.uuid4().hex
-        jobs[job_id] = {"id": job_id, "status": "queued", "stage": "queued", "progress": 0.0, "queue_position": 0,
-                        "created_at": time.time(), "metadata": None, "timings_ms": {}, "error": None, "results": {},
-                        "model": app.state.service.predictor.info.summary()}
-        changed[job_id] = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(run(job_id, await file.read(), file.filename or "", f_px))
-        app.state.fake_job_tasks = [*getattr(app.state, "fake_job_tasks", []), task]
-        return JSONResponse(jobs[job_id], status_code=202, headers={"Location": f"/jobs/{job_id}"})
-
-    @app.get("/jobs/{job_id}", summary="A job (test double)")
-    async def get_job(job_id: str) -> JSONResponse:
-        return JSONResponse(jobs[job_id])
-
-    @app.get("/jobs/{job_id}/events", summary="A job's events (test double)")
-    async def job_events(job_id: str) -> StreamingResponse:
-        async def stream() -> AsyncIterator[bytes]:
-            while True:
-                changed[job_id].clear()
-                job = jobs[job_id]
-                yield f"event: job\ndata: {JSONResponse(job).body.decode()}\n\n".encode()
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    return
-                await changed[job_id].wait()
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    @app.get("/jobs/{job_id}/result.spz", summary="A job's SPZ (test double)")
-    async def job_result(job_id: str) -> Response:
-        return Response(results[job_id], media_type="application/x-spz")
+    page.route(lambda url: url.rstrip("/").count("/") == 2, handle)  # the server root
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -250,15 +201,6 @@ def server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def key_server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
     live = LiveServer.start(create_app(tiny_settings(api_key=API_KEY), predictor=tiny_predictor))
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def jobs_server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
-    app = create_app(tiny_settings(), predictor=tiny_predictor)
-    add_fake_jobs(app)
-    live = LiveServer.start(app)
     yield live
     live.stop()
 
@@ -381,7 +323,8 @@ def test_page_without_renderer_says_what_to_run(page: Any, server: LiveServer, t
 def test_photo_becomes_a_scene_seen_from_the_photo(page: Any, server: LiveServer, photo: Path,
                                                     tiny_predictor: SharpPredictor,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real photo through the whole page: idle -> uploading -> running -> loading-scene -> ready.
+    """A real photo through the whole page, one-request transport (`POST /predict/spz`): idle ->
+    uploading -> running -> loading-scene -> ready.
 
     The prediction is held until the test has seen (and photographed) the `running` state.
 
@@ -390,6 +333,7 @@ def test_photo_becomes_a_scene_seen_from_the_photo(page: Any, server: LiveServer
     the correlation of 48 x 32 grey images is 0.995 for coffee.png (-0.55 against the photo upside
     down); at least 0.8 is required.
     """
+    without_jobs(page)
     page.goto(f"{server.url}/")
     assert state(page) == "idle"
     page.wait_for_selector("#model:not([hidden])")
@@ -563,15 +507,21 @@ def test_api_key_is_asked_for_then_used(page: Any, key_server: LiveServer, photo
     assert page.evaluate("localStorage.length") == 0
 
 
-def test_jobs_transport(page: Any, jobs_server: LiveServer, photo: Path) -> None:
+def test_jobs_transport(page: Any, server: LiveServer, photo: Path) -> None:
     """When the JSON info lists POST /jobs, the page uses it: queued and running come from the job's
-    server-sent events, and the SPZ from its result URL (a test double of the documented contract)."""
-    page.goto(f"{jobs_server.url}/")
+    server-sent events (with progress), the SPZ and the other formats from its result URLs."""
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
+    page.goto(f"{server.url}/")
     page.set_input_files("#photo", str(photo))
     wait_first_frame(page)
     states = page.evaluate("window.__states")
     assert [s for s in states if s in ("uploading", "queued", "running", "ready")] == [
         "uploading", "queued", "running", "ready"], states
     assert page.text_content("#downloads-note").startswith("All formats")
-    labels = page.locator("#downloads button").all_text_contents()
-    assert labels[0].startswith("SPZ")
+    assert any(r.startswith("POST ") and r.endswith("/jobs") for r in requests), requests
+    assert not any("/predict" in r for r in requests), requests
+    with page.expect_download() as download:
+        page.click("#downloads button[data-format='ply_vertex']")
+    assert download.value.suggested_filename.endswith(".vertex.ply")
+    assert any(r.endswith("/result.vertex.ply") for r in requests), requests

@@ -3,10 +3,11 @@
 A request goes, top-down:
 
 1. `RequestContextMiddleware`: X-Request-ID, one access-log line, a JSON 500 for any crash;
-2. CORS (when `SHARP_CORS_ORIGINS` is set);
+2. CORS (when `SHARP_CORS_ORIGINS` is set; a refused preflight is a JSON 400 too);
 3. `UploadGuard`: the API key and the upload size, before the body is read;
 4. a route (`app.http.routes`): reads the upload, calls `InferenceService` (`app.service`), which runs
-   `app.pipeline` (decode -> predict -> encode) on its threads;
+   `app.pipeline` (decode -> predict -> encode) on its threads; `/jobs` routes call the `JobQueue`
+   (`app.jobs`), whose worker feeds the same service;
 5. errors from any layer become `{"error": {...}}` (`app.http.errors`).
 """
 
@@ -16,14 +17,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.http.deps import bearer_scheme
 from app.http.errors import install_error_handlers
-from app.http.middleware import RequestContextMiddleware, UploadGuard
+from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
-from app.http.routes import info, predict
+from app.http.routes import info, jobs, predict
+from app.jobs import JobQueue
+from app.jobs.local import LocalJobQueue
 from app.predictor import SharpPredictor
 from app.service import InferenceService, Loader, default_loader
 from app.settings import Settings, get_settings
@@ -33,6 +35,8 @@ DESCRIPTION = """\
 One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
 
 * `POST /predict/ply` (also `/predict/ply_vertex`, `/predict/splat`, `/predict/spz`): a file to download.
+* `POST /jobs`: the same, asynchronously: follow `GET /jobs/{id}` or its server-sent `/events` (with
+  progress), then download `GET /jobs/{id}/result.<ext>`.
 * `POST /predict`: JSON arrays. A full scene is large as JSON (hundreds of MB for SHARP's 1.18M
   Gaussians as number lists): use `max_gaussians` to keep the most opaque ones and/or
   `encoding=base64` (packed float32, about half the size and much faster to parse).
@@ -44,7 +48,8 @@ When the server has an API key, the prediction endpoints need `Authorization: Be
 
 
 def create_app(settings: Settings | None = None, predictor: SharpPredictor | None = None, *,
-               loader: Loader = default_loader, service: InferenceService | None = None) -> FastAPI:
+               loader: Loader = default_loader, service: InferenceService | None = None,
+               job_queue: JobQueue | None = None) -> FastAPI:
     """The ASGI app.
 
     Args:
@@ -54,29 +59,40 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
             on a background thread at startup, once (retrying transient failures).
         loader: how that background load builds the predictor (tests use it to hold or fail loading).
         service: a ready-made service (tests use it to shorten the load backoff); overrides the above.
+        job_queue: where `/jobs` go (Modal passes `app.jobs.modal.ModalJobQueue`); default: a
+            `LocalJobQueue` feeding `service`, storing under `settings.jobs_path`.
     """
     settings = settings or get_settings()
     service = service or InferenceService(settings, predictor, loader=loader)
+    job_queue = job_queue or LocalJobQueue(service, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
-        yield
-        service.close()
+        await job_queue.start()
+        restore_signals = jobs.end_streams_on_exit_signals(_app)
+        try:
+            yield
+        finally:
+            restore_signals()
+            await job_queue.close()
+            service.close()
 
     app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     app.state.settings = settings
+    app.state.jobs = job_queue
     install_error_handlers(app)
     app.include_router(info.router)
     # The key is checked by UploadGuard; the dependency only documents it, so only when there is one.
     auth = [Depends(bearer_scheme)] if settings.api_key else []
     app.include_router(predict.router, dependencies=auth)
+    app.include_router(jobs.router, dependencies=auth)
     mount_page(app)
     app.add_middleware(UploadGuard, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After", "Location",
                             *PREDICTION_HEADERS],

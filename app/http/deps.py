@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 
 from app.errors import SharpError
@@ -40,6 +41,27 @@ JsonEncoding = Annotated[Encoding, Form(
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Required when the server has SHARP_API_KEY set.")
 """Documents the scheme in OpenAPI; the key itself is checked by `UploadGuard` before the upload is read."""
+
+
+SINGLE_VALUED_FIELDS = ("file", "f_px", "max_gaussians", "encoding", "vertex_only")
+"""Form fields that take one value: sent twice, which one was meant is a guess, so it is a 422."""
+
+
+async def reject_repeated_fields(request: Request) -> None:
+    """422 `validation_error` (type `duplicate_field`) when a form field of the API is sent more than once.
+
+    The form is the one FastAPI already parsed for the route (Starlette caches it on the request).
+    """
+    form = await request.form()
+    repeated = [(name, count) for name in SINGLE_VALUED_FIELDS if (count := len(form.getlist(name))) > 1]
+    if repeated:
+        raise RequestValidationError([
+            {"loc": ("body", name), "msg": f"Sent {count} times; send this field once.", "type": "duplicate_field"}
+            for name, count in repeated
+        ])
+
+
+SingleValued = Depends(reject_repeated_fields)
 
 
 async def read_upload(file: UploadFile, service: InferenceService) -> bytes:

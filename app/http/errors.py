@@ -19,7 +19,8 @@ from starlette.types import Scope
 from app.errors import SharpError
 
 _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                     413: "upload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
+                     408: "upload_timeout", 413: "upload_too_large", 415: "unsupported_media_type",
+                     503: "unavailable"}
 
 
 def error_response(status_code: int, code: str, message: str, request_id: str | None,
@@ -57,7 +58,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     message = "; ".join(f"{'.'.join(str(p) for p in d['loc'] if p != 'body')}: {d['msg']}" for d in details)
-    missing_file = any(d["loc"][-1:] == ["file"] for d in details)
+    missing_file = any(d["loc"][-1:] == ["file"] and d["type"] != "duplicate_field" for d in details)
     code = "missing_file" if missing_file else "validation_error"
     if missing_file:
         message = "Send the image as a multipart form field named 'file'. " + message

@@ -3,11 +3,15 @@
 - `RequestContextMiddleware`: a request id for every request (an incoming sane `X-Request-ID`, else a
   new one), echoed in the response; one access-log line per request; a JSON 500 for any crash.
 - `UploadGuard`: on the API's protected paths, the API key (401) and the upload size (413), checked
-  before the body is read: from Content-Length when given, else by counting bytes as they arrive.
+  before the body is read: from Content-Length when given, else by counting bytes as they arrive; and a
+  body that stalls for `SHARP_UPLOAD_TIMEOUT_S` gets 408 (uvicorn itself has no body read timeout).
+- `JSONCORSMiddleware`: Starlette's CORS, but a refused preflight gets the JSON error shape (400
+  `cors_origin_not_allowed`, `cors_method_not_allowed` or `cors_headers_not_allowed`), not plain text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -16,6 +20,8 @@ import uuid
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.errors import error_response, request_id_of
@@ -77,13 +83,14 @@ class RequestContextMiddleware:
 
 
 class UploadGuard:
-    """The API key (401) and the upload size (413) on `PROTECTED_PREFIXES`, before the body is read."""
+    """The API key (401), the upload size (413) and stalled uploads (408) on `PROTECTED_PREFIXES`."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self.max_upload_bytes = settings.max_upload_bytes
         self.max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        self.idle_timeout_s = settings.upload_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guarded = scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES)
@@ -104,18 +111,62 @@ class UploadGuard:
             return
 
         received = 0
+        body_done = False
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, which may rightly take long
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except asyncio.TimeoutError:
+                # An HTTPException: FastAPI re-raises those from body parsing (others become a 400).
+                raise HTTPException(408, f"The upload stalled: no data for {self.idle_timeout_s:g} s "
+                                    "(SHARP_UPLOAD_TIMEOUT_S).", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    # An HTTPException: FastAPI re-raises those from body parsing (others become a 400).
                     raise HTTPException(413, too_large_message(self.max_upload_bytes))
+            else:
+                body_done = True
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """CORS whose refused preflights are `{"error": {...}}` 400s with a code naming what was refused.
+
+    Allowed preflights and simple requests are Starlette's unchanged; a refusal keeps Starlette's
+    `Vary` and `Access-Control-Allow-*` headers (browsers read only those) and gets our body, code and
+    request id instead of the plain text "Disallowed CORS origin".
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:
+                response = self.preflight_response(request_headers=headers)
+                if response.status_code != 200:
+                    response = self._refusal(headers, response, request_id_of(scope))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _refusal(self, headers: Headers, refused: Response, request_id: str | None) -> Response:
+        origin = headers["origin"]
+        method = headers["access-control-request-method"]
+        kept = {k: v for k, v in refused.headers.items() if k.lower().startswith(("vary", "access-control-"))}
+        if not self.is_allowed_origin(origin=origin):
+            code, message = "cors_origin_not_allowed", f"CORS: the origin {origin[:200]!r} is not allowed."
+        elif method not in self.allow_methods:
+            code, message = "cors_method_not_allowed", (f"CORS: the method {method[:50]!r} is not allowed; "
+                                                        f"allowed: {', '.join(self.allow_methods)}.")
+        else:
+            code, message = "cors_headers_not_allowed", ("CORS: a requested header is not allowed; allowed: "
+                                                         f"{', '.join(self.allow_headers)}.")
+        return error_response(400, code, message, request_id, headers=kept)
 
 
 def too_large_message(limit_bytes: int) -> str:

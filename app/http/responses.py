@@ -45,13 +45,20 @@ def file_responses(media_type: str, what: str) -> dict[int | str, dict[str, Any]
 def prediction_headers(prediction: Prediction) -> dict[str, str]:
     """What made this response and for which camera, so a file from a test model never passes for SHARP."""
     scene = prediction.scene
+    return sharp_headers(prediction.model.preset, prediction.model.weights, scene.f_px, prediction.f_px_source,
+                         scene.image_width, scene.image_height, scene.num_gaussians)
+
+
+def sharp_headers(preset: str, weights: str, f_px: float, f_px_source: str, image_width: int, image_height: int,
+                  num_gaussians: int) -> dict[str, str]:
+    """The `PREDICTION_HEADERS` (a job's result files carry them too)."""
     return {
-        "X-Sharp-Preset": prediction.model.preset,
-        "X-Sharp-Weights": prediction.model.weights,
-        "X-Sharp-F-Px": f"{scene.f_px:.6g}",
-        "X-Sharp-F-Px-Source": prediction.f_px_source,
-        "X-Sharp-Image-Size": f"{scene.image_width}x{scene.image_height}",
-        "X-Sharp-Num-Gaussians": str(scene.num_gaussians),
+        "X-Sharp-Preset": preset,
+        "X-Sharp-Weights": weights,
+        "X-Sharp-F-Px": f"{f_px:.6g}",
+        "X-Sharp-F-Px-Source": f_px_source,
+        "X-Sharp-Image-Size": f"{image_width}x{image_height}",
+        "X-Sharp-Num-Gaussians": str(num_gaussians),
     }
 
 

@@ -133,3 +133,36 @@ class PredictResponse(BaseModel):
     opacities: Rows | Base64Array = Field(description="[N, 1] in [0, 1].")
     colors: Rows | Base64Array = Field(description="[N, 3] sRGB in [0, 1].")
     metadata: PredictMetadata
+
+
+class JobMetadata(BaseModel):
+    image_width: int
+    image_height: int
+    f_px: float
+    f_px_source: FocalSource
+    num_gaussians: int
+
+
+class JobError(BaseModel):
+    code: str = Field(description="e.g. `interrupted` (the server restarted), `internal_error`, an image error.")
+    message: str
+
+
+class JobResponse(BaseModel):
+    """A job (`POST /jobs`, `GET /jobs/{id}`, each event of `GET /jobs/{id}/events`)."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`.")
+    progress: float = Field(ge=0, le=1, description="Share of the work done; the forward pass is 88 % of it.")
+    queue_position: int | None = Field(description="Jobs ahead of this one (0: next); null unless queued.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None = Field(description="When the results are deleted (set once finished).")
+    outputs: list[str] = Field(description="The formats asked for.")
+    model: ModelSummary | None
+    metadata: JobMetadata | None
+    timings_ms: dict[str, float]
+    error: JobError | None
+    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded.")

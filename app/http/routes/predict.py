@@ -21,6 +21,7 @@ from app.http.deps import (
     JsonEncoding,
     MaxGaussians,
     Service,
+    SingleValued,
     VertexOnly,
     read_upload,
 )
@@ -31,7 +32,7 @@ router = APIRouter()
 
 
 @router.post(
-    "/predict", summary="Predict Gaussians as JSON", response_class=Response,
+    "/predict", summary="Predict Gaussians as JSON", response_class=Response, dependencies=[SingleValued],
     responses={200: {"model": PredictResponse, "description": "The Gaussians and their metadata"},
                **error_responses(400, 401, 413, 415, 422, 503)},
 )
@@ -48,7 +49,7 @@ async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None
 
 
 @router.post(
-    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response,
+    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response, dependencies=[SingleValued],
     responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
 )
 async def predict_ply(service: Service, file: ImageUpload, f_px: FocalPx = None,
@@ -73,6 +74,7 @@ for _fmt in FORMATS.values():
     if _fmt.name not in ("ply", "json"):  # ply has its own route (vertex_only); json is POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
+            dependencies=[SingleValued],
             summary=f"Predict Gaussians as a {_fmt.name} file", responses=file_responses(_fmt.media_type,
                                                                                          _fmt.description),
         )

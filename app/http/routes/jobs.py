@@ -1,0 +1,207 @@
+"""`/jobs`: submit a photo, follow the job (JSON or server-sent events), download its results, cancel it.
+
+The routes only check the request and call the app's `JobQueue` (`app.jobs`): the local worker or
+Modal's queue, the same routes either way. A submission is decoded at once (on a worker thread, like
+`POST /predict`), so a bad upload gets the same 4xx as the synchronous endpoints before anything is
+queued; the queue then reads the upload back when the job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from app.formats import FORMATS
+from app.formats.json import Encoding
+from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
+from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
+from app.http.schemas import JobResponse
+from app.jobs.base import (
+    RESULT_FORMATS,
+    Job,
+    JobExpiredError,
+    JobNotFoundError,
+    JobQueue,
+    check_job_id,
+    check_job_options,
+    parse_outputs,
+)
+from app.vocabulary import ModelState
+
+KEEPALIVE_S = 15.0
+"""Seconds between SSE comments while a job does not change (proxies drop silent connections)."""
+
+
+def get_jobs(request: Request) -> JobQueue:
+    return request.app.state.jobs
+
+
+Jobs = Annotated[JobQueue, Depends(get_jobs)]
+Outputs = Annotated[str | None, Form(
+    description=f"Comma-separated formats to make: a subset of {', '.join(FORMATS)}; default: all of them.",
+    examples=["ply,spz"],
+)]
+JobJsonEncoding = Annotated[Encoding | None, Form(
+    description="For the json output: `list` (default) or `base64`, as `POST /predict`.")]
+
+router = APIRouter(tags=["jobs"])
+
+_JOB = {"model": JobResponse, "description": "The job"}
+
+
+def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(job.public(), status_code=status_code, headers=headers)
+
+
+@router.post("/jobs", summary="Submit a prediction job", status_code=202, response_class=JSONResponse,
+             responses={202: _JOB, **error_responses(400, 401, 413, 415, 422, 503)})
+async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: FocalPx = None,
+                     outputs: Outputs = None, max_gaussians: MaxGaussians = None,
+                     encoding: JobJsonEncoding = None) -> JSONResponse:
+    """Queue a photo; answers 202 with the job and `Location: /jobs/{id}`. The upload is checked first
+    (same limits and errors as `POST /predict`)."""
+    names = parse_outputs(outputs)
+    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding})
+    if service.state is ModelState.ERROR:
+        service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
+    data = await read_upload(file, service)
+    await service.decode(data, filename=file.filename)  # ImageError -> the same 4xx as /predict
+    job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options)
+    return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
+
+
+@router.get("/jobs/{job_id}", summary="A job's state", response_class=JSONResponse,
+            responses={200: _JOB, **error_responses(401, 404, 410)})
+async def get_job(job_id: str, jobs: Jobs) -> JSONResponse:
+    """Status, stage, progress, queue position, metadata and result URLs."""
+    return job_response(await jobs.get(job_id))
+
+
+@router.get("/jobs/{job_id}/events", summary="A job's changes as server-sent events",
+            response_class=StreamingResponse, responses={
+                200: {"description": "`event: job` + `data: <job JSON>` on every change, until the job is final",
+                      "content": {"text/event-stream": {}}},
+                **error_responses(401, 404, 410)})
+async def job_events(job_id: str, jobs: Jobs, request: Request) -> StreamingResponse:
+    """One `job` event now and on every change (progress at most 10 times a second), a `: keep-alive`
+    comment every 15 s, and the end of the stream after the final state (or when the server stops)."""
+    events = jobs.watch(job_id, KEEPALIVE_S)
+    first = await anext(events)  # 404 / 410 as JSON, before the stream starts
+    stopping: asyncio.Event = getattr(request.app.state, "jobs_stopping", None) or asyncio.Event()
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        yield _event(first)
+        try:
+            while True:
+                change = asyncio.ensure_future(anext(events))
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not change.done():  # the server is shutting down: end the stream, let it exit
+                    change.cancel()
+                    return
+                try:
+                    job = change.result()
+                except StopAsyncIteration:
+                    return
+                yield b": keep-alive\n\n" if job is None else _event(job)
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def end_streams_on_exit_signals(app: FastAPI) -> Callable[[], None]:
+    """Make SIGINT/SIGTERM end the open event streams, then do what they did before (uvicorn's handler).
+
+    uvicorn waits for every open response before it shuts down, and the stream of a queued job may stay
+    open for as long as the queue is long: without this, Ctrl+C would wait for it. Returns a function
+    that puts the previous handlers back. Outside the main thread (tests) it does nothing.
+    """
+    app.state.jobs_stopping = stopping = asyncio.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+        before = previous[signal.Signals(sig)]
+        if callable(before):
+            before(sig, frame)
+        elif before != signal.SIG_IGN:  # the default (or a handler set outside Python): let it act
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+    return restore
+
+
+def _event(job: Job | None) -> bytes:
+    assert job is not None
+    return b"event: job\ndata: " + orjson.dumps(job.public()) + b"\n\n"
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel or delete a job", response_class=JSONResponse,
+               responses={200: _JOB, **error_responses(401, 404, 410)})
+async def delete_job(job_id: str, jobs: Jobs) -> JSONResponse:
+    """Unfinished: cancelled (a running one stops at the next network block) and its files deleted; the
+    answer is the job, `cancelled`. Finished: deleted with its files (its URLs then answer 404); the
+    answer is its last state."""
+    return job_response(await jobs.cancel(job_id))
+
+
+def _result_route(format_name: str) -> Any:
+    fmt = FORMATS[format_name]
+
+    async def job_result(job_id: str, jobs: Jobs) -> Response:
+        result = await jobs.result(job_id, format_name)
+        job = result.job
+        if not result.path.is_file():
+            raise JobExpiredError(f"Job {job_id}'s results are gone.")
+        model, meta = job.model or {}, job.metadata or {}
+        headers = {
+            **sharp_headers(model.get("preset", ""), model.get("weights", ""), meta.get("f_px", 0.0),
+                            meta.get("f_px_source", ""), meta.get("image_width", 0), meta.get("image_height", 0),
+                            meta.get("num_gaussians", 0)),
+            "Server-Timing": server_timing(job.timings_ms),
+            "Content-Disposition": content_disposition(fmt.filename(job.name or "scene")),
+        }
+        return FileResponse(result.path, media_type=fmt.media_type, headers=headers)
+
+    job_result.__name__ = f"job_result_{format_name}"
+    job_result.__doc__ = f"The job's {format_name} file: the bytes the synchronous endpoint gives for the photo."
+    return job_result
+
+
+for _name, _format in RESULT_FORMATS.items():
+    router.add_api_route(
+        f"/jobs/{{job_id}}/{_name}", _result_route(_format), methods=["GET"], response_class=Response,
+        summary=f"A job's {_format} result",
+        responses={200: {"description": FORMATS[_format].description,
+                         "content": {FORMATS[_format].media_type: {"schema": {"type": "string", "format": "binary"}}}},
+                   **error_responses(401, 404, 409, 410)},
+    )
+
+
+@router.get("/jobs/{job_id}/{name}", include_in_schema=False)
+async def unknown_result(job_id: str, name: str) -> Response:
+    check_job_id(job_id)
+    raise JobNotFoundError(f"No such job resource {name!r}; results are {', '.join(RESULT_FORMATS)}.",
+                           code="not_found")

@@ -1,0 +1,252 @@
+"""What a job is, how it is named and reported, its errors, and the `JobQueue` interface.
+
+A job is one photo turned into one or more output files, asynchronously: submitted (`queued`), taken
+by a worker (`running`, with a `stage` and a `progress` in [0, 1]), then `succeeded` (its files can be
+downloaded until it expires), `failed` (with an `error`) or `cancelled`. Two implementations share this
+interface: `app.jobs.local` (a worker task in this process) and `app.jobs.modal` (Modal's own queue:
+each job is a spawned call of the GPU class). Both keep their state and results in a `JobStore`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from app.errors import InvalidRequestError, SharpError
+from app.formats import FORMATS, check_options
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}")
+"""`secrets.token_urlsafe(24)`: 192 random bits in 32 URL-safe characters. Anything else is not a job."""
+
+STAGE_WEIGHTS: tuple[tuple[str, float], ...] = (
+    ("decode", 0.02), ("preprocess", 0.02), ("forward", 0.88), ("postprocess", 0.03), ("encode", 0.05),
+)
+"""The share of a job's progress each stage covers, in order; the forward pass is ~90 % of the time on
+any device, the rest is small (measured: postprocess is 2 % of the forward on CPU, encoding less)."""
+
+_STAGE_START = {name: sum(w for _, w in STAGE_WEIGHTS[:i]) for i, (name, _) in enumerate(STAGE_WEIGHTS)}
+_STAGE_WEIGHT = dict(STAGE_WEIGHTS)
+
+
+def overall_progress(stage: str, fraction: float) -> float:
+    """A job's progress in [0, 1] when `stage` is `fraction` done."""
+    if stage not in _STAGE_START:
+        return 0.0
+    return min(1.0, _STAGE_START[stage] + _STAGE_WEIGHT[stage] * max(0.0, min(1.0, fraction)))
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def check_job_id(job_id: str) -> str:
+    """`job_id` if it can be one of ours, else `JobNotFoundError` (before any file is looked at)."""
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise JobNotFoundError(f"No job {job_id[:64]!r}.")
+    return job_id
+
+
+def result_name(format_name: str) -> str:
+    """The file name of a job's result in this format, also the last part of its URL (`result.vertex.ply`)."""
+    return f"result{'.vertex' if format_name == 'ply_vertex' else ''}{FORMATS[format_name].extension}"
+
+
+RESULT_FORMATS = {result_name(name): name for name in FORMATS}
+"""`result.ply` -> `ply`, `result.vertex.ply` -> `ply_vertex`, ..."""
+
+
+def parse_outputs(value: str | None) -> list[str]:
+    """`ply,spz` -> `["ply", "spz"]` (registry order, no duplicates); empty or None: every format."""
+    names = [part.strip().lower() for part in (value or "").split(",") if part.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise InvalidRequestError(f"outputs: unknown format {', '.join(map(repr, unknown))}; use a "
+                                  f"comma-separated subset of: {', '.join(FORMATS)}.")
+    return [name for name in FORMATS if name in names] if names else list(FORMATS)
+
+
+def check_job_options(outputs: list[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON options (`max_gaussians`, `encoding`) of a job, refused when it writes no JSON."""
+    options = {key: value for key, value in options.items() if value is not None}
+    if options and "json" not in outputs:
+        raise InvalidRequestError(f"{', '.join(sorted(options))} only applies to the json output, which this "
+                                  "job does not make.")
+    check_options("json", options)
+    return options
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+class JobNotFoundError(SharpError):
+    code = "job_not_found"
+    status = 404
+
+
+class JobExpiredError(SharpError):
+    code = "job_expired"
+    status = 410
+
+
+class JobNotFinishedError(SharpError):
+    code = "job_not_finished"
+    status = 409
+
+
+class JobQueueFullError(SharpError):
+    code = "queue_full"
+    status = 503
+    retryable = True
+
+
+class JobCancelledError(Exception):
+    """Raised from a job's progress callback to stop its prediction at the next block boundary."""
+
+
+# -------------------------------------------------------------------------------------------------- job
+
+
+@dataclass
+class Job:
+    """A job's whole state: what the state file holds (`to_dict`) and what clients see (`public`)."""
+
+    id: str
+    created_at: float
+    outputs: list[str]
+    status: JobStatus = "queued"
+    stage: str = "queued"
+    progress: float = 0.0
+    filename: str | None = None
+    f_px: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the json output (`max_gaussians`, `encoding`)."""
+    name: str | None = None
+    """The output file stem (the photo's name without suffix), once predicted."""
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    model: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    results: dict[str, int] = field(default_factory=dict)
+    """Format -> size in bytes of its stored file (only a succeeded job has them)."""
+    input_bytes: int = 0
+    """Size of the stored upload (kept until the job has run)."""
+    expired: str | None = None
+    """Why the results are gone: `expired` (time to live) or `evicted` (size cap); None while they are there."""
+    call_id: str | None = None
+    """The Modal function call running it (`app.jobs.modal`)."""
+    queue_position: int | None = None
+    """Jobs ahead of this one (0: next); None unless queued. Computed by the queue, not stored."""
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        state = asdict(self)
+        del state["queue_position"]
+        return state
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in state.items() if key in known})
+
+    def finish(self, status: JobStatus, now: float, ttl_s: float, error: SharpError | None = None) -> None:
+        self.status, self.finished_at, self.expires_at = status, now, now + ttl_s
+        self.queue_position = None
+        if status == "succeeded":
+            self.stage, self.progress = "done", 1.0
+        if error is not None:
+            self.error = {"code": error.code, "message": error.message}
+
+    def public(self) -> dict[str, Any]:
+        """The job as `GET /jobs/{id}` shows it."""
+        return {
+            "id": self.id, "status": self.status, "stage": self.stage, "progress": round(self.progress, 4),
+            "queue_position": self.queue_position if self.status == "queued" else None,
+            "created_at": iso_time(self.created_at), "started_at": iso_time(self.started_at),
+            "finished_at": iso_time(self.finished_at), "expires_at": iso_time(self.expires_at),
+            "outputs": list(self.outputs), "model": self.model, "metadata": self.metadata,
+            "timings_ms": {stage: round(ms, 1) for stage, ms in self.timings_ms.items()},
+            "error": self.error,
+            "results": {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs
+                        if name in self.results},
+        }
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A finished job's file: where it is, and the job it belongs to (for headers)."""
+
+    job: Job
+    format: str
+    path: Path
+
+
+def check_live(job: Job) -> None:
+    """`JobExpiredError` if the job's files are gone (time to live, or the size cap)."""
+    if job.expired is not None:
+        why = "was evicted to keep the job store under its size limit" if job.expired == "evicted" else \
+            "expired (SHARP_JOB_TTL_S)"
+        raise JobExpiredError(f"Job {job.id} {why}; its results are gone.")
+
+
+def check_result(job: Job, format_name: str) -> None:
+    """That `job` has a file for `format_name`: 404 if it was not asked for, 409 while unfinished or if it
+    did not succeed."""
+    if format_name not in job.outputs:
+        raise JobNotFoundError(f"Job {job.id} was not asked for {format_name} (its outputs: "
+                               f"{', '.join(job.outputs)}).", code="result_not_requested")
+    if job.status != "succeeded":
+        if job.final:
+            raise JobNotFinishedError(f"Job {job.id} {job.status}; it has no results.", code=f"job_{job.status}")
+        raise JobNotFinishedError(f"Job {job.id} is {job.status}; its results are not ready yet.", retry_after_s=1)
+
+
+# ---------------------------------------------------------------------------------------------- the queue
+
+
+class JobQueue(Protocol):
+    """What the HTTP routes need from a job queue (`app.jobs.local.LocalJobQueue`,
+    `app.jobs.modal.ModalJobQueue`)."""
+
+    async def start(self) -> None:
+        """Load the stored jobs (marking those that were queued or running as failed `interrupted`)."""
+
+    async def close(self) -> None:
+        """Stop the workers; unfinished jobs end as failed `interrupted`."""
+
+    async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
+                     options: dict[str, Any]) -> Job:
+        """Store a checked upload and queue it; `JobQueueFullError` when too many wait."""
+
+    async def get(self, job_id: str) -> Job:
+        """The job; `JobNotFoundError` (unknown or malformed id), `JobExpiredError`."""
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel an unfinished job (and delete its files); delete a finished one. Returns its last state."""
+
+    async def result(self, job_id: str, format_name: str) -> ResultFile:
+        """A succeeded job's file; `JobNotFinishedError` before, `JobNotFoundError` for an output it has not."""
+
+    def watch(self, job_id: str, keepalive_s: float) -> AsyncIterator[Job | None]:
+        """The job now, then again after every change until it is final; None after `keepalive_s` without one."""
+        ...

@@ -1,0 +1,311 @@
+"""Jobs run by this process: a FIFO of job ids and one worker task feeding the `InferenceService`.
+
+The worker takes the oldest queued job, reads its upload back from the `JobStore`, and runs
+`app.pipeline` through the service (decode on a worker thread, the forward pass on the service's one
+prediction thread, so jobs and synchronous requests take turns on the model), then encodes each
+requested output and writes it atomically. Progress comes from the predictor's callback (forward hooks,
+see `app.forward_progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
+second. A cancel sets a flag that the callback turns into an exception at the next block boundary.
+
+All job state is changed on the event loop; watchers (`watch`) wake on every change. The state files
+make finished jobs survive a restart; a job that was queued or running when the process stopped is
+`failed` with the error code `interrupted`, at shutdown or, after a crash, at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio.to_thread
+
+from app.errors import SharpError
+from app.forward_progress import ProgressCallback
+from app.imaging import ImageError
+from app.jobs import runner
+from app.jobs.base import (
+    Job,
+    JobCancelledError,
+    JobNotFoundError,
+    JobQueueFullError,
+    ResultFile,
+    check_job_id,
+    check_live,
+    check_result,
+    new_job_id,
+    overall_progress,
+)
+from app.jobs.store import JobStore
+from app.service import InferenceService, ModelFailedError, ModelLoadingError
+from app.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+PROGRESS_HZ = 10.0
+"""Progress updates published per second at most (stage changes are always published)."""
+MAX_RETRY_AFTER_S = 300
+"""The longest Retry-After a full queue suggests (the queue's expected duration, at most this)."""
+SWEEP_INTERVAL_S = 60.0
+"""How often expired jobs are looked for (also after every finished job)."""
+INTERRUPTED = SharpError("The server stopped before this job finished; submit it again.", code="interrupted",
+                         status=503)
+
+
+class LocalJobQueue:
+    """The `JobQueue` of one server process (see the module docstring)."""
+
+    def __init__(self, service: InferenceService, settings: Settings, store: JobStore | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.store = store or JobStore(settings.jobs_path, ttl_s=settings.job_ttl_s,
+                                       max_bytes=settings.jobs_max_bytes)
+        self._jobs: dict[str, Job] = {}
+        self._pending: deque[str] = deque()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._wakeup = asyncio.Event()
+        self._cancel_running: threading.Event | None = None
+        self._running: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        jobs = await anyio.to_thread.run_sync(self.store.load_all)
+        now = time.time()
+        for job in jobs:
+            if not job.final:
+                self._fail(job, INTERRUPTED, now)
+            self._jobs[job.id] = job
+        await self._sweep()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(), name="sharp-jobs-worker"),
+                       loop.create_task(self._sweep_periodically(), name="sharp-jobs-sweeper")]
+        LOGGER.info("Jobs: %d stored under %s", len(self._jobs), self.store.root)
+
+    async def close(self) -> None:
+        if self._cancel_running is not None:
+            self._cancel_running.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        now = time.time()
+        for job in self._jobs.values():
+            if not job.final:
+                self._fail(job, INTERRUPTED, now)
+                self._publish(job)
+        self._pending.clear()
+
+    # ---------------------------------------------------------------------------------------- the API
+
+    async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
+                     options: dict[str, Any]) -> Job:
+        if len(self._pending) >= self.settings.jobs_max_queued:
+            wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
+            raise JobQueueFullError(f"{len(self._pending)} jobs are queued (SHARP_JOBS_MAX_QUEUED); retry later.",
+                                    retry_after_s=max(1, min(wait, MAX_RETRY_AFTER_S)))
+        job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
+                  options=options, input_bytes=len(data))
+        await anyio.to_thread.run_sync(self._store_new, job, data)
+        self._jobs[job.id] = job
+        self._pending.append(job.id)
+        job.queue_position = len(self._pending) - 1
+        self._wakeup.set()
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        job = self._jobs.get(check_job_id(job_id))
+        if job is None:
+            raise JobNotFoundError(f"No job {job_id!r} (unknown, deleted, or expired long ago).")
+        if job.expired is None and job.expires_at is not None and time.time() >= job.expires_at:
+            await self._sweep()  # its time is up: expire it now rather than at the next periodic sweep
+        check_live(job)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.final:  # finished: delete it altogether
+            del self._jobs[job.id]
+            await anyio.to_thread.run_sync(self.store.remove, job.id)
+            self._publish(job)
+            return job
+        if job.id in self._pending:
+            self._pending.remove(job.id)
+            self._publish_queued()
+        elif job.id == self._running and self._cancel_running is not None:
+            self._cancel_running.set()  # the prediction stops at the next block boundary
+        job.finish("cancelled", time.time(), self.settings.job_ttl_s)
+        await anyio.to_thread.run_sync(self._delete_and_save, job)
+        self._publish(job)
+        return job
+
+    async def result(self, job_id: str, format_name: str) -> ResultFile:
+        job = await self.get(job_id)
+        check_result(job, format_name)
+        return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
+
+    async def watch(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+        job = await self.get(job_id)
+        while True:
+            changed = self._changed.setdefault(job.id, asyncio.Event())
+            yield job
+            if job.final or self._jobs.get(job.id) is not job:
+                return
+            while not changed.is_set():
+                try:
+                    await asyncio.wait_for(changed.wait(), keepalive_s)
+                except asyncio.TimeoutError:
+                    yield None
+
+    # -------------------------------------------------------------------------------------- the worker
+
+    async def _work(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if not await self._model_ready():
+                continue
+            job = self._jobs[self._pending.popleft()]
+            self._publish_queued()
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the worker must survive anything one job does
+                LOGGER.exception("Job %s crashed the worker step", job.id)
+            await self._sweep()
+
+    async def _model_ready(self) -> bool:
+        """Wait while the model loads; if it failed for good, fail the queued jobs (False)."""
+        while True:
+            try:
+                self.service.require_predictor()
+                return True
+            except ModelLoadingError:
+                await asyncio.sleep(0.1)
+            except ModelFailedError as error:
+                if error.retry_after_s is not None:
+                    await asyncio.sleep(0.5)
+                    continue
+                now = time.time()
+                while self._pending:
+                    job = self._jobs[self._pending.popleft()]
+                    self._fail(job, error, now)
+                    self._publish(job)
+                return False
+
+    async def _run(self, job: Job) -> None:
+        cancel = threading.Event()
+        self._running, self._cancel_running = job.id, cancel
+        job.status, job.started_at, job.stage, job.progress = "running", time.time(), "decode", 0.0
+        await anyio.to_thread.run_sync(self.store.save, job)
+        self._publish(job)
+        try:
+            await runner.execute(self.service, self.store, job, self._progress_callback(job, cancel))
+            if cancel.is_set():
+                raise JobCancelledError(job.id)
+        except JobCancelledError:
+            LOGGER.info("Job %s cancelled while running", job.id)
+        except (SharpError, ImageError) as error:
+            failure = error if isinstance(error, SharpError) else SharpError(str(error), code=error.code)
+            self._fail(job, failure, time.time())
+        except Exception as error:
+            LOGGER.exception("Job %s failed", job.id)
+            self._fail(job, SharpError(f"Internal error ({type(error).__name__}); see the server log.",
+                                       code="internal_error", status=500), time.time())
+        else:
+            if not cancel.is_set():
+                job.finish("succeeded", time.time(), self.settings.job_ttl_s)
+        finally:
+            self._running = self._cancel_running = None
+        if job.status == "cancelled" or job.id not in self._jobs:
+            await anyio.to_thread.run_sync(self.store.delete_files, job)
+            if job.id not in self._jobs:
+                await anyio.to_thread.run_sync(self.store.remove, job.id)
+            return
+        job.input_bytes = 0
+        await anyio.to_thread.run_sync(self._delete_input_and_save, job)
+        self._publish(job)
+
+    def _progress_callback(self, job: Job, cancel: threading.Event) -> ProgressCallback:
+        """Checks for a cancel and publishes progress (throttled) on the event loop, from any thread."""
+        loop = asyncio.get_running_loop()
+        last_sent = [0.0, ""]
+
+        def progress(stage: str, fraction: float) -> None:
+            if cancel.is_set():
+                raise JobCancelledError(job.id)
+            now = time.monotonic()
+            if stage != last_sent[1] or fraction >= 1.0 or now - last_sent[0] >= 1.0 / PROGRESS_HZ:
+                last_sent[:] = [now, stage]
+                loop.call_soon_threadsafe(self._set_progress, job, stage, fraction)
+
+        return progress
+
+    # ----------------------------------------------------------------------------------------- helpers
+
+    def _store_new(self, job: Job, data: bytes) -> None:
+        self.store.write_input(job.id, data)
+        self.store.save(job)
+
+    def _delete_and_save(self, job: Job) -> None:
+        self.store.delete_files(job)
+        self.store.save(job)
+
+    def _delete_input_and_save(self, job: Job) -> None:
+        (self.store.directory(job.id) / "input").unlink(missing_ok=True)
+        if job.status != "succeeded":
+            self.store.delete_files(job)
+        self.store.save(job)
+
+    def _fail(self, job: Job, error: SharpError, now: float) -> None:
+        job.finish("failed", now, self.settings.job_ttl_s, error)
+        try:
+            self.store.delete_files(job)
+            self.store.save(job)
+        except OSError:
+            LOGGER.exception("Could not record the failure of job %s", job.id)
+
+    def _set_progress(self, job: Job, stage: str, fraction: float) -> None:
+        if job.status != "running":
+            return
+        job.stage = stage
+        job.progress = max(job.progress, overall_progress(stage, fraction))
+        self._publish(job)
+
+    def _publish(self, job: Job) -> None:
+        """Wake everyone watching `job`."""
+        changed = self._changed.pop(job.id, None)
+        if changed is not None:
+            changed.set()
+
+    def _publish_queued(self) -> None:
+        for position, job_id in enumerate(self._pending):
+            job = self._jobs[job_id]
+            if job.queue_position != position:
+                job.queue_position = position
+                self._publish(job)
+
+    async def _sweep(self) -> None:
+        expired, removed = await anyio.to_thread.run_sync(self.store.sweep, list(self._jobs.values()), time.time())
+        for job in removed:
+            self._jobs.pop(job.id, None)
+        for job in [*expired, *removed]:
+            self._publish(job)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL_S, self.settings.job_ttl_s / 2))
+            try:
+                await self._sweep()
+            except Exception:
+                LOGGER.exception("Sweeping the jobs directory failed")

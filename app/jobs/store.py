@@ -1,0 +1,146 @@
+"""Jobs on disk: one directory per job under `SHARP_JOBS_DIR`, bounded in time and in size.
+
+    <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
+    <jobs dir>/<job id>/input              the upload, until the job has run
+    <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
+
+Every file is written atomically (`write_atomically`: a temporary file renamed into place), so a crash
+leaves either the old file or the new one, never half of one. Job ids are checked against
+`JOB_ID_PATTERN` before any path is built from them.
+
+Limits (`sweep`): a finished job's files are deleted `SHARP_JOB_TTL_S` after it finished; and when the
+stored files pass `SHARP_JOBS_MAX_BYTES`, the oldest finished jobs' files go first. Either way the
+state file stays behind (`expired` set), so that the job's URLs answer 410 rather than 404, for one
+more time to live; then the directory goes too.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+from app.formats import write_atomically
+from app.jobs.base import Job, check_job_id, result_name
+
+LOGGER = logging.getLogger(__name__)
+
+STATE_FILE = "job.json"
+INPUT_FILE = "input"
+
+
+class JobStore:
+    """The job directories under `root` (created on first use)."""
+
+    def __init__(self, root: Path, *, ttl_s: float, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+
+    def directory(self, job_id: str) -> Path:
+        return self.root / check_job_id(job_id)
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def save(self, job: Job) -> None:
+        directory = self.directory(job.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / STATE_FILE, [orjson.dumps(job.to_dict())])
+
+    def load(self, job_id: str) -> Job | None:
+        try:
+            return Job.from_dict(orjson.loads((self.directory(job_id) / STATE_FILE).read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def load_all(self) -> list[Job]:
+        """Every stored job, oldest first; unreadable directories are logged and skipped."""
+        jobs = []
+        if not self.root.is_dir():
+            return jobs
+        for directory in self.root.iterdir():
+            if not directory.is_dir() or directory.name.startswith("."):
+                continue
+            try:
+                job = self.load(directory.name)
+            except Exception as error:  # a foreign or damaged directory must not stop the server
+                LOGGER.warning("Ignoring %s in the jobs directory: %s", directory, error)
+                continue
+            if job is not None:
+                jobs.append(job)
+        return sorted(jobs, key=lambda job: job.created_at)
+
+    # ----------------------------------------------------------------------------------------- files
+
+    def write_input(self, job_id: str, data: bytes) -> None:
+        directory = self.directory(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / INPUT_FILE, [data])
+
+    def read_input(self, job_id: str) -> bytes:
+        return (self.directory(job_id) / INPUT_FILE).read_bytes()
+
+    def write_result(self, job_id: str, format_name: str, body: bytes) -> int:
+        write_atomically(self.result_path(job_id, format_name), [body])
+        return len(body)
+
+    def result_path(self, job_id: str, format_name: str) -> Path:
+        return self.directory(job_id) / result_name(format_name)
+
+    def delete_files(self, job: Job) -> None:
+        """The job's upload and results (its state file stays)."""
+        directory = self.directory(job.id)
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if path.name != STATE_FILE:
+                    path.unlink(missing_ok=True)
+        job.results, job.input_bytes = {}, 0
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.directory(job_id), ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------- limits
+
+    def sweep(self, jobs: Iterable[Job], now: float) -> tuple[list[Job], list[Job]]:
+        """Apply the time to live and the size cap to `jobs` (all of them, as the caller knows them).
+
+        Returns (jobs whose files were deleted, their state saved with `expired` set; jobs removed for
+        good, state file included). Unfinished jobs are never touched.
+        """
+        jobs = list(jobs)
+        expired, removed = [], []
+        for job in jobs:
+            if not job.final or job.expires_at is None:
+                continue
+            if job.expired is not None and now >= job.expires_at + self.ttl_s:
+                self.remove(job.id)
+                removed.append(job)
+            elif job.expired is None and now >= job.expires_at:
+                self._expire(job, "expired", now)
+                expired.append(job)
+        gone = {job.id for job in removed}
+        live = [job for job in jobs if job.id not in gone]
+        total = sum(stored_bytes(job) for job in live)
+        for job in sorted((j for j in live if j.final and stored_bytes(j)), key=lambda j: j.finished_at or 0):
+            if total <= self.max_bytes:
+                break
+            total -= stored_bytes(job)
+            LOGGER.info("Evicting the results of job %s (%d bytes) to stay under SHARP_JOBS_MAX_BYTES=%d",
+                        job.id, stored_bytes(job), self.max_bytes)
+            self._expire(job, "evicted", now)
+            expired.append(job)
+        return expired, removed
+
+    def _expire(self, job: Job, reason: str, now: float) -> None:
+        self.delete_files(job)
+        job.expired = reason
+        job.expires_at = min(job.expires_at or now, now)
+        self.save(job)
+
+
+def stored_bytes(job: Job) -> int:
+    """What a job's files take on disk (its results and its upload)."""
+    return sum(job.results.values()) + job.input_bytes

@@ -1,0 +1,242 @@
+"""Hostile files for `test_hostile.py`, built from scratch: truncated images, header-only decompression
+bombs, odd pixel modes, abused EXIF and polyglots. Each builder returns the bytes of one upload."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+BOMB_SIDE = 60_000
+"""Declared side of the header-only bombs: 3.6 gigapixels, under the 65,535 side limit of most formats."""
+
+
+def gradient(width: int = 64, height: int = 48) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x * 4) % 256, (y * 5) % 256, ((x + y) * 3) % 256], axis=2).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def save(img: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def truncated(fmt: str, keep: float = 0.5) -> bytes:
+    """A valid noisy image (it does not compress, so half the file is half the pixels) cut short."""
+    pixels = np.random.default_rng(1).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    if fmt == "GIF":
+        img = img.convert("P")
+    data = save(img, fmt)
+    return data[: int(len(data) * keep)]
+
+
+# --------------------------------------------------------------------------------- decompression bombs
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+def png_zlib_bomb() -> bytes:
+    """A real 2,000 x 2,500 PNG (5 Mpx, over the battery's 4 Mpx) of zeros: 15 MB of pixels in ~15 kB."""
+    ihdr = struct.pack(">IIBBBBB", 2000, 2500, 8, 2, 0, 0, 0)
+    raw = (b"\x00" + b"\x00" * 6000) * 2500
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+            + _png_chunk(b"IEND", b""))
+
+
+def gif_bomb() -> bytes:
+    screen = struct.pack("<HHBBB", 65_535, 65_535, 0, 0, 0)
+    frame = b"," + struct.pack("<HHHHB", 0, 0, 65_535, 65_535, 0)
+    return b"GIF89a" + screen + frame + b"\x02\x02\x4c\x01\x00;"
+
+
+def _tiff(entries: list[tuple[int, int, int]], payload: bytes = b"\x00" * 16) -> bytes:
+    """A little-endian TIFF with one IFD of (tag, type, value) entries (types 3 SHORT, 4 LONG); tag 273
+    (StripOffsets) is pointed at `payload`."""
+    count = len(entries) + 1
+    ifd_offset = 8
+    payload_offset = ifd_offset + 2 + 12 * count + 4
+    rows = sorted([*entries, (273, 4, payload_offset)])
+    ifd = struct.pack("<H", count) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in rows
+    ) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", ifd_offset) + ifd + payload
+
+
+def tiff_bomb() -> bytes:
+    return _tiff([(256, 4, BOMB_SIDE), (257, 4, BOMB_SIDE), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                  (277, 3, 1), (278, 4, BOMB_SIDE), (279, 4, 16)])
+
+
+def bmp_bomb() -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, BOMB_SIDE, BOMB_SIDE, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 64, 0, 0, 54) + info + b"\x00" * 64
+
+
+def jpeg_sof_bomb() -> bytes:
+    """A real small JPEG whose SOF0 frame header is patched to 60,000 x 60,000."""
+    data = bytearray(save(gradient(), "JPEG", quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", BOMB_SIDE, BOMB_SIDE)
+    return bytes(data)
+
+
+def webp_vp8x_bomb() -> bytes:
+    """An extended (VP8X) WebP whose canvas claims 16,384 x 16,384, wrapping a real 64 x 48 lossless frame."""
+    frame = save(gradient(), "WEBP", lossless=True)[12:]  # the VP8L chunk
+    side = 16_384 - 1
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + side.to_bytes(3, "little") * 2
+    body = b"WEBP" + vp8x + frame
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def webp_vp8l_bomb() -> bytes:
+    """A lossless WebP whose VP8L header is patched to 16,384 x 16,384 (its 14-bit maximum)."""
+    data = bytearray(save(gradient(), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L"
+    bits = int.from_bytes(data[21:25], "little")
+    bits = (bits & ~0x0FFF_FFFF) | (16_383) | (16_383 << 14)
+    data[21:25] = bits.to_bytes(4, "little")
+    return bytes(data)
+
+
+def psd_bomb() -> bytes:
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 30_000, 30_000, 8, 3)
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + b"\x00" * 64
+
+
+def ico_bomb() -> bytes:
+    """An ICO whose one entry is a PNG that claims 60,000 x 60,000."""
+    png = png_bomb()
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def tga_bomb() -> bytes:
+    return struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, 65_535, 65_535, 24, 0) + b"\x00" * 64
+
+
+def ppm_bomb() -> bytes:
+    return f"P6\n{BOMB_SIDE} {BOMB_SIDE}\n255\n".encode() + b"\x00" * 64
+
+
+def qoi_bomb() -> bytes:
+    return b"qoif" + struct.pack(">IIBB", BOMB_SIDE, BOMB_SIDE, 3, 0) + b"\x00" * 64
+
+
+def png_long_side() -> bytes:
+    """70,000 x 1: few pixels, but a side longer than any photo."""
+    return png_bomb(70_000, 1)
+
+
+# ------------------------------------------------------------------------------------------ odd modes
+
+
+def mode_image(kind: str) -> bytes:
+    """A small image in an unusual pixel mode or shape, saved in a format that keeps that mode."""
+    base = gradient()
+    if kind == "1bit":
+        return save(base.convert("1"), "PNG")
+    if kind == "I;16":
+        values = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)
+        return save(Image.fromarray(values), "PNG")
+    if kind == "F":
+        values = np.linspace(-5.0, 1e30, 48 * 64, dtype=np.float32).reshape(48, 64)
+        values[0, :4] = [np.nan, np.inf, -np.inf, 0.0]
+        return save(Image.fromarray(values, mode="F"), "TIFF")
+    if kind == "CMYK":
+        return save(base.convert("CMYK"), "JPEG")
+    if kind == "P+transparency":
+        palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        return save(palette, "PNG", transparency=0)
+    if kind == "LA":
+        return save(base.convert("LA"), "PNG")
+    if kind == "1x1":
+        return save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
+    if kind == "1x20000":
+        return save(gradient(1, 20_000), "PNG")
+    raise ValueError(kind)
+
+
+# ------------------------------------------------------------------------------------------------ EXIF
+
+
+def jpeg_with_exif(ifd0: dict[int, object] | None = None, exif_ifd: dict[int, object] | None = None,
+                   fmt: str = "JPEG") -> bytes:
+    img = gradient()
+    exif = img.getexif()
+    for tag, value in (ifd0 or {}).items():
+        exif[tag] = value
+    if exif_ifd:
+        sub = exif.get_ifd(0x8769)
+        sub.update(exif_ifd)
+    return save(img, fmt, exif=exif.tobytes())
+
+
+FOCAL_LENGTH, FOCAL_35MM, ORIENTATION, MAKER_NOTE, USER_COMMENT = 0x920A, 0xA405, 0x0112, 0x927C, 0x9286
+
+
+def exif_case(kind: str) -> bytes:
+    if kind == "focal-huge":
+        return jpeg_with_exif(exif_ifd={FOCAL_LENGTH: IFDRational(4_294_967_295, 1)})
+    if kind == "focal-zero":
+        return jpeg_with_exif(exif_ifd={FOCAL_LENGTH: IFDRational(0, 1), FOCAL_35MM: 0})
+    if kind == "focal-nan":
+        return jpeg_with_exif(exif_ifd={FOCAL_LENGTH: IFDRational(0, 0)})
+    if kind == "focal-negative":
+        return jpeg_with_exif(exif_ifd={FOCAL_LENGTH: IFDRational(-35, 1)})
+    if kind == "orientation-bogus":
+        return jpeg_with_exif(ifd0={ORIENTATION: 65_535})
+    if kind == "exif-enormous":
+        # 900 kB of EXIF in a PNG eXIf chunk (a JPEG APP1 segment cannot hold more than 64 kB).
+        return jpeg_with_exif(exif_ifd={MAKER_NOTE: b"\xaa" * 450_000, USER_COMMENT: b"\x00" * 450_000},
+                              fmt="PNG")
+    raise ValueError(kind)
+
+
+# ------------------------------------------------------------------------------------ polyglots and junk
+
+
+def zip_archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("evil.txt", "not an image")
+    return buffer.getvalue()
+
+
+HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script><img src=x onerror=alert(2)></body></html>"
+PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n" \
+      b"trailer<</Root 1 0 R>>\n%%EOF\n"
+SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="100000" height="100000">' \
+      b'<rect width="100%" height="100%"/><script>alert(1)</script></svg>'
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+def gifar() -> bytes:
+    """A valid GIF with a ZIP archive appended (the classic GIF/JAR polyglot): an image, so it is served."""
+    return save(gradient().convert("P"), "GIF") + zip_archive()
+
+
+def random_bytes(n: int = 4096, seed: int = 7) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+    return b"\x00" + data  # no format's magic starts with NUL followed by random bytes
+
+
+def jpeg_magic_then_garbage() -> bytes:
+    return b"\xff\xd8\xff\xe0" + random_bytes(2048)[1:]
