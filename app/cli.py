@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from app import __version__
+from app.render.cli import add_render_parser, run_render
 from app.settings import Settings
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default SHARP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default SHARP_PORT or 8000)")
     serve.add_argument("--preset", default=None, choices=["sharp", "tiny"])
+    add_render_parser(commands)
     return parser
 
 
@@ -127,4 +129,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "predict":
         return run_predict(args)
+    if args.command == "render":
+        return run_render(args)
     return run_serve(args)

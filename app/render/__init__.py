@@ -1,8 +1,43 @@
-"""Render Gaussian-splat scenes to images, depth maps and short videos, in plain PyTorch (see renderer.py)."""
+"""Render Gaussian-splat scenes to images, depth maps and short videos, in plain PyTorch (CPU, CUDA, MPS).
 
-from app.render.camera import Camera, camera_path, input_camera, look_at
-from app.render.errors import RenderError
-from app.render.renderer import prepare_scene, render, render_frames, to_uint8
+Public API (imported lazily, so that ``import app.render.cli`` stays light)::
 
-__all__ = ["Camera", "RenderError", "camera_path", "input_camera", "look_at", "prepare_scene", "render",
-           "render_frames", "to_uint8"]
+    from app.render import load_scene, prepare_scene, input_camera, camera_path, render, render_frames
+    scene = load_scene("scene.ply")                       # or bytes; .ply, .splat, .spz
+    gaussians = prepare_scene(scene, device="auto")      # validate + upload once
+    frame = render(gaussians, input_camera(scene, (512, 512)))   # RenderOutput(color, depth, alpha)
+    mp4 = encode_mp4(render_frames(gaussians, camera_path(scene, "orbit", 60, (512, 512))))
+
+Every bad input raises `RenderError` (a ValueError with a ``code``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Camera": "app.render.camera",
+    "camera_path": "app.render.camera",
+    "input_camera": "app.render.camera",
+    "look_at": "app.render.camera",
+    "RenderError": "app.render.errors",
+    "RenderOutput": "app.render.rasterizer",
+    "prepare_scene": "app.render.renderer",
+    "render": "app.render.renderer",
+    "render_frames": "app.render.renderer",
+    "to_uint8": "app.render.renderer",
+    "load_scene": "app.render.scene_io",
+    "depth_to_gray": "app.render.video",
+    "encode_gif": "app.render.video",
+    "encode_image": "app.render.video",
+    "encode_mp4": "app.render.video",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'app.render' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
