@@ -53,15 +53,15 @@ class GaussianTensors:
     """A scene on a device, ready to project (all float32).
 
     Attributes:
-        means: (N, 3) centres, world metres.
-        covariances: (N, 6) world covariances Σ = R S Sᵀ Rᵀ as (xx, xy, xz, yy, yz, zz), metres².
-        opacities: (N,) in [0, 1].
+        means: (3, N) centres, world metres (one row per axis: column-wise maths stays contiguous).
+        covariances: (6, N) world covariances Σ = R S Sᵀ Rᵀ as rows (xx, xy, xz, yy, yz, zz), metres².
+        log_opacities: (N,) ln(opacity), -inf for opacity 0.
         colors: (N, 3) display colours (sRGB) in [0, 1].
     """
 
     means: torch.Tensor
     covariances: torch.Tensor
-    opacities: torch.Tensor
+    log_opacities: torch.Tensor
     colors: torch.Tensor
 
     @property
@@ -70,7 +70,7 @@ class GaussianTensors:
 
     @property
     def num_gaussians(self) -> int:
-        return int(self.means.shape[0])
+        return int(self.means.shape[1])
 
 
 # Columns of `ProjectedGaussians.params`.
@@ -130,11 +130,11 @@ _UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 def covariances_from(scales: torch.Tensor, quaternions: torch.Tensor) -> torch.Tensor:
-    """(N, 6) Σ = R S Sᵀ Rᵀ as (xx, xy, xz, yy, yz, zz) from (N, 3) standard deviations (metres) and (N, 4)
+    """(6, N) Σ = R S Sᵀ Rᵀ as rows (xx, xy, xz, yy, yz, zz) from (N, 3) standard deviations (metres) and (N, 4)
     quaternions (w, x, y, z)."""
     rs = quaternion_to_matrix(quaternions) * scales[:, None, :]
     full = rs @ rs.transpose(1, 2)
-    return torch.stack([full[:, i, j] for i, j in _UPPER], dim=1)
+    return torch.stack([full[:, i, j] for i, j in _UPPER], dim=0)
 
 
 def _rotate_covariance_matrix(rotation: np.ndarray) -> np.ndarray:
@@ -164,11 +164,11 @@ def project(gaussians: GaussianTensors, camera: Camera, near: float = NEAR_PLANE
     """
     device = gaussians.device
     f32 = {"dtype": torch.float32, "device": device}
-    rotation = torch.as_tensor(camera.rotation, **f32)
-    cam = torch.addmm(torch.as_tensor(camera.translation, **f32), gaussians.means, rotation.T)
-    x, y, z = cam.unbind(1)
-    s00, s01, s02, s11, s12, s22 = (gaussians.covariances @ torch.as_tensor(
-        _rotate_covariance_matrix(camera.rotation), **f32)).unbind(1)
+    cam = torch.as_tensor(camera.rotation, **f32) @ gaussians.means
+    cam += torch.as_tensor(camera.translation, **f32)[:, None]
+    x, y, z = cam.unbind(0)
+    s00, s01, s02, s11, s12, s22 = torch.as_tensor(_rotate_covariance_matrix(camera.rotation).T, **f32) @ (
+        gaussians.covariances)
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
     width, height = camera.width, camera.height
 
@@ -185,8 +185,7 @@ def project(gaussians: GaussianTensors, camera: Camera, near: float = NEAR_PLANE
     det = a * c - b * b
     mean_x = fx * ratio_x + cx
     mean_y = fy * ratio_y + cy
-    opacity = gaussians.opacities
-    log_opacity = torch.log(opacity)
+    log_opacity = gaussians.log_opacities
     k2 = 2.0 * (log_opacity + math.log(255.0))
     # Exact box of the alpha >= 1/255 ellipse, widened by a hair so rounding never drops a pixel.
     extent_x = (k2 * a).clamp_min(0.0).sqrt() * 1.0001 + 1e-3
@@ -195,15 +194,19 @@ def project(gaussians: GaussianTensors, camera: Camera, near: float = NEAR_PLANE
     x1 = torch.floor((mean_x + extent_x - 0.5).clamp(-1.0, width)).clamp_max(width - 1.0)
     y0 = torch.ceil((mean_y - extent_y - 0.5).clamp(-1.0, height)).clamp_min(0.0)
     y1 = torch.floor((mean_y + extent_y - 0.5).clamp(-1.0, height)).clamp_max(height - 1.0)
-    visible = in_front & (opacity >= ALPHA_MIN) & (det > 0) & (x0 <= x1) & (y0 <= y1)
+    visible = in_front & (k2 >= 0) & (det > 0) & (x0 <= x1) & (y0 <= y1)
     visible &= torch.isfinite(mean_x) & torch.isfinite(mean_y) & torch.isfinite(det)
 
     # Depth order of the visible ones: the rest get the largest key and are cut off after the sort.
     key = torch.where(visible, _float_key(z), torch.iinfo(torch.int32).max)
     order = torch.sort(key, stable=True).indices[:int(visible.sum())]
     inv_det = 1.0 / det
-    table = torch.stack([mean_x, mean_y, c * inv_det, -b * inv_det, a * inv_det, log_opacity,
-                         *gaussians.colors.unbind(1), z, torch.ones_like(z), x0, x1, y0, y1], dim=1)
-    table = table.index_select(0, order)
-    return ProjectedGaussians(params=table[:, :-_BOX_COLUMNS].contiguous(),
-                              boxes=table[:, -_BOX_COLUMNS:].long(), width=width, height=height)
+    columns = [mean_x, mean_y, c * inv_det, -b * inv_det, a * inv_det, log_opacity]
+    params = torch.empty(order.numel(), 11, **f32)
+    for i, column in enumerate(columns):
+        params[:, i] = column.index_select(0, order)
+    params[:, RED:BLUE + 1] = gaussians.colors.index_select(0, order)
+    params[:, DEPTH] = z.index_select(0, order)
+    params[:, ONE] = 1.0
+    boxes = torch.stack([x0, x1, y0, y1], dim=0).index_select(1, order).T.long()
+    return ProjectedGaussians(params=params, boxes=boxes, width=width, height=height)

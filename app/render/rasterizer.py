@@ -80,12 +80,32 @@ class RenderOutput:
     alpha: torch.Tensor
 
 
-def _tile_lists(projected: ProjectedGaussians, tile_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Gaussian index per pair sorted by (tile, depth), start and count of each tile's run), int64."""
-    tiles_x = -(-projected.width // tile_size)
-    tiles_y = -(-projected.height // tile_size)
-    device = projected.depths.device
-    boxes = projected.boxes // tile_size
+@dataclass(frozen=True)
+class TileLists:
+    """Every (tile, Gaussian) pair, sorted by tile, then depth; P pairs.
+
+    Attributes:
+        gaussians: (P,) int64 index of each pair's Gaussian in the projected (depth-sorted) arrays.
+        starts, counts: (tiles,) int64 first pair and number of pairs of each tile (row-major tile order).
+    """
+
+    gaussians: torch.Tensor
+    starts: torch.Tensor
+    counts: torch.Tensor
+
+
+def tile_lists(projected: ProjectedGaussians, tile_size: int) -> TileLists:
+    """Pair every visible Gaussian with the tiles its support box overlaps; sort the pairs by (tile, depth).
+
+    The Gaussians are already depth-sorted, so one stable sort of the int32 tile ids orders the pairs.
+
+    Raises:
+        RenderError: ``too_large`` beyond `MAX_PAIRS` pairs.
+    """
+    s = tile_size
+    tiles_x, tiles_y = -(-projected.width // s), -(-projected.height // s)
+    device = projected.params.device
+    boxes = projected.boxes // s
     span_x = boxes[:, 1] - boxes[:, 0] + 1
     counts = span_x * (boxes[:, 3] - boxes[:, 2] + 1)
     total = int(counts.sum()) if counts.numel() else 0
@@ -94,13 +114,16 @@ def _tile_lists(projected: ProjectedGaussians, tile_size: int) -> tuple[torch.Te
                                        "too many large Gaussians for this image size")
     gaussian = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
     first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=device) - first[gaussian]
-    sx = span_x[gaussian]
-    tile = (boxes[gaussian, 2] + local // sx) * tiles_x + boxes[gaussian, 0] + local % sx
-    tile_sorted, order = torch.sort(tile.to(torch.int32), stable=True)
-    tile_counts = torch.bincount(tile_sorted.long(), minlength=tiles_x * tiles_y)
-    tile_starts = torch.cumsum(tile_counts, 0) - tile_counts
-    return gaussian[order], tile_starts, tile_counts
+    per_gaussian = torch.stack([first, span_x, boxes[:, 0], boxes[:, 2]], dim=1).to(torch.int32)
+    first_p, span_p, x0_p, y0_p = per_gaussian.index_select(0, gaussian).unbind(1)
+    local = torch.arange(total, device=device, dtype=torch.int32) - first_p
+    row = torch.div(local, span_p, rounding_mode="floor")
+    tile = (y0_p + row) * tiles_x + x0_p + (local - row * span_p)
+    tile_sorted, order = torch.sort(tile, stable=True)
+    counts_per_tile = torch.bincount(tile_sorted, minlength=tiles_x * tiles_y)
+
+    starts = torch.cumsum(counts_per_tile, 0) - counts_per_tile
+    return TileLists(gaussians=gaussian.index_select(0, order), starts=starts, counts=counts_per_tile)
 
 
 def _below(value: float) -> float:
@@ -124,8 +147,7 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
     width, height, s = projected.width, projected.height, tile_size
     tiles_x, tiles_y = -(-width // s), -(-height // s)
     num_tiles, pixels = tiles_x * tiles_y, s * s
-    gaussian_of_pair, tile_starts, tile_counts = _tile_lists(projected, s)
-    params = projected.params
+    lists = tile_lists(projected, s)
 
     v, u = torch.meshgrid(torch.arange(s, device=device, dtype=torch.float32) + 0.5,
                           torch.arange(s, device=device, dtype=torch.float32) + 0.5, indexing="ij")
@@ -133,9 +155,9 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
     features = torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)])  # (6, P)
     # Tiles in order of decreasing list length: the tiles with entries left at any pass are then a prefix, and
     # every per-tile array below is sliced, never gathered or scattered.
-    tile_order = torch.argsort(tile_counts, descending=True, stable=True)
-    counts = tile_counts.index_select(0, tile_order)
-    starts = tile_starts.index_select(0, tile_order)
+    tile_order = torch.argsort(lists.counts, descending=True, stable=True)
+    counts = lists.counts.index_select(0, tile_order)
+    starts = lists.starts.index_select(0, tile_order)
     origin = torch.stack([(tile_order % tiles_x) * s, (tile_order // tiles_x) * s], dim=1).float()  # (tiles, 2)
 
     # Transmittance carried between passes (the full product, see the module docstring); pixels of the padded
@@ -147,7 +169,8 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
     k = pass_size
     slot = torch.arange(k, device=device)
     chunk = max(1, max_elements // (k * pixels))
-    total_pairs = gaussian_of_pair.numel()
+    total_pairs = lists.gaussians.numel()
+    params = projected.params
     alpha_floor, t_floor = _below(ALPHA_MIN), _below(T_MIN)
     # Host copies of the list lengths and of which tiles have stopped everywhere, to plan the passes.
     host_counts = counts.cpu()
@@ -164,16 +187,18 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
             rows_t = slice(first, last)
             pair = starts[rows_t, None] + start + slot  # (C, K)
             valid = (start + slot) < counts[rows_t, None]
-            g = gaussian_of_pair.index_select(0, pair.clamp_max(total_pairs - 1).reshape(-1))
+            g = lists.gaussians.index_select(0, pair.clamp_max(total_pairs - 1).reshape(-1))
             rows = params.index_select(0, g).view(last - first, k, -1)  # (C, K, 11)
             local = rows[..., MEAN_X:MEAN_Y + 1] - origin[rows_t, None, :]
             mx, my = local.unbind(2)
             a, b, c = rows[..., CONIC_A], rows[..., CONIC_B], rows[..., CONIC_C]
+            # -½ (A (u-mx)² + 2B (u-mx)(v-my) + C (v-my)²) + ln o, expanded in u and v
             lin_x = a * mx + b * my
             lin_y = b * mx + c * my
             const = rows[..., LOG_OPACITY] - 0.5 * (mx * lin_x + my * lin_y)
-            const = torch.where(valid, const, -math.inf)
+            const.masked_fill_(~valid, -math.inf)  # padding slots: alpha 0
             coeffs = torch.stack([-0.5 * a, -b, -0.5 * c, lin_x, lin_y, const], dim=2)  # (C, K, 6)
+            values = rows[..., RED:ONE + 1]
             # alpha = min(0.99, o exp(-½ dᵀ Σ⁻¹ d)), zeroed below 1/255; (C, K, P)
             alpha = torch.nn.functional.threshold_((coeffs @ features).exp_().clamp_max_(ALPHA_MAX), alpha_floor, 0.0)
             one_minus = torch.rsub(alpha, 1.0)
@@ -181,7 +206,7 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
             carried[rows_t] = after[:, -1, :]
             # w = alpha T_before = alpha T_after / (1 - alpha), where T_after >= 1e-4 (else the pixel has stopped)
             weight = torch.nn.functional.threshold_(after, t_floor, 0.0).div_(one_minus).mul_(alpha)
-            accum[rows_t] += weight.transpose(1, 2) @ rows[..., RED:ONE + 1]
+            accum[rows_t] += weight.transpose(1, 2) @ values
         done = (carried < T_MIN).all(1).cpu()
         start += k
 

@@ -76,10 +76,12 @@ def prepare_scene(scene: GaussianScene, device: str | torch.device = "cpu") -> G
     def tensor(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(values, dtype=np.float32), device=target)
 
+    with np.errstate(divide="ignore"):
+        log_opacities = np.log(np.asarray(scene.opacities, dtype=np.float32))
     return GaussianTensors(
-        means=tensor(scene.positions),
+        means=tensor(np.asarray(scene.positions).T),
         covariances=covariances_from(tensor(scene.scales), tensor(scene.rotations)),
-        opacities=tensor(scene.opacities),
+        log_opacities=tensor(log_opacities),
         colors=tensor(np.clip(scene.colors_srgb(), 0.0, 1.0)),
     )
 
