@@ -98,9 +98,10 @@ def test_matches_per_pixel_reference(seed: int) -> None:
     out = render(scene, camera, background=background, tile_size=8, pass_size=4)
     color, depth, alpha = (t.numpy().astype(np.float64) for t in (out.color, out.depth, out.alpha))
     assert ref_alpha.max() > 0.5  # the scene is visible
-    assert psnr(color, ref_color) >= 45
-    assert psnr(alpha, ref_alpha) >= 45
-    assert psnr(depth * alpha, ref_depth, peak=5.0) >= 45
+    # >= 45 dB is the requirement; measured 125-137 dB (float32 rounding only), so hold it to 80 dB.
+    assert psnr(color, ref_color) >= 80
+    assert psnr(alpha, ref_alpha) >= 80
+    assert psnr(depth * alpha, ref_depth, peak=5.0) >= 80
     covered = ref_alpha > 0.5
     np.testing.assert_allclose(depth[covered], ref_depth[covered] / ref_alpha[covered], rtol=1e-3)
 
@@ -276,8 +277,12 @@ def test_cli_png_and_mp4(tmp_path: Path) -> None:
     assert image.size == (80, 60) and image.mode == "RGB"
     assert main(["render", str(path), "-o", str(tmp_path / "depth.png"), "--depth"]) == 0
     assert Image.open(tmp_path / "depth.png").size == (64, 48)
-    result = run_cli(str(path), "-o", str(tmp_path / "out.mp4"), "--frames", "9", "--path", "swipe", "--size", "64")
-    assert result.returncode == 0, result.stderr
+    assert main(["render", str(path), "-o", str(tmp_path / "view.jpg"), "--size", "32", "--f-px", "20"]) == 0
+    assert Image.open(tmp_path / "view.jpg").size == (32, 24)
+    assert main(["render", str(path), "-o", str(tmp_path / "loop.gif"), "--frames", "3", "--path", "orbit"]) == 0
+    assert Image.open(tmp_path / "loop.gif").n_frames == 3
+    assert main(["render", str(path), "-o", str(tmp_path / "out.mp4"), "--frames", "9", "--path", "swipe",
+                 "--size", "64"]) == 0
     with av.open(str(tmp_path / "out.mp4")) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 9 and (frames[0].width, frames[0].height) == (64, 48)

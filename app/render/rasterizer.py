@@ -164,7 +164,7 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
     # tile grid outside the image start at 0, i.e. finished.
     inside = ((origin[:, :1] + u) < width) & ((origin[:, 1:] + v) < height)
     carried = inside.float()
-    accum = torch.zeros(num_tiles, pixels, 5, device=device)  # Σ w (r, g, b, z, 1)
+    accum = torch.zeros(num_tiles, 5, pixels, device=device)  # Σ w (r, g, b, z, 1)
 
     k = pass_size
     slot = torch.arange(k, device=device)
@@ -198,7 +198,7 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
             const = rows[..., LOG_OPACITY] - 0.5 * (mx * lin_x + my * lin_y)
             const.masked_fill_(~valid, -math.inf)  # padding slots: alpha 0
             coeffs = torch.stack([-0.5 * a, -b, -0.5 * c, lin_x, lin_y, const], dim=2)  # (C, K, 6)
-            values = rows[..., RED:ONE + 1]
+            values = rows[..., RED:ONE + 1].contiguous()  # (C, K, 5); contiguous for a fast batched product
             # alpha = min(0.99, o exp(-½ dᵀ Σ⁻¹ d)), zeroed below 1/255; (C, K, P)
             alpha = torch.nn.functional.threshold_((coeffs @ features).exp_().clamp_max_(ALPHA_MAX), alpha_floor, 0.0)
             one_minus = torch.rsub(alpha, 1.0)
@@ -206,12 +206,12 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
             carried[rows_t] = after[:, -1, :]
             # w = alpha T_before = alpha T_after / (1 - alpha), where T_after >= 1e-4 (else the pixel has stopped)
             weight = torch.nn.functional.threshold_(after, t_floor, 0.0).div_(one_minus).mul_(alpha)
-            accum[rows_t] += weight.transpose(1, 2) @ values
+            accum[rows_t] += values.transpose(1, 2) @ weight
         done = (carried < T_MIN).all(1).cpu()
         start += k
 
     accum = accum.index_select(0, torch.argsort(tile_order))
-    image = accum.reshape(tiles_y, tiles_x, s, s, 5).permute(0, 2, 1, 3, 4).reshape(tiles_y * s, tiles_x * s, 5)
+    image = accum.reshape(tiles_y, tiles_x, 5, s, s).permute(0, 3, 1, 4, 2).reshape(tiles_y * s, tiles_x * s, 5)
     image = image[:height, :width]
     alpha_sum = image[..., 4].clamp(0.0, 1.0)
     color = image[..., :3] + (1.0 - alpha_sum)[..., None] * torch.tensor(background, dtype=torch.float32,

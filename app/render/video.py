@@ -86,7 +86,10 @@ def _write_mp4(frames: Iterable[np.ndarray], path: str, fps: int, crf: int, av: 
 
 
 def encode_gif(frames: Iterable[np.ndarray], fps: int = 15) -> bytes:
-    """A looping GIF of (H, W, 3) uint8 frames (256-colour palette per frame, Pillow's quantiser)."""
+    """A looping GIF of (H, W, 3) uint8 frames (256-colour palette per frame, Pillow's quantiser).
+
+    Pillow merges identical consecutive frames into one longer frame, so a GIF may hold fewer frames.
+    """
     images = [Image.fromarray(_check_frame(frame)) for frame in frames]
     if not images:
         raise RenderError("bad_frames", "no frames to encode")
