@@ -363,3 +363,21 @@ def test_bad_input_raises_render_error() -> None:
             load_scene(data, name=name)
         assert error.value.code in ("not_a_splat", "unsupported_format")
     assert isinstance(error.value, ValueError)
+
+
+def test_one_call_outputs_for_the_http_layer() -> None:
+    from PIL import Image
+
+    from app.render import output_size, render_still, render_video
+
+    scene = red_top_blue_bottom(40, 30)
+    png = Image.open(io.BytesIO(render_still(scene, size=24, background=(1, 1, 1))))
+    assert png.size == (24, 18) and png.getpixel((12, 2)) == (255, 0, 0)
+    assert output_size(scene, None) == (40, 30)
+    for kwargs, code in [({"fps": 0}, "bad_option"), ({"fmt": "avi"}, "unsupported_format"),
+                         ({"size": (41, 30)}, "bad_size"), ({"frames": 1000}, "bad_frames"),
+                         ({"background": (0, 0, 9)}, "bad_option")]:
+        with pytest.raises(RenderError) as error:
+            render_video(scene, **kwargs)
+        assert error.value.code == code
+    assert render_video(scene, frames=2, size=(40, 30), fmt="gif").startswith(b"GIF89a")

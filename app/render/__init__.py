@@ -7,6 +7,7 @@ Public API (imported lazily, so that ``import app.render.cli`` stays light)::
     gaussians = prepare_scene(scene, device="auto")      # validate + upload once
     frame = render(gaussians, input_camera(scene, (512, 512)))   # RenderOutput(color, depth, alpha)
     mp4 = encode_mp4(render_frames(gaussians, camera_path(scene, "orbit", 60, (512, 512))))
+    png = render_still(scene, size=(512, 512)); mp4 = render_video(scene, path="orbit", frames=60)   # one call
 
 Every bad input raises `RenderError` (a ValueError with a ``code``).
 """
@@ -28,6 +29,9 @@ _EXPORTS = {
     "render_frames": "app.render.renderer",
     "to_uint8": "app.render.renderer",
     "load_scene": "app.render.scene_io",
+    "output_size": "app.render.outputs",
+    "render_still": "app.render.outputs",
+    "render_video": "app.render.outputs",
     "depth_to_gray": "app.render.video",
     "encode_gif": "app.render.video",
     "encode_image": "app.render.video",

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from app.render.errors import RenderError
 
-DEFAULT_LONGEST_SIDE = 1024
-"""Without --size, the output keeps the scene's image size, scaled down to at most this on its longer side."""
 DEFAULT_FRAMES = 60
 
 
@@ -49,8 +47,8 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                         help="focal length in pixels of the output image (default: the file's camera, scaled; "
                              "files without one: a 30 mm lens)")
     parser.add_argument("--size", default=None,
-                        help=f"output WxH, or N for the longer side (default: the scene's size, at most "
-                             f"{DEFAULT_LONGEST_SIDE} px)")
+                        help="output WxH, or N for the longer side (default: the scene's size, at most "
+                             "1024 px)")
     parser.add_argument("--path", default="orbit", choices=["orbit", "swipe", "dolly", "zoom"],
                         help="camera path of a video (default orbit)")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"video frames (default {DEFAULT_FRAMES})")
@@ -59,22 +57,6 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--background", default="black", help="black, white, gray or #rrggbb (default black)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     return parser
-
-
-def _output_size(scene_size: tuple[int, int], requested: tuple[int, int] | int | None,
-                 even: bool) -> tuple[int, int]:
-    from app.render.camera import check_size, scaled_size
-
-    width, height = scene_size
-    if isinstance(requested, tuple):
-        size = requested
-    else:
-        longest = requested if requested is not None else min(DEFAULT_LONGEST_SIDE, max(width, height))
-        size = scaled_size(width, height, longest)
-    check_size(*size)
-    if even and (size[0] % 2 or size[1] % 2):
-        raise RenderError("bad_size", f"videos need an even width and height, got {size[0]}x{size[1]}")
-    return size
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -90,43 +72,29 @@ def run_render(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from app.formats.files import write_atomically
-    from app.render.camera import camera_path, input_camera
-    from app.render.renderer import prepare_scene, render, render_frames, to_uint8
-    from app.render.scene_io import load_scene, with_camera
-    from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS, depth_to_gray, encode_gif, encode_image, encode_mp4
+    from app.render.outputs import output_size, render_still, render_video
+    from app.render.scene_io import load_scene
+    from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS
 
     fmt = args.output.suffix.lower().lstrip(".")
     if fmt not in IMAGE_FORMATS + VIDEO_FORMATS:
         raise RenderError("unsupported_format", f"output must end in .png, .jpg, .mp4 or .gif, got {args.output}")
     if fmt in VIDEO_FORMATS and args.depth:
         raise RenderError("bad_option", "--depth is for still images (.png, .jpg)")
-    if not 1 <= args.fps <= 120:
-        raise RenderError("bad_option", f"--fps must be from 1 to 120, got {args.fps}")
-    background = parse_color(args.background)
-    requested = parse_size(args.size) if args.size is not None else None
+    options = {"size": parse_size(args.size) if args.size is not None else None,
+               "background": parse_color(args.background), "f_px": args.f_px, "device": args.device, "fmt": fmt}
 
     start = time.perf_counter()
     scene = load_scene(args.scene)
-    size = _output_size((scene.image_width, scene.image_height), requested, even=fmt == "mp4")
-    if args.f_px is not None:
-        scene = with_camera(scene, f_px=args.f_px, size=size)
-    gaussians = prepare_scene(scene, args.device)
     loaded = time.perf_counter()
     if fmt in IMAGE_FORMATS:
-        frame = render(gaussians, input_camera(scene, size), background=background)
-        if args.depth:
-            pixels = depth_to_gray(frame.depth.cpu().numpy(), frame.alpha.cpu().numpy())
-        else:
-            pixels = to_uint8(frame.color)
-        data = encode_image(pixels, fmt)
+        data = render_still(scene, depth=args.depth, **options)
         count = 1
     else:
-        cameras = camera_path(scene, args.path, args.frames, size)
-        frames = render_frames(gaussians, cameras, background=background)
-        data = encode_mp4(frames, fps=args.fps) if fmt == "mp4" else encode_gif(frames, fps=args.fps)
-        count = len(cameras)
+        data = render_video(scene, path=args.path, frames=args.frames, fps=args.fps, **options)
+        count = args.frames
     write_atomically(args.output, [data])
-    elapsed = time.perf_counter() - loaded
-    print(f"{args.scene.name}: {scene.num_gaussians:,} Gaussians, {size[0]}x{size[1]} px, {count} frame(s) on "
-          f"{gaussians.device} in {elapsed:.2f}s (load {loaded - start:.2f}s) -> {args.output} ({len(data):,} bytes)")
+    width, height = output_size(scene, options["size"])
+    print(f"{args.scene.name}: {scene.num_gaussians:,} Gaussians, {width}x{height} px, {count} frame(s) in "
+          f"{time.perf_counter() - loaded:.2f}s (load {loaded - start:.2f}s) -> {args.output} ({len(data):,} bytes)")
     return 0

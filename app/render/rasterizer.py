@@ -24,12 +24,17 @@ Implementation, without any per-Gaussian or per-pixel Python loop:
 1. every visible Gaussian (already depth-sorted by `app.render.projection.project`) is paired with each
    ``tile_size x tile_size`` tile its support box overlaps; one stable sort of the int32 tile ids (the pairs are
    generated in depth order) gives each tile its depth-sorted list;
-2. passes of K list entries per tile: for all unfinished tiles at once (in chunks of at most ``max_elements``
-   (tile, K, pixel) values) the K Gaussians' exponents at the tile's pixels come from one matrix product: in
-   tile-local pixel coordinates (u, v) the exponent is a quadratic form ``[u², uv, v², u, v, 1] · coeffs``;
-3. ``ln T`` is the running sum of ``ln(1 - alpha)`` (a cumulative sum along K plus the value carried from the
-   previous pass), weights and the stopping mask follow elementwise, and one batched product accumulates
-   colour, depth and alpha; tiles whose every pixel has stopped drop out of later passes.
+2. tiles are ordered by decreasing list length, so the tiles with entries left are always a prefix; passes of K
+   list entries per tile then handle all those tiles at once (in chunks of at most ``max_elements``
+   (tile, K, pixel) values): the K Gaussians' exponents at the tile's pixels come from one matrix product, since
+   in tile-local pixel coordinates (u, v) the exponent is a quadratic form ``[u², uv, v², u, v, 1] · coeffs``;
+3. T after each Gaussian is a cumulative product of ``1 - alpha`` along K times the T carried from the previous
+   pass (float32 products: no cancellation); the weights ``alpha T_after / (1 - alpha)`` and the stopping mask
+   follow elementwise, and one batched matrix product accumulates colour, depth and alpha. A chunk whose tiles
+   have stopped at every pixel is skipped.
+
+Defaults (4 x 4 tiles, K = 32) were the fastest on a 2-core CPU for a full-size SHARP scene at 512 x 512, whose
+Gaussians cover about 5 x 5 pixels each there; they change speed and memory only, never the image (tested).
 """
 
 from __future__ import annotations
