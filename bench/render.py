@@ -15,6 +15,7 @@ shapes and counts (colours follow the photo; the geometry is not a trained predi
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -34,6 +35,14 @@ from app.render import camera_path, depth_to_gray, encode_gif, encode_image, inp
 from app.render.camera import scaled_size
 from app.render.renderer import render_frames, to_uint8
 from bench.common import CONFORMANCE_DIR
+
+# A fresh process's own peak RSS (VmHWM; ru_maxrss would include the forked parent's pages).
+_CLI_PEAK = """
+import sys
+from app.cli import main
+assert main(["render", sys.argv[1], "-o", sys.argv[2], "--size", sys.argv[3], "--device", "cpu"]) == 0
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
+"""
 
 
 def time_renders(gaussians, camera, repeats: int) -> list[float]:
@@ -68,7 +77,8 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=None, help="write the README pictures into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    load_start = os.getloadavg()[0]
+    print(f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, load average {load_start:.1f}")
 
     predictor = SharpPredictor.load("sharp", synthetic=True, device="cpu")
     prediction = predictor.predict(load_image(args.image))
@@ -95,11 +105,13 @@ def main() -> None:
     print(f"peak_rss_gib: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f}  (network included)")
     with tempfile.TemporaryDirectory() as folder:
         write_file("ply", scene, Path(folder) / "scene.ply")
-        command = [sys.executable, "-m", "app", "render", str(Path(folder) / "scene.ply"), "-o",
-                   str(Path(folder) / "frame.png"), "--size", f"{args.size}x{args.size}", "--device", "cpu"]
-        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True)
-    print(f"render_cli_peak_rss_gib: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2:.2f}  "
-          "(python -m app render of the scene's PLY to one PNG)")
+        command = [sys.executable, "-c", _CLI_PEAK, str(Path(folder) / "scene.ply"), str(Path(folder) / "frame.png"),
+                   f"{args.size}x{args.size}"]
+        result = subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                text=True)
+    print(f"render_cli_peak_rss_gib: {int(result.stdout.split()[-1]) / 1024**2:.2f}  "
+          "(a fresh `python -m app render` of the scene's PLY to one PNG: VmHWM)")
+    print(f"load_average_1min: {os.getloadavg()[0]:.1f}  (at start: {load_start:.1f})")
     if args.docs is not None:
         write_docs(scene, gaussians, args.docs)
         print(f"docs: wrote render_preview.png, render_depth.png, render_orbit.gif to {args.docs}")
