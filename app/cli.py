@@ -21,6 +21,7 @@ from app import __version__
 from app.errors import SharpError
 from app.formats import FORMATS, write_atomically
 from app.model.presets import PRESETS
+from app.render.cli import add_render_parser, run_render
 from app.settings import Settings
 from app.vocabulary import DeviceName, DTypeName, choices
 
@@ -39,9 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, choices=choices(DeviceName))
     predict.add_argument("--dtype", default=None, choices=choices(DTypeName))
     predict.add_argument("--preset", default=None, choices=list(PRESETS), help=f"network: {presets}")
-    predict.add_argument("--format", default="ply", choices=list(FORMATS), help="output format (default: ply)")
+    predict.add_argument("--format", default="ply", choices=[n for n, f in FORMATS.items() if f.kind == "scene"],
+                         help="output format (default: ply)")
     predict.add_argument("--vertex-only", action="store_true", help="PLY only: write just the vertex element "
                          "(the same as --format ply_vertex)")
+    predict.add_argument("--preview", action="store_true", help="also render the scene from the photo's viewpoint "
+                         "into OUT_DIR/<stem>.png (our PyTorch renderer; no CUDA needed)")
 
     serve = commands.add_parser("serve", help="run the HTTP API with uvicorn")
     serve.add_argument("--host", default=None, help="bind address (default SHARP_HOST or 127.0.0.1)")
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     from app.client import add_parser  # `remote`: the jobs API client (app/client.py)
 
     add_parser(commands)
+    add_render_parser(commands)
     return parser
 
 
@@ -128,6 +133,12 @@ def run_predict(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             destination = write_atomically(output_dir / output.filename, [output.body])
             prediction.timings_ms["write"] = (time.perf_counter() - start) * 1000
+            if args.preview:
+                encode_ms = prediction.timings_ms["encode"]
+                preview = pipeline.encode(prediction, "preview")
+                prediction.timings_ms["preview"] = prediction.timings_ms["encode"]
+                prediction.timings_ms["encode"] = encode_ms
+                write_atomically(output_dir / preview.filename, [preview.body])
         except Exception as error:  # one bad image never stops the others
             failures += 1
             reason = error.message if isinstance(error, SharpError) else f"{type(error).__name__}: {error}"
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             from app.client import run_remote
 
             return run_remote(args)
+        if args.command == "render":
+            return run_render(args)
         return run_serve(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

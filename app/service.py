@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from app import pipeline
 from app.errors import SharpError
+from app.formats import get_format
 from app.forward_progress import ProgressCallback
 from app.prediction import Prediction
 from app.predictor import SharpPredictor
@@ -102,6 +103,7 @@ class InferenceService:
         self._closed = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharp-predict")
         self._decode_limiter = anyio.CapacityLimiter(DECODE_CONCURRENCY)
+        self._render_limiter = anyio.CapacityLimiter(1)
         self._lock = threading.Lock()
         self._admitted = 0
         self._predicting = 0
@@ -244,8 +246,10 @@ class InferenceService:
         return await loop.run_in_executor(self._executor, self._predict, predictor, decoded, f_px, progress)
 
     async def encode(self, prediction: Prediction, format_name: str, **options: Any) -> pipeline.EncodedOutput:
-        """`pipeline.encode` on a worker thread."""
-        return await anyio.to_thread.run_sync(lambda: pipeline.encode(prediction, format_name, **options))
+        """`pipeline.encode` on a worker thread; renders (images, videos) one at a time, as they use every core."""
+        limiter = self._render_limiter if get_format(format_name).kind == "render" else None
+        return await anyio.to_thread.run_sync(lambda: pipeline.encode(prediction, format_name, **options),
+                                              limiter=limiter)
 
     def _decode(self, data: bytes, filename: str | None) -> pipeline.DecodedImage:
         return pipeline.decode(data, name=filename, max_pixels=self.settings.max_pixels)

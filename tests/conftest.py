@@ -64,7 +64,7 @@ class LiveServer:
         return cls(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+        return httpx.Client(base_url=self.url, **{"timeout": 60, **kwargs})
 
     def stop(self) -> None:
         self.server.should_exit = True

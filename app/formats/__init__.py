@@ -11,6 +11,9 @@ follow the registry.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
   ``encoding``.
+- ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
+  input view or a short camera path around it (`POST /render`, job outputs, `predict --preview`);
+  options ``size``, ``depth`` (stills), ``path`` and ``frames`` (videos). Their `kind` is ``render``.
 
 The readers (`read_ply`, `decode_splat`, `decode_spz`) turn files back into scenes, for the renderer.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.files import write_atomically
@@ -44,6 +47,7 @@ class OutputFormat:
         description: one line for help texts and the API docs.
         encode: ``encode(prediction, **options) -> bytes``, the whole file.
         options: the keyword options `encode` takes (anything else is refused).
+        kind: ``scene`` (the Gaussians themselves) or ``render`` (pictures of them, costlier to make).
     """
 
     name: str
@@ -52,6 +56,7 @@ class OutputFormat:
     description: str
     encode: Callable[..., bytes]
     options: frozenset[str] = field(default_factory=frozenset)
+    kind: Literal["scene", "render"] = "scene"
 
     def filename(self, stem: str) -> str:
         return f"{stem}{self.extension}"
@@ -73,6 +78,29 @@ def _spz(prediction: Prediction) -> bytes:
     return encode_spz(prediction.scene)
 
 
+PREVIEW_SIZE = 512
+"""Longer side in pixels of a render when no size is asked for."""
+
+
+def _still(image_format: str) -> Callable[..., bytes]:
+    def encode_still(prediction: Prediction, *, size: int | tuple[int, int] = PREVIEW_SIZE,
+                     depth: bool = False) -> bytes:
+        from app.render import render_still
+
+        return render_still(prediction.scene, size=size, fmt=image_format, depth=depth,
+                            device=prediction.model.device)
+
+    return encode_still
+
+
+def _orbit(prediction: Prediction, *, size: int | tuple[int, int] = PREVIEW_SIZE, path: str = "orbit",
+           frames: int = 60) -> bytes:
+    from app.render import render_video
+
+    return render_video(prediction.scene, path=path, frames=frames, size=size, fmt="mp4",
+                        device=prediction.model.device)
+
+
 FORMATS: dict[str, OutputFormat] = {
     fmt.name: fmt for fmt in (
         OutputFormat("ply", ".ply", PLY_MEDIA_TYPE, "3DGS PLY as apple/ml-sharp writes it (56 B/Gaussian + "
@@ -85,6 +113,12 @@ FORMATS: dict[str, OutputFormat] = {
                      "PLY), RUB axes", _spz),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
                      "metadata", encode_prediction_json, frozenset({"max_gaussians", "encoding"})),
+        OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "
+                     "depth=true: the depth map)", _still("png"), frozenset({"size", "depth"}), "render"),
+        OutputFormat("preview_jpeg", ".jpg", "image/jpeg", "the same render as JPEG", _still("jpeg"),
+                     frozenset({"size", "depth"}), "render"),
+        OutputFormat("orbit", ".mp4", "video/mp4", "a short video of the camera moving around the photo's "
+                     "viewpoint (H.264, yuv420p)", _orbit, frozenset({"size", "path", "frames"}), "render"),
     )
 }
 

@@ -55,22 +55,29 @@ def check_job_id(job_id: str) -> str:
 
 
 def result_name(format_name: str) -> str:
-    """The file name of a job's result in this format, also the last part of its URL (`result.vertex.ply`)."""
-    return f"result{'.vertex' if format_name == 'ply_vertex' else ''}{FORMATS[format_name].extension}"
+    """The file name of a job's result in this format, also the last part of its URL: `result.<ext>` for the
+    scene formats (`result.vertex.ply` for ply_vertex), `<name>.<ext>` for renders (`preview.png`, `orbit.mp4`)."""
+    fmt = FORMATS[format_name]
+    if fmt.kind == "render":
+        return f"{format_name}{fmt.extension}"
+    return f"result{'.vertex' if format_name == 'ply_vertex' else ''}{fmt.extension}"
 
 
 RESULT_FORMATS = {result_name(name): name for name in FORMATS}
-"""`result.ply` -> `ply`, `result.vertex.ply` -> `ply_vertex`, ..."""
+"""`result.ply` -> `ply`, `result.vertex.ply` -> `ply_vertex`, `preview.png` -> `preview`, ..."""
+
+DEFAULT_OUTPUTS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
+"""What a job makes when it names no outputs: every scene format (renders cost more: ask for them)."""
 
 
 def parse_outputs(value: str | None) -> list[str]:
-    """`ply,spz` -> `["ply", "spz"]` (registry order, no duplicates); empty or None: every format."""
+    """`ply,spz` -> `["ply", "spz"]` (registry order, no duplicates); empty or None: `DEFAULT_OUTPUTS`."""
     names = [part.strip().lower() for part in (value or "").split(",") if part.strip()]
     unknown = [name for name in names if name not in FORMATS]
     if unknown:
         raise InvalidRequestError(f"outputs: unknown format {', '.join(map(repr, unknown))}; use a "
                                   f"comma-separated subset of: {', '.join(FORMATS)}.")
-    return [name for name in FORMATS if name in names] if names else list(FORMATS)
+    return [name for name in FORMATS if name in names] if names else list(DEFAULT_OUTPUTS)
 
 
 def check_job_options(outputs: list[str], options: Mapping[str, Any]) -> dict[str, Any]:

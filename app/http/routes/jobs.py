@@ -24,6 +24,7 @@ from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_uplo
 from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
 from app.http.schemas import JobResponse
 from app.jobs.base import (
+    DEFAULT_OUTPUTS,
     RESULT_FORMATS,
     Job,
     JobExpiredError,
@@ -45,7 +46,8 @@ def get_jobs(request: Request) -> JobQueue:
 
 Jobs = Annotated[JobQueue, Depends(get_jobs)]
 Outputs = Annotated[str | None, Form(
-    description=f"Comma-separated formats to make: a subset of {', '.join(FORMATS)}; default: all of them.",
+    description=f"Comma-separated formats to make: a subset of {', '.join(FORMATS)}; default: "
+                f"{', '.join(DEFAULT_OUTPUTS)} (the renders preview, preview_jpeg and orbit only when asked for).",
     examples=["ply,spz"],
 )]
 JobJsonEncoding = Annotated[Encoding | None, Form(

@@ -70,8 +70,11 @@ def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
     return predict_format
 
 
+SCENE_FORMATS = [fmt.name for fmt in FORMATS.values() if fmt.kind == "scene"]
+"""What `POST /predict/<format>` serves; renders go through `POST /render`."""
+
 for _fmt in FORMATS.values():
-    if _fmt.name not in ("ply", "json"):  # ply has its own route (vertex_only); json is POST /predict
+    if _fmt.name in SCENE_FORMATS and _fmt.name not in ("ply", "json"):  # ply: own route; json: POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
             dependencies=[SingleValued],
@@ -83,5 +86,5 @@ for _fmt in FORMATS.values():
 @router.post("/predict/{format_name}", include_in_schema=False)
 async def unknown_format(format_name: str) -> Response:
     raise UnknownFormatError(f"Unknown output format {format_name!r}; use one of: "
-                             f"{', '.join(name for name in FORMATS if name != 'json')} (POST /predict/<format>), "
-                             "or POST /predict for JSON.")
+                             f"{', '.join(name for name in SCENE_FORMATS if name != 'json')} (POST /predict/<format>), "
+                             "POST /predict for JSON, or POST /render for images and videos.")

@@ -1,0 +1,100 @@
+"""``python -m app render SCENE -o OUT.png|OUT.jpg|OUT.mp4|OUT.gif [options]``.
+
+A still image shows the input view (the photo's camera); a video follows a camera path (default ``orbit``,
+60 frames at 30 fps) that starts there. Errors print one ``error: ...`` line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from app.render.errors import RenderError
+
+DEFAULT_FRAMES = 60
+
+
+def parse_size(text: str) -> tuple[int, int] | int:
+    """``WxH`` -> (W, H); ``N`` -> N (the longer side, keeping the scene's aspect ratio)."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX×]\s*(\d{1,6}))?\s*", text)
+    if not match:
+        raise RenderError("bad_size", f"size must be WxH or N (pixels), got {text!r}")
+    if match.group(2) is None:
+        return int(match.group(1))
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_color(text: str) -> tuple[float, float, float]:
+    """``black``, ``white``, ``gray`` or ``#rrggbb`` -> RGB in [0, 1]."""
+    names = {"black": "#000000", "white": "#ffffff", "gray": "#808080", "grey": "#808080"}
+    value = names.get(text.strip().lower(), text.strip())
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise RenderError("bad_option", f"background must be black, white, gray or #rrggbb, got {text!r}")
+    return tuple(int(value[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``render`` command to `subparsers` and return its parser."""
+    parser = subparsers.add_parser("render", help="render a splat file to an image or a video (no CUDA needed)",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat or .spz file")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output file: .png or .jpg (input view), .mp4 or .gif (camera path)")
+    parser.add_argument("--f-px", type=float, default=None,
+                        help="focal length in pixels of the output image (default: the file's camera, scaled; "
+                             "files without one: a 30 mm lens)")
+    parser.add_argument("--size", default=None,
+                        help="output WxH, or N for the longer side (default: the scene's size, at most "
+                             "1024 px)")
+    parser.add_argument("--path", default="orbit", choices=["orbit", "swipe", "dolly", "zoom"],
+                        help="camera path of a video (default orbit)")
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"video frames (default {DEFAULT_FRAMES})")
+    parser.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
+    parser.add_argument("--depth", action="store_true", help="still image: write the depth map (near = bright)")
+    parser.add_argument("--background", default="black", help="black, white, gray or #rrggbb (default black)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return parser
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Run the ``render`` command; returns the exit status (0, or 2 for bad input)."""
+    try:
+        return _run(args)
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except OSError as error:
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from app.formats.files import write_atomically
+    from app.render.outputs import output_size, render_still, render_video
+    from app.render.scene_io import load_scene
+    from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS
+
+    fmt = args.output.suffix.lower().lstrip(".")
+    if fmt not in IMAGE_FORMATS + VIDEO_FORMATS:
+        raise RenderError("unsupported_format", f"output must end in .png, .jpg, .mp4 or .gif, got {args.output}")
+    if fmt in VIDEO_FORMATS and args.depth:
+        raise RenderError("bad_option", "--depth is for still images (.png, .jpg)")
+    options = {"size": parse_size(args.size) if args.size is not None else None,
+               "background": parse_color(args.background), "f_px": args.f_px, "device": args.device, "fmt": fmt}
+
+    start = time.perf_counter()
+    scene = load_scene(args.scene)
+    loaded = time.perf_counter()
+    if fmt in IMAGE_FORMATS:
+        data = render_still(scene, depth=args.depth, **options)
+        count = 1
+    else:
+        data = render_video(scene, path=args.path, frames=args.frames, fps=args.fps, **options)
+        count = args.frames
+    write_atomically(args.output, [data])
+    width, height = output_size(scene, options["size"])
+    print(f"{args.scene.name}: {scene.num_gaussians:,} Gaussians, {width}x{height} px, {count} frame(s) in "
+          f"{time.perf_counter() - loaded:.2f}s (load {loaded - start:.2f}s) -> {args.output} ({len(data):,} bytes)")
+    return 0

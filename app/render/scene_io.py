@@ -1,0 +1,146 @@
+"""Load a scene to render from a file or bytes: our PLY, any 3DGS PLY, .splat or .spz.
+
+- PLY: read by `app.formats.read_ply` (binary PLYs with the 14 vertex properties ``x y z f_dc_0..2 opacity
+  scale_0..2 rot_0..3``: opacity is a logit, scales are logs, the colour is ``0.5 + SH_C0 f_dc``). Extra vertex
+  properties (normals, the higher spherical-harmonic bands ``f_rest_*``, ...) and extra elements are ignored:
+  the renderer shows the view-independent (degree-0) colour. An ASCII PLY, or one with list properties (a
+  mesh's faces), is read with `plyfile` and its vertex element goes through the same reader.
+- ``.splat`` (antimatter15, 32 bytes per Gaussian; axes as stored) and ``.spz`` (Niantic, gzip) through
+  `app.formats.decode_splat` / `decode_spz`.
+
+The camera: our PLY stores the photo's focal length and size (``intrinsic`` and ``image_size`` elements).
+Other files carry no camera; then `f_px` and `size` given by the caller are used, else the default
+``DEFAULT_SIZE`` (1024 x 768) with the focal length of a 30 mm (35 mm-equivalent) lens, what `predict`
+assumes for photos without EXIF. Given values always override the file's.
+
+Every failure is a `RenderError`: ``not_a_splat`` (unreadable, truncated, missing properties),
+``unsupported_format``, ``too_large`` (more than `MAX_GAUSSIANS`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from app.formats import decode_splat, decode_spz, read_ply
+from app.formats.ply import VERTEX_PROPERTIES
+from app.gaussians import GaussianScene
+from app.imaging import focal_length_to_px
+from app.render.camera import check_size
+from app.render.errors import RenderError
+
+DEFAULT_SIZE = (1024, 768)
+"""Image size (width, height) assumed for files without a camera."""
+DEFAULT_FOCAL_35MM = 30.0
+"""35 mm-equivalent focal length (mm) assumed for files without a camera."""
+MAX_GAUSSIANS = 16_000_000
+"""Most Gaussians a scene may hold."""
+FORMAT_NAMES = ("ply", "splat", "spz")
+
+
+def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
+    """``ply``, ``splat`` or ``spz`` from the file name's extension, else from the content."""
+    if name:
+        suffix = Path(name).suffix.lower().lstrip(".")
+        if suffix in FORMAT_NAMES:
+            return suffix
+    head = bytes(data[:4])
+    if head.startswith(b"ply"):
+        return "ply"
+    if head.startswith(b"\x1f\x8b"):
+        return "spz"
+    if len(data) and len(data) % 32 == 0 and not name:
+        return "splat"
+    raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat or .spz file")
+
+
+def _ply_via_plyfile(raw: bytes) -> GaussianScene:
+    """An ASCII PLY, or one with list properties: the vertex element, as binary, through `read_ply`."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(io.BytesIO(raw))["vertex"].data
+    missing = [p for p in VERTEX_PROPERTIES if p not in (vertex.dtype.names or ())]
+    if missing:
+        raise ValueError(f"PLY vertex element lacks {missing}")
+    table = np.empty(len(vertex), dtype=[(p, "<f4") for p in VERTEX_PROPERTIES])
+    for prop in VERTEX_PROPERTIES:
+        table[prop] = vertex[prop]
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertex)}"]
+    header += [f"property float {p}" for p in VERTEX_PROPERTIES] + ["end_header", ""]
+    return read_ply("\n".join(header).encode("ascii") + table.tobytes())
+
+
+def _decode(data: bytes, fmt: str) -> GaussianScene:
+    if fmt == "splat":
+        return decode_splat(data)
+    if fmt == "spz":
+        return decode_spz(data)
+    try:
+        return read_ply(data)
+    except ValueError as error:
+        if "binary only" not in str(error) and "list properties" not in str(error):
+            raise
+    return _ply_via_plyfile(data)
+
+
+def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
+               f_px: float | None = None, size: tuple[int, int] | None = None,
+               max_gaussians: int = MAX_GAUSSIANS) -> GaussianScene:
+    """Read a scene and make sure it has a camera (see the module docstring).
+
+    Args:
+        source: a path, or the file's bytes.
+        name: the file name when `source` is bytes (its extension picks the format; else the content does).
+        f_px: focal length in pixels of the image size (overrides the file's).
+        size: (width, height) in pixels the focal length refers to (overrides the file's).
+        max_gaussians: refuse larger scenes (``too_large``).
+
+    Raises:
+        RenderError: see the module docstring.
+        OSError: the path cannot be read.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+        data = Path(source).read_bytes()
+    else:
+        data = bytes(source)
+    fmt = detect_format(data, name)
+    try:
+        scene = _decode(data, fmt)
+    except RenderError:
+        raise
+    except (ValueError, OSError, EOFError, zlib.error, KeyError, IndexError) as error:
+        raise RenderError("not_a_splat", f"not a readable Gaussian-splat {fmt.upper()} file: {error}") from error
+    if scene.num_gaussians > max_gaussians:
+        raise RenderError("too_large", f"the scene has {scene.num_gaussians:,} Gaussians (limit {max_gaussians:,})")
+    return with_camera(scene, f_px=f_px, size=size)
+
+
+def with_camera(scene: GaussianScene, *, f_px: float | None = None,
+                size: tuple[int, int] | None = None) -> GaussianScene:
+    """`scene` with its camera completed: given values first, then the scene's own, then the defaults.
+
+    A new `size` without `f_px` for a scene that has a camera scales its focal length like `input_camera`.
+    """
+    if f_px is not None and not (0 < f_px < float("inf")):
+        raise RenderError("bad_camera", f"f_px must be a finite number > 0, got {f_px}")
+    has_camera = 0 < scene.f_px < float("inf") and scene.image_width > 0 and scene.image_height > 0
+    if size is not None:
+        check_size(*size)
+        width, height = size
+    elif has_camera:
+        width, height = scene.image_width, scene.image_height
+    else:
+        width, height = DEFAULT_SIZE
+    if f_px is not None:
+        focal = f_px
+    elif has_camera:
+        focal = scene.f_px * max(width / scene.image_width, height / scene.image_height)
+    else:
+        focal = focal_length_to_px(DEFAULT_FOCAL_35MM, width, height)
+    return replace(scene, f_px=float(focal), image_width=int(width), image_height=int(height))
