@@ -304,7 +304,10 @@ def test_ply_vertex_only(client: httpx.Client) -> None:
     assert int(response.headers["content-length"]) == len(response.content)
 
 
-@pytest.mark.parametrize("name", [n for n in FORMATS if n not in ("ply", "json")])
+SCENE_FORMATS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
+
+
+@pytest.mark.parametrize("name", [n for n in SCENE_FORMATS if n not in ("ply", "json")])
 def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[str, Any], name: str) -> None:
     fmt = FORMATS[name]
     response = client.post(f"/predict/{name}", files={"file": ("coffee.png", coffee)})
@@ -411,7 +414,7 @@ def test_file_sent_as_text_field(client: httpx.Client) -> None:
 
 def test_unknown_format_lists_the_formats(client: httpx.Client) -> None:
     error = assert_error(client.post("/predict/obj", files={"file": ("a.png", b"x")}), 404, "unknown_format")
-    assert all(name in error["message"] for name in FORMATS if name != "json")
+    assert all(name in error["message"] for name in SCENE_FORMATS if name != "json")
 
 
 def test_http_errors_use_the_error_shape(client: httpx.Client) -> None:
@@ -696,7 +699,7 @@ def test_pixel_helper_is_what_it_claims() -> None:
 def test_every_prediction_names_its_model_and_camera(client: httpx.Client) -> None:
     """A file made by the tiny preset must say so in its headers (the file bytes keep the reference layout)."""
     photo = image_bytes(90, 60)
-    for path in ("/predict", *(f"/predict/{name}" for name in FORMATS if name != "json")):
+    for path in ("/predict", *(f"/predict/{name}" for name in SCENE_FORMATS if name != "json")):
         response = client.post(path, files={"file": ("p.png", photo, "image/png")}, data={"f_px": "77"})
         assert response.status_code == 200, (path, response.text)
         assert response.headers["x-sharp-preset"] == "tiny"
@@ -758,3 +761,9 @@ def test_head_probes_and_openapi_without_a_key(client: httpx.Client) -> None:
         assert response.status_code == 200 and response.content == b""
     schema = client.get("/openapi.json").json()
     assert "security" not in schema["paths"]["/predict"]["post"]  # no key configured: nothing to send
+
+
+def test_405_lists_every_method_of_the_path(client: httpx.Client) -> None:
+    response = client.put("/jobs/abc")  # GET and DELETE are two routes on one path
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "DELETE"}

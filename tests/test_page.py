@@ -521,6 +521,10 @@ def test_jobs_transport(page: Any, server: LiveServer, photo: Path) -> None:
     assert page.text_content("#downloads-note").startswith("All formats")
     assert any(r.startswith("POST ") and r.endswith("/jobs") for r in requests), requests
     assert not any("/predict" in r for r in requests), requests
+    # The server's preview render was fetched and shown while the 3D scene loaded, then gave way to it.
+    assert any(r.endswith("/preview.png") for r in requests), requests
+    assert page.evaluate("document.body.dataset.preview") == "shown"
+    assert page.evaluate("document.getElementById('preview').hidden") is True
     with page.expect_download() as download:
         page.click("#downloads button[data-format='ply_vertex']")
     assert download.value.suggested_filename.endswith(".vertex.ply")

@@ -7,7 +7,8 @@
 //
 // Test contract: document.body.dataset.state is one of idle, uploading, queued, running,
 // loading-scene, ready, error; dataset.frames counts frames rendered of the current scene and
-// dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame).
+// dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame);
+// dataset.preview is "shown" once the server's preview render was displayed while the scene loaded.
 
 const $ = (id) => document.getElementById(id);
 const body = document.body;
@@ -21,6 +22,8 @@ const DOWNLOADS = [
   ["splat", ".splat", "predict/splat", {}, ".splat"],
 ];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// What a job makes: the scene files offered for download, plus the server's preview render.
+const JOB_OUTPUTS = [...DOWNLOADS.map(([name]) => name), "preview"].join(",");
 
 const page = {
   info: null, // the server's JSON info (GET / with Accept: application/json)
@@ -99,6 +102,8 @@ function stopTicker() {
 function newRun() {
   page.abort?.();
   stopTicker();
+  $("preview").hidden = true;
+  delete body.dataset.preview;
   page.run += 1;
   const run = page.run;
   const controller = new AbortController();
@@ -370,7 +375,7 @@ async function predictSync(file, fPx, run) {
 async function predictWithJob(file, fPx, run) {
   const t0 = performance.now();
   let uploadedAt = 0;
-  const xhr = await postForm("jobs", formFor(file, fPx), run, {
+  const xhr = await postForm("jobs", formFor(file, fPx, { outputs: JOB_OUTPUTS }), run, {
     responseType: "text",
     onUploaded: () => {
       uploadedAt = performance.now();
@@ -403,6 +408,7 @@ async function predictWithJob(file, fPx, run) {
     throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.error?.request_id);
   }
   const waitedAt = performance.now();
+  if (job.results.preview) showPreview(new URL(job.results.preview, location.href), run);
   const spzUrl = new URL(job.results.spz, location.href);
   const { bytes } = await download(spzUrl, run, downloadProgress("scene"));
   const end = performance.now();
@@ -430,6 +436,23 @@ async function predictWithJob(file, fPx, run) {
     results: job.results || {},
     fileStem: (file.name || "scene").replace(/\.[^.]*$/, ""),
   };
+}
+
+/** The server's render of the input view (PNG), shown until the 3D scene is ready; failures are harmless. */
+async function showPreview(url, run) {
+  try {
+    const response = await fetch(url, { headers: authHeaders(), signal: run.signal });
+    if (!response.ok || !run.current()) return;
+    const image = $("preview");
+    if (image.src) URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(await response.blob());
+    if (!run.current() || body.dataset.state === "ready") return;
+    image.hidden = false;
+    $("placeholder").hidden = true;
+    body.dataset.preview = "shown";
+  } catch {
+    // The preview is a courtesy: the scene still loads without it.
+  }
 }
 
 function showJob(job) {
@@ -759,6 +782,7 @@ async function showScene(bytes, fileType, camera, run) {
     viewer.mesh.dispose();
   }
   if (OPENCV_TO_THREE[fileType]) mesh.quaternion.set(1, 0, 0, 0); // 180 degrees about x
+  $("preview").hidden = true;
   $("canvas").hidden = false;
   $("placeholder").hidden = true;
   viewer.mesh = mesh;
