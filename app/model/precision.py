@@ -124,19 +124,25 @@ AUTOCAST_BF16 = PrecisionPolicy("bfloat16 autocast (whole network)", torch.bfloa
 """Plain autocast around the whole forward: the fastest, and the least accurate."""
 AUTOCAST_FP16 = PrecisionPolicy("float16 autocast (whole network)", torch.float16, WHOLE_NETWORK)
 
+PATCH_EMBEDDINGS = (f"{PATCH_VIT}.patch_embed", f"{IMAGE_VIT}.patch_embed")
+"""The ViTs' first layers: in bfloat16 they round the input image itself (8 significant bits)."""
+
 MIXED_BF16 = PrecisionPolicy(
     "bfloat16 mixed",
     torch.bfloat16,
-    reduced=(PATCH_VIT, IMAGE_VIT, *ENCODER_PROJECTIONS, DEPTH_DECODER, GAUSSIAN_DECODER, *GAUSSIAN_FUSION),
+    reduced=(PATCH_VIT, IMAGE_VIT, *ENCODER_PROJECTIONS, DEPTH_DECODER, GAUSSIAN_DECODER, "feature_model.fusion"),
+    float32=PATCH_EMBEDDINGS,
     float32_types=NORMALIZATIONS,
 )
-"""The recommended bfloat16 policy (see README "Devices and precision" for the measurements).
+"""The bfloat16 policy behind `--dtype bfloat16` (README "Devices and precision" has the measurements).
 
-bfloat16: the ViTs (attention and MLP matmuls; their residual stream and LayerNorms are float32
-anyway), the encoder's projections, the depth DPT decoder and the Gaussian decoder + fusion.
-float32: every normalisation, the depth head (its last convolution *is* the disparity, and a
-bfloat16 disparity alone carries a 2^-9 relative rounding into every depth), the Gaussian
-feature heads, the delta head, the depth -> geometry steps, the composer and the unprojection.
+bfloat16 (94 % of the FLOPs): the ViTs' attention and MLP matmuls (their residual stream and
+LayerNorms are float32 anyway), the encoder's projections, the depth DPT decoder, the Gaussian
+decoder and its fusion block.
+float32: the patch embeddings (rounding the image to bfloat16 is, alone, most of the ViTs'
+error), every normalisation, the depth head (its last convolution *is* the disparity), the
+Gaussian decoder's convolution of [image, disparity], the Gaussian feature heads, the delta
+head, and everything after: depth -> geometry, initializer, composer, unprojection.
 """
 
 POLICIES: dict[str, PrecisionPolicy] = {"bfloat16": MIXED_BF16, "float16": AUTOCAST_FP16}
