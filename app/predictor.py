@@ -23,6 +23,7 @@ from app import weights as weights_io
 from app.gaussians import GaussianScene
 from app.model import SharpNetwork, build_network
 from app.model.network import fill_synthetic_weights
+from app.model.precision import precision_context
 from app.settings import OFFICIAL_CHECKPOINT_URL, DeviceName, DTypeName, Settings, default_cache_dir
 from app.unproject import unproject_to_camera
 
@@ -33,8 +34,6 @@ LOGGER = logging.getLogger(__name__)
 
 WeightsSource = Literal["official", "file", "synthetic"]
 FocalSource = Literal["request", "exif", "default"]
-
-REDUCED_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def select_device(name: DeviceName | str = "auto") -> torch.device:
@@ -169,9 +168,8 @@ class SharpPredictor:
         return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype in REDUCED_PRECISION:
-            return torch.autocast(self.device.type, dtype=REDUCED_PRECISION[self.dtype])
-        return contextlib.nullcontext()
+        # float32/tf32: a null context; bfloat16: the mixed policy; float16: autocast (app/model/precision.py).
+        return precision_context(self.network, self.dtype, self.device.type)
 
     @contextlib.contextmanager
     def _stage(self, timings: dict[str, float], name: str) -> Iterator[None]:
