@@ -138,16 +138,19 @@ class PartMemo:
     """
 
     def __init__(self, network: torch.nn.Module, names: list[str], device_type: str, capacity: int = 2) -> None:
-        self.entries: dict[tuple[str, bool], list[tuple[object, object]]] = {}
+        self.entries: dict[tuple[str, bool, tuple[str, ...]], list[tuple[object, object]]] = {}
         self.hits = self.misses = 0
         for name in names:
             module = network.get_submodule(name)
-            module.forward = self._wrap(name, module.forward, device_type, capacity)  # type: ignore[method-assign]
+            module.forward = self._wrap(name, module, device_type, capacity)  # type: ignore[method-assign]
 
-    def _wrap(self, name: str, forward: Callable[..., object], device_type: str, capacity: int
-              ) -> Callable[..., object]:
+    def _wrap(self, name: str, part: torch.nn.Module, device_type: str, capacity: int) -> Callable[..., object]:
+        forward = part.forward
+
         def run(*args: object, **kwargs: object) -> object:
-            key = (name, torch.is_autocast_enabled(device_type))
+            # The part's precision: autocast on or off, and which layers inside it a policy has wrapped.
+            islands = tuple(inner for inner, module in part.named_modules() if inner and "forward" in module.__dict__)
+            key = (name, torch.is_autocast_enabled(device_type), islands)
             entries = self.entries.setdefault(key, [])
             for inputs, output in entries:
                 if same(inputs, (args, kwargs)):

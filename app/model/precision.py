@@ -139,7 +139,7 @@ MIXED_BF16 = PrecisionPolicy(
 bfloat16 (94 % of the FLOPs): the ViTs' attention and MLP matmuls (their residual stream and
 LayerNorms are float32 anyway), the encoder's projections, the depth DPT decoder, the Gaussian
 decoder and its fusion block.
-float32: the patch embeddings (rounding the image to bfloat16 is, alone, most of the ViTs'
+float32: the patch embeddings (in `tiny` runs, rounding the image to bfloat16 was most of the ViT's
 error), every normalisation, the depth head (its last convolution *is* the disparity), the
 Gaussian decoder's convolution of [image, disparity], the Gaussian feature heads, the delta
 head, and everything after: depth -> geometry, initializer, composer, unprojection.
