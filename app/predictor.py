@@ -23,6 +23,7 @@ from app import weights as weights_io
 from app.errors import InvalidRequestError
 from app.forward_progress import ProgressCallback
 from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
+from app.model.precision import precision_context
 from app.prediction import ModelInfo, Prediction
 from app.preprocess import resize_for_network
 from app.settings import Settings, default_cache_dir
@@ -38,8 +39,6 @@ F_PX_MIN = 1.0
 F_PX_MAX = 1e6
 """The focal lengths (pixels of the input image) a prediction accepts. 1e6 px is a 2000 mm lens on a
 100-megapixel sensor; at 1 px any image wider than a few pixels spans nearly 180 degrees."""
-
-REDUCED_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_f_px(f_px: float | None) -> None:
@@ -174,9 +173,8 @@ class SharpPredictor:
         return resize_for_network(image.rgb, self.info.internal_resolution).to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype in REDUCED_PRECISION:
-            return torch.autocast(self.device.type, dtype=REDUCED_PRECISION[self.dtype])
-        return contextlib.nullcontext()
+        # float32/tf32: a null context; bfloat16: the mixed policy; float16: autocast (app/model/precision.py).
+        return precision_context(self.network, self.dtype, self.device.type)
 
     def _hooks(self, progress: ProgressCallback | None) -> contextlib.AbstractContextManager:
         if progress is None:
