@@ -571,7 +571,8 @@ def test_encode_json_non_finite_values_stay_valid_json() -> None:
 def test_registry_encoders_produce_their_formats() -> None:
     scene = random_scene(700, seed=11)
     prediction = prediction_of(scene)
-    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "json"}
+    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "json", "preview", "preview_jpeg", "orbit"}
+    assert {name for name, fmt in FORMATS.items() if fmt.kind == "render"} == {"preview", "preview_jpeg", "orbit"}
     for name, fmt in FORMATS.items():
         assert fmt.name == name and fmt.extension.startswith(".") and "/" in fmt.media_type
         assert fmt.filename("photo") == f"photo{fmt.extension}"

@@ -217,12 +217,16 @@ def test_mp4_and_png_encoders() -> None:
     assert error.value.code == "bad_size"
 
 
-def _scene_file(tmp_path: Path, fmt: str = "ply", **options) -> tuple[GaussianScene, Path]:
-    from app.formats import write_file
+def _scene_file(tmp_path: Path, fmt: str = "ply", vertex_only: bool = False) -> tuple[GaussianScene, Path]:
+    from app.formats.ply import encode_ply
+    from app.formats.splat import encode_splat
+    from app.formats.spz import encode_spz
 
     scene = random_scene(np.random.default_rng(3), 200, f_px=60.0, width=64, height=48)
     path = tmp_path / f"scene.{fmt}"
-    write_file(fmt, scene, path, **options)
+    data = encode_ply(scene, vertex_only=vertex_only) if fmt == "ply" else {"splat": encode_splat,
+                                                                             "spz": encode_spz}[fmt](scene)
+    path.write_bytes(data)
     return scene, path
 
 
