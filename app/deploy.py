@@ -277,7 +277,8 @@ def job_store(settings: Settings) -> JobStore:
 
 def move_to_device(predictor: SharpPredictor, settings: Settings) -> SharpPredictor:
     """Step 2 (`@modal.enter(snap=False)`, after any restore): network to `SHARP_DEVICE` in `SHARP_DTYPE`."""
-    from app.predictor import SharpPredictor, select_device
+    from app.devices import select_device
+    from app.predictor import SharpPredictor
 
     device = select_device(settings.device)
     info = predictor.info

@@ -20,6 +20,7 @@ import torch
 
 from app import forward_progress
 from app import weights as weights_io
+from app.devices import select_device
 from app.errors import InvalidRequestError
 from app.forward_progress import ProgressCallback
 from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
@@ -49,22 +50,6 @@ def check_f_px(f_px: float | None) -> None:
     """
     if f_px is not None and not (math.isfinite(f_px) and F_PX_MIN <= f_px <= F_PX_MAX):
         raise InvalidRequestError(f"f_px must be a number of pixels in [{F_PX_MIN:g}, {F_PX_MAX:g}], got {f_px}")
-
-
-def select_device(name: DeviceName | str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' was requested but Apple MPS is not available on this machine")
-    return device
 
 
 class SharpPredictor:

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app.model.network as network_module
+from app.devices import select_device
 from app.gaussians import GaussianScene
 from app.imaging import load_image
 from app.model.composer import NetworkGaussians, compose_gaussians
@@ -45,7 +46,7 @@ from app.model.precision import (
     PrecisionPolicy,
     precision_context,
 )
-from app.predictor import SharpPredictor, select_device
+from app.predictor import SharpPredictor
 from app.unproject import unproject_to_camera
 from bench.common import CONFORMANCE_DIR, conformance_network, synchronize
 from bench.gpu import covariances, rel_l2

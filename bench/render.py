@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.formats import write_file
+from app.formats.ply import write_ply
 from app.imaging import load_image
 from app.predictor import SharpPredictor
 from app.render import camera_path, depth_to_gray, encode_gif, encode_image, input_camera, prepare_scene, render
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"render_over_forward: {per_frame / forward_ms:.4f}")
     print(f"peak_rss_gib: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f}  (network included)")
     with tempfile.TemporaryDirectory() as folder:
-        write_file("ply", scene, Path(folder) / "scene.ply")
+        write_ply(scene, Path(folder) / "scene.ply")
         command = [sys.executable, "-c", _CLI_PEAK, str(Path(folder) / "scene.ply"), str(Path(folder) / "frame.png"),
                    f"{args.size}x{args.size}"]
         result = subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True,

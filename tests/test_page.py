@@ -300,7 +300,7 @@ def test_modal_image_ships_the_page() -> None:
     """Modal's add_local_python_source ships only .py files by default; deploy keeps the page's files."""
     from app import deploy
 
-    for shipped in ("app/api.py", "app/web/static/app.js", "app/web/static/vendor/spark/spark.module.js"):
+    for shipped in ("app/pipeline.py", "app/web/static/app.js", "app/web/static/vendor/spark/spark.module.js"):
         assert not deploy._not_shipped(Path(shipped)), shipped
     assert deploy._not_shipped(Path("app/__pycache__/api.cpython-311.pyc"))
 

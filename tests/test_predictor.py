@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from app.devices import select_device
 from app.errors import InvalidRequestError
 from app.imaging import load_image
 from app.model import build_network
-from app.predictor import SharpPredictor, select_device
+from app.predictor import SharpPredictor
 from app.unproject import decompose_covariances, matrices_to_quaternions, quaternions_to_matrices
 from app.weights import CheckpointMismatchError, CheckpointNotAvailableError
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from app import devices
 from app.gaussians import GaussianScene
 from app.render.camera import Camera
 from app.render.errors import RenderError
@@ -24,23 +25,11 @@ Color = tuple[float, float, float]
 
 
 def select_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto``: CUDA, else MPS, else CPU; or the named device (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+    """`app.devices.select_device`, with a bad or missing device as `RenderError` (``bad_option``)."""
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise RenderError("bad_option", f"unknown device {name!r}") from error
-    if (device.type == "cuda" and not torch.cuda.is_available()) or (
-            device.type == "mps" and not torch.backends.mps.is_available()):
-        raise RenderError("bad_option", f"device {name!r} is not available on this machine")
-    return device
+        return devices.select_device(name)
+    except ValueError as error:
+        raise RenderError("bad_option", str(error)) from None
 
 
 def validate_scene(scene: GaussianScene) -> None:
