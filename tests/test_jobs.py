@@ -150,7 +150,9 @@ def test_job_results_are_the_synchronous_bytes(client: httpx.Client) -> None:
     assert final["status"] == "succeeded" and final["stage"] == "done" and final["progress"] == 1.0
     progress = [event["progress"] for event in seen]
     assert progress == sorted(progress), progress  # never goes back
-    assert any(0.04 < p < 0.92 and e["stage"] == "forward" for p, e in zip(progress, seen, strict=True)), seen
+    # Every stage change is published; how many updates fall inside the forward pass depends on its speed
+    # (at most 10 a second), so only its start is certain here (test_predictor_progress_hooks covers the climb).
+    assert any(0.039 < p < 0.92 and e["stage"] == "forward" for p, e in zip(progress, seen, strict=True)), seen
     assert final["model"] == {"preset": "tiny", "weights": "synthetic", "device": "cpu", "dtype": "float32"}
     assert final["metadata"]["num_gaussians"] == TINY_GAUSSIANS
     assert (final["metadata"]["image_width"], final["metadata"]["image_height"]) == (96, 64)
