@@ -37,6 +37,9 @@ One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
 * `POST /predict/ply` (also `/predict/ply_vertex`, `/predict/splat`, `/predict/spz`): a file to download.
 * `POST /jobs`: the same, asynchronously: follow `GET /jobs/{id}` or its server-sent `/events` (with
   progress), then download `GET /jobs/{id}/result.<ext>`.
+* `POST /render`: a picture of the predicted scene: the photo's view (PNG/JPEG, or its depth map) or an MP4
+  orbit, drawn by our PyTorch splat renderer.
+* `GET /viewer` (or `/` from a browser): a web page to drop a photo into and orbit its scene.
 * `POST /predict`: JSON arrays. A full scene is large as JSON (hundreds of MB for SHARP's 1.18M
   Gaussians as number lists): use `max_gaussians` to keep the most opaque ones and/or
   `encoding=base64` (packed float32, about half the size and much faster to parse).
