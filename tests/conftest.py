@@ -83,3 +83,16 @@ def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+class FakeVolume:
+    """A Modal Volume as a container sees it: files in a directory; reload/commit counted."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reload(self) -> None:
+        self.calls.append("reload")
+
+    def commit(self) -> None:
+        self.calls.append("commit")

@@ -17,6 +17,7 @@ import modal
 import modal.exception
 import orjson
 import pytest
+from conftest import FakeVolume
 
 from app import deploy
 from app.formats import decode_spz
@@ -45,19 +46,6 @@ def test_job_worker_definition() -> None:
     assert deploy.max_containers({"SHARP_MAX_CONTAINERS": "50"}) == 50
     with pytest.raises(ValueError, match="SHARP_MAX_CONTAINERS"):
         deploy.max_containers({"SHARP_MAX_CONTAINERS": "0"})
-
-
-class FakeVolume:
-    """A Modal Volume as a container sees it: files in a directory; reload/commit counted."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def reload(self) -> None:
-        self.calls.append("reload")
-
-    def commit(self) -> None:
-        self.calls.append("commit")
 
 
 class Aio:

@@ -30,6 +30,7 @@ import httpx
 import modal
 import numpy as np
 import pytest
+from conftest import FakeVolume
 from modal._partial_function import _find_callables_for_obj, _find_partial_methods_for_user_cls
 from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
@@ -268,17 +269,6 @@ def test_deploy_settings_from_the_environment() -> None:
 
 
 # ------------------------------------------------------------------------------ weights on the volume
-
-
-class FakeVolume:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def reload(self) -> None:
-        self.calls.append("reload")
-
-    def commit(self) -> None:
-        self.calls.append("commit")
 
 
 @pytest.fixture
