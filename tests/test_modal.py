@@ -202,6 +202,7 @@ def probe(**environ: str) -> dict[str, Any]:
     """Import both deploy files in a fresh interpreter with `environ` set, as `modal deploy` would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
     env.update(environ)
+    env["PYTHONPATH"] = str(ROOT / "tests")  # the probe imports this module, which imports conftest
     result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
