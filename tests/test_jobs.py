@@ -18,10 +18,11 @@ import orjson
 import pytest
 from conftest import LiveServer
 from PIL import Image
+from test_api import assert_error
 
 from app.formats import decode_spz, read_ply
 from app.http import create_app
-from app.http.schemas import ErrorResponse, JobResponse
+from app.http.schemas import JobResponse
 from app.predictor import SharpPredictor
 from app.settings import Settings
 
@@ -99,11 +100,6 @@ def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...] = ("su
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout} s")
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert ErrorResponse.model_validate(response.json()).error.code == code, response.text
 
 
 # ---------------------------------------------------------------------------------------------- progress
