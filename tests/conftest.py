@@ -1,21 +1,17 @@
-"""Shared fixtures: the conformance kit CI keeps beside the checkout, and a real HTTP server on loopback."""
+"""Shared fixtures: the conformance kit CI keeps beside the checkout, and a real HTTP server on loopback
+(helpers that tests import live in `tests/helpers.py`)."""
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import torch
-import uvicorn
 from starlette.types import ASGIApp
+
+from tests.helpers import LiveServer
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 
@@ -36,41 +32,6 @@ def fill_state_dict(conformance_dir: Path) -> Callable[..., dict[str, torch.Tens
     return fill_state_dict
 
 
-@dataclass
-class LiveServer:
-    """A uvicorn server running an ASGI app (lifespan included) on a free loopback port in a thread."""
-
-    app: ASGIApp
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @classmethod
-    def start(cls, app: ASGIApp, **config: Any) -> LiveServer:
-        """`config`: more `uvicorn.Config` options (by default uvicorn's own defaults)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
-                                               lifespan="on", **config))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return cls(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, **{"timeout": 60, **kwargs})
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
 @pytest.fixture
 def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     """`serve(app) -> LiveServer`; every server started is stopped when the test ends."""
@@ -83,16 +44,3 @@ def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
-
-
-class FakeVolume:
-    """A Modal Volume as a container sees it: files in a directory; reload/commit counted."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def reload(self) -> None:
-        self.calls.append("reload")
-
-    def commit(self) -> None:
-        self.calls.append("commit")

@@ -30,7 +30,6 @@ import httpx
 import modal
 import numpy as np
 import pytest
-from conftest import FakeVolume
 from modal._partial_function import _find_callables_for_obj, _find_partial_methods_for_user_cls
 from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
@@ -39,8 +38,9 @@ from PIL import Image
 
 from app import deploy
 from app.formats.ply import read_ply
+from tests.helpers import FakeVolume
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_GAUSSIANS = 131_072
 
 pytestmark = pytest.mark.filterwarnings(
@@ -179,7 +179,7 @@ def test_entrypoint_cli_options() -> None:
 _PROBE = """
 import json
 from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags as Flags
-from tests.test_modal import definition, image_layers, service_function, synchronizer
+from tests.deploy.test_modal import definition, image_layers, service_function, synchronizer
 import modal_api, modal_app
 from app import deploy
 api = definition(service_function(modal_api.SharpAPI))
@@ -202,7 +202,7 @@ def probe(**environ: str) -> dict[str, Any]:
     """Import both deploy files in a fresh interpreter with `environ` set, as `modal deploy` would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
     env.update(environ)
-    env["PYTHONPATH"] = str(ROOT / "tests")  # the probe imports this module, which imports conftest
+    env["PYTHONPATH"] = str(ROOT)  # the probe imports this module, which imports tests.helpers
     result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

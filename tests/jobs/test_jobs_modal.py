@@ -17,11 +17,11 @@ import modal
 import modal.exception
 import orjson
 import pytest
-from conftest import FakeVolume
 
 from app import deploy
 from app.formats import decode_spz
-from tests.test_modal import LocalContainer, definition, png_bytes, service_function, tiny_env  # noqa: F401
+from tests.deploy.test_modal import LocalContainer, definition, png_bytes, service_function, tiny_env  # noqa: F401
+from tests.helpers import FakeVolume
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*executing locally and will not have access to the mounted Volume:UserWarning"

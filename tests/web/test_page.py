@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer
 from PIL import Image
 
 from app.formats import encode as encode_format
@@ -36,6 +35,7 @@ from app.prediction import ModelInfo, Prediction
 from app.predictor import SharpPredictor
 from app.settings import Settings
 from app.web import page as web_page
+from tests.helpers import LiveServer, tiny_settings
 
 try:
     from playwright import sync_api
@@ -69,11 +69,9 @@ new MutationObserver((records) => {
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def tiny_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
-                              "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000,
-                              "jobs_dir": Path(tempfile.mkdtemp(prefix="sharp-page-jobs-"))}
-    return Settings(**{**values, **overrides})
+def page_settings(**overrides: Any) -> Settings:
+    """The tiny preset's settings with a fresh jobs directory (the page uses the jobs API)."""
+    return tiny_settings(**{"jobs_dir": Path(tempfile.mkdtemp(prefix="sharp-page-jobs-")), **overrides})
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", **options: Any) -> bytes:
@@ -193,14 +191,14 @@ def tiny_predictor() -> SharpPredictor:
 
 @pytest.fixture(scope="module")
 def server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
-    live = LiveServer.start(create_app(tiny_settings(), predictor=tiny_predictor))
+    live = LiveServer.start(create_app(page_settings(), predictor=tiny_predictor))
     yield live
     live.stop()
 
 
 @pytest.fixture(scope="module")
 def key_server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
-    live = LiveServer.start(create_app(tiny_settings(api_key=API_KEY), predictor=tiny_predictor))
+    live = LiveServer.start(create_app(page_settings(api_key=API_KEY), predictor=tiny_predictor))
     yield live
     live.stop()
 
@@ -239,7 +237,7 @@ def page(browser: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real photo when the conformance kit is beside the checkout, else the structured test image."""
-    kit_photo = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "coffee.png"
+    kit_photo = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "coffee.png"
     if kit_photo.is_file():
         return kit_photo
     path = tmp_path_factory.mktemp("photo") / "photo.png"
@@ -475,7 +473,7 @@ def test_error_is_shown_then_the_page_recovers(page: Any, server: LiveServer, ph
 
 def test_upload_over_the_limit_is_explained(page: Any, tiny_predictor: SharpPredictor) -> None:
     """The server refuses the body before reading it (413); the browser still gets the JSON message."""
-    live = LiveServer.start(create_app(tiny_settings(max_upload_mb=0.1), predictor=tiny_predictor))
+    live = LiveServer.start(create_app(page_settings(max_upload_mb=0.1), predictor=tiny_predictor))
     try:
         page.goto(f"{live.url}/")
         big = np.random.default_rng(0).integers(0, 256, size=3_000_000, dtype=np.uint8).tobytes()

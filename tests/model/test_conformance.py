@@ -21,7 +21,7 @@ from app.model import build_network
 
 pytestmark = pytest.mark.full
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

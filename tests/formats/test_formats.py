@@ -33,7 +33,7 @@ from app.formats.spz import decode_spz, encode_spz, gzip_parallel, read_spz_head
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 from app.prediction import ModelInfo, Prediction
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FULL_N = 2 * 768 * 768  # 1,179,648 Gaussians, what SHARP predicts for any photo
 
 

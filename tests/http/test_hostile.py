@@ -20,16 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import hostile_inputs as h
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer
-from test_api import assert_error, multipart, tiny_settings
 
 from app.http import create_app
 from app.http.server import uvicorn_options
 from app.predictor import F_PX_MAX, F_PX_MIN, SharpPredictor
+from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
+from tests.http import hostile_inputs as h
 
 ORIGIN = "https://viewer.example"
 MAX_UPLOAD_MB = 1

@@ -16,17 +16,16 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import LiveServer
 from PIL import Image
-from test_api import assert_error
 
 from app.formats import decode_spz, read_ply
 from app.http import create_app
 from app.http.schemas import JobResponse
 from app.predictor import SharpPredictor
 from app.settings import Settings
+from tests.helpers import LiveServer, assert_error
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_GAUSSIANS = 131_072
 SPLAT_BYTES = 32 * TINY_GAUSSIANS
 ARRAYS = ("positions", "scales", "rotations", "opacities", "colors")

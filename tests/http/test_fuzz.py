@@ -14,14 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from conftest import LiveServer
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from test_api import tiny_settings
 
 from app.http import create_app
 from app.http.server import UVICORN_OPTIONS
 from app.predictor import SharpPredictor
+from tests.helpers import LiveServer, tiny_settings
 
 EXAMPLES = int(os.environ.get("SHARP_FUZZ_EXAMPLES", "40"))
 RANDOM = os.environ.get("SHARP_FUZZ_RANDOM", "") == "1"

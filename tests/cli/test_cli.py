@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.formats import decode_spz, read_ply
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

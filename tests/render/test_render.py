@@ -266,7 +266,7 @@ def test_generic_3dgs_ply_with_extra_properties_gets_the_default_camera(tmp_path
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app", "render", *args], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
 
 
 def test_cli_png_and_mp4(tmp_path: Path) -> None:

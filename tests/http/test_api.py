@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import LiveServer
 from fastapi import FastAPI
 from PIL import Image
 from plyfile import PlyData
@@ -31,9 +30,10 @@ from app.formats import FORMATS, read_ply
 from app.formats.spz import decode_spz
 from app.gaussians import SH_C0
 from app.http import create_app
-from app.http.schemas import ApiInfo, ErrorResponse, HealthResponse, PredictResponse
+from app.http.schemas import ApiInfo, HealthResponse, PredictResponse
 from app.predictor import SharpPredictor
 from app.settings import Settings
+from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
 
 API_KEY = "test-key-0123456789"
 ALLOWED_ORIGIN = "https://viewer.example"
@@ -42,12 +42,6 @@ STAGES = ("decode", "preprocess", "forward", "postprocess")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def tiny_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
-                              "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
-    return Settings(**{**values, **overrides})
 
 
 def image_bytes(width: int, height: int, fmt: str = "PNG", seed: int = 0, noise: bool = False) -> bytes:
@@ -74,28 +68,6 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
-
-
-def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
-    """A multipart/form-data body and its Content-Type, built by hand (to send it chunked)."""
-    boundary = "sharp-serve-test-boundary"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is a JSON error of the service's one shape, with this status and code."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = ErrorResponse.model_validate(response.json())
-    assert body.error.code == code, response.text
-    assert body.error.message
-    assert body.error.request_id == response.headers["x-request-id"]
-    return response.json()["error"]
 
 
 def b64_array(value: dict[str, Any]) -> np.ndarray:

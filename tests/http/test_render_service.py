@@ -14,14 +14,14 @@ import av
 import httpx
 import numpy as np
 import pytest
-from conftest import LiveServer
 from PIL import Image
 
 from app.http import create_app
 from app.predictor import SharpPredictor
 from app.settings import Settings
+from tests.helpers import LiveServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def photo_png(width: int = 120, height: int = 80) -> bytes:

@@ -1,0 +1,96 @@
+"""Helpers the test modules share (fixtures are in `conftest.py`): a live uvicorn server on loopback, the tiny
+preset's settings, the API's error shape, a hand-built multipart body and a Modal Volume stand-in."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.types import ASGIApp
+
+from app.http.schemas import ErrorResponse
+from app.settings import Settings
+
+
+def tiny_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
+                              "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
+    return Settings(**{**values, **overrides})
+
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is a JSON error of the service's one shape, with this status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = ErrorResponse.model_validate(response.json())
+    assert body.error.code == code, response.text
+    assert body.error.message
+    assert body.error.request_id == response.headers["x-request-id"]
+    return response.json()["error"]
+
+
+
+def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type, built by hand (to send it chunked)."""
+    boundary = "sharp-serve-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn server running an ASGI app (lifespan included) on a free loopback port in a thread."""
+
+    app: ASGIApp
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @classmethod
+    def start(cls, app: ASGIApp, **config: Any) -> LiveServer:
+        """`config`: more `uvicorn.Config` options (by default uvicorn's own defaults)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
+                                               lifespan="on", **config))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return cls(app=app, url=f"http://127.0.0.1:{port}", server=server, thread=thread)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, **{"timeout": 60, **kwargs})
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+class FakeVolume:
+    """A Modal Volume as a container sees it: files in a directory; reload/commit counted."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reload(self) -> None:
+        self.calls.append("reload")
+
+    def commit(self) -> None:
+        self.calls.append("commit")
