@@ -331,3 +331,10 @@ def ply_huge_values() -> bytes:
     rows[:, 7:10] = 80.0
     rows[:, 6] = -1e30
     return ply_header(4) + rows.tobytes()
+
+
+def spz_truncated(num_points: int = 1000) -> bytes:
+    """A .spz of `num_points` points of noise (it does not compress), cut in half."""
+    payload = np.random.default_rng(5).integers(0, 256, size=20 * num_points, dtype=np.uint8).tobytes()
+    whole = zlib.compress(SPZ_HEADER.pack(SPZ_MAGIC, 3, num_points, 0, 12, 0, 0) + payload, wbits=31)
+    return whole[: len(whole) // 2]
