@@ -338,3 +338,14 @@ def spz_truncated(num_points: int = 1000) -> bytes:
     payload = np.random.default_rng(5).integers(0, 256, size=20 * num_points, dtype=np.uint8).tobytes()
     whole = zlib.compress(SPZ_HEADER.pack(SPZ_MAGIC, 3, num_points, 0, 12, 0, 0) + payload, wbits=31)
     return whole[: len(whole) // 2]
+
+
+def ply_binary_overlapping(megabytes: float = 9.0) -> bytes:
+    """A valid binary PLY of about `megabytes` MB whose Gaussians all sit at one spot, each about 80 px wide in a
+    1024 x 768 view: ~160,000 of them need ~60 M (tile, Gaussian) pairs in one frame."""
+    count = int(megabytes * 1e6) // 56
+    rows = np.frombuffer(ply_vertices(1), dtype="<f4").reshape(1, -1).copy()
+    rows[0, :3] = (0.125, -0.25, 2.5)
+    rows[0, 6] = 2.25
+    rows[0, 7:10] = -3.5
+    return ply_header(count) + np.repeat(rows, count, axis=0).tobytes()
