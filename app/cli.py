@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.errors import SharpError
-from app.formats import FORMATS, write_atomically
+from app.formats import write_atomically
 from app.model.presets import PRESETS
+from app.outputs import SCENE_FORMATS
 from app.render.cli import add_render_parser, run_render
 from app.settings import Settings
 from app.vocabulary import DeviceName, DTypeName, choices
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, choices=choices(DeviceName))
     predict.add_argument("--dtype", default=None, choices=choices(DTypeName))
     predict.add_argument("--preset", default=None, choices=list(PRESETS), help=f"network: {presets}")
-    predict.add_argument("--format", default="ply", choices=[n for n, f in FORMATS.items() if f.kind == "scene"],
+    predict.add_argument("--format", default="ply", choices=SCENE_FORMATS,
                          help="output format (default: ply)")
     predict.add_argument("--vertex-only", action="store_true", help="PLY only: write just the vertex element "
                          "(the same as --format ply_vertex)")

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from app.formats import FORMATS, write_atomically
+from app.formats import write_atomically
+from app.outputs import FORMATS
 
 FINAL = ("succeeded", "failed", "cancelled")
 MAX_SUBMIT_WAIT_S = 900.0
@@ -46,10 +47,6 @@ def add_parser(commands: Any) -> None:
     remote.add_argument("--format", default="ply", help=f"comma-separated subset of {','.join(FORMATS)} "
                         "(default: ply)")
     remote.add_argument("--f-px", type=float, help="focal length in pixels (default: from EXIF, else 30 mm)")
-
-
-def output_name(stem: str, format_name: str) -> str:
-    return f"{stem}.vertex.ply" if format_name == "ply_vertex" else FORMATS[format_name].filename(stem)
 
 
 def run_remote(args: argparse.Namespace) -> int:
@@ -190,7 +187,7 @@ def _events(client: httpx.Client, job_id: str) -> Iterator[dict[str, Any]]:
 def _download(client: httpx.Client, job: dict[str, Any], stem: str, output: Path) -> list[Path]:
     written = []
     for format_name, url in job["results"].items():
-        destination = output / output_name(stem, format_name)
+        destination = output / FORMATS[format_name].filename(stem)
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 response.read()

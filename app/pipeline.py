@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import formats
+from app import outputs as formats
 from app.forward_progress import ProgressCallback
 from app.imaging import LoadedImage, load_image
 from app.prediction import Prediction
@@ -69,7 +69,7 @@ def encode(prediction: Prediction, format_name: str, **options: Any) -> EncodedO
     """
     fmt = formats.check_options(format_name, options)
     start = time.perf_counter()
-    body = formats.encode(prediction, fmt.name, **options)
+    body = formats.encode(prediction, fmt.name, timings_ms=prediction.timings_ms, **options)
     prediction.timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
     return EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type, filename=fmt.filename(prediction.name))
 

@@ -30,8 +30,8 @@ import anyio.to_thread
 
 from app import pipeline
 from app.errors import SharpError
-from app.formats import get_format
 from app.forward_progress import ProgressCallback
+from app.outputs import get_format
 from app.prediction import Prediction
 from app.predictor import SharpPredictor
 from app.settings import Settings

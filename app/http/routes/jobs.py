@@ -18,7 +18,6 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from app.formats import FORMATS
 from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
 from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
@@ -34,6 +33,7 @@ from app.jobs.base import (
     check_job_options,
     parse_outputs,
 )
+from app.outputs import FORMATS
 from app.vocabulary import ModelState
 
 KEEPALIVE_S = 15.0

@@ -14,7 +14,6 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.errors import UnknownFormatError
-from app.formats import FORMATS, OutputFormat
 from app.http.deps import (
     FocalPx,
     ImageUpload,
@@ -27,6 +26,7 @@ from app.http.deps import (
 )
 from app.http.responses import error_responses, file_responses, prediction_response
 from app.http.schemas import PredictResponse
+from app.outputs import FORMATS, SCENE_FORMATS, OutputFormat
 
 router = APIRouter()
 
@@ -70,11 +70,8 @@ def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
     return predict_format
 
 
-SCENE_FORMATS = [fmt.name for fmt in FORMATS.values() if fmt.kind == "scene"]
-"""What `POST /predict/<format>` serves; renders go through `POST /render`."""
-
-for _fmt in FORMATS.values():
-    if _fmt.name in SCENE_FORMATS and _fmt.name not in ("ply", "json"):  # ply: own route; json: POST /predict
+for _fmt in (FORMATS[name] for name in SCENE_FORMATS):  # renders go through `POST /render`
+    if _fmt.name not in ("ply", "json"):  # ply: its own route (vertex_only); json: POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
             dependencies=[SingleValued],
