@@ -250,14 +250,6 @@ def encode_spz(
     return gzip_parallel(payload, compresslevel, workers)
 
 
-def read_spz_header(data: bytes | bytearray | memoryview) -> SpzHeader:
-    """Decompress just enough of a .spz file to read its 16-byte header."""
-    head = zlib.decompressobj(wbits=31).decompress(memoryview(data).cast("B")[: 1 << 16], HEADER_BYTES)
-    if len(head) < HEADER_BYTES:
-        raise ValueError("SPZ stream shorter than its 16-byte header")
-    return SpzHeader(*HEADER_STRUCT.unpack(head))
-
-
 def decode_spz(
     data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0, image_height: int = 0
 ) -> GaussianScene:

@@ -1,6 +1,6 @@
 """Render Gaussian-splat scenes to images, depth maps and short videos, in plain PyTorch (CPU, CUDA, MPS).
 
-Public API (imported lazily, so that ``import app.render.cli`` stays light)::
+Public API (imported lazily, so that the CLI and `app.render.errors` load without torch)::
 
     from app.render import load_scene, prepare_scene, input_camera, camera_path, render, render_frames
     scene = load_scene("scene.ply")                       # or bytes; .ply, .splat, .spz

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.formats import write_atomically
 from app.formats.json import encode_json, select_gaussians
 from app.formats.ply import (
     TAIL_BYTES,
@@ -24,10 +25,9 @@ from app.formats.ply import (
     ply_header,
     ply_num_bytes,
     read_ply,
-    write_ply,
 )
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
-from app.formats.spz import decode_spz, encode_spz, gzip_parallel, read_spz_header, spz_payload
+from app.formats.spz import HEADER_BYTES, HEADER_STRUCT, SpzHeader, decode_spz, encode_spz, gzip_parallel, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 from tests.helpers import random_scene
 
@@ -194,7 +194,7 @@ def _full_size_scene_matching_reference(gold: dict, ref_tail: bytes) -> Gaussian
 def test_full_size_ply_passes_the_conformance_checker(conformance_dir: Path, tmp_path: Path) -> None:
     gold = dict(np.load(conformance_dir / "coffee_s0.npz"))
     scene = _full_size_scene_matching_reference(gold, gold["ply_tail"].tobytes())
-    path = write_ply(scene, tmp_path / "full.ply")
+    path = write_atomically(tmp_path / "full.ply", iter_ply_chunks(scene))
     assert path.stat().st_size == 66_061_086
     result = subprocess.run([sys.executable, str(conformance_dir / "compare_ply.py"), str(path),
                              str(conformance_dir / "coffee_s0")], capture_output=True, text=True, check=False)
@@ -222,7 +222,7 @@ def test_ply_round_trip_and_plyfile_reads_it(tmp_path: Path) -> None:
     from plyfile import PlyData
 
     scene = random_scene(3000, seed=1)
-    path = write_ply(scene, tmp_path / "scene.ply")
+    path = write_atomically(tmp_path / "scene.ply", iter_ply_chunks(scene))
     data = path.read_bytes()
     assert data == encode_ply(scene)
     ply = PlyData.read(str(path))  # an independent parser
@@ -292,17 +292,17 @@ def test_iter_ply_chunks_are_independent_blocks() -> None:
         next(iter(iter_ply_chunks(scene, chunk_bytes=0)))
 
 
-def test_write_ply_replaces_atomically_and_cleans_up(tmp_path: Path) -> None:
+def test_a_streamed_ply_replaces_a_file_atomically_and_cleans_up(tmp_path: Path) -> None:
     target = tmp_path / "out.ply"
     target.write_bytes(b"old")
     scene = random_scene(200)
-    assert write_ply(scene, target) == target
+    assert write_atomically(target, iter_ply_chunks(scene)) == target
     assert target.read_bytes() == encode_ply(scene)
     assert target.stat().st_mode & 0o777 == 0o644
     bad = GaussianScene(scene.positions, scene.scales, np.full((200, 4), "x"), scene.colors,
                         scene.opacities, 500.0, 600, 400)  # rotations that cannot become float32
     with pytest.raises(ValueError):
-        write_ply(bad, target)
+        write_atomically(target, iter_ply_chunks(bad))
     assert target.read_bytes() == encode_ply(scene)  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ply"]  # no temporary file left
 
@@ -366,6 +366,11 @@ def test_splat_rejects_a_partial_record() -> None:
 # ----------------------------------------------------------------------------------------------- SPZ
 
 
+def spz_header(data: bytes) -> SpzHeader:
+    """The 16-byte header at the start of a .spz file's gzip stream."""
+    return SpzHeader(*HEADER_STRUCT.unpack(gzip.decompress(data)[:HEADER_BYTES]))
+
+
 def _check_spz_decoded(scene: GaussianScene, positions: np.ndarray, scales: np.ndarray, quats: np.ndarray,
                        opacities: np.ndarray, srgb: np.ndarray, rotation_tol: float) -> None:
     """Tolerances of the SPZ quantisation; all arrays in OpenCV axes, quats (w, x, y, z), scales linear."""
@@ -415,7 +420,7 @@ def test_spz_bytes_by_hand() -> None:
     raw = gzip.decompress(data)  # the stdlib, not our decoder
     assert raw[:4] == b"NGSP"
     assert struct.unpack("<IIIBBBB", raw[:16]) == (0x5053474E, 3, 3, 0, 12, 0, 0)
-    assert tuple(read_spz_header(data)) == (0x5053474E, 3, 3, 0, 12, 0, 0)
+    assert tuple(spz_header(data)) == (0x5053474E, 3, 3, 0, 12, 0, 0)
     assert len(raw) == 16 + 20 * 3
     n, body = 3, raw[16:]
     xyz = [int.from_bytes(body[i:i + 3], "little", signed=True) / 4096 for i in range(0, 9, 3)]
@@ -444,7 +449,7 @@ def test_spz_wide_scenes_use_fewer_fractional_bits() -> None:
     wide = GaussianScene(scene.positions * 1000, scene.scales, scene.rotations, scene.colors,
                          scene.opacities, 500.0, 600, 400)  # up to 30 km
     data = encode_spz(wide)
-    bits = read_spz_header(data).fractional_bits
+    bits = spz_header(data).fractional_bits
     assert bits < 12 and np.abs(wide.positions).max() * 2**bits < 2**23
     np.testing.assert_allclose(decode_spz(data).positions, wide.positions, atol=0.5 / 2**bits + 1e-3)
 
