@@ -1,10 +1,10 @@
 """The Modal images and Volumes both deploy files use.
 
 * `gpu_image`: Debian slim + the project's dependencies with the tested torch (pyproject.toml's
-  `dependencies` and `tested-torch` extra, read at build time, as the Makefile and the Dockerfile do) +
-  the container environment (`deploy.config.container_env`) + `app/` and `deploy/`. The PyPI torch wheels
-  for Linux x86-64 bundle CUDA, so no CUDA base image is needed. The env layer comes after the dependencies, so changing a setting
-  reinstalls nothing; the sources are added at container start, so code changes redeploy in seconds.
+  `dependencies` and `tested-torch` extra, read at build time, as the Makefile and the Dockerfile do) + the
+  container environment (`deploy.config.container_env`) + `app/` and `deploy/`. The PyPI torch wheels
+  for Linux x86-64 bundle CUDA, so no CUDA base image is needed. The env layer comes after the dependencies,
+  so changing a setting reinstalls nothing; the sources are added at container start: code redeploys in seconds.
 * `light_image`: Debian slim + the same environment + the sources, no dependencies (no torch): for the
   functions that only forward a call (their imports need nothing but the stdlib and Modal; `app/settings.py`
   is read, not imported, by `deploy.config.container_env`).
