@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # Schema-driven fuzzing of the HTTP API (schemathesis), far more cases than CI's derandomized 40 per operation.
 fuzz: $(STAMP)
-	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/http/test_fuzz.py
 
 # Load/soak benchmark of the tiny server on loopback (see bench/load.py for the options).
 load: $(STAMP)
