@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.formats import write_atomically  # noqa: E402
+from app.files import write_atomically  # noqa: E402
 from app.formats.json import encode_json, select_gaussians  # noqa: E402
 from app.formats.ply import (  # noqa: E402
     PLY_VERSION,
@@ -46,9 +46,7 @@ from app.formats.splat import encode_splat  # noqa: E402
 from app.formats.spz import encode_spz  # noqa: E402
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear  # noqa: E402
 
-PHOTO = Path("/work/shared/conformance/coffee.png")
-if not PHOTO.exists():  # the repo's shared/ checkout, where there is one
-    PHOTO = ROOT / "shared" / "conformance" / "coffee.png"
+PHOTO = ROOT / "tests" / "data" / "conformance" / "coffee.png"
 
 
 def make_realistic_scene(

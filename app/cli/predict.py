@@ -18,7 +18,7 @@ from typing import Any
 
 from app.cli.common import UsageError, f_px_option, settings_with
 from app.errors import SharpError
-from app.formats import write_atomically
+from app.files import write_atomically
 from app.model.presets import PRESETS
 from app.outputs import SCENE_FORMATS
 from app.vocabulary import DeviceName, DTypeName, choices

@@ -27,7 +27,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from app.cli.common import f_px_option
-from app.formats import write_atomically
+from app.files import write_atomically
 from app.outputs import FORMATS
 
 FINAL = ("succeeded", "failed", "cancelled")

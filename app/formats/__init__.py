@@ -12,7 +12,6 @@ nothing of rendering nor of which outputs a request may ask for: that registry i
 
 from __future__ import annotations
 
-from app.formats.files import write_atomically
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply, read_ply
 from app.formats.splat import decode_splat, encode_splat
@@ -26,5 +25,4 @@ __all__ = [
     "encode_splat",
     "encode_spz",
     "read_ply",
-    "write_atomically",
 ]
