@@ -122,6 +122,8 @@ class ModalWire:
         self.containers: dict[str, Container] = {}
         self.rpcs: list[tuple[str, str]] = []
         """(container, RPC name) of every request, in order."""
+        self.commits: list[tuple[str, dict[str, bytes | None]]] = []
+        """(container, the files it changed: path -> new bytes, None if deleted) of every commit that changed any."""
         self._failures: dict[str, list[tuple[Status, str]]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -354,12 +356,17 @@ class ModalWire:
     def _commit(self, container: Container) -> None:
         """Publish what `container` changed in its view since its last reload."""
         now = container.files()
+        changed: dict[str, bytes | None] = {path: data for path, data in now.items()
+                                            if container.baseline.get(path) != data}
+        changed.update(dict.fromkeys(set(container.baseline) - set(now)))
         with self._lock:
-            for relative, data in now.items():
-                if container.baseline.get(relative) != data:
+            for relative, data in changed.items():
+                if data is None:
+                    self.committed.pop(relative, None)
+                else:
                     self.committed[relative] = data
-            for relative in set(container.baseline) - set(now):
-                self.committed.pop(relative, None)
+            if changed:
+                self.commits.append((container.name, changed))
         container.baseline = now
 
     def committed_files(self, prefix: str = "") -> Iterator[str]:

@@ -201,11 +201,13 @@ class Job:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A finished job's file: where it is, and the job it belongs to (for headers)."""
+    """A finished job's file: where it is, and the job it belongs to (for headers); `body`: its bytes when
+    the queue read it into memory (a Modal Volume's files must not stay open while a response is sent)."""
 
     job: Job
     format: str
     path: Path
+    body: bytes | None = None
 
 
 def check_live(job: Job) -> None:

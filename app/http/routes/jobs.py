@@ -175,7 +175,7 @@ def _result_route(format_name: str) -> Any:
     async def job_result(job_id: str, jobs: Jobs) -> Response:
         result = await jobs.result(job_id, format_name)
         job = result.job
-        if not result.path.is_file():
+        if result.body is None and not result.path.is_file():
             raise JobExpiredError(f"Job {job_id}'s results are gone.")
         model, meta = job.model or {}, job.metadata or {}
         headers = {
@@ -185,6 +185,8 @@ def _result_route(format_name: str) -> Any:
             "Server-Timing": server_timing(job.timings_ms),
             "Content-Disposition": content_disposition(fmt.filename(job.name or "scene")),
         }
+        if result.body is not None:
+            return Response(result.body, media_type=fmt.media_type, headers=headers)
         return FileResponse(result.path, media_type=fmt.media_type, headers=headers)
 
     job_result.__name__ = f"job_result_{format_name}"
