@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 
 from app.formats import FORMATS, write_atomically
+from app.vocabulary import FINAL_JOB_STATUSES
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_JOB_STATUSES
 MAX_SUBMIT_WAIT_S = 900.0
 """How long one submission keeps retrying 503s (queue full, model loading) before the image fails."""
 

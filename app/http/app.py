@@ -73,11 +73,9 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         await job_queue.start()
-        restore_signals = jobs.end_streams_on_exit_signals(_app)
         try:
             yield
         finally:
-            restore_signals()
             await job_queue.close()
             service.close()
 

@@ -152,18 +152,14 @@ class LocalJobQueue:
         check_result(job, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
 
-    async def watch(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)
         while True:
             changed = self._changed.setdefault(job.id, asyncio.Event())
             yield job
             if job.final or self._jobs.get(job.id) is not job:
                 return
-            while not changed.is_set():
-                try:
-                    await asyncio.wait_for(changed.wait(), keepalive_s)
-                except asyncio.TimeoutError:
-                    yield None
+            await changed.wait()
 
     # -------------------------------------------------------------------------------------- the worker
 

@@ -202,22 +202,19 @@ class ModalJobQueue:
                 body = await anyio.to_thread.run_sync(self.store.read_result, job.id, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name), body=body)
 
-    async def watch(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)
         yield job
-        shown, quiet_since = job.public(), time.monotonic()
+        shown = job.to_dict()
         while not job.final:
             await asyncio.sleep(POLL_S)
             try:
                 job = await self.get(job_id)
             except JobNotFoundError:
                 return
-            if job.public() != shown:
-                shown, quiet_since = job.public(), time.monotonic()
+            if job.to_dict() != shown:
+                shown = job.to_dict()
                 yield job
-            elif time.monotonic() - quiet_since >= keepalive_s:
-                quiet_since = time.monotonic()
-                yield None
 
     # ------------------------------------------------------------------------------------------ helpers
 
