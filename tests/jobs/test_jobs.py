@@ -427,3 +427,12 @@ def test_ctrl_c_ends_open_event_streams(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_an_upload_is_checked_by_its_header_and_decoded_once_by_the_job(client: httpx.Client) -> None:
+    """Submission reads the header only (format, size, pixel limit); pixels damaged past it fail the job,
+    with the image's own error, when its worker decodes the photo."""
+    photo = image_bytes()
+    job = submit(client, photo[: len(photo) // 2])
+    failed = wait_for(client, job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "corrupt_image", failed

@@ -1,9 +1,10 @@
 """`/jobs`: submit a photo, follow the job (JSON or server-sent events), download its results, cancel it.
 
 The routes only check the request and call the app's `JobQueue` (`app.jobs`): the local worker or
-Modal's queue, the same routes either way. A submission is decoded at once (on a worker thread, like
-`POST /predict`), so a bad upload gets the same 4xx as the synchronous endpoints before anything is
-queued; the queue then reads the upload back when the job runs.
+Modal's queue, the same routes either way. A submission's image header is checked at once
+(`app.imaging.probe_image`: format, size, pixel limit), so a bad upload gets the same 4xx as the
+synchronous endpoints before anything is queued; the job's worker decodes it, once, when it runs (a
+file damaged past its header fails the job with the image's error).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -21,6 +23,7 @@ from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
 from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
 from app.http.schemas import JobResponse
+from app.imaging import probe_image
 from app.jobs.base import (
     DEFAULT_OUTPUTS,
     RESULT_FORMATS,
@@ -88,7 +91,8 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
-    await service.decode(data, filename=file.filename)  # ImageError -> the same 4xx as /predict
+    # The header only (format, size, pixel limit: the same 4xx as /predict); the worker decodes it, once.
+    await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
     job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options)
     return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
