@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from app.formats import FORMATS, write_atomically
+from app.files import write_atomically
+from app.formats import FORMATS
 from app.vocabulary import FINAL_JOB_STATUSES
 
 FINAL = FINAL_JOB_STATUSES
