@@ -377,58 +377,6 @@ def test_remote_client_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.startswith("error: cannot reach http://127.0.0.1:9")
 
 
-SERVE_WITH_A_MODEL_THAT_NEVER_LOADS = """
-import sys, threading
-import uvicorn
-from app.http import create_app
-from app.settings import Settings
-
-def never(settings):
-    threading.Event().wait()
-
-settings = Settings(preset="tiny", device="cpu", api_key=None, jobs_dir=sys.argv[2], cache_dir=sys.argv[3])
-uvicorn.run(create_app(settings, loader=never), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
-"""
-
-
-def test_ctrl_c_ends_open_event_streams(tmp_path: Path) -> None:
-    """A queued job's event stream stays open for as long as the queue is long (here: forever, the model never
-    loads). SIGINT (Ctrl+C) must end it and let the server exit, not wait for the stream."""
-    import signal
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", SERVE_WITH_A_MODEL_THAT_NEVER_LOADS, str(port),
-                               str(tmp_path / "jobs"), str(tmp_path / "cache")], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            job = submit(client)
-            seen = []
-            with client.stream("GET", f"/jobs/{job['id']}/events") as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data: "):
-                        seen.append(orjson.loads(line[6:]))
-                        server.send_signal(signal.SIGINT)
-            assert [event["status"] for event in seen] == ["queued"]  # the stream ended, the job did not
-        assert server.wait(timeout=60) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
 def test_an_upload_is_checked_by_its_header_and_decoded_once_by_the_job(client: httpx.Client) -> None:
     """Submission reads the header only (format, size, pixel limit); pixels damaged past it fail the job,
     with the image's own error, when its worker decodes the photo."""
