@@ -30,7 +30,6 @@ import anyio.to_thread
 
 from app import pipeline
 from app.errors import SharpError
-from app.imaging import LoadedImage
 from app.predictor import SharpPredictor
 from app.settings import Settings
 from app.vocabulary import ModelState, ProgressCallback
@@ -238,15 +237,6 @@ class InferenceService:
             work = functools.partial(pipeline.run, predictor, source, outputs, filename=filename, f_px=f_px,
                                      max_pixels=self.settings.max_pixels, progress=progress, slots=self._slots)
             return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
-
-    async def decode(self, data: bytes, *, filename: str | None) -> LoadedImage:
-        """`pipeline.decode` on a worker thread, in the decode slot: for checking an upload before it is queued
-        (`POST /jobs`); `ImageError` if unusable."""
-        def work() -> LoadedImage:
-            with self._decoding:
-                return pipeline.decode(data, filename=filename, max_pixels=self.settings.max_pixels)
-
-        return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
 
     @contextlib.contextmanager
     def _model_turn(self) -> Iterator[None]:

@@ -29,8 +29,9 @@ from httpx_sse import connect_sse
 from app.cli.common import f_px_option
 from app.files import write_atomically
 from app.outputs import FORMATS
+from app.vocabulary import FINAL_JOB_STATUSES
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_JOB_STATUSES
 MAX_SUBMIT_WAIT_S = 900.0
 """How long one submission keeps retrying 503s (queue full, model loading) before the image fails."""
 
