@@ -12,7 +12,8 @@
 // loading-scene, ready, error; dataset.frames counts frames rendered of the current scene and
 // dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame);
 // dataset.preview is "shown" once the server's preview render was displayed while the scene loaded;
-// dataset.rendering is "1" while frames are still to be drawn (a drag easing out, a sort just finished).
+// dataset.rendering is "1" while frames are still to be drawn (a drag easing out, a sort just finished);
+// dataset.viewDegrees: the angle between the camera's view and the photo's, in the last frame.
 
 const $ = (id) => document.getElementById(id);
 const body = document.body;
@@ -905,6 +906,8 @@ function renderFrame() {
   if (viewer.mesh) {
     viewer.frames += 1;
     body.dataset.frames = String(viewer.frames);
+    const forward = viewer.camera.getWorldDirection(new viewer.THREE.Vector3());
+    body.dataset.viewDegrees = viewer.THREE.MathUtils.radToDeg(Math.acos(Math.min(1, -forward.z))).toFixed(1);
     if (!viewer.visible && frameHasSplats()) {
       viewer.visible = true;
       body.dataset.visible = "1";
