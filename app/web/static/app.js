@@ -34,6 +34,8 @@ const SHOWN_FORMATS_SMALLEST_FIRST = ["sog", "spz"];
 const JOB_FINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
 // A drag of one pixel turns the scene by this many degrees (200 px: 60 degrees), whatever the canvas size.
 const DRAG_DEGREES_PER_PX = 0.3;
+// Motion below this per frame is not drawn: a drag's easing-out stops there (its rest is under 0.2 degrees).
+const STILL_DEGREES_PER_FRAME = 0.05;
 const NARROW_SCREEN = "(max-width: 760px)"; // = the narrow layout's media query in style.css
 const PHONE = `${NARROW_SCREEN}, (pointer: coarse)`;
 
@@ -789,6 +791,7 @@ const viewer = {
   pending: false,
   frames: 0,
   visible: false,
+  last: null, // the camera's { quaternion, position } at the last frame
 };
 
 /** Spark's SPZ reader keeps the file's coordinates. SPZ stores RUB axes (x right, y up, z back), the
@@ -820,7 +823,7 @@ async function loadRenderer() {
     scene.add(new Spark.SparkRenderer({ renderer, onDirty: requestRender }));
     const controls = new OrbitControls(camera, canvas);
     controls.enableDamping = true;
-    controls.dampingFactor = 0.12;
+    controls.dampingFactor = 0.25;
     controls.screenSpacePanning = true;
     controls.touches = { ONE: THREE.TOUCH.ROTATE, TWO: THREE.TOUCH.DOLLY_PAN }; // one finger orbits, two pinch and pan
     controls.addEventListener("change", requestRender);
@@ -901,7 +904,7 @@ function requestRender() {
 
 function renderFrame() {
   viewer.pending = false;
-  const moving = viewer.controls.update();
+  const moving = viewer.controls.update() && !cameraStill();
   viewer.renderer.render(viewer.scene, viewer.camera);
   if (viewer.mesh) {
     viewer.frames += 1;
@@ -918,6 +921,19 @@ function renderFrame() {
   // asynchronously and says so through onDirty, but a few extra frames are cheap and certain).
   if (moving || (viewer.mesh && !viewer.visible && viewer.frames < 600)) requestRender();
   if (!viewer.pending) delete body.dataset.rendering;
+}
+
+/** Whether the camera moved less than `STILL_DEGREES_PER_FRAME` since the last frame (OrbitControls' own
+ * threshold is in scene units, which for a scene hundreds of metres deep means hundreds of frames). */
+function cameraStill() {
+  const { THREE, camera, controls } = viewer;
+  const last = viewer.last ?? { quaternion: new THREE.Quaternion(), position: new THREE.Vector3(1e9, 0, 0) };
+  const still = THREE.MathUtils.radToDeg(camera.quaternion.angleTo(last.quaternion)) < STILL_DEGREES_PER_FRAME &&
+    camera.position.distanceTo(last.position) < 1e-3 * controls.getDistance();
+  last.quaternion.copy(camera.quaternion);
+  last.position.copy(camera.position);
+  viewer.last = last;
+  return still;
 }
 
 /** Whether the frame just drawn differs from the clear colour in more than 0.5 % of its pixels. */
