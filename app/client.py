@@ -26,8 +26,9 @@ import httpx
 
 from app.files import write_atomically
 from app.formats import FORMATS
+from app.vocabulary import FINAL_JOB_STATUSES
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_JOB_STATUSES
 MAX_SUBMIT_WAIT_S = 900.0
 """How long one submission keeps retrying 503s (queue full, model loading) before the image fails."""
 

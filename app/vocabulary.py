@@ -14,6 +14,11 @@ FocalSource = Literal["request", "exif", "default"]
 WeightsSource = Literal["official", "file", "synthetic"]
 """`official`: Apple's checkpoint; `file`: another checkpoint file; `synthetic`: made-up test weights."""
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""A job's status (`app.jobs`): waiting, running, then one of the final three."""
+FINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+"""The statuses a job never leaves (its event stream ends there; clients stop polling)."""
+
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["float32", "tf32", "bfloat16", "float16"]
 

@@ -375,3 +375,12 @@ def test_remote_client_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.startswith("error: --url must start with http")
     assert main([*common, "--url", "http://127.0.0.1:9"]) == 1  # nothing listens on port 9
     assert capsys.readouterr().err.startswith("error: cannot reach http://127.0.0.1:9")
+
+
+def test_an_upload_is_checked_by_its_header_and_decoded_once_by_the_job(client: httpx.Client) -> None:
+    """Submission reads the header only (format, size, pixel limit); pixels damaged past it fail the job,
+    with the image's own error, when its worker decodes the photo."""
+    photo = image_bytes()
+    job = submit(client, photo[: len(photo) // 2])
+    failed = wait_for(client, job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "corrupt_image", failed
