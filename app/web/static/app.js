@@ -30,7 +30,7 @@ const DOWNLOADS = [
 // The scene formats the renderer reads from the server, smallest file first: a phone takes the first one
 // the server offers, a wide screen SPZ (finer positions than SOG's).
 const SHOWN_FORMATS_SMALLEST_FIRST = ["sog", "spz"];
-// The job statuses after which nothing changes: app/jobs FINAL_STATUSES (the server's JSON info does not list them).
+// The job statuses after which nothing changes: app.vocabulary.FINAL_JOB_STATUSES (the JSON info does not list them).
 const JOB_FINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
 // A drag of one pixel turns the scene by this many degrees (200 px: 60 degrees), whatever the canvas size.
 const DRAG_DEGREES_PER_PX = 0.3;
