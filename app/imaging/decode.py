@@ -79,7 +79,7 @@ class LoadedImage:
     Attributes:
         rgb: (H, W, 3) uint8 after EXIF orientation. For a rotated or mirrored photo this is a strided
             view of the decoded pixels, not a contiguous array; `np.ascontiguousarray` it where that
-            matters (`app.preprocess.resize_for_network` takes it as it is).
+            matters (`app.predictor.preprocess.resize_for_network` takes it as it is).
         f_px: Focal length in pixels for this W and H.
         f_px_source: "exif" if an EXIF focal length was used, else "default".
         focal_length_35mm: The 35 mm-equivalent focal length in mm that `f_px` was computed from.

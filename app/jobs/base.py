@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.errors import InvalidRequestError, SharpError
-from app.formats import FORMATS, check_options
+from app.outputs import FORMATS, check_options
 from app.vocabulary import FINAL_JOB_STATUSES, JobStatus
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -53,12 +53,8 @@ def check_job_id(job_id: str) -> str:
 
 
 def result_name(format_name: str) -> str:
-    """The file name of a job's result in this format, also the last part of its URL: `result.<ext>` for the
-    scene formats (`result.vertex.ply` for ply_vertex), `<name>.<ext>` for renders (`preview.png`, `orbit.mp4`)."""
-    fmt = FORMATS[format_name]
-    if fmt.kind == "render":
-        return f"{format_name}{fmt.extension}"
-    return f"result{'.vertex' if format_name == 'ply_vertex' else ''}{fmt.extension}"
+    """The file name of a job's result in this format, also the last part of its URL (`app.outputs`' rule)."""
+    return FORMATS[format_name].result_file
 
 
 RESULT_FORMATS = {result_name(name): name for name in FORMATS}

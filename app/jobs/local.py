@@ -4,7 +4,7 @@ The worker takes the oldest queued job, reads its upload back from the `JobStore
 `app.pipeline` through the service (decode on a worker thread, the forward pass on the service's one
 prediction thread, so jobs and synchronous requests take turns on the model), then encodes each
 requested output and writes it atomically. Progress comes from the predictor's callback (forward hooks,
-see `app.forward_progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
+see `app.predictor.progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
 second. A cancel sets a flag that the callback turns into an exception at the next block boundary.
 
 All job state is changed on the event loop; watchers (`watch`) wake on every change. The state files
@@ -27,7 +27,6 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.forward_progress import ProgressCallback
 from app.jobs import lifecycle, runner
 from app.jobs.base import (
     Job,
@@ -45,6 +44,7 @@ from app.jobs.lifecycle import INTERRUPTED
 from app.jobs.store import JobStore
 from app.service import InferenceService, ModelFailedError, ModelLoadingError
 from app.settings import Settings
+from app.vocabulary import ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
 

@@ -111,12 +111,12 @@ def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
 
     decoded = pipeline.decode(image_bytes(9))
     seen: list[tuple[str, float]] = []
-    with_progress = pipeline.predict(predictor, decoded, progress=lambda stage, f: seen.append((stage, f)))
+    with_progress = predictor.predict(decoded, progress=lambda stage, f: seen.append((stage, f)))
     stages = [stage for stage, _ in seen]
     assert stages[:3] == ["preprocess", "preprocess", "forward"] and stages[-2:] == ["postprocess"] * 2
     forward = [f for stage, f in seen if stage == "forward"]
     assert len(forward) > 100 and forward == sorted(forward) and forward[0] == 0.0 and forward[-1] == 1.0
-    plain = pipeline.predict(predictor, decoded)
+    plain = predictor.predict(decoded)
     assert np.array_equal(plain.scene.positions, with_progress.scene.positions)
 
     class Stop(Exception):
@@ -127,7 +127,7 @@ def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
             raise Stop
 
     with pytest.raises(Stop):
-        pipeline.predict(predictor, decoded, progress=stop_halfway)
+        predictor.predict(decoded, progress=stop_halfway)
     assert sum(len(module._forward_hooks) for module in predictor.network.modules()) == 0
 
 

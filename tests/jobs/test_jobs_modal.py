@@ -55,14 +55,14 @@ class Gate:
         self.entered = threading.Semaphore(0)
 
     def hold(self, service: InferenceService) -> None:
-        predict = service.predict_decoded
+        predict = service.run
 
         async def held(*args: Any, **kwargs: Any) -> Any:
             self.entered.release()
             await asyncio.to_thread(self.opened.wait)
             return await predict(*args, **kwargs)
 
-        service.predict_decoded = held  # type: ignore[method-assign]
+        service.run = held  # type: ignore[method-assign]
 
     def wait_entered(self) -> None:
         assert self.entered.acquire(timeout=60), "the worker never reached the prediction"

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.formats import FORMATS
 from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
 from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
@@ -36,6 +35,7 @@ from app.jobs.base import (
     iso_time,
     parse_outputs,
 )
+from app.outputs import FORMATS
 from app.vocabulary import ModelState
 
 KEEPALIVE_S = 15.0
