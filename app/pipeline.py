@@ -71,6 +71,11 @@ class RunResult:
     timings_ms: dict[str, float]
 
 
+OutputSink = Callable[[EncodedOutput], None]
+"""Takes each output as soon as it is encoded (a job writes it to its store), so that `run` need not hold
+every output's bytes at once."""
+
+
 def decode(source: bytes | Path, *, filename: str | None = None, max_pixels: int | None = None) -> LoadedImage:
     """The photo (bytes or a file) as upright RGB with its focal length; `ImageError` if it is not usable."""
     return load_image(source, name=filename or None, max_pixels=max_pixels)
@@ -78,7 +83,7 @@ def decode(source: bytes | Path, *, filename: str | None = None, max_pixels: int
 
 def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, filename: str | None = None,
         f_px: float | None = None, max_pixels: int | None = None, progress: ProgressCallback | None = None,
-        slots: Slots = Slots()) -> RunResult:
+        slots: Slots = Slots(), sink: OutputSink | None = None) -> RunResult:
     """decode -> predict -> encode each output.
 
     Args:
@@ -90,6 +95,8 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
         max_pixels: the largest photo accepted (width x height).
         progress: `progress(stage, fraction)` as the stages go (see `ProgressCallback`).
         slots: see `Slots`.
+        sink: if given, each output is handed to it once encoded and left out of the result's `outputs`
+            (a full-size scene's files are tens of MB each).
 
     Raises:
         UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
@@ -107,16 +114,24 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
         prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
     del image
     encoded: dict[str, EncodedOutput] = {}
+    encode_ms_total = 0.0
     for done, (fmt, options) in enumerate(wanted):
         report("encode", done / len(wanted))
         with slots.render() if fmt.kind == "render" else contextlib.nullcontext():
             start = time.perf_counter()
             body = fmt.encode(prediction, timings, **options)
             encode_ms = (time.perf_counter() - start) * 1000.0
-        encoded[fmt.name] = EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type,
-                                          filename=fmt.filename(prediction.name), encode_ms=encode_ms)
+        output = EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type,
+                               filename=fmt.filename(prediction.name), encode_ms=encode_ms)
+        del body
+        encode_ms_total += encode_ms
+        if sink is None:
+            encoded[fmt.name] = output
+        else:
+            sink(output)
+        del output
     report("encode", 1.0)
-    timings["encode"] = sum(output.encode_ms for output in encoded.values())
+    timings["encode"] = encode_ms_total
     return RunResult(prediction=prediction, outputs=encoded, timings_ms=timings)
 
 

@@ -54,6 +54,25 @@ def test_run_makes_every_output_of_one_prediction(tiny: SharpPredictor, tmp_path
     assert seen[0] == ("decode", 0.0) and seen[-1] == ("encode", 1.0)
 
 
+def test_a_sink_takes_each_output_as_it_is_encoded(tiny: SharpPredictor) -> None:
+    """With a sink (the job worker's way), each output goes to it once encoded and the result keeps none."""
+    events: list[str] = []
+    sunk: list[pipeline.EncodedOutput] = []
+
+    def sink(output: pipeline.EncodedOutput) -> None:
+        events.append(f"sink {output.format}")
+        sunk.append(output)
+
+    result = pipeline.run(tiny, photo(), {"ply": {}, "spz": {}}, filename="garden.png", sink=sink,
+                          progress=lambda stage, fraction: events.append(f"{stage} {fraction:g}")
+                          if stage == "encode" else None)
+    assert result.outputs == {}
+    assert events == ["encode 0", "sink ply", "encode 0.5", "sink spz", "encode 1"]
+    assert [output.filename for output in sunk] == ["garden.ply", "garden.spz"]
+    assert sunk[0].body == encode_ply(result.prediction.scene)
+    assert result.timings_ms["encode"] == pytest.approx(sum(output.encode_ms for output in sunk))
+
+
 @pytest.mark.parametrize(("outputs", "error"), [
     ({"obj": {}}, UnknownFormatError),
     ({"splat": {"max_gaussians": 3}}, InvalidRequestError),

@@ -1,6 +1,7 @@
 """One job's work, wherever it runs (this process's worker, a Modal GPU container): read the stored
 upload, run it once through `InferenceService.run` (decode -> predict -> encode every output), and
-write each file atomically into the `JobStore`. The job's fields (name, model, metadata, timings,
+write each file atomically into the `JobStore` as soon as it is encoded (one output's bytes in memory at a
+time). The job's fields (name, model, metadata, timings,
 results) are filled in; its status is the caller's business."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import anyio.to_thread
 
 from app.jobs.base import Job
 from app.jobs.store import JobStore
+from app.pipeline import EncodedOutput
 from app.service import InferenceService
 from app.vocabulary import ProgressCallback
 
@@ -19,13 +21,17 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
     `progress` raises."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     outputs = {name: job.options if name == "json" else {} for name in job.outputs}
+    written: dict[str, int] = {}  # name -> bytes written
+
+    def write(output: EncodedOutput) -> None:  # on the run's worker thread
+        written[output.format] = store.write_result(job.id, output.format, output.body)
+
     result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs, progress=progress,
-                               admit=False)
+                               admit=False, sink=write)
     prediction, scene = result.prediction, result.prediction.scene
     job.name = prediction.name
     job.model = prediction.model.summary()
     job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
                     "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians}
-    for name, output in result.outputs.items():
-        job.results[name] = await anyio.to_thread.run_sync(store.write_result, job.id, name, output.body)
+    job.results.update(written)
     job.timings_ms = result.timings_ms
