@@ -1,8 +1,8 @@
 # sharp-serve: `make setup` once, then `make test`, `make serve`, `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
-# The PyPI release we test against (a CUDA build on Linux x86_64, CPU/MPS elsewhere).
-TORCH_SPEC ?= torch==2.13.0
+# The PyPI release we test against (a CUDA build on Linux x86_64, CPU/MPS elsewhere): pyproject's tested-torch.
+TORCH_SPEC ?= $(shell sed -n 's/^tested-torch = \["\(.*\)"\]$$/\1/p' pyproject.toml)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The web page's renderer: three.js and Spark from npm (pinned in web/package-lock.json), copied into

@@ -108,12 +108,12 @@ def encode_json(
     return arrays_json[:-1] + b"," + metadata_json[1:]
 
 
-def encode_prediction_json(prediction: Prediction, *, max_gaussians: int | None = None,
-                           encoding: Encoding = "list") -> bytes:
+def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, float] | None = None,
+                           max_gaussians: int | None = None, encoding: Encoding = "list") -> bytes:
     """The body of `POST /predict` (and of the Modal `predict` method): arrays plus the prediction's metadata.
 
-    `metadata.timings_ms.encode` is the time spent serialising the arrays, which is also recorded in
-    `prediction.timings_ms`.
+    `metadata.timings_ms` holds `timings_ms` (the stages so far, milliseconds) and `encode`, the time spent
+    serialising the arrays.
     """
     scene = prediction.scene
     metadata = {
@@ -123,4 +123,4 @@ def encode_prediction_json(prediction: Prediction, *, max_gaussians: int | None 
         "model": prediction.model.summary(),
     }
     return encode_json(select_gaussians(scene, max_gaussians), metadata, encoding=encoding,
-                       timings_ms=prediction.timings_ms)
+                       timings_ms=dict(timings_ms or {}))

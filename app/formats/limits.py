@@ -40,6 +40,12 @@ def check_deflate_ratio(claimed_bytes: int, file_bytes: int, what: str) -> None:
                                  f"more than {MAX_DEFLATE_RATIO}x: refused as a decompression bomb")
 
 
+def gunzip_head(data: bytes | bytearray | memoryview, size: int) -> bytes:
+    """At most the first `size` bytes that the gzip stream `data` decompresses to (fewer if it is shorter),
+    from at most its first 64 KiB."""
+    return zlib.decompressobj(wbits=31).decompress(memoryview(data).cast("B")[: 1 << 16], size)
+
+
 def gunzip_exactly(data: bytes | bytearray | memoryview, size: int) -> bytes:
     """The first `size` bytes that the gzip stream `data` decompresses to, never more (members after the first
     are followed). The stream's CRC is checked when it ends right after them.

@@ -53,7 +53,8 @@ When the server has an API key, the prediction endpoints need `Authorization: Be
 def create_app(settings: Settings | None = None, predictor: SharpPredictor | None = None, *,
                loader: Loader = default_loader, service: InferenceService | None = None,
                job_queue: JobQueue | None = None) -> FastAPI:
-    """The ASGI app.
+    """The ASGI app. It installs no signal handler (on Modal, SIGTERM must reach Modal's own, which runs
+    `@modal.exit`): open event streams end on shutdown through sse-starlette's hook on uvicorn.
 
     Args:
         settings: defaults to `get_settings()` (the SHARP_* environment).
@@ -73,11 +74,9 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         await job_queue.start()
-        restore_signals = jobs.end_streams_on_exit_signals(_app)
         try:
             yield
         finally:
-            restore_signals()
             await job_queue.close()
             service.close()
 

@@ -153,7 +153,7 @@ def test_gif_is_written_frame_by_frame() -> None:
 
 
 def test_video_work_is_bounded_before_rendering() -> None:
-    from app.render.outputs import MAX_GIF_PIXELS, MAX_VIDEO_PIXELS, render_video, video_chunks
+    from app.render.pictures import MAX_GIF_PIXELS, MAX_VIDEO_PIXELS, render_video, video_chunks
 
     scene = red_scene()
     for fmt, limit in (("mp4", MAX_VIDEO_PIXELS), ("gif", MAX_GIF_PIXELS)):
