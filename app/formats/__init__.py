@@ -9,13 +9,15 @@ follow the registry.
 - ``ply_vertex``: the same PLY with the vertex element only, for viewers that reject the extra elements.
 - ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
+- ``sog``: PlayCanvas's SOG (version 2), a zip of meta.json and lossless WebP images, about 1/5 of the SPZ
+  (the PLY's axes, as SuperSplat and Spark expect).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
   ``encoding``.
 - ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
   input view or a short camera path around it (`POST /render`, job outputs, `predict --preview`);
   options ``size``, ``depth`` (stills), ``path`` and ``frames`` (videos). Their `kind` is ``render``.
 
-The readers (`read_ply`, `decode_splat`, `decode_spz`) turn files back into scenes, for the renderer.
+The readers (`read_ply`, `decode_splat`, `decode_spz`, `decode_sog`) turn files back into scenes, for the renderer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.files import write_atomically
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply, read_ply
+from app.formats.sog import decode_sog, encode_sog
 from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
 from app.prediction import Prediction
@@ -78,6 +81,10 @@ def _spz(prediction: Prediction) -> bytes:
     return encode_spz(prediction.scene)
 
 
+def _sog(prediction: Prediction) -> bytes:
+    return encode_sog(prediction.scene)
+
+
 PREVIEW_SIZE = 512
 """Longer side in pixels of a render when no size is asked for."""
 
@@ -111,6 +118,8 @@ FORMATS: dict[str, OutputFormat] = {
                      "(32 B/Gaussian, 8-bit colour and rotation)", _splat),
         OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
                      "PLY), RUB axes", _spz),
+        OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
+                     "(16-bit positions, 256-entry codebooks; about 1/4 of the SPZ), PLY axes", _sog),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
                      "metadata", encode_prediction_json, frozenset({"max_gaussians", "encoding"})),
         OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "
@@ -160,6 +169,7 @@ __all__ = [
     "PLY_MEDIA_TYPE",
     "OutputFormat",
     "check_options",
+    "decode_sog",
     "decode_splat",
     "decode_spz",
     "encode",

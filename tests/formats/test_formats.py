@@ -28,6 +28,7 @@ from app.formats.ply import (
     read_ply,
     write_ply,
 )
+from app.formats.sog import decode_sog
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
 from app.formats.spz import decode_spz, encode_spz, gzip_parallel, read_spz_header, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
@@ -571,7 +572,8 @@ def test_encode_json_non_finite_values_stay_valid_json() -> None:
 def test_registry_encoders_produce_their_formats() -> None:
     scene = random_scene(700, seed=11)
     prediction = prediction_of(scene)
-    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "json", "preview", "preview_jpeg", "orbit"}
+    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "sog", "json", "preview", "preview_jpeg",
+                            "orbit"}
     assert {name for name, fmt in FORMATS.items() if fmt.kind == "render"} == {"preview", "preview_jpeg", "orbit"}
     for name, fmt in FORMATS.items():
         assert fmt.name == name and fmt.extension.startswith(".") and "/" in fmt.media_type
@@ -580,6 +582,7 @@ def test_registry_encoders_produce_their_formats() -> None:
     assert encode(prediction, "ply_vertex") == encode_ply(scene, vertex_only=True)
     assert encode(prediction, "splat") == encode_splat(scene)
     assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
+    assert decode_sog(encode(prediction, "sog")).num_gaussians == 700
     body = json.loads(encode(prediction, "json", max_gaussians=10, encoding="base64"))
     assert body["metadata"]["num_gaussians"] == 10 and body["metadata"]["total_gaussians"] == 700
     assert body["metadata"]["model"] == {"preset": "tiny", "weights": "synthetic", "device": "cpu",
