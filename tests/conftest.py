@@ -11,7 +11,8 @@ import pytest
 import torch
 from starlette.types import ASGIApp
 
-from tests.helpers import LiveServer
+from app.gaussians import GaussianScene
+from tests.helpers import LiveServer, photo_pixels
 
 CONFORMANCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 
@@ -44,3 +45,16 @@ def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_photo_scene(tmp_path_factory: pytest.TempPathFactory) -> GaussianScene:
+    """The tiny preset's real network output (131,072 Gaussians) on a PNG of `photo_pixels()`, f_px 220."""
+    from PIL import Image
+
+    from app.imaging import load_image
+    from app.predictor import SharpPredictor
+
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(photo_pixels()).save(path)
+    return SharpPredictor.load("tiny", device="cpu", progress=False).predict(load_image(path), f_px=220.0).scene

@@ -122,12 +122,28 @@ def morton_order(codes: np.ndarray) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
+def _lloyd(codebook: np.ndarray, centers: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lloyd's iterations of a sorted 1-D codebook on weighted points: (codebook, weighted squared error)."""
+    for _ in range(_LLOYD_ITERATIONS):
+        labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
+        mass = np.bincount(labels, weights=weights, minlength=codebook.size)
+        moments = np.bincount(labels, weights=weights * centers, minlength=codebook.size)
+        updated = np.sort(np.where(mass > 0, moments / np.where(mass > 0, mass, 1), codebook))
+        converged = np.array_equal(updated, codebook)
+        codebook = updated
+        if converged:
+            break
+    labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
+    return codebook, float(np.sum(weights * (centers - codebook[labels]) ** 2))
+
+
 def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """A `size`-entry codebook minimising the squared error of `values`, and each value's label.
 
     Lloyd's algorithm on a histogram of 65,536 equal bins over the finite range (each bin represented by
-    the mean of its values), started at equally spaced quantiles of the density to the power 1/3 (the
-    asymptotically optimal spacing for squared error). Non-finite values get the nearest end.
+    the mean of its values), started both at equally spaced quantiles of the density to the power 1/3 (the
+    asymptotically optimal spacing for squared error) and evenly over the range (better for a few far
+    outliers); the start with the smaller error wins. Non-finite values get the nearest end.
 
     Returns:
         (size,) float32 ascending codebook, and uint8 labels shaped like `values`.
@@ -143,18 +159,11 @@ def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray
     sums = np.bincount(bins, weights=flat, minlength=_HISTOGRAM_BINS)
     occupied = counts > 0
     centers, weights = sums[occupied] / counts[occupied], counts[occupied]
-    cumulative = np.cumsum(np.cbrt(counts[occupied]))
+    cumulative = np.cumsum(np.cbrt(weights))
     targets = (np.arange(size) + 0.5) / size * cumulative[-1]
-    codebook = centers[np.minimum(np.searchsorted(cumulative, targets), centers.size - 1)]
-    for _ in range(_LLOYD_ITERATIONS):
-        labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
-        mass = np.bincount(labels, weights=weights, minlength=size)
-        moments = np.bincount(labels, weights=weights * centers, minlength=size)
-        updated = np.where(mass > 0, moments / np.where(mass > 0, mass, 1), codebook)
-        updated = np.sort(updated)
-        if np.allclose(updated, codebook, rtol=0, atol=1e-12 * (high - low)):
-            break
-        codebook = updated
+    starts = (centers[np.minimum(np.searchsorted(cumulative, targets), centers.size - 1)],
+              low + (np.arange(size) + 0.5) / size * (high - low))
+    codebook = min((_lloyd(start, centers, weights) for start in starts), key=lambda result: result[1])[0]
     codebook32 = codebook.astype(np.float32)
     midpoints = (codebook32[1:].astype(np.float64) + codebook32[:-1]) / 2
     labels = np.searchsorted(midpoints, flat).astype(np.uint8)
