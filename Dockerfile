@@ -5,7 +5,7 @@
 #
 # The first start downloads the ~2.8 GB checkpoint into the /cache volume; /health answers 503
 # "loading" until the model is ready. Configure with SHARP_* variables (-e SHARP_API_KEY=...).
-# torch comes from PyPI at the version the project is tested with (the Makefile's TORCH_SPEC); on
+# torch comes from PyPI at the version the project is tested with (pyproject's tested-torch extra); on
 # x86-64 Linux that wheel bundles CUDA, so no CUDA base image is needed, only the host's NVIDIA driver.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -18,7 +18,8 @@ RUN npm ci --prefix web --no-audit --no-fund \
     && node web/copy-vendor.mjs
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_SPEC=torch==2.13.0
+# Empty: the tested release, pyproject.toml's `tested-torch` extra (as the Makefile and the Modal image).
+ARG TORCH_SPEC=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -27,8 +28,10 @@ WORKDIR /src
 # Dependencies first, from pyproject.toml alone: editing the code does not reinstall them.
 # TORCH_SPEC pins torch (hadolint cannot see through the variable).
 COPY pyproject.toml ./
+# Only `dependencies`: no extra, so no Modal SDK in the image.
 # hadolint ignore=DL3013
-RUN python -m pip install "${TORCH_SPEC}" \
+RUN python -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tested-torch'][0])" > /tmp/torch.txt \
+    && python -m pip install "${TORCH_SPEC:-$(cat /tmp/torch.txt)}" \
     && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && python -m pip install -r /tmp/requirements.txt
 COPY README.md ./

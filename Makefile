@@ -1,8 +1,8 @@
 # sharp-serve: `make setup` once, then `make test`, `make serve`, `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
-# The PyPI release we test against (a CUDA build on Linux x86_64, CPU/MPS elsewhere).
-TORCH_SPEC ?= torch==2.13.0
+# The PyPI release we test against (a CUDA build on Linux x86_64, CPU/MPS elsewhere): pyproject's tested-torch.
+TORCH_SPEC ?= $(shell sed -n 's/^tested-torch = \["\(.*\)"\]$$/\1/p' pyproject.toml)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The web page's renderer: three.js and Spark from npm (pinned in web/package-lock.json), copied into
@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # Schema-driven fuzzing of the HTTP API (schemathesis), far more cases than CI's derandomized 40 per operation.
 fuzz: $(STAMP)
-	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+	SHARP_FUZZ_EXAMPLES=$${SHARP_FUZZ_EXAMPLES:-500} SHARP_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/http/test_fuzz.py
 
 # Load/soak benchmark of the tiny server on loopback (see bench/load.py for the options).
 load: $(STAMP)

@@ -1,17 +1,18 @@
-"""SHARP as an HTTP API on Modal: the local server's FastAPI app, on a GPU, scaled to zero when idle.
+"""SHARP as an HTTP API on Modal: the local server's FastAPI app, predictions on a GPU, scaled to zero.
 
-    modal deploy modal_api.py                     # https://<workspace>--sharp-api-fastapi-app.modal.run
-    SHARP_GPU=H100 modal deploy modal_api.py      # another GPU type
-    modal serve modal_api.py                      # a temporary dev URL that live-reloads on edits
+    make web && modal deploy modal_api.py           # https://<workspace>--sharp-api-fastapi-app.modal.run
+    SHARP_GPU=H100 modal deploy modal_api.py        # another GPU type (switches: `deploy/config.py`)
+    modal serve modal_api.py                        # a temporary dev URL that live-reloads on edits
 
-Each container loads the model once. The checkpoint lives on the Modal Volume `sharp-model-cache`
-(mounted at /cache): the first container downloads it and commits it, later ones read it. With memory
-snapshots, the CPU-side start (imports, weights in RAM) is restored from a snapshot instead of redone;
-only the move to the GPU runs on every cold start. Options and environment: see `app/deploy.py`.
+The URL is served by a CPU container (`fastapi_app`, `deploy/front.py`): the page, `/health`, `/`, and the
+jobs with their polls and event streams. `/predict*` and `/render` are forwarded, one Modal call each, to
+the GPU class `SharpAPI`, which answers them with the same FastAPI app in-process: watching jobs never holds
+a GPU. Requests longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/modal.md).
 
-Jobs (`POST /jobs`, `app.jobs.modal`): the web app stores the upload on the Volume `sharp-jobs` and
+Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
 `.spawn()`s `SharpJobWorker.run_job`, one job per GPU container at a time, up to `SHARP_MAX_CONTAINERS`
-containers; the worker writes the results to the same Volume, from which any web container serves them.
+containers; the worker writes the results to the same Volume, from which the CPU container serves them.
+Every GPU class shares one lifecycle (`deploy.container.ModelContainer`).
 """
 
 from __future__ import annotations
@@ -20,79 +21,81 @@ from typing import TYPE_CHECKING, Any
 
 import modal
 
-from app import deploy
+from deploy import config
+from deploy.container import ModelContainer, container_settings, gpu_cls_options, job_store, secrets
+from deploy.front import BODY_SLACK_BYTES, ForwardedRequest, ForwardedResponse
+from deploy.images import gpu_image, jobs_volume
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from app.prediction import ModelInfo
+
+if modal.is_local():
+    config.require_vendor_files()
+
 APP_NAME = "sharp-api"
 WEB_LABEL = f"{APP_NAME}-fastapi-app"
-"""The URL label. A web method on a class is otherwise labelled `<app>-<class>-<method>`
-(`sharp-api-sharpapi-fastapi-app`); pinning it gives https://<workspace>--sharp-api-fastapi-app.modal.run."""
+"""The URL label: https://<workspace>--sharp-api-fastapi-app.modal.run."""
+FRONT_MAX_INPUTS = 100
+"""Requests one CPU container takes at once (polls and event streams mostly wait)."""
+FRONT_MEMORY_MB = (2048, 8192)
+"""Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) and results (~70 MB each) pass through memory."""
 
 app = modal.App(APP_NAME)
 
 
-@app.cls(**deploy.model_cls_options(jobs=True))
-@modal.concurrent(max_inputs=deploy.MAX_CONCURRENT_INPUTS)
-class SharpAPI:
-    """A GPU container: one model and one FastAPI app, serving up to 10 requests at once."""
+@app.cls(**gpu_cls_options())
+@modal.concurrent(max_inputs=config.MAX_CONCURRENT_INPUTS)
+class SharpAPI(ModelContainer):
+    """A GPU container: one model answering the requests the CPU container forwards, up to 10 at once."""
 
-    @modal.enter(snap=deploy.memory_snapshot())
-    def load_weights(self) -> None:
-        """Imports and weights into CPU memory (captured by the memory snapshot)."""
-        self.settings = deploy.container_settings()
-        self.predictor = deploy.load_on_cpu(self.settings, deploy.cache_volume)
-
-    @modal.enter(snap=False)
-    def move_to_gpu(self) -> None:
-        """After every (re)start: the network onto the GPU."""
-        self.settings = deploy.container_settings()  # re-read: a Secret may have changed since the snapshot
-        self.predictor = deploy.move_to_device(self.predictor, self.settings)
-
-    @modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=deploy.proxy_auth())
-    def fastapi_app(self) -> FastAPI:
-        """The same app as `sharp-serve serve`, ready at once with this container's predictor; its jobs go
-        to `SharpJobWorker` containers through Modal's queue."""
+    @modal.method()
+    async def respond(self, request: ForwardedRequest) -> ForwardedResponse:
+        """Answer one forwarded `/predict*` or `/render` request with the local server's app."""
         from app.http import create_app
-        from app.jobs.modal import ModalJobQueue
+        from deploy.front import answer
 
-        jobs = ModalJobQueue(self.settings, deploy.job_store(self.settings), deploy.jobs_volume, spawn_job)
-        return create_app(self.settings, predictor=self.predictor, job_queue=jobs)
+        if not hasattr(self, "web_app"):  # no lifespan: the service runs already, and no signal handler
+            self.web_app = create_app(self.settings, service=self.service, handle_signals=False)
+        return await answer(self.web_app, request)
+
+    @modal.method()
+    def model_info(self) -> ModelInfo:
+        """The loaded model's description (`/health` and `/` of the CPU container)."""
+        return self.predictor.info
 
 
-@app.cls(**deploy.model_cls_options(jobs=True), max_containers=deploy.max_containers())
-class SharpJobWorker:
+@app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
+class SharpJobWorker(ModelContainer):
     """A GPU container running jobs, one at a time (no `@modal.concurrent`): N queued jobs start up to
     `SHARP_MAX_CONTAINERS` containers, the rest wait in Modal's queue."""
-
-    @modal.enter(snap=deploy.memory_snapshot())
-    def load_weights(self) -> None:
-        """Imports and weights into CPU memory (captured by the memory snapshot)."""
-        self.settings = deploy.container_settings()
-        self.predictor = deploy.load_on_cpu(self.settings, deploy.cache_volume)
-
-    @modal.enter(snap=False)
-    def move_to_gpu(self) -> None:
-        """After every (re)start: the network onto the GPU, and the service that feeds it."""
-        from app.service import InferenceService
-
-        self.settings = deploy.container_settings()
-        self.predictor = deploy.move_to_device(self.predictor, self.settings)
-        self.service = InferenceService(self.settings, self.predictor)
-
-    @modal.exit()
-    def shutdown(self) -> None:
-        service = getattr(self, "service", None)
-        if service is not None:
-            service.close()
 
     @modal.method()
     async def run_job(self, job_id: str) -> dict[str, Any]:
         """Run the stored job `job_id` (`app.jobs.modal.run_job`); returns its final state."""
         from app.jobs.modal import run_job
 
-        return await run_job(self.service, self.settings, deploy.job_store(self.settings), deploy.jobs_volume, job_id)
+        return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id)
+
+
+@app.function(image=gpu_image, volumes={str(config.JOBS_MOUNT): jobs_volume}, secrets=secrets(),
+              timeout=config.TIMEOUT_S, memory=FRONT_MEMORY_MB, scaledown_window=config.scaledown_window())
+@modal.concurrent(max_inputs=FRONT_MAX_INPUTS)
+@modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=config.proxy_auth())
+def fastapi_app() -> Any:
+    """The CPU container's app (`deploy.front.Front`): `create_app` with the Modal job queue and the GPU
+    class's model description, predictions forwarded to `SharpAPI`."""
+    from app.http import create_app
+    from app.jobs.modal import ModalJobQueue
+    from deploy.front import Front, RemoteModel
+
+    settings = container_settings()
+    jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
+    local: FastAPI = create_app(settings, loader=lambda _: RemoteModel(SharpAPI().model_info.remote()),
+                                job_queue=jobs, handle_signals=False)
+    return Front(local, forward=SharpAPI().respond.remote.aio,
+                 max_body_bytes=settings.max_upload_bytes + BODY_SLACK_BYTES)
 
 
 async def spawn_job(job_id: str) -> str:

@@ -1,6 +1,7 @@
 """SHARP as Modal functions: call the model from Python, one photo or thousands, without HTTP.
 
     modal deploy modal_app.py
+    modal run modal_app.py::seed_weights             # once: the checkpoint onto the Volume (docs/modal.md)
     modal run modal_app.py --image-path photo.jpg --output-path out.ply [--f-px 1200]
 
 From any Python process with a Modal token, once deployed:
@@ -12,9 +13,9 @@ From any Python process with a Modal token, once deployed:
     predict_and_save_ply = modal.Function.from_name("sharp-view-synthesis", "predict_and_save_ply")
     ply = predict_and_save_ply.remote(image_bytes)                         # same result, one hop more
 
-The model lives in the GPU class `SharpModel` (same image, volume, GPU and memory-snapshot setup as
-`modal_api.py`, from `app/deploy.py`). The module-level functions `predict_and_save_ply` and `predict`
-are thin CPU-only forwarders to it, so `modal.Function.from_name` works too; they hold no model.
+The model lives in the GPU class `SharpModel` (the lifecycle of every GPU class, `deploy.container`). The
+module-level functions `predict_and_save_ply` and `predict` forward to it from a light image (no torch,
+no model), so `modal.Function.from_name` works too.
 """
 
 from __future__ import annotations
@@ -24,40 +25,24 @@ from typing import Any, Literal
 
 import modal
 
-from app import deploy
+from deploy import config
+from deploy.container import ModelContainer, container_settings, gpu_cls_options, prepare_checkpoint
+from deploy.images import cache_volume, gpu_image, light_image
 
 APP_NAME = "sharp-view-synthesis"
+FORWARDER_MAX_INPUTS = 16
+FORWARDER_MEMORY_MB = (2048, 4096)
+"""Request, limit: each input holds a photo and its result (a PLY is ~70 MB) while it waits."""
 
 app = modal.App(APP_NAME)
+forwarder = app.function(image=light_image, timeout=2 * config.TIMEOUT_S, memory=FORWARDER_MEMORY_MB)
 
 
-@app.cls(**deploy.model_cls_options())
-@modal.concurrent(max_inputs=deploy.MAX_CONCURRENT_INPUTS)
-class SharpModel:
+@app.cls(**gpu_cls_options())
+@modal.concurrent(max_inputs=config.MAX_CONCURRENT_INPUTS)
+class SharpModel(ModelContainer):
     """One GPU container holding one model. Calls go through the same `InferenceService` as HTTP requests
     (bounded queue, decoding off the event loop, one forward pass at a time), so up to 10 calls overlap."""
-
-    @modal.enter(snap=deploy.memory_snapshot())
-    def load_weights(self) -> None:
-        """Imports and weights into CPU memory (captured by the memory snapshot)."""
-        self.settings = deploy.container_settings()
-        self.predictor = deploy.load_on_cpu(self.settings, deploy.cache_volume)
-
-    @modal.enter(snap=False)
-    def move_to_gpu(self) -> None:
-        """After every (re)start: the network onto the GPU, and the service that feeds it."""
-        from app.service import InferenceService
-
-        self.settings = deploy.container_settings()  # re-read: a Secret may have changed since the snapshot
-        self.predictor = deploy.move_to_device(self.predictor, self.settings)
-        self.service = InferenceService(self.settings, self.predictor)
-
-    @modal.exit()
-    def shutdown(self) -> None:
-        """Cancel queued predictions when the container stops."""
-        service = getattr(self, "service", None)
-        if service is not None:
-            service.close()
 
     @modal.method()
     async def predict_and_save_ply(self, image_bytes: bytes, f_px: float | None = None) -> bytes:
@@ -80,19 +65,27 @@ class SharpModel:
         return orjson.loads(output.body)
 
 
-@app.function(image=deploy.image, timeout=2 * deploy.TIMEOUT_S)
-@modal.concurrent(max_inputs=100)
+@forwarder
+@modal.concurrent(max_inputs=FORWARDER_MAX_INPUTS)
 async def predict_and_save_ply(image_bytes: bytes, f_px: float | None = None) -> bytes:
     """Forwards to `SharpModel().predict_and_save_ply` (for `modal.Function.from_name`); holds no model."""
     return await SharpModel().predict_and_save_ply.remote.aio(image_bytes, f_px)
 
 
-@app.function(image=deploy.image, timeout=2 * deploy.TIMEOUT_S)
-@modal.concurrent(max_inputs=100)
+@forwarder
+@modal.concurrent(max_inputs=FORWARDER_MAX_INPUTS)
 async def predict(image_bytes: bytes, f_px: float | None = None, max_gaussians: int | None = None,
                   encoding: Literal["list", "base64"] = "list") -> dict[str, Any]:
     """Forwards to `SharpModel().predict` (for `modal.Function.from_name`); holds no model."""
     return await SharpModel().predict.remote.aio(image_bytes, f_px, max_gaussians, encoding)
+
+
+@app.function(image=gpu_image, volumes={str(config.CACHE_MOUNT): cache_volume}, timeout=2 * config.TIMEOUT_S)
+def seed_weights() -> str:
+    """`modal run modal_app.py::seed_weights`: download the checkpoint the settings name onto the cache
+    Volume and commit it, once, before the first GPU containers start (each would download it otherwise)."""
+    path = prepare_checkpoint(container_settings(), cache_volume)
+    return f"{path} is on the Volume {config.CACHE_VOLUME_NAME}" if path else "this preset needs no checkpoint"
 
 
 @app.local_entrypoint()

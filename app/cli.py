@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.errors import SharpError
-from app.formats import FORMATS, write_atomically
+from app.files import write_atomically
+from app.formats import FORMATS
 from app.model.presets import PRESETS
 from app.render.cli import add_render_parser, run_render
 from app.settings import Settings

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from app.formats import FORMATS, write_atomically
+from app.files import write_atomically
+from app.formats import FORMATS
 
 FINAL = ("succeeded", "failed", "cancelled")
 MAX_SUBMIT_WAIT_S = 900.0

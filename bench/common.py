@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -10,9 +9,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from app.model import SharpNetwork, build_network
+from tests.conformance import DATA_DIR, fill_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
-CONFORMANCE_DIR = REPO.parent / "shared" / "conformance"
+CONFORMANCE_DIR = DATA_DIR
+"""The conformance data in the repository (tests/data/conformance): the photo and the reference outputs."""
 
 
 def forward_flops(preset: str) -> float:
@@ -45,10 +46,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def conformance_network() -> SharpNetwork:
-    """The full network with the conformance kit's seed-0 weights (what coffee_s0.* was made with)."""
-    sys.path.insert(0, str(CONFORMANCE_DIR))
-    from fill_weights import fill_state_dict
-
+    """The full network with the conformance seed-0 weights (what coffee_s0.* was made with)."""
     network = build_network("sharp")
     network.load_state_dict(fill_state_dict(network.state_dict(), seed=0), strict=True)
     return network

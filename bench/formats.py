@@ -44,9 +44,7 @@ from app.formats.splat import encode_splat  # noqa: E402
 from app.formats.spz import encode_spz  # noqa: E402
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear  # noqa: E402
 
-PHOTO = Path("/work/shared/conformance/coffee.png")
-if not PHOTO.exists():  # the repo's shared/ checkout, where there is one
-    PHOTO = ROOT / "shared" / "conformance" / "coffee.png"
+PHOTO = ROOT / "tests" / "data" / "conformance" / "coffee.png"
 
 
 def make_realistic_scene(

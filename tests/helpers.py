@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -96,19 +95,3 @@ class FakeVolume:
     def commit(self) -> None:
         self.calls.append("commit")
 
-
-def photo_pixels(width: int = 240, height: int = 160) -> np.ndarray:
-    """(H, W, 3) uint8, a deterministic photo-like picture: a sky gradient above a ground gradient, three
-    shaded discs and a striped panel (smooth areas, edges and fine detail, as in a real photo)."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    u, v = x / width, y / height
-    image = np.where((v < 0.45)[..., None], np.stack([0.35 + 0.3 * v, 0.55 + 0.3 * v, 0.95 - 0.2 * v], -1),
-                     np.stack([0.45 - 0.2 * v, 0.35 + 0.1 * u, 0.2 + 0.1 * u], -1))
-    for cx, cy, r, color in ((0.25, 0.6, 0.14, (0.9, 0.2, 0.15)), (0.6, 0.55, 0.1, (0.95, 0.85, 0.2)),
-                             (0.8, 0.75, 0.16, (0.2, 0.45, 0.9))):
-        d = np.hypot((u - cx) * width / height, v - cy) / r
-        shade = np.clip(1.1 - 0.5 * d, 0, 1)[..., None] * np.array(color)
-        image = np.where((d < 1)[..., None], shade, image)
-    panel = (u > 0.05) & (u < 0.3) & (v > 0.1) & (v < 0.3)
-    image[panel] = np.where((np.floor(x[panel] / 3) % 2 == 0)[..., None], 0.95, 0.1)
-    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)

@@ -96,7 +96,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_a_quarter_looks_better_than_the_most_opaque_quarter(tiny_photo_scene: GaussianScene) -> None:
-    camera = input_camera(tiny_photo_scene, scaled_size(240, 160, 120))
+    camera = input_camera(tiny_photo_scene, scaled_size(600, 400, 150))
 
     def image(scene: GaussianScene) -> np.ndarray:
         return render(scene, camera).color.clamp(0, 1).numpy()

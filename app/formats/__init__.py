@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.errors import InvalidRequestError, UnknownFormatError
-from app.formats.files import write_atomically
+from app.files import write_atomically
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply, read_ply
 from app.formats.sog import decode_sog, encode_sog

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.formats.files import write_atomically
+from app.files import write_atomically
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
 VERTEX_PROPERTIES: tuple[str, ...] = (

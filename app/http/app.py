@@ -52,7 +52,7 @@ When the server has an API key, the prediction endpoints need `Authorization: Be
 
 def create_app(settings: Settings | None = None, predictor: SharpPredictor | None = None, *,
                loader: Loader = default_loader, service: InferenceService | None = None,
-               job_queue: JobQueue | None = None) -> FastAPI:
+               job_queue: JobQueue | None = None, handle_signals: bool = True) -> FastAPI:
     """The ASGI app.
 
     Args:
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
         service: a ready-made service (tests use it to shorten the load backoff); overrides the above.
         job_queue: where `/jobs` go (Modal passes `app.jobs.modal.ModalJobQueue`); default: a
             `LocalJobQueue` feeding `service`, storing under `settings.jobs_path`.
+        handle_signals: SIGINT/SIGTERM end the event streams (False on Modal: its own handlers run the exit hooks).
     """
     settings = settings or get_settings()
     service = service or InferenceService(settings, predictor, loader=loader)
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         await job_queue.start()
-        restore_signals = jobs.end_streams_on_exit_signals(_app)
+        restore_signals = jobs.end_streams_on_exit_signals(_app) if handle_signals else (lambda: None)
         try:
             yield
         finally:

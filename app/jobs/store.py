@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from app.formats import write_atomically
+from app.files import write_atomically
 from app.jobs.base import Job, check_job_id, result_name
 
 LOGGER = logging.getLogger(__name__)

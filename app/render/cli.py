@@ -71,7 +71,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from app.formats.files import write_atomically
+    from app.files import write_atomically
     from app.render.outputs import output_size, render_still, render_video
     from app.render.scene_io import load_scene
     from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS

@@ -4,8 +4,8 @@
   the cached copy `<SHARP_CACHE_DIR>/<basename of SHARP_CHECKPOINT_URL>`, else a download of
   `SHARP_CHECKPOINT_URL` into that path (unless `SHARP_OFFLINE`).
 - `download.py`: `download_file`; a `.part` is renamed into place only once its length, zip
-  integrity and (if given) SHA-256 check out. `transfer.py` does the HTTP (resume, retries with
-  backoff), `progress.py` the progress display, `lock.py` the inter-process lock.
+  integrity and (if given) SHA-256 check out. `transfer.py` resumes and retries over httpx,
+  `progress.py` shows progress with tqdm, `lock.py` holds the inter-process `filelock`.
 - `checksum.py`: SHA-256 with a `<file>.sha256` sidecar.
 - `loading.py`: `load_state_dict` (mmap), `check_state_dict`, `load_weights`, `meta_tensor_names`.
 - `errors.py`: the `CheckpointError` family, with `code`, `status` and `retryable`.

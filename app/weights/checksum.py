@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
 from pathlib import Path
 
-from app.weights._files import read_json, sidecar_path, write_json
+from app.files import write_atomically
 from app.weights.errors import ChecksumMismatchError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ def file_sha256(path: Path, *, use_sidecar: bool = True) -> str:
     path = Path(path)
     st = path.stat()
     if use_sidecar:
-        record = read_json(sidecar_path(path))
-        if record and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
+        record = _read_sidecar(path)
+        if record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
             digest = record.get("sha256")
             if isinstance(digest, str) and _SHA256_HEX.fullmatch(digest):
                 return digest
@@ -71,6 +72,24 @@ def hash_file(path: Path) -> str:
     return hasher.hexdigest()
 
 
+def sidecar_path(path: Path) -> Path:
+    """The recorded SHA-256 of `path`."""
+    return path.with_name(path.name + ".sha256")
+
+
 def write_sidecar(path: Path, digest: str) -> None:
+    """Record `digest` for the file as it is now (size and mtime); skipped where it cannot be written."""
     st = path.stat()
-    write_json(sidecar_path(path), {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, best_effort=True)
+    record = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        write_atomically(sidecar_path(path), [json.dumps(record).encode()])
+    except OSError as exc:
+        logger.debug("Could not record the SHA-256 of %s: %s", path, exc)
+
+
+def _read_sidecar(path: Path) -> dict[str, object]:
+    try:
+        record = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -23,8 +23,8 @@ import os
 import zipfile
 from pathlib import Path
 
-from app.weights._files import fsync_dir, lock_path, meta_path, part_path, sidecar_path, stat_key, unlink
-from app.weights.checksum import hash_file, normalize_sha256, verify_sha256, write_sidecar
+from app.files import fsync_directory
+from app.weights.checksum import hash_file, normalize_sha256, sidecar_path, verify_sha256, write_sidecar
 from app.weights.errors import CheckpointDownloadError, ChecksumMismatchError
 from app.weights.lock import download_lock
 from app.weights.transfer import Fetched, fetch
@@ -74,7 +74,7 @@ def download(
             url=url,
         ) from exc
     before = stat_key(dest)
-    with download_lock(lock_path(dest)) as waited:
+    with download_lock(dest.with_name(dest.name + ".lock")) as waited:
         now = stat_key(dest)
         if now is not None and (reuse_existing or (waited and now != before)):
             logger.info("Using %s, downloaded by another process.", dest)
@@ -96,12 +96,36 @@ def download(
                 "was. Check that SHARP_CHECKPOINT_SHA256 belongs to SHARP_CHECKPOINT_URL, then retry."
             )
         os.replace(part, dest)
-        fsync_dir(dest.parent)
+        fsync_directory(dest.parent)
         unlink(meta, sidecar_path(dest))
         if digest:
             write_sidecar(dest, digest)
         logger.info("Downloaded %s to %s.", url, dest)
     return dest
+
+
+def part_path(dest: Path) -> Path:
+    """Where the bytes of a download to `dest` go until it is complete."""
+    return dest.with_name(dest.name + ".part")
+
+
+def meta_path(dest: Path) -> Path:
+    """The `.part`'s metadata: the URL, announced size and HTTP validator (for resuming)."""
+    return dest.with_name(dest.name + ".part.json")
+
+
+def stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, or None if it does not exist: tells whether it was replaced."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def unlink(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def archive_problem(path: Path) -> str | None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from app.weights._files import unlink
-
 logger = logging.getLogger(__name__)
 
 
@@ -41,5 +39,5 @@ def download_lock(path: Path) -> Iterator[bool]:
         yield waited
     finally:
         if locked:
-            unlink(path)
+            path.unlink(missing_ok=True)
             lock.release()

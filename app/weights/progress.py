@@ -1,60 +1,51 @@
-"""Download progress on stderr: a redrawn bar on a TTY, else an INFO log line every 10 %."""
+"""Download progress on stderr: a tqdm bar on a terminal, else an INFO log line about every 10 %."""
 
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 
+from tqdm import tqdm
+
 logger = logging.getLogger(__name__)
+
+_MB = 1e6
+_SIZED = "{desc}: {percentage:3.0f}% {n:,.1f}/{total:,.1f} MB, {rate_fmt}, ETA {remaining}"
+_SIZED_BAR = "{desc}: {percentage:3.0f}%|{bar:30}| {n:,.1f}/{total:,.1f} MB, {rate_fmt}, ETA {remaining}"
+_UNSIZED = "{desc}: {n:,.1f} MB, {rate_fmt}"
 
 
 class Progress:
-    """Sizes are shown in MB (10^6 bytes); the speed counts only this transfer's bytes."""
+    """Progress of one transfer, counted in bytes and shown in MB (10^6 bytes).
+
+    `total` is the final size if known, `initial` the bytes already there (a resumed download: the
+    speed counts only this transfer's bytes). Without a size, a log line every 100 MB.
+    """
 
     def __init__(self, label: str, *, total: int | None, initial: int, enabled: bool) -> None:
-        self.label, self.total, self.done = label, total, initial
+        self.label, self.total, self.initial, self.done = label, total, initial, initial
         self.enabled = enabled
-        self.tty = enabled and getattr(sys.stderr, "isatty", lambda: False)()
-        self.start, self.initial = time.monotonic(), initial
-        self.last_draw = 0.0
-        self.next_log = self._next_step(initial)
-        self.closed = False
+        self.started = time.monotonic()
+        self.log_step = total / 10 if total else 100 * _MB
+        self.next_log = (initial // self.log_step + 1) * self.log_step
+        self.bar: tqdm | None = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total / _MB if total else None, initial=initial / _MB, desc=label, unit="MB",
+                            bar_format=_SIZED_BAR if total else _UNSIZED, file=sys.stderr, mininterval=0.1)
 
-    def _next_step(self, done: int) -> int:
-        step = self.total / 10 if self.total else 100e6
-        return int((done // step + 1) * step)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self.tty and (now - self.last_draw >= 0.1 or self.done == self.total):
-            self.last_draw = now
-            sys.stderr.write("\r" + self._line(now, bar=True))
-            sys.stderr.flush()
-        elif not self.tty and self.done >= self.next_log:
-            self.next_log = self._next_step(self.done)
-            logger.info("Downloading %s", self._line(now, bar=False))
-
-    def _line(self, now: float, *, bar: bool) -> str:
-        elapsed = max(now - self.start, 1e-9)
-        speed = (self.done - self.initial) / elapsed
-        if not self.total:
-            return f"{self.label}: {self.done / 1e6:,.1f} MB, {speed / 1e6:.1f} MB/s"
-        fraction = min(self.done / self.total, 1.0)
-        eta = (self.total - self.done) / speed if speed > 0 else math.inf
-        eta_text = "?" if math.isinf(eta) else f"{int(eta) // 60}:{int(eta) % 60:02d}"
-        drawn = f"[{'#' * int(fraction * 30):<30}] " if bar else ""
-        return (
-            f"{self.label}: {drawn}{fraction:4.0%} {self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB, "
-            f"{speed / 1e6:.1f} MB/s, ETA {eta_text}"
-        )
+    def update(self, num_bytes: int) -> None:
+        self.done += num_bytes
+        if self.bar is not None:
+            self.bar.update(num_bytes / _MB)
+        elif self.enabled and self.done >= self.next_log:
+            self.next_log = (self.done // self.log_step + 1) * self.log_step
+            line = tqdm.format_meter(self.done / _MB, self.total / _MB if self.total else None,
+                                     time.monotonic() - self.started, prefix=self.label, unit="MB",
+                                     initial=self.initial / _MB, bar_format=_SIZED if self.total else _UNSIZED)
+            logger.info("Downloading %s", line)
 
     def close(self) -> None:
-        if self.tty and not self.closed:
-            sys.stderr.write("\r" + self._line(time.monotonic(), bar=True) + "\n")
-            sys.stderr.flush()
-        self.closed = True
+        if self.bar is not None:
+            self.bar.n = self.done / _MB  # exact, not a sum of float increments
+            self.bar.close()

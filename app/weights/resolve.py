@@ -6,9 +6,8 @@ import hashlib
 import urllib.parse
 from pathlib import Path
 
-from app.weights._files import part_path
 from app.weights.checksum import normalize_sha256, verify_sha256
-from app.weights.download import download
+from app.weights.download import download, part_path
 from app.weights.errors import CheckpointDownloadError, CheckpointNotAvailableError
 
 

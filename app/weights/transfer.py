@@ -1,37 +1,39 @@
-"""Fetching a URL into `<dest>.part`: HTTP Range resume, retries with exponential backoff, progress.
+"""Fetching a URL into `<dest>.part` with httpx: HTTP Range resume, retries with exponential backoff, progress.
 
-The `.part` has a metadata file `<dest>.part.json` with the URL, the size the server announced
-(None if it did not) and its validator (a strong ETag, else Last-Modified). A later attempt, in
-this call or a later one, asks for the rest with `Range: bytes=<size>-` and `If-Range:
-<validator>`, so a file that changed on the server is fetched whole again rather than spliced.
-This module only ever writes the `.part`; `download.py` decides whether it is complete.
+httpx does the HTTP (connections, redirects, proxies from the environment, chunked and close-delimited
+bodies, timeouts); what it leaves to us is what no client library does: resuming. The `.part` has a
+metadata file `<dest>.part.json` with the URL, the size the server announced (None if it did not) and
+its validator (a strong ETag, else Last-Modified). A later attempt, in this call or a later one, asks for
+the rest with `Range: bytes=<size>-` and `If-Range: <validator>`, so a file that changed on the server is
+fetched whole again rather than spliced. This module only ever writes the `.part`; `download.py` decides
+whether it is complete.
 """
 
 from __future__ import annotations
 
-import http.client
+import contextlib
+import json
 import logging
 import math
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.weights._files import read_json, unlink, write_json
+import httpx
+
+from app.files import write_atomically
 from app.weights.errors import CheckpointDownloadError
 from app.weights.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_BYTES = 1 << 20
 _BACKOFF_BASE_S = 1.0
 """Delay before the first retry, in seconds; doubled for each later one."""
 _BACKOFF_MAX_S = 30.0
-_USER_AGENT = "sharp-serve (python-urllib)"
+_HEADERS = {"User-Agent": "sharp-serve (httpx)", "Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORECASE)
 
 
@@ -67,17 +69,18 @@ def fetch(url: str, part: Path, meta: Path, *, label: str, progress: bool, timeo
     """
     responded, last = False, ""
     attempts = max(0, retries) + 1
-    for attempt in range(attempts):
-        if attempt:
-            delay = min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S)
-            logger.info("Retrying the download of %s in %.0f s.", url, delay)
-            time.sleep(delay)
-        try:
-            return _attempt(url, part, meta, label=label, progress=progress, timeout_s=timeout_s)
-        except _Retry as exc:
-            responded = responded or exc.responded
-            last = str(exc)
-            logger.warning("Download attempt %d/%d of %s failed: %s", attempt + 1, attempts, url, last)
+    with httpx.Client(headers=_HEADERS, timeout=timeout_s, follow_redirects=True) as client:
+        for attempt in range(attempts):
+            if attempt:
+                delay = min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S)
+                logger.info("Retrying the download of %s in %.0f s.", url, delay)
+                time.sleep(delay)
+            try:
+                return _attempt(client, url, part, meta, label=label, progress=progress)
+            except _Retry as exc:
+                responded = responded or exc.responded
+                last = str(exc)
+                logger.warning("Download attempt %d/%d of %s failed: %s", attempt + 1, attempts, url, last)
     kept = (
         f" The {part.stat().st_size} bytes received so far are kept in {part} and the next attempt "
         "resumes from there."
@@ -95,40 +98,39 @@ def fetch(url: str, part: Path, meta: Path, *, label: str, progress: bool, timeo
     )
 
 
-def _attempt(url: str, part: Path, meta: Path, *, label: str, progress: bool, timeout_s: float) -> Fetched:
+def _attempt(client: httpx.Client, url: str, part: Path, meta: Path, *, label: str, progress: bool) -> Fetched:
     # A second round happens only when the server refused to resume (the .part is deleted then).
     for _ in range(2):
         info = _resumable_info(part, meta, url)
         offset = part.stat().st_size if info is not None else 0
         if info is not None and info.get("size") == offset:
             return Fetched(total=offset, resumed=True)  # an earlier run got it all but did not finish
-        headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+        headers = {}
         if info is not None:
             headers["Range"] = f"bytes={offset}-"
             if info.get("validator"):
                 headers["If-Range"] = info["validator"]
         try:
-            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and offset:
-                if _parse_content_range(exc.headers.get("Content-Range"))[2] == offset:
+            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+        except httpx.TransportError as exc:
+            raise _Retry(_describe(exc), responded=False) from exc
+        with contextlib.closing(response):
+            if response.status_code == 416 and offset:
+                if _parse_content_range(response.headers.get("Content-Range"))[2] == offset:
                     return Fetched(total=offset, resumed=True)
                 logger.info("Server refused to resume %s at byte %d; starting over.", url, offset)
-                unlink(part, meta)
+                _unlink(part, meta)
                 continue
-            reason = f"HTTP {exc.code} {exc.reason}"
-            if retryable_http(exc.code):
-                raise _Retry(reason, responded=True) from exc
-            raise CheckpointDownloadError(
-                f"Downloading {url} failed: {reason}. Retrying will not help: check SHARP_CHECKPOINT_URL, "
-                "or download the checkpoint yourself and set SHARP_CHECKPOINT to its path.",
-                url=url,
-                reason=reason,
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retry(_describe_network_error(exc), responded=False) from exc
-        with response:
+            if response.is_error:
+                reason = f"HTTP {response.status_code} {response.reason_phrase}"
+                if retryable_http(response.status_code):
+                    raise _Retry(reason, responded=True)
+                raise CheckpointDownloadError(
+                    f"Downloading {url} failed: {reason}. Retrying will not help: check SHARP_CHECKPOINT_URL, "
+                    "or download the checkpoint yourself and set SHARP_CHECKPOINT to its path.",
+                    url=url,
+                    reason=reason,
+                )
             plan = _body_plan(response, url=url, part=part, meta=meta, info=info, offset=offset)
             if plan is None:
                 continue
@@ -138,7 +140,7 @@ def _attempt(url: str, part: Path, meta: Path, *, label: str, progress: bool, ti
         if total is not None and size < total:
             raise _Retry(f"transfer truncated at {size} of {total} bytes", responded=True)
         if total is not None and size > total:
-            unlink(part, meta)
+            _unlink(part, meta)
             raise _Retry(f"received {size} bytes, more than the {total} announced", responded=True)
         return Fetched(total=total, resumed=start > 0)
     raise CheckpointDownloadError(
@@ -147,44 +149,40 @@ def _attempt(url: str, part: Path, meta: Path, *, label: str, progress: bool, ti
 
 
 def _body_plan(
-    response: http.client.HTTPResponse, *, url: str, part: Path, meta: Path, info: dict[str, Any] | None, offset: int
+    response: httpx.Response, *, url: str, part: Path, meta: Path, info: dict[str, Any] | None, offset: int
 ) -> tuple[int, int | None, str] | None:
     """(offset the body starts at, announced final size or None, file mode), or None to start over."""
     length = _int_or_none(response.headers.get("Content-Length"))
-    if response.status == 206 and info is not None:
+    if response.status_code == 206 and info is not None:
         start, _, total = _parse_content_range(response.headers.get("Content-Range"))
         if start != offset or (info.get("size") is not None and total not in (None, info["size"])):
-            logger.info(
-                "Server answered a resume of %s at byte %d with Content-Range %r; starting over.",
-                url,
-                offset,
-                response.headers.get("Content-Range"),
-            )
-            unlink(part, meta)
+            logger.info("Server answered a resume of %s at byte %d with Content-Range %r; starting over.",
+                        url, offset, response.headers.get("Content-Range"))
+            _unlink(part, meta)
             return None
         if total is None and length is not None:
             total = offset + length
         return offset, total, "ab"
-    if response.status == 200:
+    if response.status_code == 200:
         if offset:
             logger.info("Server sent all of %s instead of resuming at byte %d; starting over.", url, offset)
         validator = response.headers.get("ETag")
         if not validator or validator.startswith("W/"):
             validator = response.headers.get("Last-Modified")
         try:
-            write_json(meta, {"url": url, "size": length, "validator": validator})
+            write_atomically(meta, [json.dumps({"url": url, "size": length, "validator": validator}).encode()])
         except OSError as exc:
             raise write_error(meta, exc, url) from exc
         return 0, length, "wb"
     raise CheckpointDownloadError(
-        f"Downloading {url} failed: unexpected HTTP status {response.status} {response.reason}.",
+        f"Downloading {url} failed: unexpected HTTP status {response.status_code} {response.reason_phrase}.",
         url=url,
-        reason=f"HTTP {response.status}",
+        reason=f"HTTP {response.status_code}",
     )
 
 
-def _write_body(response: http.client.HTTPResponse, part: Path, mode: str, bar: Progress) -> int:
-    """Copy the response body into `part` (fsync'ed); returns the bytes written."""
+def _write_body(response: httpx.Response, part: Path, mode: str, bar: Progress) -> int:
+    """Copy the response body, as sent (no content decoding), into `part` (fsync'ed); returns the bytes written."""
     written = 0
     try:
         out = part.open(mode)
@@ -192,15 +190,7 @@ def _write_body(response: http.client.HTTPResponse, part: Path, mode: str, bar: 
         raise write_error(part, exc) from exc
     with out:
         try:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK_BYTES)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Retry(
-                        f"connection lost after {bar.done} bytes ({_describe_network_error(exc)})", responded=True
-                    ) from exc
-                if not chunk:
-                    break
+            for chunk in response.iter_raw():  # as received, so a cut connection loses nothing
                 try:
                     out.write(chunk)
                 except OSError as exc:
@@ -209,6 +199,8 @@ def _write_body(response: http.client.HTTPResponse, part: Path, mode: str, bar: 
                 bar.update(len(chunk))
             out.flush()
             os.fsync(out.fileno())
+        except httpx.TransportError as exc:
+            raise _Retry(f"connection lost after {bar.done} bytes ({_describe(exc)})", responded=True) from exc
         finally:
             bar.close()
     return written
@@ -226,12 +218,15 @@ def write_error(path: Path, exc: OSError, url: str = "") -> CheckpointDownloadEr
 def _resumable_info(part: Path, meta: Path, url: str) -> dict[str, Any] | None:
     """The metadata of a `.part` that can be resumed, else None (and any stale `.part` is removed)."""
     if not part.is_file():
-        unlink(meta)
+        _unlink(meta)
         return None
-    info = read_json(meta)
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        info = None
     size = part.stat().st_size
-    if info is None or info.get("url") != url or size == 0 or size > (info.get("size") or math.inf):
-        unlink(part, meta)
+    if not isinstance(info, dict) or info.get("url") != url or size == 0 or size > (info.get("size") or math.inf):
+        _unlink(part, meta)
         return None
     return info
 
@@ -249,7 +244,11 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-def _describe_network_error(exc: BaseException) -> str:
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    text = str(reason) or type(reason).__name__
-    return f"{type(reason).__name__}: {text}" if type(reason).__name__ not in text else text
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+
+
+def _unlink(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

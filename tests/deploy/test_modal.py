@@ -16,7 +16,6 @@ import functools
 import gc
 import http.server
 import io
-import json
 import os
 import re
 import subprocess
@@ -26,18 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import modal
 import numpy as np
 import pytest
-from modal._partial_function import _find_callables_for_obj, _find_partial_methods_for_user_cls
+from modal._partial_function import _find_callables_for_obj
 from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
-from modal_proto import api_pb2
 from PIL import Image
 
-from app import deploy
 from app.formats.ply import read_ply
+from deploy import container
 from tests.helpers import FakeVolume
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,55 +111,6 @@ def tiny_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------------------- the definitions
 
 
-def test_http_api_definition() -> None:
-    import modal_api
-
-    assert modal_api.app.name == "sharp-api"
-    assert isinstance(modal_api.SharpAPI, modal.Cls)
-    spec = definition(service_function(modal_api.SharpAPI))
-    info = spec["info"]
-    assert spec["tag"] == "SharpAPI.*"
-    assert info.method_names == ["fastapi_app"]
-    assert info.gpus == [("A100", 1)]
-    assert info.timeout == 900 and info.startup_timeout == 900
-    assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 10
-    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache",
-                                                                          "/jobs": "sharp-jobs"}
-    assert info.secrets == []
-    assert spec["scaledown_window"] == 300
-    assert spec["enable_memory_snapshot"] is True
-
-    web = spec["methods"]["fastapi_app"].webhook_config
-    assert web.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
-    assert web.requested_suffix == "sharp-api-fastapi-app"  # https://<workspace>--sharp-api-fastapi-app.modal.run
-    assert web.requires_proxy_auth is False
-    assert info.method_details["fastapi_app"].unauthenticated is True
-
-
-def test_function_api_definition() -> None:
-    import modal_app
-
-    assert modal_app.app.name == "sharp-view-synthesis"
-    spec = definition(service_function(modal_app.SharpModel))
-    info = spec["info"]
-    assert spec["tag"] == "SharpModel.*"
-    assert sorted(info.method_names) == ["predict", "predict_and_save_ply"]
-    assert info.gpus == [("A100", 1)]
-    assert info.timeout == 900
-    assert info.concurrency_info is not None and info.concurrency_info.max_inputs == 10
-    assert {path: mount.name for path, mount in info.volumes.items()} == {"/cache": "sharp-model-cache"}
-    assert spec["scaledown_window"] == 300
-    assert spec["enable_memory_snapshot"] is True
-    assert info.method_details == {}  # no web endpoints here
-
-    # Module-level forwarders, so that modal.Function.from_name(APP, "<name>") finds them: no GPU, no volume.
-    for name in ("predict_and_save_ply", "predict"):
-        forwarder = definition(getattr(modal_app, name))
-        assert forwarder["tag"] == name
-        assert forwarder["info"].gpus == [] and forwarder["info"].volumes == {}
-        assert forwarder["webhook_config"] is None
-
-
 def test_entrypoint_cli_options() -> None:
     """`modal run modal_app.py --image-path ... --output-path ... --f-px ...` parses (no token needed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
@@ -174,99 +121,6 @@ def test_entrypoint_cli_options() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--image-path", "--output-path", "--f-px"):
         assert option in result.stdout
-
-
-_PROBE = """
-import json
-from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags as Flags
-from tests.deploy.test_modal import definition, image_layers, service_function, synchronizer
-import modal_api, modal_app
-from app import deploy
-api = definition(service_function(modal_api.SharpAPI))
-fn = definition(service_function(modal_app.SharpModel))
-user_cls = synchronizer._translate_in(modal_api.SharpAPI)._get_user_cls()
-print(json.dumps({
-    "api_gpus": api["info"].gpus, "fn_gpus": fn["info"].gpus,
-    "api_scaledown": api["scaledown_window"], "fn_scaledown": fn["scaledown_window"],
-    "proxy_auth": api["methods"]["fastapi_app"].webhook_config.requires_proxy_auth,
-    "api_secrets": api["info"].secrets, "fn_secrets": fn["info"].secrets,
-    "snapshots": [api["enable_memory_snapshot"], fn["enable_memory_snapshot"]],
-    "pre_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_PRE_SNAPSHOT)),
-    "post_snapshot_hooks": list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_POST_SNAPSHOT)),
-    "env_layer": image_layers(deploy.image)[-2],
-}))
-"""
-
-
-def probe(**environ: str) -> dict[str, Any]:
-    """Import both deploy files in a fresh interpreter with `environ` set, as `modal deploy` would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
-    env.update(environ)
-    env["PYTHONPATH"] = str(ROOT)  # the probe imports this module, which imports tests.helpers
-    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_deploy_time_overrides_in_a_fresh_interpreter() -> None:
-    seen = probe(SHARP_GPU="H100", SHARP_SCALEDOWN_WINDOW="60", SHARP_PROXY_AUTH="1",
-                 SHARP_API_KEY_SECRET="sharp-api-key", SHARP_MEMORY_SNAPSHOT="0",
-                 SHARP_CHECKPOINT_URL="https://example.com/my ft.pt", SHARP_DTYPE="bfloat16",
-                 SHARP_API_KEY="never-in-the-image")
-    assert seen["api_gpus"] == seen["fn_gpus"] == [["H100", 1]]
-    assert seen["api_scaledown"] == seen["fn_scaledown"] == 60
-    assert seen["proxy_auth"] is True
-    assert seen["api_secrets"] == seen["fn_secrets"] == [repr(modal.Secret.from_name("sharp-api-key"))]
-    # Without snapshots both start-up steps run after start, still in order (Modal requires snap=False then).
-    assert seen["snapshots"] == [False, False]
-    assert seen["pre_snapshot_hooks"] == []
-    assert seen["post_snapshot_hooks"] == ["load_weights", "move_to_gpu"]
-    assert seen["env_layer"] == [
-        "FROM base", "ENV SHARP_DEVICE=cuda", "ENV SHARP_MAX_QUEUE=9",
-        "ENV SHARP_CHECKPOINT_URL='https://example.com/my ft.pt'", "ENV SHARP_DTYPE=bfloat16",
-        "ENV SHARP_CACHE_DIR=/cache",
-    ]
-
-
-def test_image_installs_the_project_and_mounts_app() -> None:
-    base, dependencies, env, source = image_layers(deploy.image)
-    assert base[0].startswith("FROM python:3.11")
-    assert len(dependencies) == 2 and dependencies[1].startswith("RUN python -m pip install")
-    for requirement in ("'torch>=", "'fastapi>=", "'uvicorn[standard]>=", "'pydantic-settings>="):
-        assert requirement in dependencies[1]  # read from pyproject.toml, not a copy of the list
-    assert env[0] == "FROM base" and "ENV SHARP_CACHE_DIR=/cache" in env
-    assert "module_name='app', remote_dir='/root'" in repr(source)  # add_local_python_source("app")
-
-
-def test_start_up_steps_with_memory_snapshots() -> None:
-    import modal_api
-    import modal_app
-
-    for cls in (modal_api.SharpAPI, modal_app.SharpModel):
-        user_cls = synchronizer._translate_in(cls)._get_user_cls()
-        assert list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_PRE_SNAPSHOT)) == ["load_weights"]
-        assert list(_find_partial_methods_for_user_cls(user_cls, Flags.ENTER_POST_SNAPSHOT)) == ["move_to_gpu"]
-
-
-def test_deploy_settings_from_the_environment() -> None:
-    assert deploy.gpu_type({}) == "A100" and deploy.gpu_type({"SHARP_GPU": " L40S "}) == "L40S"
-    assert deploy.scaledown_window({}) == 300
-    assert deploy.scaledown_window({"SHARP_SCALEDOWN_WINDOW": "30"}) == 30
-    for bad in ("abc", "1", "3601"):
-        with pytest.raises(ValueError, match="SHARP_SCALEDOWN_WINDOW"):
-            deploy.scaledown_window({"SHARP_SCALEDOWN_WINDOW": bad})
-    assert not deploy.proxy_auth({}) and deploy.proxy_auth({"SHARP_PROXY_AUTH": "true"})
-    assert deploy.secrets({}) == []
-
-    env = deploy.container_env({
-        "SHARP_PRESET": "sharp", "SHARP_CHECKPOINT_URL": "https://example.com/ft.pt",
-        "SHARP_CHECKPOINT_SHA256": "", "SHARP_API_KEY": "do-not-bake", "SHARP_CACHE_DIR": "/elsewhere",
-        "SHARP_GPU": "H100", "HOME": "/root",
-    })
-    assert env == {"SHARP_PRESET": "sharp", "SHARP_CHECKPOINT_URL": "https://example.com/ft.pt",
-                   "SHARP_DEVICE": "cuda", "SHARP_MAX_QUEUE": "9", "SHARP_CACHE_DIR": "/cache"}
-    assert deploy.container_env({"SHARP_MAX_QUEUE": "20"})["SHARP_MAX_QUEUE"] == "20"
 
 
 # ------------------------------------------------------------------------------ weights on the volume
@@ -302,23 +156,23 @@ def test_checkpoint_download_is_committed_once(tmp_path: Path, checkpoint_url: s
     settings = Settings(preset="sharp", checkpoint_url=checkpoint_url, cache_dir=cache)
 
     volume = FakeVolume()
-    path = deploy.prepare_checkpoint(settings, volume, in_container=True)
+    path = container.prepare_checkpoint(settings, volume, in_container=True)
     assert path == cache / "sharp_test.pt" and path.read_bytes() == source.read_bytes()
     assert volume.calls == ["reload", "commit"]  # not there: look for another container's commit, then ours
 
     volume.calls.clear()
-    assert deploy.prepare_checkpoint(settings, volume, in_container=True) == path
+    assert container.prepare_checkpoint(settings, volume, in_container=True) == path
     assert volume.calls == []  # cached: no reload, no commit
 
     tiny = Settings(preset="tiny", cache_dir=cache)
-    assert deploy.prepare_checkpoint(tiny, volume, in_container=True) is None
+    assert container.prepare_checkpoint(tiny, volume, in_container=True) is None
     explicit = Settings(preset="sharp", checkpoint=cache / "missing.pt", cache_dir=cache)
-    assert deploy.prepare_checkpoint(explicit, volume, in_container=True) == cache / "missing.pt"
+    assert container.prepare_checkpoint(explicit, volume, in_container=True) == cache / "missing.pt"
     assert volume.calls == ["reload"]
 
     volume.calls.clear()
     (cache / "sharp_test.pt").unlink()
-    deploy.prepare_checkpoint(settings, volume, in_container=False)  # a local run never touches the volume
+    container.prepare_checkpoint(settings, volume, in_container=False)  # a local run never touches the volume
     assert volume.calls == []
 
 
@@ -342,36 +196,17 @@ def test_weights_leave_the_checkpoint_file_before_the_snapshot(tmp_path: Path) -
             return sum(str(checkpoint) in line for line in maps)
 
     settings = Settings(preset="tiny", checkpoint=checkpoint, device="cpu", cache_dir=tmp_path / "cache")
-    predictor = deploy.load_on_cpu(settings, FakeVolume())
+    predictor = container.load_on_cpu(settings, FakeVolume())
     gc.collect()
     assert predictor.info.weights == "file" and predictor.info.checkpoint == str(checkpoint)
     if Path("/proc/self/maps").exists():
         assert mappings() == 0
 
-    moved = deploy.move_to_device(predictor, settings)
+    moved = container.move_to_device(predictor, settings)
     assert moved.network is predictor.network and moved.info == predictor.info
 
 
 # ------------------------------------------------------------------------- the container code, locally
-
-
-def test_http_api_container_serves_the_local_app(tiny_env: Path, serve: Any) -> None:
-    import modal_api
-
-    instance = modal_api.SharpAPI()
-    asgi_app = instance.fastapi_app.local()  # runs both @modal.enter steps first, as a container would
-    predictor = instance.predictor
-    assert predictor.info.preset == "tiny" and predictor.info.device == "cpu"
-    assert instance.settings.cache_dir == tiny_env / "cache"
-
-    base_url = serve(asgi_app).url
-    with httpx.Client(base_url=base_url, timeout=120) as client:
-        health = client.get("/health")
-        assert health.status_code == 200, health.text
-        assert health.json()["status"] == "ready" and health.json()["preset"] == "tiny"
-        response = client.post("/predict/ply", files={"file": ("photo.png", png_bytes(), "image/png")})
-    assert response.status_code == 200, response.text
-    assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
 
 
 class LocalContainer:

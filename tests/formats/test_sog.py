@@ -96,7 +96,7 @@ def test_bundle_layout_and_meta(sog: bytes, tiny_photo_scene: GaussianScene) -> 
     for key in ("scales", "sh0"):
         codebook = meta[key]["codebook"]
         assert len(codebook) == 256 and all(math.isfinite(v) for v in codebook) and codebook == sorted(codebook)
-    assert meta["sharp"] == {"f_px": 220.0, "image_width": 240, "image_height": 160}
+    assert meta["sharp"] == {"f_px": 500.0, "image_width": 600, "image_height": 400}
     sizes = set()
     for name in WEBP_FILES:
         data = bundle.read(name)
@@ -127,7 +127,7 @@ def test_gaussians_are_in_morton_order(sog: bytes) -> None:
 
 def test_our_reader_round_trips_within_the_quantisation(sog: bytes, tiny_photo_scene: GaussianScene) -> None:
     decoded = decode_sog(sog)
-    assert (decoded.f_px, decoded.image_width, decoded.image_height) == (220.0, 240, 160)
+    assert (decoded.f_px, decoded.image_width, decoded.image_height) == (500.0, 600, 400)
     meta = json.loads(zipfile.ZipFile(io.BytesIO(sog)).read("meta.json"))
     assert_within_quantisation(decoded, tiny_photo_scene, meta)
     assert encode_sog(tiny_photo_scene) == sog  # deterministic bytes

@@ -34,7 +34,7 @@ from app.imaging.exif import focal_length_35mm
 # Any warning (Pillow's DecompressionBombWarning, palette-transparency warnings, ...) fails a test.
 pytestmark = pytest.mark.filterwarnings("error")
 
-COFFEE = Path("/work/shared/conformance/coffee.png")
+COFFEE = Path(__file__).resolve().parents[1] / "data" / "conformance" / "coffee.png"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 EXIF_IFD = 0x8769
 ORIENTATION = 0x0112

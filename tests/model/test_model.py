@@ -13,16 +13,7 @@ from app.model import build_network, get_config
 from app.model.composer import inverse_softplus, srgb_to_linear
 from app.model.encoder import merge_tiles, split_tiles
 from app.model.network import fill_synthetic_weights
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, shape, *_ = line.split("\t")
-        shapes[name] = () if shape == "scalar" else tuple(int(d) for d in shape.split("x"))
-    return shapes
+from tests.conformance import read_manifest
 
 
 def test_state_dict_matches_official_manifest(conformance_dir: Path) -> None:

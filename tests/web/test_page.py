@@ -296,7 +296,7 @@ def test_page_says_when_the_renderer_is_missing(server: LiveServer, tmp_path: Pa
 
 def test_modal_image_ships_the_page() -> None:
     """Modal's add_local_python_source ships only .py files by default; deploy keeps the page's files."""
-    from app import deploy
+    from deploy import images as deploy
 
     for shipped in ("app/pipeline.py", "app/web/static/app.js", "app/web/static/vendor/spark/spark.module.js"):
         assert not deploy._not_shipped(Path(shipped)), shipped

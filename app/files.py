@@ -1,7 +1,12 @@
-"""Writing encoded files safely."""
+"""Writing files so that a failure never leaves a partial one: the one atomic-write helper of the package.
+
+Used for every output the service stores (encoded scenes, job state and results, renders) and by the
+checkpoint download (its resume metadata, and the directory sync after the checkpoint is renamed into place).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -23,3 +28,13 @@ def write_atomically(path: str | os.PathLike[str], blocks: Iterable[bytes | byte
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable across a power cut (best effort: not every OS allows it)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -1,0 +1,182 @@
+"""The Modal deployment as Modal will run it, offline: the deploy's and the container's imports agree, the
+deploy check passes, the CPU front forwards predictions to the GPU class's app, and no signal handler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.formats.ply import read_ply
+from deploy import config
+from deploy.front import Front, answer
+from tests.helpers import tiny_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_GAUSSIANS = 131_072
+
+_DESCRIBE = """
+import json, modal_api, modal_app
+from deploy.check import describe
+print(json.dumps({"modal_api": describe(modal_api), "modal_app": describe(modal_app)}))
+"""
+
+
+def describe_in_subprocess(environ: dict[str, str]) -> dict[str, Any]:
+    """Both apps' definitions (`deploy.check.describe`) imported in a fresh interpreter with only `environ`'s
+    SHARP_* and MODAL_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
+    env.update(environ)
+    result = subprocess.run([sys.executable, "-c", _DESCRIBE], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+DEPLOY_ENV = {"SHARP_GPU": "H100", "SHARP_API_KEY_SECRET": "sharp-api-key", "SHARP_MEMORY_SNAPSHOT": "0",
+              "SHARP_SCALEDOWN_WINDOW": "60", "SHARP_PROXY_AUTH": "1", "SHARP_MAX_CONTAINERS": "3",
+              "SHARP_DTYPE": "bfloat16", "SHARP_API_KEY": "never-in-the-image"}
+
+
+@pytest.mark.parametrize("deploy_env", [{}, DEPLOY_ENV], ids=["defaults", "switches"])
+def test_container_import_defines_what_the_deploy_did(deploy_env: dict[str, str]) -> None:
+    """A container sees the image's environment (not the laptop's) plus Modal's markers, and the Secret's
+    variables; Modal refuses to start a container whose classes have other dependencies than deployed."""
+    deployed = describe_in_subprocess(deploy_env)
+    container_env = {**config.container_env(deploy_env), "MODAL_IS_REMOTE": "1", "MODAL_TASK_ID": "ta-test",
+                     **({"SHARP_API_KEY": "from-the-secret"} if "SHARP_API_KEY_SECRET" in deploy_env else {})}
+    in_container = describe_in_subprocess(container_env)
+    assert in_container == deployed
+    classes = {**deployed["modal_api"], **deployed["modal_app"]}
+    assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "fastapi_app"}
+    assert set(deployed["modal_app"]) == {"SharpModel.*", "predict_and_save_ply", "predict", "seed_weights"}
+    if deploy_env:
+        for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpModel.*", "fastapi_app"):
+            assert "Secret:modal.Secret.from_name('sharp-api-key')" in classes[tag]["dependencies"], tag
+        assert classes["SharpModel.*"]["info"]["gpus"] == [["H100", 1]]
+        assert classes["SharpModel.*"]["hooks"]["ENTER_PRE_SNAPSHOT"] == []
+
+
+def test_one_lifecycle_and_light_forwarders() -> None:
+    import modal_api
+    import modal_app
+    from deploy.check import describe
+
+    described = {**describe(modal_api), **describe(modal_app)}
+    hooks = {"ENTER_PRE_SNAPSHOT": ["load_weights"], "ENTER_POST_SNAPSHOT": ["move_to_gpu"], "EXIT": ["shutdown"]}
+    for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpModel.*"):
+        assert described[tag]["hooks"] == hooks and described[tag]["image"] == "gpu_image"
+        assert described[tag]["info"]["gpus"] == [["A100", 1]]
+    for tag in ("predict_and_save_ply", "predict"):  # no torch, bounded memory and inputs
+        spec = described[tag]
+        assert spec["image"] == "light_image" and spec["info"]["gpus"] == []
+        assert spec["info"]["memory_mib"] is not None and spec["info"]["concurrency_info"]["max_inputs"] <= 16
+    front = described["fastapi_app"]  # the URL is served by a CPU container
+    assert front["info"]["gpus"] == [] and front["info"]["memory_mib"] is not None
+    assert front["info"]["web_info"]["unauthenticated"] is True
+    assert {v["name"] for v in front["info"]["volumes"].values()} == {"sharp-jobs"}
+
+
+def test_deploy_check_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "deploy", "check"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("SHARP_")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deploy check: ok" in result.stdout and config.torch_requirement() in result.stdout
+
+
+def test_every_setting_reaches_the_container_but_the_key() -> None:
+    from app.settings import Settings
+
+    names = {f"SHARP_{name.upper()}" for name in Settings.model_fields}
+    assert set(config.settings_env_names()) == names
+    env = config.container_env(dict.fromkeys(names, "x") | dict.fromkeys(config.DEPLOY_SWITCHES, "y"))
+    assert "SHARP_API_KEY" not in env and env["SHARP_CACHE_DIR"] == "/cache"
+    assert names - {"SHARP_API_KEY", "SHARP_CACHE_DIR"} | set(config.DEPLOY_SWITCHES) <= set(env)
+    assert config.container_env({})["SHARP_DEVICE"] == "cuda"
+
+
+def test_torch_pinned_once() -> None:
+    spec = config.torch_requirement()
+    assert spec.startswith("torch==")
+    assert config.TESTED_TORCH_EXTRA in (ROOT / "Dockerfile").read_text()
+    assert config.TESTED_TORCH_EXTRA in (ROOT / "Makefile").read_text()
+    assert "torch==" not in (ROOT / "Dockerfile").read_text() + (ROOT / "Makefile").read_text()
+
+
+def test_no_deploy_without_the_page_vendor_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config.require_vendor_files()  # built here (make web)
+    monkeypatch.setattr(config, "VENDOR_DIR", tmp_path)
+    with pytest.raises(config.VendorFilesMissingError, match="make web"):
+        config.require_vendor_files()
+
+
+def test_core_install_has_no_modal() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("modal") for dep in project["dependencies"])
+    assert any(dep.startswith("modal") for dep in project["optional-dependencies"]["modal"])
+    assert "optional-dependencies']['tested-torch']" in (ROOT / "Dockerfile").read_text()
+
+
+def png_bytes() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Path) -> None:
+    """The CPU front's split, over real HTTP: `/predict/ply` answered by the GPU side's app (here in-process,
+    as `SharpAPI.respond` runs it), `/health` by the front's own app; an oversized body is not forwarded."""
+    from app.http import create_app
+    from app.service import InferenceService, default_loader
+
+    settings = tiny_settings(cache_dir=tmp_path, max_upload_mb=1)
+    gpu_service = InferenceService(settings, default_loader(settings))
+    gpu_app = create_app(settings, service=gpu_service, handle_signals=False)
+    forwarded: list[str] = []
+
+    async def forward(request: Any) -> Any:
+        forwarded.append(request.target)
+        return await answer(gpu_app, request)
+
+    front_app = create_app(settings, predictor=gpu_service.predictor, handle_signals=False)
+    server = serve(Front(front_app, forward, max_body_bytes=settings.max_upload_bytes + 1024 * 1024))
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        assert client.get("/health").status_code == 200
+        response = client.post("/predict/ply?f_px=600", files={"file": ("p.png", png_bytes(), "image/png")})
+        assert response.status_code == 200, response.text
+        assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
+        assert response.headers["x-request-id"]
+        big = client.post("/predict/ply", files={"file": ("p.png", b"\0" * (3 * 1024 * 1024), "image/png")})
+        assert big.status_code == 413
+    assert forwarded == ["/predict/ply?f_px=600"]
+    gpu_service.close()
+
+
+def test_modal_containers_install_no_signal_handler(tmp_path: Path) -> None:
+    """On Modal, SIGTERM must reach Modal's handler (which runs `@modal.exit` and the final commit)."""
+    from app.http import create_app
+
+    app = create_app(tiny_settings(cache_dir=tmp_path), handle_signals=False)
+
+    async def lifespan() -> tuple[Any, Any]:
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        async with app.router.lifespan_context(app):
+            return before, (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+
+    before, during = asyncio.run(lifespan())
+    assert during == before
