@@ -94,4 +94,3 @@ class FakeVolume:
 
     def commit(self) -> None:
         self.calls.append("commit")
-
