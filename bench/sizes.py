@@ -129,8 +129,9 @@ def main() -> None:
             count = budget_count(fraction, n)
             start = time.perf_counter()
             kept = keep_most_important(scene, fraction)
+            seconds = time.perf_counter() - start
             ours = views.psnr(kept)
-            row(f"budget {fraction:.0%}: ours", count, time.perf_counter() - start, ours)
+            row(f"budget {fraction:.0%}: ours", count, seconds, ours)
             best = -np.inf
             for flag in ("--decimate", "--decimate-adaptive"):
                 out = folder / f"decimated{flag}.ply"
