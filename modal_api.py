@@ -57,7 +57,7 @@ class SharpAPI(ModelContainer):
         from deploy.front import answer
 
         if not hasattr(self, "web_app"):  # no lifespan: the service runs already, and no signal handler
-            self.web_app = create_app(self.settings, service=self.service, handle_signals=False)
+            self.web_app = create_app(self.settings, service=self.service)
         return await answer(self.web_app, request)
 
     @modal.method()
@@ -93,7 +93,7 @@ def fastapi_app() -> Any:
     settings = container_settings()
     jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
     local: FastAPI = create_app(settings, loader=lambda _: RemoteModel(SharpAPI().model_info.remote()),
-                                job_queue=jobs, handle_signals=False)
+                                job_queue=jobs)
     return Front(local, forward=SharpAPI().respond.remote.aio,
                  max_body_bytes=settings.max_upload_bytes + BODY_SLACK_BYTES)
 

@@ -47,8 +47,10 @@ class SharpModel(ModelContainer):
     @modal.method()
     async def predict_and_save_ply(self, image_bytes: bytes, f_px: float | None = None) -> bytes:
         """The photo's Gaussians as a binary PLY: the file `POST /predict/ply` returns."""
-        prediction = await self.service.predict(image_bytes, filename=None, f_px=f_px)
-        return (await self.service.encode(prediction, "ply")).body
+        from app.focal import check_f_px
+
+        result = await self.service.run(image_bytes, filename=None, f_px=check_f_px(f_px), outputs={"ply": {}})
+        return result.outputs["ply"].body
 
     @modal.method()
     async def predict(self, image_bytes: bytes, f_px: float | None = None, max_gaussians: int | None = None,
@@ -60,9 +62,11 @@ class SharpModel(ModelContainer):
         """
         import orjson
 
-        prediction = await self.service.predict(image_bytes, filename=None, f_px=f_px)
-        output = await self.service.encode(prediction, "json", max_gaussians=max_gaussians, encoding=encoding)
-        return orjson.loads(output.body)
+        from app.focal import check_f_px
+
+        result = await self.service.run(image_bytes, filename=None, f_px=check_f_px(f_px),
+                                        outputs={"json": {"max_gaussians": max_gaussians, "encoding": encoding}})
+        return orjson.loads(result.outputs["json"].body)
 
 
 @forwarder

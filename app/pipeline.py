@@ -1,84 +1,146 @@
-"""The one request path: decode a photo -> predict its Gaussians -> encode them into a format.
+"""The one request path: decode a photo -> predict its Gaussians -> encode each output wanted.
 
-Every entry point calls these three steps, and only these: the HTTP service (`app.service`, which runs
-them on its own threads and queue), the CLI (`app.cli`), the Modal functions (`modal_app.py`) and the job
-worker (`app.jobs`). Each step adds its duration to `Prediction.timings_ms`, so every caller reports the
-same stages: decode, preprocess, forward, postprocess, encode.
+Every entry point calls `run`, and only `run`: the HTTP service (`app.service`, which decides on which
+threads and when), the CLI (`app.cli.predict`), the job worker (`app.jobs.runner`, local and Modal) and
+the Modal functions. `run` records the timings once, in the result: decode, preprocess, forward,
+postprocess, encode (all outputs together), in milliseconds.
 
-    image = decode(data, name="photo.jpg", max_pixels=settings.max_pixels)
-    prediction = predict(predictor, image, f_px=None)      # f_px None: EXIF, else 30 mm equivalent
-    output = encode(prediction, "spz")                      # bytes + media type + file name
+    result = run(predictor, Path("coffee.jpg"), {"spz": {}, "json": {"max_gaussians": 1000}})
+    result.outputs["spz"].body, result.prediction.scene, result.timings_ms
+
+`f_px` is taken as given: each edge checks it with `app.focal.check_f_px` when it parses its input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import formats
-from app.forward_progress import ProgressCallback
 from app.imaging import LoadedImage, load_image
+from app.outputs import check_options
 from app.prediction import Prediction
-from app.predictor import SharpPredictor, check_f_px
+from app.predictor import SharpPredictor
+from app.vocabulary import ProgressCallback
+
+Outputs = Mapping[str, Mapping[str, Any]]
+"""The outputs wanted, in order, each with its options: ``{"ply": {}, "json": {"encoding": "base64"}}``
+(names and options of `app.outputs.FORMATS`)."""
+
+Slot = Callable[[], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True)
-class DecodedImage:
-    """A decoded photo and how long decoding took (milliseconds)."""
+class Slots:
+    """Where `run` waits for its turn: each slot is entered around its step. The defaults never wait (the
+    CLI, one photo at a time); the HTTP service passes its own (see `app.service`).
 
-    image: LoadedImage
-    decode_ms: float
+    Attributes:
+        decode: around decoding the photo (bounds how many decoded photos are in memory at once).
+        model: around the prediction (one forward pass at a time on the model).
+        render: around encoding an output of kind ``render`` (renders use every core).
+    """
+
+    decode: Slot = contextlib.nullcontext
+    model: Slot = contextlib.nullcontext
+    render: Slot = contextlib.nullcontext
 
 
 @dataclass(frozen=True)
 class EncodedOutput:
-    """One file made from a prediction: its bytes, HTTP media type and download file name."""
+    """One file made from a prediction: its bytes, HTTP media type, file name and encoding time (ms)."""
 
     format: str
     body: bytes
     media_type: str
     filename: str
+    encode_ms: float
 
 
-def decode(source: bytes | Path, *, name: str | None = None, max_pixels: int | None = None) -> DecodedImage:
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` made: the prediction, each output wanted (by name, in the order asked) and the timings
+    in milliseconds (decode, preprocess, forward, postprocess, encode)."""
+
+    prediction: Prediction
+    outputs: dict[str, EncodedOutput]
+    timings_ms: dict[str, float]
+
+
+OutputSink = Callable[[EncodedOutput], None]
+"""Takes each output as soon as it is encoded (a job writes it to its store), so that `run` need not hold
+every output's bytes at once."""
+
+
+def decode(source: bytes | Path, *, filename: str | None = None, max_pixels: int | None = None) -> LoadedImage:
     """The photo (bytes or a file) as upright RGB with its focal length; `ImageError` if it is not usable."""
-    start = time.perf_counter()
-    image = load_image(source, name=name or None, max_pixels=max_pixels)
-    return DecodedImage(image=image, decode_ms=(time.perf_counter() - start) * 1000.0)
+    return load_image(source, name=filename or None, max_pixels=max_pixels)
 
 
-def predict(predictor: SharpPredictor, decoded: DecodedImage, f_px: float | None = None,
-            progress: ProgressCallback | None = None) -> Prediction:
-    """The photo's Gaussians (`InvalidRequestError` for an `f_px` out of range), timings from decode on.
+def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, filename: str | None = None,
+        f_px: float | None = None, max_pixels: int | None = None, progress: ProgressCallback | None = None,
+        slots: Slots = Slots(), sink: OutputSink | None = None) -> RunResult:
+    """decode -> predict -> encode each output.
 
-    `progress(stage, fraction)` is called as the stages go (see `SharpPredictor.predict`).
-    """
-    check_f_px(f_px)
-    prediction = predictor.predict(decoded.image, f_px=f_px, progress=progress)
-    prediction.timings_ms = {"decode": decoded.decode_ms, **prediction.timings_ms}
-    return prediction
-
-
-def encode(prediction: Prediction, format_name: str, **options: Any) -> EncodedOutput:
-    """The prediction as a file of `format_name` (see `app.formats.FORMATS`); records the `encode` time.
+    Args:
+        predictor: the loaded model.
+        source: the photo's bytes, or its path.
+        outputs: see `Outputs`; every name and option is checked before anything is decoded.
+        filename: the upload's name when `source` is bytes (the outputs' file stem).
+        f_px: focal length in pixels of the photo (checked by the caller); None: EXIF, else 30 mm equivalent.
+        max_pixels: the largest photo accepted (width x height).
+        progress: `progress(stage, fraction)` as the stages go (see `ProgressCallback`).
+        slots: see `Slots`.
+        sink: if given, each output is handed to it once encoded and left out of the result's `outputs`
+            (a full-size scene's files are tens of MB each).
 
     Raises:
-        UnknownFormatError, InvalidRequestError: no such format, or an option it does not take.
+        UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
+        ImageError: the photo is not usable (see `app.imaging`).
+        Whatever `progress` raises (a cancelled job).
     """
-    fmt = formats.check_options(format_name, options)
+    wanted = [(check_options(name, options), options) for name, options in outputs.items()]
+    report = progress or _ignore
+    timings: dict[str, float] = {}
+    report("decode", 0.0)
+    with slots.decode(), _timed(timings, "decode"):
+        image = decode(source, filename=filename, max_pixels=max_pixels)
+    report("decode", 1.0)
+    with slots.model():
+        prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
+    del image
+    encoded: dict[str, EncodedOutput] = {}
+    encode_ms_total = 0.0
+    for done, (fmt, options) in enumerate(wanted):
+        report("encode", done / len(wanted))
+        with slots.render() if fmt.kind == "render" else contextlib.nullcontext():
+            start = time.perf_counter()
+            body = fmt.encode(prediction, timings, **options)
+            encode_ms = (time.perf_counter() - start) * 1000.0
+        output = EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type,
+                               filename=fmt.filename(prediction.name), encode_ms=encode_ms)
+        del body
+        encode_ms_total += encode_ms
+        if sink is None:
+            encoded[fmt.name] = output
+        else:
+            sink(output)
+        del output
+    report("encode", 1.0)
+    timings["encode"] = encode_ms_total
+    return RunResult(prediction=prediction, outputs=encoded, timings_ms=timings)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
-    body = formats.encode(prediction, fmt.name, **options)
-    prediction.timings_ms["encode"] = (time.perf_counter() - start) * 1000.0
-    return EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type, filename=fmt.filename(prediction.name))
+    yield
+    timings[stage] = (time.perf_counter() - start) * 1000.0
 
 
-def run(predictor: SharpPredictor, source: bytes | Path, format_name: str, *, name: str | None = None,
-        f_px: float | None = None, max_pixels: int | None = None,
-        **options: Any) -> tuple[Prediction, EncodedOutput]:
-    """decode -> predict -> encode in one call (the CLI and the Modal functions)."""
-    formats.check_options(format_name, options)  # fail on bad options before the forward pass, not after
-    check_f_px(f_px)
-    prediction = predict(predictor, decode(source, name=name, max_pixels=max_pixels), f_px)
-    return prediction, encode(prediction, format_name, **options)
+def _ignore(stage: str, fraction: float) -> None:
+    pass

@@ -6,7 +6,7 @@ without loading the network code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.gaussians import GaussianScene
 from app.vocabulary import FocalSource, WeightsSource
@@ -30,7 +30,7 @@ class ModelInfo:
         return {"preset": self.preset, "weights": self.weights, "device": self.device, "dtype": self.dtype}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prediction:
     """One photo's result.
 
@@ -39,12 +39,11 @@ class Prediction:
         scene: the Gaussians and the camera they were predicted for.
         f_px_source: where `scene.f_px` came from.
         model: the model that made it.
-        timings_ms: stage durations in milliseconds, in pipeline order (decode, preprocess, forward,
-            postprocess, then encode once a format has been written).
+
+    How long it took is not part of it: `app.pipeline.run` reports that beside it.
     """
 
     name: str
     scene: GaussianScene
     f_px_source: FocalSource
     model: ModelInfo
-    timings_ms: dict[str, float] = field(default_factory=dict)

@@ -1,9 +1,10 @@
 """The inference service: one model per process, loaded once, fed one prediction at a time.
 
-It runs the steps of `app.pipeline` on the right threads: decoding on worker threads (at most
-`DECODE_CONCURRENCY` at once, so N large uploads do not hold N full-size images in memory), the forward
-pass on the service's single prediction thread, encoding on worker threads. The event loop never runs
-any of that work itself, so `/health` keeps answering while a prediction runs.
+It schedules `app.pipeline.run`, and does nothing else with a request: each run goes to a worker thread
+(the event loop never runs any of it, so `/health` keeps answering while a prediction runs), and the
+service's `Slots` make the runs take turns inside: at most `DECODE_CONCURRENCY` decoding at once (so N
+large uploads do not hold N full-size images in memory), one forward pass at a time on the model, one
+render at a time (renders use every core).
 
 Admission: at most `1 + settings.max_queue` predictions are admitted at a time (the one predicting and
 `max_queue` waiting, decoding included); one more raises `QueueFullError` instead of piling up uploads.
@@ -15,27 +16,23 @@ nothing cached) leaves the service in `error` until it is restarted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
 from app import pipeline
 from app.errors import SharpError
-from app.formats import get_format
-from app.forward_progress import ProgressCallback
-from app.prediction import Prediction
 from app.predictor import SharpPredictor
 from app.settings import Settings
-from app.vocabulary import ModelState
+from app.vocabulary import ModelState, ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
 
@@ -79,8 +76,12 @@ class QueueFullError(ServiceUnavailableError):
     retryable = True
 
 
+class ShuttingDownError(ServiceUnavailableError):
+    code = "shutting_down"
+
+
 class InferenceService:
-    """Owns the predictor, its loading thread, the prediction thread and the admission counter.
+    """Owns the predictor, its loading thread, the slots runs take turns in and the admission counter.
 
     Args:
         settings: limits (`max_queue`, `max_pixels`) and, for background loading, the model to load.
@@ -101,10 +102,14 @@ class InferenceService:
         self._next_load_at: float | None = None
         self._load_thread: threading.Thread | None = None
         self._closed = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sharp-predict")
-        self._decode_limiter = anyio.CapacityLimiter(DECODE_CONCURRENCY)
-        self._render_limiter = anyio.CapacityLimiter(1)
         self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+        self._model_turn_lock = threading.Lock()
+        self._rendering = threading.Lock()
+        self._slots = pipeline.Slots(decode=lambda: self._decoding, model=self._model_turn,
+                                     render=lambda: self._rendering)
+        # The runs' own threads: the admitted ones plus the job worker's, apart from anyio's default pool.
+        self._run_threads = anyio.CapacityLimiter(2 + settings.max_queue)
         self._admitted = 0
         self._predicting = 0
         self._predict_estimate_s = _INITIAL_PREDICT_ESTIMATE_S
@@ -155,19 +160,9 @@ class InferenceService:
             _warn_if_synthetic(predictor)
             return
 
-    def wait_until_loaded(self, timeout: float | None = None) -> bool:
-        """Block until loading has finished for good (ready, or failed without retry); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._state is ModelState.LOADING or (self._state is ModelState.ERROR and self._next_load_at):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
     def close(self) -> None:
-        """Stop taking work: queued predictions are cancelled, a running one finishes on its thread."""
+        """Stop taking work: runs still waiting for the model fail (`shutting_down`), a running one finishes."""
         self._closed.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --------------------------------------------------------------------------------------- status
 
@@ -220,52 +215,47 @@ class InferenceService:
 
     # ------------------------------------------------------------------------------------ inference
 
-    async def predict(self, data: bytes, *, filename: str | None, f_px: float | None) -> Prediction:
-        """Decode `data` and predict its Gaussians (`pipeline.decode` + `pipeline.predict`), off the event loop.
+    async def run(self, source: bytes | Path, *, filename: str | None, f_px: float | None,
+                  outputs: pipeline.Outputs, progress: ProgressCallback | None = None,
+                  admit: bool = True, sink: pipeline.OutputSink | None = None) -> pipeline.RunResult:
+        """`pipeline.run` on a worker thread, in this service's slots (see the module docstring).
+
+        Args:
+            source, filename, f_px, outputs, progress, sink: as for `pipeline.run` (`progress` and `sink`
+                are called on the worker thread).
+            admit: count this run against the queue limit (False: the job worker, whose own queue bounds
+                what waits).
 
         Raises:
             ModelLoadingError, ModelFailedError: no model to run.
             QueueFullError: more than `max_queue` requests are already waiting.
-            ImageError: the upload is not a usable image (see `app.imaging`).
-            InvalidRequestError: `f_px` out of range.
+            ShuttingDownError: the service closed while this run waited for the model.
+            and what `pipeline.run` raises.
         """
-        self.require_predictor()
-        with self._admission():
-            return await self.predict_decoded(await self.decode(data, filename=filename), f_px=f_px)
-
-    async def decode(self, data: bytes, *, filename: str | None) -> pipeline.DecodedImage:
-        """`pipeline.decode` on a worker thread (at most `DECODE_CONCURRENCY` at once); `ImageError` if unusable."""
-        return await anyio.to_thread.run_sync(self._decode, data, filename, limiter=self._decode_limiter)
-
-    async def predict_decoded(self, decoded: pipeline.DecodedImage, *, f_px: float | None,
-                              progress: ProgressCallback | None = None) -> Prediction:
-        """`pipeline.predict` on the prediction thread, outside the admission count (the job worker's way in:
-        its own queue bounds what waits). `progress` is called on that thread (see `SharpPredictor.predict`)."""
         predictor = self.require_predictor()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._predict, predictor, decoded, f_px, progress)
+        with self._admission() if admit else contextlib.nullcontext():
+            work = functools.partial(pipeline.run, predictor, source, outputs, filename=filename, f_px=f_px,
+                                     max_pixels=self.settings.max_pixels, progress=progress, slots=self._slots,
+                                     sink=sink)
+            return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
 
-    async def encode(self, prediction: Prediction, format_name: str, **options: Any) -> pipeline.EncodedOutput:
-        """`pipeline.encode` on a worker thread; renders (images, videos) one at a time, as they use every core."""
-        limiter = self._render_limiter if get_format(format_name).kind == "render" else None
-        return await anyio.to_thread.run_sync(lambda: pipeline.encode(prediction, format_name, **options),
-                                              limiter=limiter)
-
-    def _decode(self, data: bytes, filename: str | None) -> pipeline.DecodedImage:
-        return pipeline.decode(data, name=filename, max_pixels=self.settings.max_pixels)
-
-    def _predict(self, predictor: SharpPredictor, decoded: pipeline.DecodedImage, f_px: float | None,
-                 progress: ProgressCallback | None = None) -> Prediction:
-        with self._lock:
-            self._predicting += 1
-        start = time.perf_counter()
-        try:
-            return pipeline.predict(predictor, decoded, f_px, progress)
-        finally:
-            elapsed = time.perf_counter() - start
+    @contextlib.contextmanager
+    def _model_turn(self) -> Iterator[None]:
+        """The model slot: one prediction at a time, counted and timed (for `in_progress` and Retry-After)."""
+        with self._model_turn_lock:
+            if self._closed.is_set():
+                raise ShuttingDownError("The server is shutting down; retry on another instance or later.",
+                                        retry_after_s=LOADING_RETRY_AFTER_S)
             with self._lock:
-                self._predicting -= 1
-                self._predict_estimate_s += _ESTIMATE_WEIGHT * (elapsed - self._predict_estimate_s)
+                self._predicting += 1
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                elapsed = time.perf_counter() - start
+                with self._lock:
+                    self._predicting -= 1
+                    self._predict_estimate_s += _ESTIMATE_WEIGHT * (elapsed - self._predict_estimate_s)
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:

@@ -5,6 +5,7 @@ Type literals live here so that a JSON schema, a CLI `choices=` and a dataclass 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Literal, get_args
 
@@ -13,6 +14,15 @@ FocalSource = Literal["request", "exif", "default"]
 
 WeightsSource = Literal["official", "file", "synthetic"]
 """`official`: Apple's checkpoint; `file`: another checkpoint file; `synthetic`: made-up test weights."""
+
+ProgressCallback = Callable[[str, float], None]
+"""`progress(stage, fraction)`: a request's stage (decode, preprocess, forward, postprocess, encode) is `fraction`
+done, in [0, 1]. It is called on the thread doing the work; an exception it raises stops the request there."""
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""A job's status (`app.jobs`): waiting, running, then one of the final three."""
+FINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+"""The statuses a job never leaves (its event stream ends there; clients stop polling)."""
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["float32", "tf32", "bfloat16", "float16"]

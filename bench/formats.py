@@ -6,7 +6,8 @@ Builds a realistic scene (2 layers x 768 x 768 per-pixel Gaussians, colours from
 a smooth synthetic depth, small scales, opacities ~0.45 +- 0.07, near-identity rotations with noise), or
 reads a real PLY with ``--ply``, then times every encoder (best of ``--repeat``) and prints its size.
 
-Baselines, both built on plyfile and writing the same bytes as `app.formats.ply.write_ply`:
+Baselines, both built on plyfile and writing the same bytes as our `write_ply`
+(`app.formats.ply.iter_ply_chunks` written atomically):
 ``write_ply_plyfile`` fills the structured array from a list of row tuples, as apple/ml-sharp's
 ``save_ply`` does (the writer this project replaces), and ``write_ply_plyfile_columnwise`` fills it column
 by column (a fairer plyfile writer, printed for reference).
@@ -32,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app.files import write_atomically  # noqa: E402
 from app.formats.json import encode_json, select_gaussians  # noqa: E402
 from app.formats.ply import (  # noqa: E402
     PLY_VERSION,
     VERTEX_PROPERTIES,
     encode_ply,
+    iter_ply_chunks,
     read_ply,
-    write_ply,
 )
 from app.formats.splat import encode_splat  # noqa: E402
 from app.formats.spz import encode_spz  # noqa: E402
@@ -155,6 +157,11 @@ def _write_with_plyfile(scene: GaussianScene, path: Path, vertex_only: bool, col
         elements += _metadata_elements(scene)
     PlyData(elements).write(str(path))
     return Path(path)
+
+
+def write_ply(scene: GaussianScene, path: Path) -> Path:
+    """Our PLY writer: the file streamed block by block into a temporary file, then renamed into place."""
+    return write_atomically(path, iter_ply_chunks(scene))
 
 
 def write_ply_plyfile(scene: GaussianScene, path: Path, vertex_only: bool = False) -> Path:

@@ -11,7 +11,7 @@ for N admitted requests). Printed: the process's peak RSS above its RSS just bef
   `torch.tensor(rgb).permute(2, 0, 1)[None].float() / 255` and `F.interpolate(bilinear,
   align_corners=True)`, which makes two float32 copies of the whole photo (4 bytes a channel each).
 * new: `app.imaging.load_image` (RGB copied out of Pillow a strip at a time) and
-  `app.preprocess.resize_for_network` (gathers the 2 x 2 taps of each output sample from the uint8
+  `app.predictor.preprocess.resize_for_network` (gathers the 2 x 2 taps of each output sample from the uint8
   photo; O(size²) memory).
 """
 
@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.imaging import load_image
-from app.preprocess import resize_for_network
+from app.predictor.preprocess import resize_for_network
 
 
 def old_path(data: bytes, size: int) -> tuple[int, ...]:

@@ -41,12 +41,13 @@ def main() -> None:
     decode_start = time.perf_counter()
     image = load_image(args.image)
     decode_ms = (time.perf_counter() - decode_start) * 1000
-    prediction = predictor.predict(image, f_px=None)
+    stage_ms: dict[str, float] = {}
+    prediction = predictor.predict(image, f_px=None, timings_ms=stage_ms)
     encode_start = time.perf_counter()
     ply = encode_ply(prediction.scene)
     encode_ms = (time.perf_counter() - encode_start) * 1000
 
-    stages = {"decode": decode_ms, **prediction.timings_ms, "encode_ply": encode_ms}
+    stages = {"decode": decode_ms, **stage_ms, "encode_ply": encode_ms}
     total = sum(stages.values())
     print(f"image: {args.image.name} {image.width}x{image.height}, {prediction.scene.num_gaussians:,} Gaussians, "
           f"PLY {len(ply):,} bytes")

@@ -47,7 +47,7 @@ from app.model.precision import (
     precision_context,
 )
 from app.predictor import SharpPredictor
-from app.unproject import unproject_to_camera
+from app.predictor.unproject import unproject_to_camera
 from bench.common import CONFORMANCE_DIR, conformance_network, synchronize
 from bench.gpu import covariances, rel_l2
 

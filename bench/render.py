@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.formats.ply import write_ply
+from app.formats import encode_ply
 from app.imaging import load_image
 from app.predictor import SharpPredictor
 from app.render import camera_path, depth_to_gray, encode_gif, encode_image, input_camera, prepare_scene, render
@@ -81,9 +81,10 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, load average {load_start:.1f}")
 
     predictor = SharpPredictor.load("sharp", synthetic=True, device="cpu")
-    prediction = predictor.predict(load_image(args.image))
+    stage_ms: dict[str, float] = {}
+    prediction = predictor.predict(load_image(args.image), timings_ms=stage_ms)
     scene = prediction.scene
-    forward_ms = prediction.timings_ms["forward"]
+    forward_ms = stage_ms["forward"]
     print(f"scene: {args.image.name} {scene.image_width}x{scene.image_height}, {scene.num_gaussians:,} Gaussians")
 
     start = time.perf_counter()
@@ -104,7 +105,7 @@ def main() -> None:
     print(f"render_over_forward: {per_frame / forward_ms:.4f}")
     print(f"peak_rss_gib: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f}  (network included)")
     with tempfile.TemporaryDirectory() as folder:
-        write_ply(scene, Path(folder) / "scene.ply")
+        (Path(folder) / "scene.ply").write_bytes(encode_ply(scene))
         command = [sys.executable, "-c", _CLI_PEAK, str(Path(folder) / "scene.ply"), str(Path(folder) / "frame.png"),
                    f"{args.size}x{args.size}"]
         result = subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True,

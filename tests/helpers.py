@@ -1,5 +1,5 @@
 """Helpers the test modules share (fixtures are in `conftest.py`): a live uvicorn server on loopback, the tiny
-preset's settings, the API's error shape, a hand-built multipart body and a Modal Volume stand-in."""
+preset's settings, the API's error shape, a hand-built multipart body, a Modal Volume stand-in and made-up scenes."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 from starlette.types import ASGIApp
 
+from app.gaussians import GaussianScene
 from app.http.schemas import ErrorResponse
+from app.prediction import ModelInfo, Prediction
 from app.settings import Settings
 
 
@@ -94,3 +97,26 @@ class FakeVolume:
 
     def commit(self) -> None:
         self.calls.append("commit")
+
+
+def random_scene(n: int = 2000, seed: int = 0) -> GaussianScene:
+    """n Gaussians with plausible SHARP-like values, random rotations, camera 600 x 400 px, f = 500 px."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    positions = np.column_stack([rng.uniform(-4, 4, n), rng.uniform(-3, 3, n), rng.uniform(0.5, 30, n)])
+    return GaussianScene(
+        positions=positions.astype(np.float32),
+        scales=(-np.sort(-np.exp(rng.uniform(np.log(1e-3), np.log(0.3), (n, 3))), axis=1)).astype(np.float32),
+        rotations=q.astype(np.float32),
+        colors=rng.uniform(0, 1, (n, 3)).astype(np.float32),
+        opacities=rng.uniform(0.02, 0.98, n).astype(np.float32),
+        f_px=500.0, image_width=600, image_height=400,
+    )
+
+
+def prediction_of(scene: GaussianScene) -> Prediction:
+    """`scene` as the tiny preset's prediction of a photo called `scene`."""
+    model = ModelInfo(preset="tiny", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
+                      num_gaussians=scene.num_gaussians, internal_resolution=512)
+    return Prediction(name="scene", scene=scene, f_px_source="default", model=model)

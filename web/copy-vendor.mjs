@@ -1,6 +1,7 @@
 // Copies the browser builds the web page loads from web/node_modules (installed by `npm ci`) into
 // app/web/static/vendor/, which is gitignored: the page serves them from our own origin, no CDN.
-// Run by `make web`; needs only Node.js (no dependencies). The list matches VENDOR_FILES in app/web/page.py.
+// Run by `make web`; needs only Node.js (no dependencies). FILES below is the one list of the vendor files: it is
+// written to vendor/versions.json, from which app/web/page.py learns what to check (and the footer the versions).
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,6 +34,7 @@ for (const [pkg, file, dest] of FILES) {
   mkdirSync(dirname(join(vendor, dest)), { recursive: true });
   copyFileSync(join(modules, pkg, file), join(vendor, dest));
 }
-// The page shows these versions in its footer.
-writeFileSync(join(vendor, "versions.json"), `${JSON.stringify(versions, null, 2)}\n`);
+// The page shows the versions in its footer; the server checks that the files are there (app/web/page.py).
+const manifest = { packages: versions, files: FILES.map(([, , dest]) => dest) };
+writeFileSync(join(vendor, "versions.json"), `${JSON.stringify(manifest, null, 2)}\n`);
 console.log(`web: copied ${FILES.length} files to ${vendor} (${Object.entries(versions).map(([p, v]) => `${p}@${v}`).join(", ")})`);

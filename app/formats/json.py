@@ -83,15 +83,14 @@ def encode_json(
     return arrays_json[:-1] + b"," + metadata_json[1:]
 
 
-def encode_prediction_json(prediction: Prediction, *, max_gaussians: MaxGaussians | None = None,
-                           encoding: Encoding = "list") -> bytes:
+def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, float] | None = None,
+                           max_gaussians: MaxGaussians | None = None, encoding: Encoding = "list") -> bytes:
     """The body of `POST /predict` (and of the Modal `predict` method): arrays plus the prediction's metadata.
 
     `max_gaussians` (a count or a fraction) keeps the Gaussians that matter most to the image
     (`app.budget`); `metadata.num_gaussians` is the number kept, `total_gaussians` the number predicted.
-
-    `metadata.timings_ms.encode` is the time spent serialising the arrays, which is also recorded in
-    `prediction.timings_ms`.
+    `metadata.timings_ms` holds `timings_ms` (the stages so far, milliseconds) and `encode`, the time spent
+    serialising the arrays.
     """
     scene = prediction.scene
     metadata = {
@@ -101,4 +100,4 @@ def encode_prediction_json(prediction: Prediction, *, max_gaussians: MaxGaussian
         "model": prediction.model.summary(),
     }
     return encode_json(keep_most_important(scene, max_gaussians), metadata, encoding=encoding,
-                       timings_ms=prediction.timings_ms)
+                       timings_ms=dict(timings_ms or {}))

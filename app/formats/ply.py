@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from app.files import write_atomically
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
 VERTEX_PROPERTIES: tuple[str, ...] = (
@@ -178,15 +177,6 @@ def iter_ply_chunks(
 def encode_ply(scene: GaussianScene, vertex_only: bool = False) -> bytes:
     """The whole PLY file in memory (`ply_num_bytes` bytes)."""
     return b"".join(iter_ply_chunks(scene, vertex_only))
-
-
-def write_ply(scene: GaussianScene, path: str | os.PathLike[str], vertex_only: bool = False) -> Path:
-    """Write the PLY to `path` atomically (a temporary file in the same folder, then a rename).
-
-    Returns:
-        The path written, as a `Path`.
-    """
-    return write_atomically(path, iter_ply_chunks(scene, vertex_only))
 
 
 def _parse_ply(raw: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:

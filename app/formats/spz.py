@@ -39,7 +39,6 @@ import gzip
 import io
 import math
 import struct
-import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -221,14 +220,6 @@ def encode_spz(
     """
     payload = spz_payload(scene, version=version, fractional_bits=fractional_bits)
     return gzip_parallel(payload, compresslevel, workers)
-
-
-def read_spz_header(data: bytes | bytearray | memoryview) -> SpzHeader:
-    """Decompress just enough of a .spz file to read its 16-byte header."""
-    head = zlib.decompressobj(wbits=31).decompress(memoryview(data).cast("B")[: 1 << 16], HEADER_BYTES)
-    if len(head) < HEADER_BYTES:
-        raise ValueError("SPZ stream shorter than its 16-byte header")
-    return SpzHeader(*HEADER_STRUCT.unpack(head))
 
 
 def decode_spz(

@@ -52,8 +52,9 @@ When the server has an API key, the prediction endpoints need `Authorization: Be
 
 def create_app(settings: Settings | None = None, predictor: SharpPredictor | None = None, *,
                loader: Loader = default_loader, service: InferenceService | None = None,
-               job_queue: JobQueue | None = None, handle_signals: bool = True) -> FastAPI:
-    """The ASGI app.
+               job_queue: JobQueue | None = None) -> FastAPI:
+    """The ASGI app. It installs no signal handler (on Modal, SIGTERM must reach Modal's own, which runs
+    `@modal.exit`): open event streams end on shutdown through sse-starlette's hook on uvicorn.
 
     Args:
         settings: defaults to `get_settings()` (the SHARP_* environment).
@@ -64,7 +65,6 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
         service: a ready-made service (tests use it to shorten the load backoff); overrides the above.
         job_queue: where `/jobs` go (Modal passes `app.jobs.modal.ModalJobQueue`); default: a
             `LocalJobQueue` feeding `service`, storing under `settings.jobs_path`.
-        handle_signals: SIGINT/SIGTERM end the event streams (False on Modal: its own handlers run the exit hooks).
     """
     settings = settings or get_settings()
     service = service or InferenceService(settings, predictor, loader=loader)
@@ -74,11 +74,9 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         await job_queue.start()
-        restore_signals = jobs.end_streams_on_exit_signals(_app) if handle_signals else (lambda: None)
         try:
             yield
         finally:
-            restore_signals()
             await job_queue.close()
             service.close()
 

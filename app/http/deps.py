@@ -7,31 +7,26 @@ from typing import Annotated
 from fastapi import Depends, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
+from pydantic import AfterValidator
 
 from app.errors import SharpError
+from app.focal import F_PX_MAX, F_PX_MIN, check_f_px
 from app.formats.json import Encoding
 from app.http.middleware import too_large_message
-from app.predictor import F_PX_MAX, F_PX_MIN
 from app.service import InferenceService
-from app.settings import Settings
 
 
 def get_service(request: Request) -> InferenceService:
     return request.app.state.service
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 Service = Annotated[InferenceService, Depends(get_service)]
 
 ImageUpload = Annotated[UploadFile, File(description="The photo (JPEG, PNG, HEIC, WebP, TIFF, ...).")]
 FocalPx = Annotated[float | None, Form(
-    ge=F_PX_MIN, le=F_PX_MAX, allow_inf_nan=False,
     description=f"Focal length in pixels of the uploaded image, in [{F_PX_MIN:g}, {F_PX_MAX:g}]; default: from "
                 "EXIF, else a 30 mm equivalent.",
-)]
+), AfterValidator(check_f_px)]  # out of range: a 422 `validation_error` naming the field
 VertexOnly = Annotated[bool, Form(description="Write only the vertex element (the `ply_vertex` format).")]
 MaxGaussians = Annotated[int | None, Form(ge=1, description="Return at most this many Gaussians, the most "
                                                             "opaque ones (in their original order).")]

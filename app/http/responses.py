@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi.responses import Response
 
 from app.http.schemas import ErrorResponse
-from app.pipeline import EncodedOutput
+from app.pipeline import RunResult
 from app.prediction import Prediction
 
 PREDICTION_HEADERS = ("X-Sharp-Preset", "X-Sharp-Weights", "X-Sharp-F-Px", "X-Sharp-F-Px-Source",
@@ -74,9 +74,11 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def prediction_response(prediction: Prediction, output: EncodedOutput, *, attachment: bool = True) -> Response:
-    """The encoded file with its media type, download name, model/camera headers and Server-Timing."""
-    headers = {**prediction_headers(prediction), "Server-Timing": server_timing(prediction.timings_ms)}
+def prediction_response(result: RunResult, format_name: str, *, attachment: bool = True) -> Response:
+    """The run's output `format_name` with its media type, download name, model/camera headers and
+    Server-Timing."""
+    output = result.outputs[format_name]
+    headers = {**prediction_headers(result.prediction), "Server-Timing": server_timing(result.timings_ms)}
     if attachment:
         headers["Content-Disposition"] = content_disposition(output.filename)
     return Response(output.body, media_type=output.media_type, headers=headers)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.formats.json import Encoding
-from app.vocabulary import FocalSource, ModelState, WeightsSource
+from app.vocabulary import FocalSource, JobStatus, ModelState, WeightsSource
 
 
 class ErrorDetail(BaseModel):
@@ -152,7 +152,7 @@ class JobResponse(BaseModel):
     """A job (`POST /jobs`, `GET /jobs/{id}`, each event of `GET /jobs/{id}/events`)."""
 
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`.")
     progress: float = Field(ge=0, le=1, description="Share of the work done; the forward pass is 88 % of it.")
     queue_position: int | None = Field(description="Jobs ahead of this one (0: next); null unless queued.")

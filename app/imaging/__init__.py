@@ -1,6 +1,7 @@
 """Image loading: bytes or a file in, an upright RGB uint8 array and a focal length in pixels out.
 
-`load_image` is the entry point. The rules live with the code that applies them:
+`load_image` is the entry point; `probe_image` checks a file from its header alone, without decoding.
+The rules live with the code that applies them:
 
 * `app.imaging.formats`: which formats are read (everything Pillow decodes except EPS, MPEG and stub
   formats; HEIC/HEIF via pillow_heif), recognised by content, and which files in a folder are images;
@@ -11,7 +12,7 @@
 * `app.imaging.errors`: `ImageError` and its subclasses, each with a `code` and an HTTP `status`.
 """
 
-from app.imaging.decode import MAX_SIDE_PX, LoadedImage, load_image
+from app.imaging.decode import MAX_SIDE_PX, ImageHeader, LoadedImage, load_image, probe_image
 from app.imaging.errors import CorruptImageError, ImageError, ImageTooLargeError, UnsupportedImageError
 from app.imaging.exif import DEFAULT_FOCAL_LENGTH_MM, FOCAL_LENGTH_35MM_RANGE, FocalSource, focal_length_to_px
 from app.imaging.formats import find_images, is_supported_image_path, supported_extensions
@@ -23,6 +24,7 @@ __all__ = [
     "CorruptImageError",
     "FocalSource",
     "ImageError",
+    "ImageHeader",
     "ImageTooLargeError",
     "LoadedImage",
     "UnsupportedImageError",
@@ -30,5 +32,6 @@ __all__ = [
     "focal_length_to_px",
     "is_supported_image_path",
     "load_image",
+    "probe_image",
     "supported_extensions",
 ]

@@ -79,7 +79,7 @@ class LoadedImage:
     Attributes:
         rgb: (H, W, 3) uint8 after EXIF orientation. For a rotated or mirrored photo this is a strided
             view of the decoded pixels, not a contiguous array; `np.ascontiguousarray` it where that
-            matters (`app.preprocess.resize_for_network` takes it as it is).
+            matters (`app.predictor.preprocess.resize_for_network` takes it as it is).
         f_px: Focal length in pixels for this W and H.
         f_px_source: "exif" if an EXIF focal length was used, else "default".
         focal_length_35mm: The 35 mm-equivalent focal length in mm that `f_px` was computed from.
@@ -196,7 +196,31 @@ def _check_size(width: int, height: int, limit: int | None, fmt: str) -> None:
         )
 
 
-def _decode_heif(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding its pixels."""
+
+    format: str
+    width: int
+    height: int
+
+
+def probe_image(data: bytes, *, max_pixels: int | None = None) -> ImageHeader:
+    """Check that `data` is an image we read, within the size limits, from its header alone (cheap: no
+    pixel is decoded). The errors are `load_image`'s; a file whose header is fine but whose pixels are
+    damaged passes here and fails in `load_image`."""
+    if not data:
+        raise UnsupportedImageError("The file is empty (0 bytes); expected an image.")
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    if heif_route(data) == "heif":
+        width, height = _open_heif(data, limit).size
+        return ImageHeader(HEIF_FORMAT, width, height)
+    img = _open_pillow(data, limit)
+    return ImageHeader(img.format or "unknown", *img.size)
+
+
+def _open_heif(data: bytes, limit: int | None) -> Any:
+    """The HEIF container, its size checked."""
     try:
         heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
         width, height = heif.size
@@ -207,6 +231,11 @@ def _decode_heif(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
             f"The HEIF image could not be read; it is truncated or corrupt ({exc})."
         ) from exc
     _check_size(width, height, limit, HEIF_FORMAT)
+    return heif
+
+
+def _decode_heif(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
+    heif = _open_heif(data, limit)
     try:
         img = heif.to_pillow()
     except MemoryError:
@@ -218,8 +247,8 @@ def _decode_heif(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
     return img, HEIF_FORMAT
 
 
-def _decode_pillow(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
-    """Identify with Pillow, check the header size, then decode the first frame."""
+def _open_pillow(data: bytes, limit: int | None) -> Image.Image:
+    """Identify with Pillow and check the header's size; no pixel decoded yet."""
     try:
         with warnings.catch_warnings():
             # We enforce Pillow's pixel limit ourselves, as ImageTooLargeError.
@@ -241,10 +270,14 @@ def _decode_pillow(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
         raise
     except Exception as exc:
         raise CorruptImageError(f"The image header could not be read ({exc}).") from exc
+    _check_size(*img.size, limit, img.format or "unknown")
+    return img
 
+
+def _decode_pillow(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
+    """`_open_pillow`, then decode the first frame."""
+    img = _open_pillow(data, limit)
     fmt = img.format or "unknown"
-    width, height = img.size
-    _check_size(width, height, limit, fmt)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from app.errors import InvalidRequestError, SharpError
-from app.formats import FORMATS, check_options
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+from app.outputs import FORMATS, check_options
+from app.vocabulary import FINAL_JOB_STATUSES, JobStatus
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{32}")
 """`secrets.token_urlsafe(24)`: 192 random bits in 32 URL-safe characters. Anything else is not a job."""
@@ -55,12 +53,8 @@ def check_job_id(job_id: str) -> str:
 
 
 def result_name(format_name: str) -> str:
-    """The file name of a job's result in this format, also the last part of its URL: `result.<ext>` for the
-    scene formats (`result.vertex.ply` for ply_vertex), `<name>.<ext>` for renders (`preview.png`, `orbit.mp4`)."""
-    fmt = FORMATS[format_name]
-    if fmt.kind == "render":
-        return f"{format_name}{fmt.extension}"
-    return f"result{'.vertex' if format_name == 'ply_vertex' else ''}{fmt.extension}"
+    """The file name of a job's result in this format, also the last part of its URL (`app.outputs`' rule)."""
+    return FORMATS[format_name].result_file
 
 
 RESULT_FORMATS = {result_name(name): name for name in FORMATS}
@@ -130,7 +124,8 @@ class JobCancelledError(Exception):
 
 @dataclass
 class Job:
-    """A job's whole state: what the state file holds (`to_dict`) and what clients see (`public`)."""
+    """A job's whole state: what the state file holds (`to_dict`); clients see it as `JobResponse`
+    (`app.http.schemas`, built by `app.http.routes.jobs.job_view`)."""
 
     id: str
     created_at: float
@@ -164,7 +159,7 @@ class Job:
 
     @property
     def final(self) -> bool:
-        return self.status in FINAL_STATUSES
+        return self.status in FINAL_JOB_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         state = asdict(self)
@@ -184,28 +179,20 @@ class Job:
         if error is not None:
             self.error = {"code": error.code, "message": error.message}
 
-    def public(self) -> dict[str, Any]:
-        """The job as `GET /jobs/{id}` shows it."""
-        return {
-            "id": self.id, "status": self.status, "stage": self.stage, "progress": round(self.progress, 4),
-            "queue_position": self.queue_position if self.status == "queued" else None,
-            "created_at": iso_time(self.created_at), "started_at": iso_time(self.started_at),
-            "finished_at": iso_time(self.finished_at), "expires_at": iso_time(self.expires_at),
-            "outputs": list(self.outputs), "model": self.model, "metadata": self.metadata,
-            "timings_ms": {stage: round(ms, 1) for stage, ms in self.timings_ms.items()},
-            "error": self.error,
-            "results": {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs
-                        if name in self.results},
-        }
+    def result_urls(self) -> dict[str, str]:
+        """Format -> the URL of its file (only the files it has: a succeeded job's)."""
+        return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs if name in self.results}
 
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A finished job's file: where it is, and the job it belongs to (for headers)."""
+    """A finished job's file: where it is, and the job it belongs to (for headers); `body`: its bytes when
+    the queue read it into memory (a Modal Volume's files must not stay open while a response is sent)."""
 
     job: Job
     format: str
     path: Path
+    body: bytes | None = None
 
 
 def check_live(job: Job) -> None:
@@ -254,6 +241,6 @@ class JobQueue(Protocol):
     async def result(self, job_id: str, format_name: str) -> ResultFile:
         """A succeeded job's file; `JobNotFinishedError` before, `JobNotFoundError` for an output it has not."""
 
-    def watch(self, job_id: str, keepalive_s: float) -> AsyncIterator[Job | None]:
-        """The job now, then again after every change until it is final; None after `keepalive_s` without one."""
+    def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """The job now, then again after every change until it is final."""
         ...

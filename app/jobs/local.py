@@ -4,7 +4,7 @@ The worker takes the oldest queued job, reads its upload back from the `JobStore
 `app.pipeline` through the service (decode on a worker thread, the forward pass on the service's one
 prediction thread, so jobs and synchronous requests take turns on the model), then encodes each
 requested output and writes it atomically. Progress comes from the predictor's callback (forward hooks,
-see `app.forward_progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
+see `app.predictor.progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
 second. A cancel sets a flag that the callback turns into an exception at the next block boundary.
 
 All job state is changed on the event loop; watchers (`watch`) wake on every change. The state files
@@ -27,9 +27,7 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.forward_progress import ProgressCallback
-from app.imaging import ImageError
-from app.jobs import runner
+from app.jobs import lifecycle, runner
 from app.jobs.base import (
     Job,
     JobCancelledError,
@@ -42,9 +40,11 @@ from app.jobs.base import (
     new_job_id,
     overall_progress,
 )
+from app.jobs.lifecycle import INTERRUPTED
 from app.jobs.store import JobStore
 from app.service import InferenceService, ModelFailedError, ModelLoadingError
 from app.settings import Settings
+from app.vocabulary import ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ MAX_RETRY_AFTER_S = 300
 """The longest Retry-After a full queue suggests (the queue's expected duration, at most this)."""
 SWEEP_INTERVAL_S = 60.0
 """How often expired jobs are looked for (also after every finished job)."""
-INTERRUPTED = SharpError("The server stopped before this job finished; submit it again.", code="interrupted",
-                         status=503)
 
 
 class LocalJobQueue:
@@ -73,6 +71,8 @@ class LocalJobQueue:
         self._cancel_running: threading.Event | None = None
         self._running: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._runner = lifecycle.Runner(store=self.store, ttl_s=settings.job_ttl_s, record=self._record,
+                                        cancelled=self._cancelled, rerun_interrupted=False)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -152,18 +152,14 @@ class LocalJobQueue:
         check_result(job, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
 
-    async def watch(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)
         while True:
             changed = self._changed.setdefault(job.id, asyncio.Event())
             yield job
             if job.final or self._jobs.get(job.id) is not job:
                 return
-            while not changed.is_set():
-                try:
-                    await asyncio.wait_for(changed.wait(), keepalive_s)
-                except asyncio.TimeoutError:
-                    yield None
+            await changed.wait()
 
     # -------------------------------------------------------------------------------------- the worker
 
@@ -206,35 +202,22 @@ class LocalJobQueue:
     async def _run(self, job: Job) -> None:
         cancel = threading.Event()
         self._running, self._cancel_running = job.id, cancel
-        job.status, job.started_at, job.stage, job.progress = "running", time.time(), "decode", 0.0
-        await anyio.to_thread.run_sync(self.store.save, job)
-        self._publish(job)
         try:
-            await runner.execute(self.service, self.store, job, self._progress_callback(job, cancel))
-            if cancel.is_set():
-                raise JobCancelledError(job.id)
-        except JobCancelledError:
-            LOGGER.info("Job %s cancelled while running", job.id)
-        except (SharpError, ImageError) as error:
-            failure = error if isinstance(error, SharpError) else SharpError(str(error), code=error.code)
-            self._fail(job, failure, time.time())
-        except Exception as error:
-            LOGGER.exception("Job %s failed", job.id)
-            self._fail(job, SharpError(f"Internal error ({type(error).__name__}); see the server log.",
-                                       code="internal_error", status=500), time.time())
-        else:
-            if not cancel.is_set():
-                job.finish("succeeded", time.time(), self.settings.job_ttl_s)
+            await lifecycle.run(job, lambda: runner.execute(self.service, self.store, job,
+                                                            self._progress_callback(job, cancel)), self._runner)
         finally:
             self._running = self._cancel_running = None
-        if job.status == "cancelled" or job.id not in self._jobs:
-            await anyio.to_thread.run_sync(self.store.delete_files, job)
-            if job.id not in self._jobs:
-                await anyio.to_thread.run_sync(self.store.remove, job.id)
-            return
-        job.input_bytes = 0
-        await anyio.to_thread.run_sync(self._delete_input_and_save, job)
+
+    async def _record(self, job: Job) -> None:
+        """Save the job's state and wake its watchers; a job deleted while it ran is removed instead."""
+        if job.id in self._jobs:
+            await anyio.to_thread.run_sync(self.store.save, job)
+        else:
+            await anyio.to_thread.run_sync(self.store.remove, job.id)
         self._publish(job)
+
+    async def _cancelled(self, job: Job, _interrupt: asyncio.CancelledError | None) -> bool:
+        return job.status == "cancelled" or job.id not in self._jobs
 
     def _progress_callback(self, job: Job, cancel: threading.Event) -> ProgressCallback:
         """Checks for a cancel and publishes progress (throttled) on the event loop, from any thread."""
@@ -259,12 +242,6 @@ class LocalJobQueue:
 
     def _delete_and_save(self, job: Job) -> None:
         self.store.delete_files(job)
-        self.store.save(job)
-
-    def _delete_input_and_save(self, job: Job) -> None:
-        (self.store.directory(job.id) / "input").unlink(missing_ok=True)
-        if job.status != "succeeded":
-            self.store.delete_files(job)
         self.store.save(job)
 
     def _fail(self, job: Job, error: SharpError, now: float) -> None:

@@ -3,6 +3,8 @@
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
     <jobs dir>/<job id>/input              the upload, until the job has run
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
+    <jobs dir>/<job id>/call               Modal only: the id of the function call running it, written by
+                                           the web container alone (the worker never writes it)
 
 Every file is written atomically (`write_atomically`: a temporary file renamed into place), so a crash
 leaves either the old file or the new one, never half of one. Job ids are checked against
@@ -16,6 +18,7 @@ more time to live; then the directory goes too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterable
@@ -30,6 +33,7 @@ LOGGER = logging.getLogger(__name__)
 
 STATE_FILE = "job.json"
 INPUT_FILE = "input"
+CALL_FILE = "call"
 
 
 class JobStore:
@@ -51,10 +55,18 @@ class JobStore:
         write_atomically(directory / STATE_FILE, [orjson.dumps(job.to_dict())])
 
     def load(self, job_id: str) -> Job | None:
+        directory = self.directory(job_id)
         try:
-            return Job.from_dict(orjson.loads((self.directory(job_id) / STATE_FILE).read_bytes()))
+            job = Job.from_dict(orjson.loads((directory / STATE_FILE).read_bytes()))
         except FileNotFoundError:
             return None
+        with contextlib.suppress(FileNotFoundError):
+            job.call_id = (directory / CALL_FILE).read_text().strip() or job.call_id
+        return job
+
+    def save_call(self, job_id: str, call_id: str) -> None:
+        """Record the Modal function call running the job (see the module docstring)."""
+        write_atomically(self.directory(job_id) / CALL_FILE, [call_id.encode()])
 
     def load_all(self) -> list[Job]:
         """Every stored job, oldest first; unreadable directories are logged and skipped."""
@@ -83,6 +95,13 @@ class JobStore:
     def read_input(self, job_id: str) -> bytes:
         return (self.directory(job_id) / INPUT_FILE).read_bytes()
 
+    def read_result(self, job_id: str, format_name: str) -> bytes | None:
+        """A result's bytes (None if the file is gone), read whole so that no file stays open."""
+        try:
+            return self.result_path(job_id, format_name).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def write_result(self, job_id: str, format_name: str, body: bytes) -> int:
         write_atomically(self.result_path(job_id, format_name), [body])
         return len(body)
@@ -98,6 +117,18 @@ class JobStore:
                 if path.name != STATE_FILE:
                     path.unlink(missing_ok=True)
         job.results, job.input_bytes = {}, 0
+
+    def tidy(self, job: Job) -> None:
+        """Delete what a job no longer needs after a run: its upload once it is final, its results unless it
+        succeeded (a job that goes back to the queue keeps its upload)."""
+        directory = self.directory(job.id)
+        if job.final:
+            (directory / INPUT_FILE).unlink(missing_ok=True)
+            job.input_bytes = 0
+        if job.status != "succeeded":
+            for format_name in job.outputs:
+                self.result_path(job.id, format_name).unlink(missing_ok=True)
+            job.results = {}
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.directory(job_id), ignore_errors=True)

@@ -32,11 +32,6 @@ class Preset:
     checkpoint_url: str | None = None
     checkpoint_sha256: str | None = None
 
-    @property
-    def synthetic(self) -> bool:
-        """True when the preset has no official weights (its outputs are meaningless)."""
-        return self.checkpoint_url is None
-
 
 SHARP = Preset(
     name="sharp",

@@ -1,6 +1,6 @@
 """Render Gaussian-splat scenes to images, depth maps and short videos, in plain PyTorch (CPU, CUDA, MPS).
 
-Public API (imported lazily, so that ``import app.render.cli`` stays light)::
+Public API (imported lazily, so that the CLI and `app.render.errors` load without torch)::
 
     from app.render import load_scene, prepare_scene, input_camera, camera_path, render, render_frames
     scene = load_scene("scene.ply")                       # or bytes; .ply, .splat, .spz
@@ -29,9 +29,9 @@ _EXPORTS = {
     "render_frames": "app.render.renderer",
     "to_uint8": "app.render.renderer",
     "load_scene": "app.render.scene_io",
-    "output_size": "app.render.outputs",
-    "render_still": "app.render.outputs",
-    "render_video": "app.render.outputs",
+    "output_size": "app.render.pictures",
+    "render_still": "app.render.pictures",
+    "render_video": "app.render.pictures",
     "depth_to_gray": "app.render.video",
     "encode_gif": "app.render.video",
     "encode_image": "app.render.video",

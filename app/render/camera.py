@@ -93,14 +93,6 @@ class Camera:
         object.__setattr__(self, "translation", translation)
 
     @property
-    def world_to_camera(self) -> np.ndarray:
-        """(4, 4) float64 homogeneous world-to-camera matrix [R t; 0 1]."""
-        matrix = np.eye(4)
-        matrix[:3, :3] = self.rotation
-        matrix[:3, 3] = self.translation
-        return matrix
-
-    @property
     def intrinsics(self) -> np.ndarray:
         """(3, 3) float64 pinhole matrix K."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])

@@ -12,6 +12,7 @@ explicit `application/json`, no Accept at all) keeps getting the JSON API info.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import cache
 from pathlib import Path
@@ -27,14 +28,9 @@ VENDOR_DIR = STATIC_DIR / "vendor"
 PAGE_PATH = "/viewer"
 """Where the page always is (also `/` for browsers); the JSON info names it as `page_url`."""
 
-VENDOR_FILES = (
-    "three/build/three.module.js",
-    "three/build/three.core.js",
-    "three/examples/jsm/controls/OrbitControls.js",
-    "three/examples/jsm/postprocessing/Pass.js",
-    "spark/spark.module.js",
-)
-"""What the import map in index.html points at (copied by web/copy-vendor.mjs)."""
+VENDOR_MANIFEST = "versions.json"
+"""Written into `VENDOR_DIR` by web/copy-vendor.mjs, which holds the one list of the vendor files:
+`{"packages": {npm name: version}, "files": [path inside vendor/, ...]}`."""
 
 
 def _media_ranges(accept: str) -> dict[str, float]:
@@ -76,9 +72,21 @@ def wants_html(request: Request) -> bool:
     return _quality(ranges, "text/html") > _quality(ranges, "application/json")
 
 
+def vendor_files() -> list[str]:
+    """The files `make web` copied into `VENDOR_DIR`, as its manifest lists them; empty before it has run."""
+    try:
+        files = json.loads((VENDOR_DIR / VENDOR_MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [str(name) for name in files] if isinstance(files, list) else []
+
+
 def vendor_missing() -> list[str]:
     """The vendor files the page needs that are not installed (empty when `make web` has run)."""
-    return [name for name in VENDOR_FILES if not (VENDOR_DIR / name).is_file()]
+    files = vendor_files()
+    if not files:
+        return [VENDOR_MANIFEST]
+    return [name for name in files if not (VENDOR_DIR / name).is_file()]
 
 
 @cache

@@ -146,14 +146,14 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
 
     settings = tiny_settings(cache_dir=tmp_path, max_upload_mb=1)
     gpu_service = InferenceService(settings, default_loader(settings))
-    gpu_app = create_app(settings, service=gpu_service, handle_signals=False)
+    gpu_app = create_app(settings, service=gpu_service)
     forwarded: list[str] = []
 
     async def forward(request: Any) -> Any:
         forwarded.append(request.target)
         return await answer(gpu_app, request)
 
-    front_app = create_app(settings, predictor=gpu_service.predictor, handle_signals=False)
+    front_app = create_app(settings, predictor=gpu_service.predictor)
     server = serve(Front(front_app, forward, max_body_bytes=settings.max_upload_bytes + 1024 * 1024))
     with httpx.Client(base_url=server.url, timeout=120) as client:
         assert client.get("/health").status_code == 200
@@ -171,7 +171,7 @@ def test_modal_containers_install_no_signal_handler(tmp_path: Path) -> None:
     """On Modal, SIGTERM must reach Modal's handler (which runs `@modal.exit` and the final commit)."""
     from app.http import create_app
 
-    app = create_app(tiny_settings(cache_dir=tmp_path), handle_signals=False)
+    app = create_app(tiny_settings(cache_dir=tmp_path))
 
     async def lifespan() -> tuple[Any, Any]:
         before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import InvalidRequestError, UnknownFormatError
-from app.formats import FORMATS, encode, get_format
+from app.files import write_atomically
 from app.formats.json import encode_json
 from app.formats.ply import (
     TAIL_BYTES,
@@ -24,14 +23,12 @@ from app.formats.ply import (
     ply_header,
     ply_num_bytes,
     read_ply,
-    write_ply,
 )
-from app.formats.sog import decode_sog
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
-from app.formats.spz import decode_spz, encode_spz, gzip_parallel, read_spz_header, spz_payload
+from app.formats.spz import HEADER_BYTES, HEADER_STRUCT, SpzHeader, decode_spz, encode_spz, gzip_parallel, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
-from app.prediction import ModelInfo, Prediction
 from tests.conformance import ply_problems
+from tests.helpers import random_scene
 
 REPO = Path(__file__).resolve().parents[2]
 FULL_N = 2 * 768 * 768  # 1,179,648 Gaussians, what SHARP predicts for any photo
@@ -89,29 +86,6 @@ def write_ply_with_plyfile(scene: GaussianScene, path: Path, vertex_only: bool =
             elements.append(PlyElement.describe(array, name))
     PlyData(elements).write(str(path))
     return path
-
-
-def prediction_of(scene: GaussianScene) -> Prediction:
-    model = ModelInfo(preset="tiny", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
-                      num_gaussians=scene.num_gaussians, internal_resolution=512)
-    return Prediction(name="scene", scene=scene, f_px_source="default", model=model,
-                      timings_ms={"decode": 1.0, "preprocess": 2.0, "forward": 3.0, "postprocess": 4.0})
-
-
-def random_scene(n: int = 2000, seed: int = 0) -> GaussianScene:
-    """n Gaussians with plausible SHARP-like values, random rotations, camera 600 x 400 px, f = 500 px."""
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(n, 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    positions = np.column_stack([rng.uniform(-4, 4, n), rng.uniform(-3, 3, n), rng.uniform(0.5, 30, n)])
-    return GaussianScene(
-        positions=positions.astype(np.float32),
-        scales=(-np.sort(-np.exp(rng.uniform(np.log(1e-3), np.log(0.3), (n, 3))), axis=1)).astype(np.float32),
-        rotations=q.astype(np.float32),
-        colors=rng.uniform(0, 1, (n, 3)).astype(np.float32),
-        opacities=rng.uniform(0.02, 0.98, n).astype(np.float32),
-        f_px=500.0, image_width=600, image_height=400,
-    )
 
 
 def covariances(scales: np.ndarray, quats_wxyz: np.ndarray) -> np.ndarray:
@@ -219,7 +193,7 @@ def _full_size_scene_matching_reference(gold: dict, ref_tail: bytes) -> Gaussian
 def test_full_size_ply_passes_the_conformance_checker(conformance_dir: Path, tmp_path: Path) -> None:
     gold = dict(np.load(conformance_dir / "coffee_s0.npz"))
     scene = _full_size_scene_matching_reference(gold, gold["ply_tail"].tobytes())
-    path = write_ply(scene, tmp_path / "full.ply")
+    path = write_atomically(tmp_path / "full.ply", iter_ply_chunks(scene))
     assert path.stat().st_size == 66_061_086
     assert ply_problems(path) == []
 
@@ -254,7 +228,7 @@ def test_ply_round_trip_and_plyfile_reads_it(tmp_path: Path) -> None:
     from plyfile import PlyData
 
     scene = random_scene(3000, seed=1)
-    path = write_ply(scene, tmp_path / "scene.ply")
+    path = write_atomically(tmp_path / "scene.ply", iter_ply_chunks(scene))
     data = path.read_bytes()
     assert data == encode_ply(scene)
     ply = PlyData.read(str(path))  # an independent parser
@@ -324,17 +298,17 @@ def test_iter_ply_chunks_are_independent_blocks() -> None:
         next(iter(iter_ply_chunks(scene, chunk_bytes=0)))
 
 
-def test_write_ply_replaces_atomically_and_cleans_up(tmp_path: Path) -> None:
+def test_a_streamed_ply_replaces_a_file_atomically_and_cleans_up(tmp_path: Path) -> None:
     target = tmp_path / "out.ply"
     target.write_bytes(b"old")
     scene = random_scene(200)
-    assert write_ply(scene, target) == target
+    assert write_atomically(target, iter_ply_chunks(scene)) == target
     assert target.read_bytes() == encode_ply(scene)
     assert target.stat().st_mode & 0o777 == 0o644
     bad = GaussianScene(scene.positions, scene.scales, np.full((200, 4), "x"), scene.colors,
                         scene.opacities, 500.0, 600, 400)  # rotations that cannot become float32
     with pytest.raises(ValueError):
-        write_ply(bad, target)
+        write_atomically(target, iter_ply_chunks(bad))
     assert target.read_bytes() == encode_ply(scene)  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ply"]  # no temporary file left
 
@@ -398,6 +372,11 @@ def test_splat_rejects_a_partial_record() -> None:
 # ----------------------------------------------------------------------------------------------- SPZ
 
 
+def spz_header(data: bytes) -> SpzHeader:
+    """The 16-byte header at the start of a .spz file's gzip stream."""
+    return SpzHeader(*HEADER_STRUCT.unpack(gzip.decompress(data)[:HEADER_BYTES]))
+
+
 def _check_spz_decoded(scene: GaussianScene, positions: np.ndarray, scales: np.ndarray, quats: np.ndarray,
                        opacities: np.ndarray, srgb: np.ndarray, rotation_tol: float) -> None:
     """Tolerances of the SPZ quantisation; all arrays in OpenCV axes, quats (w, x, y, z), scales linear."""
@@ -447,7 +426,7 @@ def test_spz_bytes_by_hand() -> None:
     raw = gzip.decompress(data)  # the stdlib, not our decoder
     assert raw[:4] == b"NGSP"
     assert struct.unpack("<IIIBBBB", raw[:16]) == (0x5053474E, 3, 3, 0, 12, 0, 0)
-    assert tuple(read_spz_header(data)) == (0x5053474E, 3, 3, 0, 12, 0, 0)
+    assert tuple(spz_header(data)) == (0x5053474E, 3, 3, 0, 12, 0, 0)
     assert len(raw) == 16 + 20 * 3
     n, body = 3, raw[16:]
     xyz = [int.from_bytes(body[i:i + 3], "little", signed=True) / 4096 for i in range(0, 9, 3)]
@@ -476,7 +455,7 @@ def test_spz_wide_scenes_use_fewer_fractional_bits() -> None:
     wide = GaussianScene(scene.positions * 1000, scene.scales, scene.rotations, scene.colors,
                          scene.opacities, 500.0, 600, 400)  # up to 30 km
     data = encode_spz(wide)
-    bits = read_spz_header(data).fractional_bits
+    bits = spz_header(data).fractional_bits
     assert bits < 12 and np.abs(wide.positions).max() * 2**bits < 2**23
     np.testing.assert_allclose(decode_spz(data).positions, wide.positions, atol=0.5 / 2**bits + 1e-3)
 
@@ -556,35 +535,6 @@ def test_encode_json_non_finite_values_stay_valid_json() -> None:
     np.testing.assert_array_equal(packed, positions)  # base64 keeps NaN and inf
 
 
-# ------------------------------------------------------------------------------------------ registry
-
-
-def test_registry_encoders_produce_their_formats() -> None:
-    scene = random_scene(700, seed=11)
-    prediction = prediction_of(scene)
-    assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "sog", "json", "preview", "preview_jpeg",
-                            "orbit"}
-    assert {name for name, fmt in FORMATS.items() if fmt.kind == "render"} == {"preview", "preview_jpeg", "orbit"}
-    for name, fmt in FORMATS.items():
-        assert fmt.name == name and fmt.extension.startswith(".") and "/" in fmt.media_type
-        assert fmt.filename("photo") == f"photo{fmt.extension}"
-    assert encode(prediction, "ply") == encode_ply(scene)
-    assert encode(prediction, "ply_vertex") == encode_ply(scene, vertex_only=True)
-    assert encode(prediction, "splat") == encode_splat(scene)
-    assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
-    assert decode_sog(encode(prediction, "sog")).num_gaussians == 700
-    body = json.loads(encode(prediction, "json", max_gaussians=10, encoding="base64"))
-    assert body["metadata"]["num_gaussians"] == 10 and body["metadata"]["total_gaussians"] == 700
-    assert body["metadata"]["model"] == {"preset": "tiny", "weights": "synthetic", "device": "cpu",
-                                         "dtype": "float32"}
-    assert set(body["metadata"]["timings_ms"]) == {"decode", "preprocess", "forward", "postprocess", "encode"}
-    assert get_format(".SPZ") is FORMATS["spz"]
-    with pytest.raises(UnknownFormatError, match="ply, ply_vertex"):
-        get_format("obj")
-    with pytest.raises(InvalidRequestError, match="max_gaussians does nothing for the splat format"):
-        encode(prediction, "splat", max_gaussians=3)
-
-
 def test_any_array_layout_and_dtype_gives_the_same_bytes() -> None:
     scene = random_scene(500, seed=13)
     odd = GaussianScene(  # Fortran order, a strided view, float64
@@ -593,7 +543,8 @@ def test_any_array_layout_and_dtype_gives_the_same_bytes() -> None:
         opacities=np.repeat(scene.opacities, 3)[::3], f_px=500.0, image_width=600, image_height=400,
     )
     assert not odd.positions.flags.c_contiguous and not odd.rotations.flags.c_contiguous
-    for name in FORMATS.keys() - {"json"}:  # json carries timings; its arrays are compared below
-        assert encode(prediction_of(odd), name) == encode(prediction_of(scene), name), name
+    for encoder in (encode_ply, encode_splat, encode_spz):
+        assert encoder(odd) == encoder(scene), encoder.__name__
+    assert encode_ply(odd, vertex_only=True) == encode_ply(scene, vertex_only=True)
     assert encode_json(odd, {}) == encode_json(scene, {})
     assert encode_json(odd, {}, encoding="base64") == encode_json(scene, {}, encoding="base64")

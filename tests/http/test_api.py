@@ -27,11 +27,12 @@ from starlette.types import Message
 
 from app import __version__
 from app.budget import keep_most_important
-from app.formats import FORMATS, read_ply
+from app.formats import read_ply
 from app.formats.spz import decode_spz
 from app.gaussians import SH_C0, GaussianScene
 from app.http import create_app
 from app.http.schemas import ApiInfo, HealthResponse, PredictResponse
+from app.outputs import FORMATS, SCENE_FORMATS
 from app.predictor import SharpPredictor
 from app.settings import Settings
 from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
@@ -274,10 +275,8 @@ def test_ply_vertex_only(client: httpx.Client) -> None:
     ply = PlyData.read(io.BytesIO(response.content))
     assert [e.name for e in ply.elements] == ["vertex"]
     assert ply["vertex"].count == TINY_GAUSSIANS
+    assert response.headers["content-disposition"] == 'attachment; filename="small.vertex.ply"'
     assert int(response.headers["content-length"]) == len(response.content)
-
-
-SCENE_FORMATS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
 
 
 @pytest.mark.parametrize("name", [n for n in SCENE_FORMATS if n not in ("ply", "json")])
@@ -286,7 +285,7 @@ def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[st
     response = client.post(f"/predict/{name}", files={"file": ("coffee.png", coffee)})
     assert response.status_code == 200
     assert response.headers["content-type"] == fmt.media_type
-    assert response.headers["content-disposition"] == f'attachment; filename="coffee{fmt.extension}"'
+    assert response.headers["content-disposition"] == f'attachment; filename="{fmt.filename("coffee")}"'
     assert set(server_timing(response)) == {*STAGES, "encode"}
     positions = arrays(coffee_json)["positions"]
     if name == "splat":
@@ -720,8 +719,10 @@ def test_transient_load_failure_is_retried_with_backoff(tiny_predictor: SharpPre
                     time.sleep(0.01)
                 assert attempts[1] - attempts[0] >= 1.9
                 release.set()
-                assert service.wait_until_loaded(timeout=20)
-                assert client.get("/health").json()["status"] == "ready"
+                deadline = time.monotonic() + 20
+                while client.get("/health").json()["status"] != "ready":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
                 response = client.post("/predict/spz", files={"file": ("a.png", image_bytes(32, 32))})
                 assert response.status_code == 200 and response.headers["x-sharp-weights"] == "synthetic"
         finally:

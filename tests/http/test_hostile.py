@@ -24,9 +24,10 @@ import httpx
 import numpy as np
 import pytest
 
+from app.focal import F_PX_MAX, F_PX_MIN
 from app.http import create_app
 from app.http.server import uvicorn_options
-from app.predictor import F_PX_MAX, F_PX_MIN, SharpPredictor
+from app.predictor import SharpPredictor
 from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
 from tests.http import hostile_inputs as h
 

@@ -111,12 +111,12 @@ def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
 
     decoded = pipeline.decode(image_bytes(9))
     seen: list[tuple[str, float]] = []
-    with_progress = pipeline.predict(predictor, decoded, progress=lambda stage, f: seen.append((stage, f)))
+    with_progress = predictor.predict(decoded, progress=lambda stage, f: seen.append((stage, f)))
     stages = [stage for stage, _ in seen]
     assert stages[:3] == ["preprocess", "preprocess", "forward"] and stages[-2:] == ["postprocess"] * 2
     forward = [f for stage, f in seen if stage == "forward"]
     assert len(forward) > 100 and forward == sorted(forward) and forward[0] == 0.0 and forward[-1] == 1.0
-    plain = pipeline.predict(predictor, decoded)
+    plain = predictor.predict(decoded)
     assert np.array_equal(plain.scene.positions, with_progress.scene.positions)
 
     class Stop(Exception):
@@ -127,7 +127,7 @@ def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
             raise Stop
 
     with pytest.raises(Stop):
-        pipeline.predict(predictor, decoded, progress=stop_halfway)
+        predictor.predict(decoded, progress=stop_halfway)
     assert sum(len(module._forward_hooks) for module in predictor.network.modules()) == 0
 
 
@@ -137,7 +137,8 @@ def test_predictor_progress_hooks(predictor: SharpPredictor) -> None:
 def test_job_results_are_the_synchronous_bytes(client: httpx.Client) -> None:
     photo = image_bytes(1)
     job = submit(client, photo, name="garden.png")
-    assert job["status"] in ("queued", "running") and job["outputs"] == ["ply", "ply_vertex", "splat", "spz", "json"]
+    assert job["status"] in ("queued", "running")
+    assert job["outputs"] == ["ply", "ply_vertex", "splat", "spz", "sog", "json"]
     assert job["results"] == {} and job["error"] is None and job["created_at"].endswith("Z")
 
     seen = events(client, job["id"])
@@ -156,7 +157,7 @@ def test_job_results_are_the_synchronous_bytes(client: httpx.Client) -> None:
     jid = job["id"]
     assert final["results"] == {"ply": f"/jobs/{jid}/result.ply", "ply_vertex": f"/jobs/{jid}/result.vertex.ply",
                                 "splat": f"/jobs/{jid}/result.splat", "spz": f"/jobs/{jid}/result.spz",
-                                "json": f"/jobs/{jid}/result.json"}
+                                "sog": f"/jobs/{jid}/result.sog", "json": f"/jobs/{jid}/result.json"}
 
     upload = {"file": ("garden.png", photo, "image/png")}
     for name, sync in (("ply", "/predict/ply"), ("splat", "/predict/splat"), ("spz", "/predict/spz")):
@@ -375,3 +376,12 @@ def test_remote_client_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.startswith("error: --url must start with http")
     assert main([*common, "--url", "http://127.0.0.1:9"]) == 1  # nothing listens on port 9
     assert capsys.readouterr().err.startswith("error: cannot reach http://127.0.0.1:9")
+
+
+def test_an_upload_is_checked_by_its_header_and_decoded_once_by_the_job(client: httpx.Client) -> None:
+    """Submission reads the header only (format, size, pixel limit); pixels damaged past it fail the job,
+    with the image's own error, when its worker decodes the photo."""
+    photo = image_bytes()
+    job = submit(client, photo[: len(photo) // 2])
+    failed = wait_for(client, job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "corrupt_image", failed

@@ -1,164 +1,246 @@
-"""The Modal jobs path, offline: the deploy definitions, and the web container's app driven over real HTTP
-with the real GPU-side code (`SharpJobWorker.run_job`) run locally. Modal's own objects are faked: the
-Volume (a directory plus reload/commit calls), the spawned call (`.spawn.aio` / `FunctionCall.from_id`,
-`.get.aio(timeout=0)`, `.cancel.aio()`). Not shown here: Modal's real queue, scaling to
-`max_containers`, and Volume consistency between containers - only a deploy shows those."""
+"""The Modal jobs path with Modal's own SDK code: the web container's app (`ModalJobQueue`) over real HTTP,
+the GPU worker's `run_job` on its own event loop, both talking to a stubbed control plane
+(`tests.modal_wire`) through the installed `modal` package: `Function.spawn`, `FunctionCall.get(timeout=0)`
+and `.cancel()`, `Volume.reload()` / `.commit()` with a view of the Volume per container.
+
+Not shown here: Modal's real queue, its scaling to `max_containers`, real preemption signals, the
+latency of a Volume commit - only a deploy shows those (docs/jobs.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import modal
-import modal.exception
+import numpy as np
 import orjson
 import pytest
+from grpclib import Status
+from PIL import Image
 
-from app import deploy
 from app.formats import decode_spz
-from tests.deploy.test_modal import LocalContainer, definition, png_bytes, service_function, tiny_env  # noqa: F401
-from tests.helpers import FakeVolume
+from app.http import create_app
+from app.jobs.modal import ModalJobQueue, run_job
+from app.jobs.store import JobStore
+from app.predictor import SharpPredictor
+from app.service import InferenceService
+from app.settings import Settings
+from tests.helpers import LiveServer, assert_error, tiny_settings
+from tests.modal_wire import Container, ModalWire
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*executing locally and will not have access to the mounted Volume:UserWarning"
-)
-
-
-def test_job_worker_definition() -> None:
-    import modal_api
-
-    spec = definition(service_function(modal_api.SharpJobWorker))
-    info = spec["info"]
-    assert spec["tag"] == "SharpJobWorker.*" and info.method_names == ["run_job"]
-    assert info.gpus == [("A100", 1)]
-    assert info.concurrency_info is None or info.concurrency_info.max_inputs == 1  # one job per container
-    volumes = {path: mount.name for path, mount in info.volumes.items()}
-    assert volumes == {"/cache": "sharp-model-cache", "/jobs": "sharp-jobs"}
-    impl = modal._utils.async_utils.synchronizer._translate_in(service_function(modal_api.SharpJobWorker))
-    captured = dict(zip(impl._load.__code__.co_freevars, impl._load.__closure__, strict=True))
-    assert captured["autoscaler_settings"].cell_contents.max_containers == 10
-    api = definition(service_function(modal_api.SharpAPI))["info"]
-    assert {path: mount.name for path, mount in api.volumes.items()}["/jobs"] == "sharp-jobs"
-    assert deploy.max_containers({"SHARP_MAX_CONTAINERS": "50"}) == 50
-    with pytest.raises(ValueError, match="SHARP_MAX_CONTAINERS"):
-        deploy.max_containers({"SHARP_MAX_CONTAINERS": "0"})
+APP, WORKER = "sharp-serve", "run_job"  # a plain Function here; modal_api spawns a Cls method
+VOLUME = "sharp-jobs"
+FINAL = ("succeeded", "failed", "cancelled")
 
 
-class Aio:
-    """A Modal method as called from async code: `await thing.aio(...)`."""
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.aio = function
-
-
-class FakeFunctionCall:
-    """`modal.FunctionCall` over an asyncio task standing for the GPU container's input."""
-
-    registry: ClassVar[dict[str, FakeFunctionCall]] = {}
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.object_id = f"fc-{len(self.registry)}"
-        self.registry[self.object_id] = self
-        self.get, self.cancel = Aio(self._get), Aio(self._cancel)
-
-    async def _get(self, timeout: float | None = None) -> Any:
-        assert timeout == 0
-        if not self.task.done():
-            raise modal.exception.TimeoutError("not yet")
-        return self.task.result()  # its exception, if it raised one
-
-    async def _cancel(self) -> None:
-        self.task.cancel()
+def png_bytes(width: int = 96, height: int = 64) -> bytes:
+    rgb = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-class FakeWorkerCls:
-    """`modal_api.SharpJobWorker` as the web container sees it: `SharpJobWorker().run_job.spawn.aio(id)`
-    runs the real container code (`run_job` of a locally started container) in a task; with `kill_next`
-    set, the next call dies the way a timed-out input does, without running."""
+class Gate:
+    """Holds every prediction of the worker until `open()`: a job stays `running` for as long as a test needs."""
 
-    def __init__(self, container: LocalContainer) -> None:
-        self.container = container
-        self.kill_next = False
-        self.spawned: list[str] = []
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.entered = threading.Semaphore(0)
 
-    def __call__(self) -> Any:
-        return type("Obj", (), {"run_job": type("Method", (), {"spawn": Aio(self._spawn)})()})()
+    def hold(self, service: InferenceService) -> None:
+        predict = service.run
 
-    async def _spawn(self, job_id: str) -> FakeFunctionCall:
-        self.spawned.append(job_id)
-        die, self.kill_next = self.kill_next, False
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.release()
+            await asyncio.to_thread(self.opened.wait)
+            return await predict(*args, **kwargs)
 
-        async def run() -> Any:
-            await asyncio.sleep(0.05)
-            if die:
-                raise modal.exception.FunctionTimeoutError("Function timed out")
-            return await self.container.methods["run_job"](job_id)
+        service.run = held  # type: ignore[method-assign]
 
-        return FakeFunctionCall(asyncio.get_running_loop().create_task(run()))
+    def wait_entered(self) -> None:
+        assert self.entered.acquire(timeout=60), "the worker never reached the prediction"
+
+    def open(self) -> None:
+        self.opened.set()
 
 
-def wait_final(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not final: {job}")
+@dataclass
+class ModalJobs:
+    wire: ModalWire
+    web: Container
+    worker: Container
+    server: LiveServer
+    client: httpx.Client
+    gate: Gate
+
+    def submit(self, **data: str) -> dict[str, Any]:
+        response = self.client.post("/jobs", files={"file": ("photo.png", png_bytes(), "image/png")}, data=data)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def call_id(self, job_id: str) -> str:
+        """The function call spawned for the job."""
+        (call,) = [call.id for call in self.wire.calls.values() if call.args == (job_id,)]
+        return call
+
+    def statuses(self, job_id: str, container: str = "worker") -> list[str]:
+        """The job's status in every commit of `container` that wrote its state, in order."""
+        return [orjson.loads(files[f"{job_id}/job.json"])["status"] for name, files in self.wire.commits
+                if name == container and files.get(f"{job_id}/job.json")]
+
+    def wait_final(self, job_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/jobs/{job_id}").json()
+            if job["status"] in FINAL:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} not final: {job}")
 
 
-def test_modal_jobs_run_on_the_worker_class(tiny_env: Path, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    import modal_api
+@pytest.fixture(scope="module")
+def predictor() -> SharpPredictor:
+    return SharpPredictor.load("tiny", device="cpu")
 
-    volume_dir = tiny_env / "jobs-volume"
-    volume = FakeVolume()
-    worker = LocalContainer(modal_api.SharpJobWorker)  # the GPU container, started as Modal would
-    fake_cls = FakeWorkerCls(worker)
-    monkeypatch.setattr(deploy, "JOBS_MOUNT", volume_dir)
-    monkeypatch.setattr(deploy, "jobs_volume", volume)
-    monkeypatch.setattr(modal_api, "SharpJobWorker", fake_cls)
-    monkeypatch.setattr(modal.FunctionCall, "from_id", lambda call_id: FakeFunctionCall.registry[call_id])
 
-    web = modal_api.SharpAPI()
-    server = serve(web.fastapi_app.local())
-    photo = png_bytes()
-    try:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            response = client.post("/jobs", files={"file": ("photo.png", photo, "image/png")},
-                                   data={"outputs": "spz,ply"})
-            assert response.status_code == 202, response.text
-            job = response.json()
-            assert fake_cls.spawned == [job["id"]] and job["queue_position"] is None
-            assert (volume_dir / job["id"] / "input").is_file() and "commit" in volume.calls
+@pytest.fixture
+def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any], LiveServer]) -> Iterator[ModalJobs]:
+    settings: Settings = tiny_settings(cache_dir=tmp_path / "cache")
+    with ModalWire(tmp_path / "modal") as wire:
+        web, worker = wire.container("web"), wire.container("worker")
+        worker_service, gate = InferenceService(settings, predictor), Gate()
+        gate.hold(worker_service)
+        worker_store = JobStore(worker.mount, ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
+        worker_volume = worker.volume(VOLUME)
 
-            seen = []
-            with client.stream("GET", f"/jobs/{job['id']}/events") as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data: "):
-                        seen.append(orjson.loads(line[6:]))
-            assert seen[-1]["status"] == "succeeded" and seen[-1]["progress"] == 1.0
-            final = wait_final(client, job["id"])
-            spz = client.get(final["results"]["spz"])
-            assert spz.status_code == 200 and spz.headers["x-sharp-preset"] == "tiny"
-            assert spz.content == client.post("/predict/spz", files={"file": ("photo.png", photo)}).content
-            assert decode_spz(spz.content).num_gaussians == 131_072
-            assert not (volume_dir / job["id"] / "input").exists()
+        async def worker_run_job(job_id: str) -> dict[str, Any]:
+            return await run_job(worker_service, settings, worker_store, worker_volume, job_id)
 
-            fake_cls.kill_next = True  # the next job's call dies without a result
-            killed = client.post("/jobs", files={"file": ("photo.png", photo, "image/png")}, data={"outputs": "spz"})
-            dead = wait_final(client, killed.json()["id"])
-            assert dead["status"] == "failed" and dead["error"]["code"] == "worker_failed", dead
+        wire.function(APP, WORKER, worker_run_job, worker)
 
-            bad = client.post("/jobs", files={"file": ("notes.png", b"plain text", "image/png")})
-            assert bad.status_code == 415 and len(fake_cls.spawned) == 2
+        async def spawn(job_id: str) -> str:
+            call = await modal.Function.from_name(APP, WORKER).spawn.aio(job_id)
+            return call.object_id
 
-            assert client.delete(f"/jobs/{job['id']}").json()["status"] == "succeeded"
-            assert client.get(f"/jobs/{job['id']}").status_code == 404
-            assert client.get("/jobs/not-a-job").json()["error"]["code"] == "job_not_found"
-    finally:
-        worker.exit()
+        store = JobStore(web.mount, ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
+        queue = ModalJobQueue(settings, store, web.volume(VOLUME), spawn)
+        server = serve(create_app(settings, predictor=predictor, job_queue=queue))
+        try:
+            with server.client(timeout=120) as client:
+                yield ModalJobs(wire, web, worker, server, client, gate)
+        finally:
+            gate.open()
+            worker_service.close()
+
+
+def test_a_job_survives_its_polls_and_downloads_the_synchronous_bytes(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz,ply")
+    assert job["status"] == "queued" and job["queue_position"] is None
+    jobs.gate.wait_entered()
+    for _ in range(3):  # unfinished call: FunctionCall.get(timeout=0) raises the built-in TimeoutError
+        polled = jobs.client.get(f"/jobs/{job['id']}").json()
+        assert polled["status"] in ("queued", "running"), polled
+    jobs.gate.open()
+
+    seen = []
+    with jobs.client.stream("GET", f"/jobs/{job['id']}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                seen.append(orjson.loads(line[6:]))
+    assert seen[-1]["status"] == "succeeded" and seen[-1]["progress"] == 1.0
+    spz = jobs.client.get(seen[-1]["results"]["spz"])
+    assert spz.status_code == 200 and spz.headers["x-sharp-preset"] == "tiny"
+    assert spz.content == jobs.client.post("/predict/spz", files={"file": ("photo.png", png_bytes())}).content
+    assert decode_spz(spz.content).num_gaussians == 131_072
+    assert jobs.statuses(job["id"]) == ["running", "succeeded"]
+    assert f"{job['id']}/input" not in jobs.wire.committed  # the upload is gone once the job ran
+    assert jobs.wire.calls[jobs.call_id(job["id"])].runs == 1
+
+
+def test_calls_that_die_fail_their_job(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    timed_out = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    jobs.wire.time_out(jobs.call_id(timed_out["id"]))  # FunctionTimeoutError
+    dead = jobs.wait_final(timed_out["id"])
+    assert dead["status"] == "failed" and dead["error"]["code"] == "worker_failed", dead
+    assert "FunctionTimeoutError" in dead["error"]["message"]
+
+    expired = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    jobs.wire.expire(jobs.call_id(expired["id"]))  # OutputExpiredError: no output, nothing unfinished
+    dead = jobs.wait_final(expired["id"])
+    assert dead["status"] == "failed" and dead["error"]["code"] == "worker_failed", dead
+    assert jobs.client.get(f"/jobs/{dead['id']}/result.spz").json()["error"]["code"] == "job_failed"
+
+
+def test_a_preempted_job_goes_back_to_the_queue_and_the_rerun_completes_it(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    call = jobs.call_id(job["id"])
+    jobs.wire.preempt(call)  # Modal's SIGINT: the input's task is cancelled, then the input runs again
+    jobs.gate.wait_entered()  # the rerun reached the prediction
+    assert jobs.statuses(job["id"]) == ["running", "queued", "running"]
+    assert jobs.client.get(f"/jobs/{job['id']}").json()["status"] == "running"
+    jobs.gate.open()
+    final = jobs.wait_final(job["id"])
+    assert final["status"] == "succeeded", final
+    assert jobs.wire.calls[call].runs == 2
+    assert jobs.client.get(final["results"]["spz"]).status_code == 200
+
+
+def test_cancel_a_running_job(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    cancelled = jobs.client.delete(f"/jobs/{job['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    call = jobs.wire.wait(jobs.call_id(job["id"]))
+    assert call.runs == 1 and call.result is not None and call.result.exception == "Input was cancelled by user"
+    jobs.gate.open()
+    after = jobs.client.get(f"/jobs/{job['id']}").json()
+    assert after["status"] == "cancelled" and after["error"] is None, after  # not worker_failed
+    assert jobs.statuses(job["id"])[-1] == "cancelled"  # the interrupted worker saw a cancel, not a preemption
+    assert not [name for name in jobs.wire.committed if name.startswith(f"{job['id']}/result")]
+
+
+def test_a_busy_volume_never_answers_from_a_stale_view(modal_jobs: ModalJobs) -> None:
+    """`Volume.reload()` fails while a file of the Volume is open in the container (here: one held open, as
+    another input reading the Volume would): a job finished by the worker must not look expired (410)."""
+    jobs = modal_jobs
+    jobs.gate.open()
+    job = jobs.submit(outputs="spz")
+    jobs.wire.wait(jobs.call_id(job["id"]))
+    with open(jobs.web.mount / job["id"] / "job.json", "rb"):
+        answer = jobs.client.get(f"/jobs/{job['id']}/result.spz")
+        assert answer.status_code != 410, answer.text
+        assert_error(answer, 503, "volume_busy")
+        assert answer.headers["retry-after"]
+    assert jobs.client.get(f"/jobs/{job['id']}/result.spz").status_code == 200
+
+
+def test_a_submission_that_cannot_be_queued_leaves_nothing_behind(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    with open(jobs.web.mount / "held-open", "wb"):  # every commit of the web container fails (its reload)
+        refused = jobs.client.post("/jobs", files={"file": ("photo.png", png_bytes(), "image/png")})
+        assert_error(refused, 503, "volume_busy")
+    assert not jobs.wire.calls and not [name for name in jobs.web.files() if name != "held-open"]
+
+    jobs.wire.fail_next("FunctionMap", Status.INVALID_ARGUMENT, "the function's backlog is full")
+    refused = jobs.client.post("/jobs", files={"file": ("photo.png", png_bytes(), "image/png")})
+    error = assert_error(refused, 503, "queue_unavailable")
+    assert "backlog" in error["message"]
+    assert not [name for name in jobs.wire.committed if name.endswith("job.json")]  # rolled back, committed
+
+    jobs.gate.open()
+    job = jobs.submit(outputs="spz")
+    assert jobs.wait_final(job["id"])["status"] == "succeeded"

@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from app.devices import select_device
-from app.errors import InvalidRequestError
 from app.imaging import load_image
 from app.model import build_network
 from app.predictor import SharpPredictor
-from app.unproject import decompose_covariances, matrices_to_quaternions, quaternions_to_matrices
+from app.predictor.unproject import decompose_covariances, matrices_to_quaternions, quaternions_to_matrices
 from app.weights import CheckpointMismatchError, CheckpointNotAvailableError
 
 
@@ -51,25 +50,11 @@ def test_focal_length_comes_from_request_then_exif_then_default(tiny: SharpPredi
     from_request = tiny.predict(exif_image, f_px=1200.0)
     assert (from_request.f_px_source, from_request.scene.f_px) == ("request", 1200.0)
 
-    coffee = tiny.predict(load_image(conformance_dir / "coffee.png"))
+    timings_ms: dict[str, float] = {}
+    coffee = tiny.predict(load_image(conformance_dir / "coffee.png"), timings_ms=timings_ms)
     assert (coffee.f_px_source, coffee.scene.f_px) == ("default", 500.0)
     assert (coffee.scene.image_width, coffee.scene.image_height) == (600, 400)
-    assert set(coffee.timings_ms) == {"preprocess", "forward", "postprocess"}
-
-
-@pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), float("inf")])
-def test_invalid_focal_length_is_rejected(tiny: SharpPredictor, conformance_dir: Path, bad: float) -> None:
-    with pytest.raises(ValueError, match="f_px must be a finite number > 0"):
-        tiny.predict(load_image(conformance_dir / "coffee.png"), f_px=bad)
-
-
-@pytest.mark.parametrize("bad", [0.0, 0.5, 1e6 + 1, 1e20, float("nan"), float("inf")])
-def test_the_pipeline_takes_only_sane_focal_lengths(tiny: SharpPredictor, conformance_dir: Path, bad: float) -> None:
-    from app import pipeline
-
-    decoded = pipeline.decode(conformance_dir / "coffee.png")
-    with pytest.raises(InvalidRequestError, match=r"f_px must be a number of pixels in \[1, 1e\+06\]"):
-        pipeline.predict(tiny, decoded, f_px=bad)
+    assert set(timings_ms) == {"preprocess", "forward", "postprocess"} and all(ms > 0 for ms in timings_ms.values())
 
 
 def test_unprojection_is_the_pinhole_model(tiny: SharpPredictor, conformance_dir: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.preprocess import resize_for_network
+from app.predictor.preprocess import resize_for_network
 
 
 def reference(rgb: np.ndarray, size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.imaging import load_image
 from app.predictor import SharpPredictor
-from app.unproject import (
+from app.predictor.unproject import (
     NETWORK_FACTOR_RANGE,
     decompose_covariances,
     matrices_to_quaternions,

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import __version__
-from app.formats import FORMATS
 from app.http.deps import Service
 from app.http.schemas import ApiInfo, EndpointInfo, HealthResponse, ModelInfoResponse
+from app.outputs import FORMATS
 from app.prediction import ModelInfo
 from app.service import LOADING_RETRY_AFTER_S, InferenceService
 from app.vocabulary import ModelState

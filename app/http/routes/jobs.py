@@ -1,28 +1,28 @@
 """`/jobs`: submit a photo, follow the job (JSON or server-sent events), download its results, cancel it.
 
 The routes only check the request and call the app's `JobQueue` (`app.jobs`): the local worker or
-Modal's queue, the same routes either way. A submission is decoded at once (on a worker thread, like
-`POST /predict`), so a bad upload gets the same 4xx as the synchronous endpoints before anything is
-queued; the queue then reads the upload back when the job runs.
+Modal's queue, the same routes either way. A submission's image header is checked at once
+(`app.imaging.probe_image`: format, size, pixel limit), so a bad upload gets the same 4xx as the
+synchronous endpoints before anything is queued; the job's worker decodes it, once, when it runs (a
+file damaged past its header fails the job with the image's error).
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.formats import FORMATS
 from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
 from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
 from app.http.schemas import JobResponse
+from app.imaging import probe_image
 from app.jobs.base import (
     DEFAULT_OUTPUTS,
     RESULT_FORMATS,
@@ -32,12 +32,16 @@ from app.jobs.base import (
     JobQueue,
     check_job_id,
     check_job_options,
+    iso_time,
     parse_outputs,
 )
+from app.outputs import FORMATS
 from app.vocabulary import ModelState
 
 KEEPALIVE_S = 15.0
 """Seconds between SSE comments while a job does not change (proxies drop silent connections)."""
+RETRY_MS = 1000
+"""How long a browser waits before it reconnects a dropped event stream (the stream's `retry:` field)."""
 
 
 def get_jobs(request: Request) -> JobQueue:
@@ -58,8 +62,21 @@ router = APIRouter(tags=["jobs"])
 _JOB = {"model": JobResponse, "description": "The job"}
 
 
+def job_view(job: Job) -> dict[str, Any]:
+    """The job as clients see it: a `JobResponse` (its one definition), as JSON-ready values."""
+    return JobResponse(
+        id=job.id, status=job.status, stage=job.stage, progress=round(job.progress, 4),
+        queue_position=job.queue_position if job.status == "queued" else None,
+        created_at=iso_time(job.created_at), started_at=iso_time(job.started_at),
+        finished_at=iso_time(job.finished_at), expires_at=iso_time(job.expires_at), outputs=job.outputs,
+        model=job.model, metadata=job.metadata,
+        timings_ms={stage: round(ms, 1) for stage, ms in job.timings_ms.items()}, error=job.error,
+        results=job.result_urls(),
+    ).model_dump(mode="json")
+
+
 def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(job.public(), status_code=status_code, headers=headers)
+    return JSONResponse(job_view(job), status_code=status_code, headers=headers)
 
 
 @router.post("/jobs", summary="Submit a prediction job", status_code=202, response_class=JSONResponse,
@@ -74,7 +91,8 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
-    await service.decode(data, filename=file.filename)  # ImageError -> the same 4xx as /predict
+    # The header only (format, size, pixel limit: the same 4xx as /predict); the worker decodes it, once.
+    await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
     job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options)
     return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
@@ -87,77 +105,35 @@ async def get_job(job_id: str, jobs: Jobs) -> JSONResponse:
 
 
 @router.get("/jobs/{job_id}/events", summary="A job's changes as server-sent events",
-            response_class=StreamingResponse, responses={
+            response_class=EventSourceResponse, responses={
                 200: {"description": "`event: job` + `data: <job JSON>` on every change, until the job is final",
                       "content": {"text/event-stream": {}}},
                 **error_responses(401, 404, 410)})
-async def job_events(job_id: str, jobs: Jobs, request: Request) -> StreamingResponse:
+async def job_events(job_id: str, jobs: Jobs) -> EventSourceResponse:
     """One `job` event now and on every change (progress at most 10 times a second), a `: keep-alive`
-    comment every 15 s, and the end of the stream after the final state (or when the server stops)."""
-    events = jobs.watch(job_id, KEEPALIVE_S)
-    first = await anext(events)  # 404 / 410 as JSON, before the stream starts
-    stopping: asyncio.Event = getattr(request.app.state, "jobs_stopping", None) or asyncio.Event()
+    comment every 15 s, and the end of the stream after the final state (or when the server stops:
+    sse-starlette ends open streams when uvicorn is told to exit, so Ctrl+C does not wait for them)."""
+    changes = jobs.watch(job_id)
+    first = await anext(changes)  # 404 / 410 as JSON, before the stream starts
 
-    async def stream() -> AsyncIterator[bytes]:
-        yield b"retry: 1000\n\n"
-        yield _event(first)
+    async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            while True:
-                change = asyncio.ensure_future(anext(events))
-                stop = asyncio.ensure_future(stopping.wait())
-                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if not change.done():  # the server is shutting down: end the stream, let it exit
-                    change.cancel()
-                    return
-                try:
-                    job = change.result()
-                except StopAsyncIteration:
-                    return
-                yield b": keep-alive\n\n" if job is None else _event(job)
+            yield ServerSentEvent(_job_json(first), event="job", retry=RETRY_MS)
+            async for job in changes:
+                yield ServerSentEvent(_job_json(job), event="job")
         finally:
-            await events.aclose()
+            await changes.aclose()
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def end_streams_on_exit_signals(app: FastAPI) -> Callable[[], None]:
-    """Make SIGINT/SIGTERM end the open event streams, then do what they did before (uvicorn's handler).
-
-    uvicorn waits for every open response before it shuts down, and the stream of a queued job may stay
-    open for as long as the queue is long: without this, Ctrl+C would wait for it. Returns a function
-    that puts the previous handlers back. Outside the main thread (tests) it does nothing.
-    """
-    app.state.jobs_stopping = stopping = asyncio.Event()
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(sig: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(stopping.set)
-        before = previous[signal.Signals(sig)]
-        if callable(before):
-            before(sig, frame)
-        elif before != signal.SIG_IGN:  # the default (or a handler set outside Python): let it act
-            signal.signal(sig, signal.SIG_DFL)
-            signal.raise_signal(sig)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, before in previous.items():
-            if signal.getsignal(sig) is handler:
-                signal.signal(sig, before)
-
-    return restore
+    return EventSourceResponse(stream(), ping=KEEPALIVE_S, ping_message_factory=_keep_alive,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _event(job: Job | None) -> bytes:
-    assert job is not None
-    return b"event: job\ndata: " + orjson.dumps(job.public()) + b"\n\n"
+def _job_json(job: Job) -> str:
+    return orjson.dumps(job_view(job)).decode()
+
+
+def _keep_alive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive")
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel or delete a job", response_class=JSONResponse,
@@ -175,7 +151,7 @@ def _result_route(format_name: str) -> Any:
     async def job_result(job_id: str, jobs: Jobs) -> Response:
         result = await jobs.result(job_id, format_name)
         job = result.job
-        if not result.path.is_file():
+        if result.body is None and not result.path.is_file():
             raise JobExpiredError(f"Job {job_id}'s results are gone.")
         model, meta = job.model or {}, job.metadata or {}
         headers = {
@@ -185,6 +161,8 @@ def _result_route(format_name: str) -> Any:
             "Server-Timing": server_timing(job.timings_ms),
             "Content-Disposition": content_disposition(fmt.filename(job.name or "scene")),
         }
+        if result.body is not None:
+            return Response(result.body, media_type=fmt.media_type, headers=headers)
         return FileResponse(result.path, media_type=fmt.media_type, headers=headers)
 
     job_result.__name__ = f"job_result_{format_name}"

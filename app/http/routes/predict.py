@@ -1,7 +1,7 @@
 """`POST /predict` (JSON) and `POST /predict/<format>` (a file): one photo in, its Gaussians out, synchronously.
 
-Each route reads the upload, then calls the service (decode -> predict on its threads) and the
-pipeline's encoder for the format; the response carries the model and camera in `X-Sharp-*` headers
+Each route reads the upload and has the service run the pipeline for the one output it serves (the
+routes follow the registry, `app.outputs`); the response carries the model and camera in `X-Sharp-*` headers
 and every stage (decode, preprocess, forward, postprocess, encode) in `Server-Timing`.
 """
 
@@ -14,7 +14,6 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.errors import UnknownFormatError
-from app.formats import FORMATS, OutputFormat
 from app.http.deps import (
     FocalPx,
     ImageUpload,
@@ -27,6 +26,7 @@ from app.http.deps import (
 )
 from app.http.responses import error_responses, file_responses, prediction_response
 from app.http.schemas import PredictResponse
+from app.outputs import FORMATS, SCENE_FORMATS, OutputFormat
 
 router = APIRouter()
 
@@ -43,9 +43,9 @@ async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None
     No cap by default: the full SHARP scene is ~1.18M Gaussians (hundreds of MB as lists); use
     `max_gaussians` and/or `encoding=base64` for large scenes.
     """
-    prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
-    output = await service.encode(prediction, "json", max_gaussians=max_gaussians, encoding=encoding)
-    return prediction_response(prediction, output, attachment=False)
+    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
+                               outputs={"json": {"max_gaussians": max_gaussians, "encoding": encoding}})
+    return prediction_response(result, "json", attachment=False)
 
 
 @router.post(
@@ -55,26 +55,25 @@ async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None
 async def predict_ply(service: Service, file: ImageUpload, f_px: FocalPx = None,
                       vertex_only: VertexOnly = False) -> Response:
     """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
-    prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
-    output = await service.encode(prediction, "ply_vertex" if vertex_only else "ply")
-    return prediction_response(prediction, output)
+    name = "ply_vertex" if vertex_only else "ply"
+    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
+                               outputs={name: {}})
+    return prediction_response(result, name)
 
 
 def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
     async def predict_format(service: Service, file: ImageUpload, f_px: FocalPx = None) -> Response:
-        prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
-        return prediction_response(prediction, await service.encode(prediction, fmt.name))
+        result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
+                                   outputs={fmt.name: {}})
+        return prediction_response(result, fmt.name)
 
     predict_format.__doc__ = f"{fmt.description[:1].upper()}{fmt.description[1:]}."
     predict_format.__name__ = f"predict_{fmt.name}"
     return predict_format
 
 
-SCENE_FORMATS = [fmt.name for fmt in FORMATS.values() if fmt.kind == "scene"]
-"""What `POST /predict/<format>` serves; renders go through `POST /render`."""
-
-for _fmt in FORMATS.values():
-    if _fmt.name in SCENE_FORMATS and _fmt.name not in ("ply", "json"):  # ply: own route; json: POST /predict
+for _fmt in (FORMATS[name] for name in SCENE_FORMATS):  # renders go through `POST /render`
+    if _fmt.name not in ("ply", "json"):  # ply: its own route (vertex_only); json: POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
             dependencies=[SingleValued],

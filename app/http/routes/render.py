@@ -44,10 +44,11 @@ async def render(service: Service, file: ImageUpload, f_px: FocalPx = None, outp
                  size: RenderSize = 512, path: CameraPath = "orbit", frames: Frames = 60,
                  depth: Depth = False) -> Response:
     """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed)."""
-    prediction = await service.predict(await read_upload(file, service), filename=file.filename, f_px=f_px)
     options: dict[str, object] = {"size": size}
     if output == "mp4":
         options.update(path=path, frames=frames)
     else:
         options["depth"] = depth
-    return prediction_response(prediction, await service.encode(prediction, _FORMAT[output], **options))
+    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
+                               outputs={_FORMAT[output]: options})
+    return prediction_response(result, _FORMAT[output])

@@ -1,29 +1,43 @@
 // sharp-serve web page: a photo in, a 3D Gaussian splat scene out, rendered with Spark on three.js.
 //
 // Flow: the photo is uploaded at once (XMLHttpRequest, for upload progress); the server predicts; the
-// SPZ scene comes back and is rendered from the photo's own viewpoint, then the user can orbit.
+// scene comes back (SPZ, or on a phone the smallest format the server offers: SOG when it has it) and is
+// rendered from the photo's own viewpoint, then the user can orbit.
 // Two transports: the jobs API (POST /jobs, then server-sent events, then GET the result) when the
-// server's JSON info lists `POST /jobs`, else one `POST /predict/spz` request.
+// server's JSON info lists `POST /jobs`, else one `POST /predict/<format>` request.
+// A job's scene can be reopened from its link (`?job=<id>`, put in the address bar once the job exists)
+// on any device while the job's results exist.
 //
 // Test contract: document.body.dataset.state is one of idle, uploading, queued, running,
 // loading-scene, ready, error; dataset.frames counts frames rendered of the current scene and
 // dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame);
-// dataset.preview is "shown" once the server's preview render was displayed while the scene loaded.
+// dataset.preview is "shown" once the server's preview render was displayed while the scene loaded;
+// dataset.rendering is "1" while frames are still to be drawn (a drag easing out, a sort just finished);
+// dataset.viewDegrees: the angle between the camera's view and the photo's, in the last frame.
 
 const $ = (id) => document.getElementById(id);
 const body = document.body;
 const KEY_STORAGE = "sharp-serve.api-key";
-const SCENE_EXTENSIONS = ["ply", "spz", "splat"];
+const SCENE_EXTENSIONS = ["ply", "spz", "splat", "sog"];
 const DOWNLOADS = [
-  // [name in job results, label, sync endpoint, extra form fields, file extension]
+  // [name in the server's formats and job results, label, sync endpoint, extra form fields, file extension]
   ["spz", "SPZ (compact)", "predict/spz", {}, ".spz"],
   ["ply", "PLY (reference)", "predict/ply", {}, ".ply"],
   ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"], // = /predict/ply_vertex
   ["splat", ".splat", "predict/splat", {}, ".splat"],
+  ["sog", "SOG (smallest)", "predict/sog", {}, ".sog"],
 ];
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-// What a job makes: the scene files offered for download, plus the server's preview render.
-const JOB_OUTPUTS = [...DOWNLOADS.map(([name]) => name), "preview"].join(",");
+// The scene formats the renderer reads from the server, smallest file first: a phone takes the first one
+// the server offers, a wide screen SPZ (finer positions than SOG's).
+const SHOWN_FORMATS_SMALLEST_FIRST = ["sog", "spz"];
+// The job statuses after which nothing changes: app.vocabulary.FINAL_JOB_STATUSES (the JSON info does not list them).
+const JOB_FINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
+// A drag of one pixel turns the scene by this many degrees (200 px: 60 degrees), whatever the canvas size.
+const DRAG_DEGREES_PER_PX = 0.3;
+// Motion below this per frame is not drawn: a drag's easing-out stops there (its rest is under 0.2 degrees).
+const STILL_DEGREES_PER_FRAME = 0.05;
+const NARROW_SCREEN = "(max-width: 760px)"; // = the narrow layout's media query in style.css
+const PHONE = `${NARROW_SCREEN}, (pointer: coarse)`;
 
 const page = {
   info: null, // the server's JSON info (GET / with Accept: application/json)
@@ -215,9 +229,11 @@ async function download(url, run, onProgress) {
   return { bytes, headers: response.headers };
 }
 
-function downloadProgress(what) {
+/** Progress of the scene's download: "Loading the scene: 1.23 MB (SOG)…". */
+function downloadProgress(format) {
+  const what = format.toUpperCase();
   return (loaded, total) =>
-    setState("loading-scene", `Downloading the ${what}…`, {
+    setState("loading-scene", total ? `Loading the scene: ${mb(total)} (${what})…` : `Loading the scene (${what})…`, {
       progress: total ? loaded / total : null,
       detail: total ? `${Math.round((100 * loaded) / total)} % of ${mb(total)}` : mb(loaded),
     });
@@ -266,6 +282,23 @@ async function loadInfo() {
   }
 }
 
+/** Whether the server makes this format (its JSON info lists it); without the info, today's four. */
+function offers(format) {
+  const formats = page.info?.formats;
+  return Array.isArray(formats) ? formats.includes(format) : format !== "sog";
+}
+
+/** What a job makes: the scene files offered for download, plus the server's preview render. */
+function jobOutputs() {
+  return [...DOWNLOADS.map(([name]) => name).filter(offers), ...(offers("preview") ? ["preview"] : [])].join(",");
+}
+
+/** The scene format to download and show, of those `available`: the smallest on a phone, else SPZ. */
+function shownFormat(available) {
+  const wanted = matchMedia(PHONE).matches ? SHOWN_FORMATS_SMALLEST_FIRST : ["spz"];
+  return wanted.find((format) => available(format)) || "spz";
+}
+
 function showModel({ preset, weights, device, dtype }) {
   $("model").textContent = `model: ${preset} · weights: ${weights}${device ? ` · ${device}` : ""}${dtype ? ` ${dtype}` : ""}`;
   $("model").hidden = false;
@@ -291,6 +324,8 @@ async function predict(file) {
   page.retry = () => predict(file);
   page.startedAt = performance.now();
   body.dataset.source = "upload";
+  showJobLink(null);
+  if (matchMedia(NARROW_SCREEN).matches) window.scrollTo(0, 0); // the stage, with the status over it
   try {
     await page.infoLoaded; // the transport depends on it: a photo may be chosen before it arrived
     run.check();
@@ -298,7 +333,7 @@ async function predict(file) {
     run.check();
     stopTicker();
     setState("loading-scene", "Preparing the 3D scene…", { progress: null });
-    await showScene(result.bytes, "spz", result.camera, run);
+    await showScene(result.bytes, result.format, result.camera, run, file.name || "photo");
     run.check();
     showResult(result, file);
   } catch (error) {
@@ -320,12 +355,13 @@ function formFor(file, fPx, extra = {}) {
   return form;
 }
 
-/** Transport (b): one POST /predict/spz; the X-Sharp-* headers describe the camera and the model. */
+/** Transport (b): one POST /predict/<format>; the X-Sharp-* headers describe the camera and the model. */
 async function predictSync(file, fPx, run) {
   const t0 = performance.now();
   let uploadedAt = 0;
   let headersAt = 0;
-  const xhr = await postForm("predict/spz", formFor(file, fPx), run, {
+  const format = shownFormat(offers);
+  const xhr = await postForm(`predict/${format}`, formFor(file, fPx), run, {
     onUploaded: () => {
       uploadedAt = performance.now();
       startTicker((s) =>
@@ -338,9 +374,9 @@ async function predictSync(file, fPx, run) {
     onHeaders: () => {
       headersAt = performance.now();
       stopTicker();
-      downloadProgress("scene")(0, 0);
+      downloadProgress(format)(0, 0);
     },
-    onDownload: (loaded, total) => downloadProgress("scene")(loaded, total),
+    onDownload: (loaded, total) => downloadProgress(format)(loaded, total),
   });
   const end = performance.now();
   const header = (name) => xhr.getResponseHeader(name);
@@ -350,6 +386,7 @@ async function predictSync(file, fPx, run) {
   const bytes = new Uint8Array(xhr.response);
   return {
     bytes,
+    format,
     camera: { fPx: Number(header("X-Sharp-F-Px")) || 0, width, height },
     meta: {
       gaussians: Number(header("X-Sharp-Num-Gaussians")) || 0,
@@ -366,37 +403,49 @@ async function predictSync(file, fPx, run) {
         bytes: bytes.length,
       },
     },
-    sources: { spz: bytes },
+    sources: { [format]: bytes },
     fileStem: filenameStem(header("Content-Disposition"), file),
   };
 }
 
-/** Transport (a): POST /jobs, follow GET /jobs/{id}/events, then GET the SPZ result. */
+/** Transport (a): POST /jobs, follow GET /jobs/{id}/events, then GET the scene file. */
 async function predictWithJob(file, fPx, run) {
   const t0 = performance.now();
   let uploadedAt = 0;
-  const xhr = await postForm("jobs", formFor(file, fPx, { outputs: JOB_OUTPUTS }), run, {
+  const xhr = await postForm("jobs", formFor(file, fPx, { outputs: jobOutputs() }), run, {
     responseType: "text",
     onUploaded: () => {
       uploadedAt = performance.now();
       setState("queued", "Waiting for the server…", { progress: null });
     },
   });
-  let job = JSON.parse(xhr.response);
-  const jobUrl = new URL(xhr.getResponseHeader("Location") || `jobs/${job.id}`, location.href);
+  const job = JSON.parse(xhr.response);
+  showJobLink(job.id);
+  const result = await jobScene(job, new URL(xhr.getResponseHeader("Location") || `jobs/${job.id}`, location.href), run);
+  const { transfer } = result.meta;
+  transfer.upload = ((uploadedAt || transfer.waitedAt) - t0) / 1000;
+  transfer.wait = uploadedAt ? (transfer.waitedAt - uploadedAt) / 1000 : null;
+  result.fileStem = (file.name || "scene").replace(/\.[^.]*$/, "");
+  return result;
+}
+
+/** Follows a job (its events, else polling) to its end, then downloads the scene file it made. */
+async function jobScene(job, jobUrl, run) {
   showJob(job);
   try {
-    for await (const event of jobEvents(new URL(`${jobUrl.pathname.replace(/\/$/, "")}/events`, location.href), run)) {
-      run.check();
-      job = event;
-      showJob(job);
-      if (TERMINAL.has(job.status)) break;
+    if (!JOB_FINAL_STATUSES.has(job.status)) {
+      for await (const event of jobEvents(new URL(`${jobUrl.pathname.replace(/\/$/, "")}/events`, location.href), run)) {
+        run.check();
+        job = event;
+        showJob(job);
+        if (JOB_FINAL_STATUSES.has(job.status)) break;
+      }
     }
   } catch (error) {
     if (error instanceof Superseded || run.signal.aborted) throw new Superseded();
     // The event stream broke: poll the job instead.
   }
-  while (!TERMINAL.has(job.status)) {
+  while (!JOB_FINAL_STATUSES.has(job.status)) {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     run.check();
     const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
@@ -408,14 +457,16 @@ async function predictWithJob(file, fPx, run) {
     throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.error?.request_id);
   }
   const waitedAt = performance.now();
-  if (job.results.preview) showPreview(new URL(job.results.preview, location.href), run);
-  const spzUrl = new URL(job.results.spz, location.href);
-  const { bytes } = await download(spzUrl, run, downloadProgress("scene"));
+  const results = job.results || {};
+  if (results.preview) showPreview(new URL(results.preview, location.href), run);
+  const format = shownFormat((name) => Boolean(results[name]));
+  const { bytes, headers } = await download(new URL(results[format], location.href), run, downloadProgress(format));
   const end = performance.now();
   const m = job.metadata || {};
   if (job.model) showModel(job.model);
   return {
     bytes,
+    format,
     camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
     meta: {
       gaussians: m.num_gaussians,
@@ -425,17 +476,47 @@ async function predictWithJob(file, fPx, run) {
       height: m.image_height,
       model: job.model || {},
       timings: job.timings_ms || {},
-      transfer: {
-        upload: ((uploadedAt || waitedAt) - t0) / 1000,
-        wait: uploadedAt ? (waitedAt - uploadedAt) / 1000 : null,
-        download: (end - waitedAt) / 1000,
-        bytes: bytes.length,
-      },
+      transfer: { upload: null, wait: null, download: (end - waitedAt) / 1000, bytes: bytes.length, waitedAt },
     },
-    sources: { spz: bytes },
-    results: job.results || {},
-    fileStem: (file.name || "scene").replace(/\.[^.]*$/, ""),
+    sources: { [format]: bytes },
+    results,
+    jobId: job.id,
+    fileStem: filenameStem(headers.get("Content-Disposition"), null),
   };
+}
+
+/** A job's scene from its link (`?job=<id>`): on another device, or after a reload, while its results exist. */
+async function openSharedJob(id) {
+  const run = newRun();
+  page.retry = () => openSharedJob(id);
+  page.startedAt = performance.now();
+  body.dataset.source = "link";
+  try {
+    setState("queued", "Opening the shared scene…", { progress: null });
+    await page.infoLoaded;
+    run.check();
+    const jobUrl = new URL(`jobs/${encodeURIComponent(id)}`, location.href);
+    const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
+    if (!response.ok) throw await errorFromResponse(response);
+    const result = await jobScene(await response.json(), jobUrl, run);
+    run.check();
+    setState("loading-scene", "Preparing the 3D scene…", { progress: null });
+    await showScene(result.bytes, result.format, result.camera, run, result.fileStem);
+    run.check();
+    showResult(result, null);
+  } catch (error) {
+    if (error instanceof Superseded || !run.current()) return;
+    showError(error);
+  }
+}
+
+/** The job's link in the address bar (`?job=<id>`), or none (`null`: a local file, a one-request prediction). */
+function showJobLink(id) {
+  const url = new URL(location.href);
+  url.hash = "";
+  if (id) url.searchParams.set("job", id);
+  else url.searchParams.delete("job");
+  if (url.href !== location.href) history.replaceState(null, "", url);
 }
 
 /** The server's render of the input view (PNG), shown until the 3D scene is ready; failures are harmless. */
@@ -482,7 +563,7 @@ function parseServerTiming(value) {
 
 function filenameStem(disposition, file) {
   const match = /filename="([^"]+)"/.exec(disposition || "");
-  const name = match ? match[1] : file.name || "scene";
+  const name = match ? match[1] : file?.name || "scene";
   return name.replace(/\.[^.]*$/, "");
 }
 
@@ -500,11 +581,14 @@ function showResult(result, file) {
   if (stages.length) rows.push(["Server", stages.map(([stage, ms]) => `${stage} ${fmt(ms)} ms`).join(", ")]);
   const t = meta.transfer;
   if (t) {
-    const parts = [`upload ${t.upload.toFixed(2)} s`];
+    const parts = [];
+    if (t.upload !== null) parts.push(`upload ${t.upload.toFixed(2)} s`);
     if (t.wait !== null) parts.push(`prediction ${t.wait.toFixed(2)} s`);
-    if (t.download !== null) parts.push(`download ${t.download.toFixed(2)} s (${mb(t.bytes)})`);
+    if (t.download !== null) parts.push(`download ${t.download.toFixed(2)} s (${mb(t.bytes)} ${result.format.toUpperCase()})`);
     rows.push(["This page", parts.join(", ")]);
   }
+  if (file) rows.unshift(["Photo", file.name || "photo"]);
+  else if (result.jobId) rows.unshift(["Job", `${result.jobId} (opened from its link)`]);
   if (result.local) rows.push(["File", `${result.local} (opened locally, not uploaded)`]);
   const dl = $("meta");
   dl.replaceChildren();
@@ -516,15 +600,56 @@ function showResult(result, file) {
     dl.append(dt, dd);
   }
   showDownloads(result, file);
+  showSharing(result);
   $("result").hidden = false;
+}
+
+/** "Share link" (a job's scene, reopened from its URL) and "Share scene file" (Web Share API, where the
+ * browser can share files). */
+function showSharing(result) {
+  const link = result.jobId ? location.href : null;
+  const extension = DOWNLOADS.find(([name]) => name === result.format)?.[4] || `.${result.format}`;
+  const file = result.bytes && !result.local
+    ? new File([result.bytes], `${result.fileStem}${extension}`, { type: "application/octet-stream" })
+    : null;
+  page.share = { link, file };
+  $("share-link").hidden = !link;
+  $("share-file").hidden = !(file && navigator.canShare?.({ files: [file] }));
+  $("share-note").textContent = "";
+}
+
+async function shareLink() {
+  const { link } = page.share;
+  try {
+    if (navigator.share) {
+      await navigator.share({ title: document.title, url: link });
+    } else {
+      await navigator.clipboard.writeText(link);
+      $("share-note").textContent = "Link copied: it opens this scene while the job's results are kept.";
+    }
+  } catch (error) {
+    // Cancelled by the user, or no clipboard (plain http): the link is shown to copy by hand.
+    if (error.name !== "AbortError") $("share-note").textContent = `Link: ${link}`;
+  }
+}
+
+async function shareFile() {
+  const { file } = page.share;
+  try {
+    await navigator.share({ files: [file], title: file.name });
+  } catch (error) {
+    if (error.name !== "AbortError") $("share-note").textContent = `Could not share the file: ${error.message}`;
+  }
 }
 
 function showDownloads(result, file) {
   const box = $("downloads");
   box.replaceChildren();
   $("downloads-note").textContent = "";
-  if (!file) return; // a local file: nothing to download
-  for (const [name, label, endpoint, extra, extension] of DOWNLOADS) {
+  if (!file && !result.results) return; // a local file: nothing to download
+  // A job's files are those it made; a one-request prediction can make any format the server offers.
+  const available = result.results ? (name) => Boolean(result.results[name]) : offers;
+  for (const [name, label, endpoint, extra, extension] of DOWNLOADS.filter(([name]) => available(name))) {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = label;
@@ -564,7 +689,7 @@ function showDownloads(result, file) {
   }
   $("downloads-note").textContent = result.results
     ? "All formats were made by the same job."
-    : "SPZ is the scene shown here. The other formats run the model again on the same photo (same result).";
+    : `${result.format.toUpperCase()} is the scene shown here. The other formats run the model again on the same photo (same result).`;
 }
 
 function saveBytes(bytes, filename) {
@@ -585,17 +710,18 @@ async function openLocal(file) {
   page.retry = () => openLocal(file);
   page.startedAt = performance.now();
   body.dataset.source = "local";
+  showJobLink(null);
   const extension = (file.name.split(".").pop() || "").toLowerCase();
   try {
     setState("loading-scene", `Reading ${file.name}…`, { progress: null });
     let bytes = new Uint8Array(await file.arrayBuffer());
     let camera = null;
     if (extension === "ply") ({ bytes, camera } = plyForSpark(bytes));
-    await showScene(bytes, extension, camera, run);
+    await showScene(bytes, extension, camera, run, file.name);
     run.check();
     const meta = camera ? { width: camera.width, height: camera.height, fPx: camera.fPx, fPxSource: "file" } : {};
     meta.gaussians = numSplats(viewer.mesh);
-    showResult({ meta, local: file.name }, null);
+    showResult({ meta, local: file.name, format: extension }, null);
   } catch (error) {
     if (error instanceof Superseded || !run.current()) return;
     showError(error);
@@ -660,17 +786,21 @@ const viewer = {
   camera: null,
   controls: null,
   mesh: null,
-  aspect: 4 / 3,
+  view: null, // the photo's half field of view as tangents { x, y } (W / 2f, H / 2f); null: no camera known
   home: { depth: 2 },
   pending: false,
   frames: 0,
   visible: false,
+  last: null, // the camera's { quaternion, position } at the last frame
 };
 
 /** Spark's SPZ reader keeps the file's coordinates. SPZ stores RUB axes (x right, y up, z back), the
  * axes of a three.js camera; PLY and .splat from SHARP keep OpenCV axes (x right, y down, z forward)
- * and are turned 180 degrees about x. Either way the camera at the origin looking down -z sees the photo. */
-const OPENCV_TO_THREE = { ply: true, splat: true, spz: false };
+ * and are turned 180 degrees about x. Either way the camera at the origin looking down -z sees the photo.
+ * SOG (PlayCanvas) keeps the coordinates of the PLY it was made from. */
+const OPENCV_TO_THREE = { ply: true, splat: true, spz: false, sog: true };
+// Spark's name for each file type it reads (SOG is its "pcsogszip": a zip of WebP textures and meta.json).
+const SPARK_FILE_TYPES = { ply: "ply", spz: "spz", splat: "splat", sog: "pcsogszip" };
 
 async function loadRenderer() {
   if (body.dataset.vendor === "missing") {
@@ -693,9 +823,13 @@ async function loadRenderer() {
     scene.add(new Spark.SparkRenderer({ renderer, onDirty: requestRender }));
     const controls = new OrbitControls(camera, canvas);
     controls.enableDamping = true;
-    controls.dampingFactor = 0.12;
+    controls.dampingFactor = 0.25;
     controls.screenSpacePanning = true;
+    controls.touches = { ONE: THREE.TOUCH.ROTATE, TWO: THREE.TOUCH.DOLLY_PAN }; // one finger orbits, two pinch and pan
     controls.addEventListener("change", requestRender);
+    const reset = () => viewer.mesh && resetView();
+    canvas.addEventListener("dblclick", reset);
+    onDoubleTap(canvas, reset);
     Object.assign(viewer, { renderer, scene, camera, controls });
     new ResizeObserver(layout).observe($("stage"));
     layout();
@@ -706,37 +840,77 @@ async function loadRenderer() {
   return viewer.ready;
 }
 
-/** The canvas: the largest rectangle of the scene's aspect ratio that fits the stage (letterboxed). */
+/**
+ * The canvas. Wide screens: the largest rectangle of the photo's aspect ratio that fits the stage
+ * (letterboxed). Narrow screens: the whole stage, the photo fitted inside it, so that the scene can be
+ * orbited and zoomed on most of the screen. A scene without a camera fills the stage with a 50 degree view.
+ */
 function layout() {
   if (!viewer.renderer) return;
   const stage = $("stage").getBoundingClientRect();
+  const { THREE, camera, controls, view } = viewer;
+  const aspect = view && !matchMedia(NARROW_SCREEN).matches ? view.x / view.y : stage.width / Math.max(1, stage.height);
   let width = stage.width;
-  let height = width / viewer.aspect;
+  let height = width / aspect;
   if (height > stage.height) {
     height = stage.height;
-    width = height * viewer.aspect;
+    width = height * aspect;
   }
   width = Math.max(1, Math.floor(width));
   height = Math.max(1, Math.floor(height));
   viewer.renderer.setSize(width, height, true);
-  viewer.camera.aspect = width / height;
-  viewer.camera.updateProjectionMatrix();
+  camera.aspect = width / height;
+  // The vertical field of view that shows the whole photo: its own, or wider where the canvas is narrower.
+  camera.fov = view ? THREE.MathUtils.radToDeg(2 * Math.atan(Math.max(view.y, view.x / camera.aspect))) : 50;
+  camera.updateProjectionMatrix();
+  // OrbitControls turns by 2 pi * rotateSpeed per canvas height dragged; this makes it a fixed angle per pixel.
+  controls.rotateSpeed = (THREE.MathUtils.degToRad(DRAG_DEGREES_PER_PX) * height) / (2 * Math.PI);
   requestRender();
+}
+
+/** Calls `callback` on a double tap (two short touches close in time and place, one finger). */
+function onDoubleTap(element, callback) {
+  const fingers = new Set();
+  let down = null; // the current touch, while it may still be a tap
+  let lastTap = null;
+  element.addEventListener("pointerdown", (event) => {
+    if (event.pointerType !== "touch") return;
+    fingers.add(event.pointerId);
+    down = fingers.size === 1 ? { x: event.clientX, y: event.clientY, t: event.timeStamp } : null;
+    if (!down) lastTap = null; // a pinch is no tap
+  });
+  const lift = (event) => {
+    if (!fingers.delete(event.pointerId) || !down) return;
+    const tap = event.type === "pointerup" && event.timeStamp - down.t < 300 &&
+      Math.hypot(event.clientX - down.x, event.clientY - down.y) < 15;
+    if (tap && lastTap && down.t - lastTap.t < 450 && Math.hypot(down.x - lastTap.x, down.y - lastTap.y) < 40) {
+      lastTap = null;
+      callback();
+    } else {
+      lastTap = tap ? down : null;
+    }
+    down = null;
+  };
+  element.addEventListener("pointerup", lift);
+  element.addEventListener("pointercancel", lift);
 }
 
 function requestRender() {
   if (viewer.pending || !viewer.renderer) return;
   viewer.pending = true;
+  body.dataset.rendering = "1";
   requestAnimationFrame(renderFrame);
 }
 
 function renderFrame() {
   viewer.pending = false;
-  const moving = viewer.controls.update();
+  const moving = viewer.controls.update() && !cameraStill();
   viewer.renderer.render(viewer.scene, viewer.camera);
   if (viewer.mesh) {
     viewer.frames += 1;
     body.dataset.frames = String(viewer.frames);
+    const forward = viewer.camera.getWorldDirection(new viewer.THREE.Vector3());
+    body.dataset.viewDegrees = viewer.THREE.MathUtils.radToDeg(Math.acos(Math.min(1, -forward.z))).toFixed(1);
     if (!viewer.visible && frameHasSplats()) {
       viewer.visible = true;
       body.dataset.visible = "1";
@@ -746,6 +920,20 @@ function renderFrame() {
   // Damping eases out over several frames; until the splats first show, keep drawing (Spark sorts
   // asynchronously and says so through onDirty, but a few extra frames are cheap and certain).
   if (moving || (viewer.mesh && !viewer.visible && viewer.frames < 600)) requestRender();
+  if (!viewer.pending) delete body.dataset.rendering;
+}
+
+/** Whether the camera moved less than `STILL_DEGREES_PER_FRAME` since the last frame (OrbitControls' own
+ * threshold is in scene units, which for a scene hundreds of metres deep means hundreds of frames). */
+function cameraStill() {
+  const { THREE, camera, controls } = viewer;
+  const last = viewer.last ?? { quaternion: new THREE.Quaternion(), position: new THREE.Vector3(1e9, 0, 0) };
+  const still = THREE.MathUtils.radToDeg(camera.quaternion.angleTo(last.quaternion)) < STILL_DEGREES_PER_FRAME &&
+    camera.position.distanceTo(last.position) < 1e-3 * controls.getDistance();
+  last.quaternion.copy(camera.quaternion);
+  last.position.copy(camera.position);
+  viewer.last = last;
+  return still;
 }
 
 /** Whether the frame just drawn differs from the clear colour in more than 0.5 % of its pixels. */
@@ -767,11 +955,13 @@ function frameHasSplats() {
   return differing > (0.005 * pixels.length) / (4 * 7);
 }
 
-async function showScene(bytes, fileType, camera, run) {
+/** Shows a scene file (`fileType`: ply, spz, splat or sog) from `camera` ({ fPx, width, height }, or null),
+ * named `name` over the stage. */
+async function showScene(bytes, fileType, camera, run, name) {
   await loadRenderer();
   run.check();
-  const { THREE, Spark } = viewer;
-  const mesh = new Spark.SplatMesh({ fileBytes: bytes, fileType, fileName: `scene.${fileType}` });
+  const { Spark } = viewer;
+  const mesh = new Spark.SplatMesh({ fileBytes: bytes, fileType: SPARK_FILE_TYPES[fileType], fileName: `scene.${fileType}` });
   await mesh.initialized;
   if (!run.current()) {
     mesh.dispose();
@@ -793,15 +983,10 @@ async function showScene(bytes, fileType, camera, run) {
   delete body.dataset.visible;
   delete body.dataset.firstFrameMs;
 
-  // The photo's camera: at the origin, looking down -z, y up, with the photo's vertical field of view.
-  if (camera?.fPx > 0 && camera.height > 0) {
-    viewer.aspect = camera.width / camera.height;
-    viewer.camera.fov = THREE.MathUtils.radToDeg(2 * Math.atan(camera.height / (2 * camera.fPx)));
-  } else {
-    const stage = $("stage").getBoundingClientRect();
-    viewer.aspect = stage.width / Math.max(1, stage.height);
-    viewer.camera.fov = 50;
-  }
+  // The photo's camera: at the origin, looking down -z, y up, with the photo's field of view (see layout()).
+  viewer.view = camera?.fPx > 0 && camera.height > 0
+    ? { x: camera.width / (2 * camera.fPx), y: camera.height / (2 * camera.fPx) }
+    : null;
   viewer.home.depth = medianDepth(mesh, OPENCV_TO_THREE[fileType]);
   const depth = viewer.home.depth;
   viewer.controls.minDistance = depth * 0.02;
@@ -811,7 +996,10 @@ async function showScene(bytes, fileType, camera, run) {
   resetView();
   layout();
   $("reset-view").disabled = false;
-  setState("ready", "Ready: drag to orbit the scene.", {
+  $("scene-name").textContent = name;
+  $("scene-name").hidden = false;
+  document.title = `${name} · sharp-serve`;
+  setState("ready", `Ready: ${name}`, {
     detail: `Shown from the photo's viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
   });
   requestRender();
@@ -872,10 +1060,12 @@ function take(file) {
 }
 
 function wire() {
-  $("photo").addEventListener("change", (event) => {
-    take(event.target.files[0]);
-    event.target.value = ""; // choosing the same file again starts again
-  });
+  for (const input of [$("photo"), $("camera")]) {
+    input.addEventListener("change", (event) => {
+      take(event.target.files[0]);
+      event.target.value = ""; // choosing the same file again starts again
+    });
+  }
   $("scene-file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) openLocal(file);
@@ -884,6 +1074,8 @@ function wire() {
   $("upload-form").addEventListener("submit", (event) => event.preventDefault());
   $("retry").addEventListener("click", () => page.retry?.());
   $("reset-view").addEventListener("click", () => viewer.controls && resetView());
+  $("share-link").addEventListener("click", shareLink);
+  $("share-file").addEventListener("click", shareFile);
   $("auth-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = $("api-key").value.trim();
@@ -918,8 +1110,8 @@ async function showVersions() {
   try {
     const response = await fetch("static/vendor/versions.json");
     if (!response.ok) throw new Error();
-    const versions = await response.json();
-    $("versions").textContent = Object.entries(versions).map(([name, version]) => `${name} ${version}`).join(" · ");
+    const { packages } = await response.json(); // written by web/copy-vendor.mjs
+    $("versions").textContent = Object.entries(packages).map(([name, version]) => `${name} ${version}`).join(" · ");
   } catch {
     $("versions").textContent = "renderer not installed";
   }
@@ -931,3 +1123,5 @@ else loadRenderer().catch(() => {}); // fetch and set up the renderer while the 
 setState("idle", "Waiting for a photo.");
 showVersions();
 page.infoLoaded = loadInfo();
+const sharedJob = new URLSearchParams(location.search).get("job") || new URLSearchParams(location.hash.slice(1)).get("job");
+if (sharedJob) openSharedJob(sharedJob);

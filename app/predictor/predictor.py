@@ -1,15 +1,15 @@
 """The SHARP predictor: a loaded network plus the pre- and post-processing around it.
 
-`SharpPredictor.predict(image)` is the whole pipeline for one photo:
-resize to the network's square input -> network -> unprojection to metric camera space.
-One predictor holds one network on one device; calls are serialised by a lock.
+`SharpPredictor.predict(image)` turns one decoded photo into its Gaussians: resize to the network's square
+input (`preprocess`) -> network -> unprojection to metric camera space (`unproject`). Decoding the photo
+and encoding the result are not its business (`app.pipeline` does both around it). One predictor holds
+one network on one device; calls are serialised by a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -18,39 +18,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app import forward_progress
 from app import weights as weights_io
 from app.devices import select_device
-from app.errors import InvalidRequestError
-from app.forward_progress import ProgressCallback
-from app.model import SharpNetwork, build_network, fill_synthetic_weights, get_preset
+from app.model.network import SharpNetwork, build_network, fill_synthetic_weights
 from app.model.precision import precision_context
+from app.model.presets import get_preset
 from app.prediction import ModelInfo, Prediction
-from app.preprocess import resize_for_network
+from app.predictor import progress as forward_progress
+from app.predictor.preprocess import resize_for_network
+from app.predictor.unproject import network_disparity_factor, unproject_to_camera
 from app.settings import Settings, default_cache_dir
-from app.unproject import network_disparity_factor, unproject_to_camera
-from app.vocabulary import DeviceName, DTypeName, FocalSource, WeightsSource
+from app.vocabulary import DeviceName, DTypeName, FocalSource, ProgressCallback, WeightsSource
 
 if TYPE_CHECKING:
     from app.imaging import LoadedImage
 
 LOGGER = logging.getLogger(__name__)
-
-F_PX_MIN = 1.0
-F_PX_MAX = 1e6
-"""The focal lengths (pixels of the input image) a prediction accepts. 1e6 px is a 2000 mm lens on a
-100-megapixel sensor; at 1 px any image wider than a few pixels spans nearly 180 degrees."""
-
-
-def check_f_px(f_px: float | None) -> None:
-    """A focal length a user may ask for: None (use the photo's own) or [F_PX_MIN, F_PX_MAX] pixels.
-
-    Raises:
-        InvalidRequestError: naming the range.
-    """
-    if f_px is not None and not (math.isfinite(f_px) and F_PX_MIN <= f_px <= F_PX_MAX):
-        raise InvalidRequestError(f"f_px must be a number of pixels in [{F_PX_MIN:g}, {F_PX_MAX:g}], got {f_px}")
-
 
 class SharpPredictor:
     """A network on a device, ready to turn `LoadedImage`s into `GaussianScene`s."""
@@ -115,26 +98,23 @@ class SharpPredictor:
             device=settings.device, dtype=settings.dtype, progress=progress,
         )
 
-    def predict(self, image: LoadedImage, f_px: float | None = None,
-                progress: ProgressCallback | None = None) -> Prediction:
+    def predict(self, image: LoadedImage, f_px: float | None = None, progress: ProgressCallback | None = None,
+                timings_ms: dict[str, float] | None = None) -> Prediction:
         """Predict the Gaussians of one photo.
 
         Args:
             image: the decoded photo (its EXIF focal length is used when `f_px` is None).
-            f_px: focal length override in pixels of the original image; any finite value > 0 works
-                numerically (callers taking it from users check `check_f_px` first, as `app.pipeline` does).
+            f_px: focal length override in pixels of the original image, finite and > 0 (the edges that take
+                it from users check it with `app.focal.check_f_px`).
             progress: called with (stage, fraction) at each stage's start and end and, during the
-                forward pass, after each of the network's leaf modules (`app.forward_progress`).
+                forward pass, after each of the network's leaf modules (`app.predictor.progress`).
                 An exception it raises stops the prediction.
-
-        Raises:
-            ValueError: `f_px` not finite and > 0.
+            timings_ms: when given, the duration in milliseconds of each stage (preprocess, forward,
+                postprocess) is stored in it.
         """
-        if f_px is not None and not (math.isfinite(f_px) and f_px > 0):
-            raise ValueError(f"f_px must be a finite number > 0, got {f_px}")
         focal = float(f_px) if f_px is not None else image.f_px
         focal_source: FocalSource = "request" if f_px is not None else image.f_px_source
-        timings: dict[str, float] = {}
+        timings = timings_ms if timings_ms is not None else {}
         if progress is not None:
             forward_progress.flop_profile(self.network.config)  # made once per config, outside the timings
         with self._lock, torch.inference_mode():
@@ -146,8 +126,7 @@ class SharpPredictor:
                 gaussians = self.network(network_input, disparity_factor)
             with self._stage(timings, "postprocess", progress):
                 scene = unproject_to_camera(gaussians, focal, image.width, image.height, depth_scale=depth_scale)
-        return Prediction(name=image.name, scene=scene, f_px_source=focal_source, model=self.info,
-                          timings_ms=timings)
+        return Prediction(name=image.name, scene=scene, f_px_source=focal_source, model=self.info)
 
     def preprocess(self, image: LoadedImage) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, 3, S, S) float32 in [0, 1]: bilinear, align_corners=True, no antialiasing.

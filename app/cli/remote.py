@@ -5,9 +5,10 @@
 Every image is submitted first (`POST /jobs`; a 503 is retried after its `Retry-After`), so a server
 with several GPU containers (Modal) works on them in parallel; then each job is followed through its
 server-sent events (`GET /jobs/{id}/events`, polling `GET /jobs/{id}` if the stream breaks) with a
-progress line on stderr, and its files are downloaded to OUT_DIR/<stem>.<ext> (`<stem>.vertex.ply`
-for ply_vertex). Exit status: 0 when every image succeeded, 1 when any failed (one line each), 2 for a
-usage error; every error is one `error:` line, never a traceback.
+progress line on stderr, and its files are downloaded to OUT_DIR/<stem><suffix> (the registry's rule,
+`app.outputs`: `<stem>.vertex.ply` for ply_vertex). It imports no torch. Exit status: 0 when every image
+succeeded, 1 when any failed (one line each), 2 for a usage error; every error is one `error:` line, never
+a traceback. The event stream is parsed by `httpx-sse`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 
+from app.cli.common import f_px_option
 from app.files import write_atomically
-from app.formats import FORMATS
+from app.outputs import FORMATS
+from app.vocabulary import FINAL_JOB_STATUSES
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_JOB_STATUSES
 MAX_SUBMIT_WAIT_S = 900.0
 """How long one submission keeps retrying 503s (queue full, model loading) before the image fails."""
 
@@ -37,7 +41,7 @@ class RemoteError(Exception):
 
 
 def add_parser(commands: Any) -> None:
-    """The `remote` subcommand (called from `app.cli.build_parser`)."""
+    """Add the `remote` command to `commands`."""
     remote = commands.add_parser("remote", help="predict on a sharp-serve server (jobs API) and download")
     remote.add_argument("-i", "--input", type=Path, required=True, help="an image file or a directory of images")
     remote.add_argument("-o", "--output", type=Path, required=True, help="output directory")
@@ -46,14 +50,11 @@ def add_parser(commands: Any) -> None:
                         help="bearer key (default: $SHARP_API_KEY)")
     remote.add_argument("--format", default="ply", help=f"comma-separated subset of {','.join(FORMATS)} "
                         "(default: ply)")
-    remote.add_argument("--f-px", type=float, help="focal length in pixels (default: from EXIF, else 30 mm)")
+    remote.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
+    remote.set_defaults(run=run)
 
 
-def output_name(stem: str, format_name: str) -> str:
-    return f"{stem}.vertex.ply" if format_name == "ply_vertex" else FORMATS[format_name].filename(stem)
-
-
-def run_remote(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """The `remote` command; returns the exit status (an unexpected fault is one `error:` line, status 1)."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the progress
     try:
@@ -172,26 +173,19 @@ def _follow(client: httpx.Client, job_id: str, prefix: str) -> dict[str, Any]:
 
 
 def _events(client: httpx.Client, job_id: str) -> Iterator[dict[str, Any]]:
-    with client.stream("GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(60.0, read=120.0)) as response:
-        if response.status_code != 200:
-            response.read()
-            raise RemoteError(_message(response))
-        event, data = "", []
-        for line in response.iter_lines():
-            if not line:
-                if event == "job" and data:
-                    yield json.loads("\n".join(data))
-                event, data = "", []
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
+    with connect_sse(client, "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(60.0, read=120.0)) as source:
+        if source.response.status_code != 200:
+            source.response.read()
+            raise RemoteError(_message(source.response))
+        for event in source.iter_sse():
+            if event.event == "job" and event.data:
+                yield json.loads(event.data)
 
 
 def _download(client: httpx.Client, job: dict[str, Any], stem: str, output: Path) -> list[Path]:
     written = []
     for format_name, url in job["results"].items():
-        destination = output / output_name(stem, format_name)
+        destination = output / FORMATS[format_name].filename(stem)
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 response.read()

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from app.render.errors import RenderError
 
@@ -36,9 +37,9 @@ def parse_color(text: str) -> tuple[float, float, float]:
     return tuple(int(value[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
 
 
-def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``render`` command to `subparsers` and return its parser."""
-    parser = subparsers.add_parser("render", help="render a splat file to an image or a video (no CUDA needed)",
+def add_parser(commands: Any) -> None:
+    """Add the ``render`` command to `commands`."""
+    parser = commands.add_parser("render", help="render a splat file to an image or a video (no CUDA needed)",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat or .spz file")
     parser.add_argument("-o", "--output", type=Path, required=True,
@@ -56,10 +57,10 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--depth", action="store_true", help="still image: write the depth map (near = bright)")
     parser.add_argument("--background", default="black", help="black, white, gray or #rrggbb (default black)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    return parser
+    parser.set_defaults(run=run)
 
 
-def run_render(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the ``render`` command; returns the exit status (0, or 2 for bad input)."""
     try:
         return _run(args)
@@ -72,7 +73,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from app.files import write_atomically
-    from app.render.outputs import output_size, render_still, render_video
+    from app.render.pictures import output_size, render_still, render_video
     from app.render.scene_io import load_scene
     from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS
 

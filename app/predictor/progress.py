@@ -23,20 +23,16 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from app.model import build_network
 from app.model.config import SharpConfig
+from app.model.network import build_network
+from app.vocabulary import ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str, float], None]
-"""`progress(stage, fraction)`: the stage (`preprocess`, `forward`, `postprocess`) and how much of it is
-done, in [0, 1]. It runs on the prediction thread; an exception it raises stops the prediction there
-(the way a job is cancelled mid-forward)."""
 
 
 def leaves(network: nn.Module) -> list[nn.Module]:

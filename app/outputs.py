@@ -1,0 +1,186 @@
+"""The outputs a prediction can be turned into: every scene format and every render, in one registry.
+
+It sits above both `app.formats` (the file writers) and `app.render` (the pictures), which know nothing of
+it. Every entry point reaches an output through `FORMATS`, via `app.pipeline.run`: `POST /predict/<name>`
+and the CLI's `--format` list the scene formats, `POST /render` and `predict --preview` the renders, and
+`POST /jobs` takes any of them. Adding an output is one `OutputFormat` entry below.
+
+- ``ply``: the reference 3DGS PLY (56 bytes per Gaussian + camera metadata), what apple/ml-sharp writes.
+- ``ply_vertex``: the same PLY with the vertex element only, for viewers that reject the extra elements.
+- ``splat``: antimatter15's 32-byte records for web viewers.
+- ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
+- ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
+- ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
+  ``encoding``.
+- ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
+  input view or a short camera path around it; options ``size``, ``depth`` (stills), ``path`` and ``frames``
+  (videos). Their `kind` is ``render``: they cost more, so jobs make them only when asked, and a server
+  draws one at a time.
+
+File names, one rule: an output of a photo ``<stem>`` is ``<stem><suffix>`` (``coffee.vertex.ply``,
+``coffee.png``), wherever it is written (CLI, HTTP download name, `remote`); a job's file, also the last part
+of its URL, is ``<result_stem><suffix>`` (``result.vertex.ply``, ``preview.png``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.errors import InvalidRequestError, UnknownFormatError
+from app.formats.json import encode_prediction_json
+from app.formats.ply import encode_ply
+from app.formats.sog import encode_sog
+from app.formats.splat import encode_splat
+from app.formats.spz import encode_spz
+from app.prediction import Prediction
+
+PLY_MEDIA_TYPE = "application/octet-stream"
+"""PLY files are sent as plain downloads (the API contract); the unregistered type would be application/x-ply."""
+PREVIEW_SIZE = 512
+"""Longer side in pixels of a render when no size is asked for."""
+
+Encoder = Callable[..., bytes]
+"""``encode(prediction, timings_ms, **options) -> bytes``: the whole file; `timings_ms` are the stages so far
+(only the JSON output writes them into its body)."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """One output.
+
+    Attributes:
+        name: the registry key, as in ``POST /predict/<name>``, ``--format`` and a job's ``outputs``.
+        suffix: the file name suffix with its dot, e.g. ".ply", ".vertex.ply".
+        media_type: the HTTP Content-Type.
+        description: one line for help texts and the API docs.
+        encode: see `Encoder`.
+        options: the keyword options `encode` takes (anything else is refused).
+        kind: ``scene`` (the Gaussians themselves) or ``render`` (pictures of them, costlier to make).
+        result_stem: the stem of a job's file of this output (``result``, or the render's name).
+    """
+
+    name: str
+    suffix: str
+    media_type: str
+    description: str
+    encode: Encoder
+    options: frozenset[str] = field(default_factory=frozenset)
+    kind: Literal["scene", "render"] = "scene"
+    result_stem: str = "result"
+
+    def filename(self, stem: str) -> str:
+        """The file name of this output for a photo called `stem`."""
+        return f"{stem}{self.suffix}"
+
+    @property
+    def result_file(self) -> str:
+        """A job's file of this output, also the last part of its URL (``result.ply``, ``orbit.mp4``)."""
+        return self.filename(self.result_stem)
+
+
+def _ply(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_ply(prediction.scene)
+
+
+def _ply_vertex(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_ply(prediction.scene, vertex_only=True)
+
+
+def _splat(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_splat(prediction.scene)
+
+
+def _spz(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_spz(prediction.scene)
+
+
+def _sog(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_sog(prediction.scene)
+
+
+def _json(prediction: Prediction, timings_ms: Mapping[str, float], **options: Any) -> bytes:
+    return encode_prediction_json(prediction, timings_ms=timings_ms, **options)
+
+
+def _still(image_format: str) -> Encoder:
+    def encode_still(prediction: Prediction, timings_ms: Mapping[str, float], *,
+                     size: int | tuple[int, int] = PREVIEW_SIZE, depth: bool = False) -> bytes:
+        from app.render.pictures import render_still  # torch: loaded when a render is made, not for the list
+
+        return render_still(prediction.scene, size=size, fmt=image_format, depth=depth,
+                            device=prediction.model.device)
+
+    return encode_still
+
+
+def _orbit(prediction: Prediction, timings_ms: Mapping[str, float], *, size: int | tuple[int, int] = PREVIEW_SIZE,
+           path: str = "orbit", frames: int = 60) -> bytes:
+    from app.render.pictures import render_video  # torch: loaded when a render is made, not for the list
+
+    return render_video(prediction.scene, path=path, frames=frames, size=size, fmt="mp4",
+                        device=prediction.model.device)
+
+
+FORMATS: dict[str, OutputFormat] = {
+    fmt.name: fmt for fmt in (
+        OutputFormat("ply", ".ply", PLY_MEDIA_TYPE, "3DGS PLY as apple/ml-sharp writes it (56 B/Gaussian + "
+                     "camera metadata elements)", _ply),
+        OutputFormat("ply_vertex", ".vertex.ply", PLY_MEDIA_TYPE, "the same PLY with the vertex element only, "
+                     "for viewers that reject the camera metadata elements", _ply_vertex),
+        OutputFormat("splat", ".splat", "application/x-splat", "antimatter15 .splat for web viewers "
+                     "(32 B/Gaussian, 8-bit colour and rotation)", _splat),
+        OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
+                     "PLY), RUB axes", _spz),
+        OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
+                     "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
+        OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
+                     "metadata", _json, frozenset({"max_gaussians", "encoding"})),
+        OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "
+                     "depth=true: the depth map)", _still("png"), frozenset({"size", "depth"}), "render",
+                     "preview"),
+        OutputFormat("preview_jpeg", ".jpg", "image/jpeg", "the same render as JPEG", _still("jpeg"),
+                     frozenset({"size", "depth"}), "render", "preview_jpeg"),
+        OutputFormat("orbit", ".mp4", "video/mp4", "a short video of the camera moving around the photo's "
+                     "viewpoint (H.264, yuv420p)", _orbit, frozenset({"size", "path", "frames"}), "render",
+                     "orbit"),
+    )
+}
+
+SCENE_FORMATS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
+"""The Gaussians themselves: `POST /predict/<name>`, the CLI's `--format`, a job's default outputs."""
+
+
+def get_format(name: str) -> OutputFormat:
+    """The registered output called `name` (case-insensitive, a leading dot allowed).
+
+    Raises:
+        UnknownFormatError: naming the known outputs.
+    """
+    key = name.lower().lstrip(".")
+    if key not in FORMATS:
+        raise UnknownFormatError(f"Unknown output format {name!r}; use one of: {', '.join(FORMATS)}.")
+    return FORMATS[key]
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> OutputFormat:
+    """The output `name`, after checking it takes every option in `options`.
+
+    Raises:
+        UnknownFormatError: no such output.
+        InvalidRequestError: an option this output does not take (it would do nothing).
+    """
+    fmt = get_format(name)
+    unknown = sorted(set(options) - fmt.options)
+    if unknown:
+        takes = ", ".join(sorted(fmt.options)) or "no options"
+        raise InvalidRequestError(f"{', '.join(unknown)} does nothing for the {fmt.name} format (it takes {takes}).")
+    return fmt
+
+
+def encode(prediction: Prediction, name: str, *, timings_ms: Mapping[str, float] | None = None,
+           **options: Any) -> bytes:
+    """`prediction` as the file of output `name` (see `check_options` for the errors); `timings_ms`: the
+    stages so far, which the JSON output records in its metadata."""
+    return check_options(name, options).encode(prediction, timings_ms or {}, **options)

@@ -1,0 +1,88 @@
+"""The page's browser fixtures: the tiny predictor, live servers on loopback, one chromium for the session,
+a desktop tab (`page`) and a photo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.http import create_app
+from app.predictor import SharpPredictor
+from app.web import page as web_page
+from tests.helpers import LiveServer
+from tests.web.browser import (
+    API_KEY,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RECORD_STATES,
+    TIMEOUT_MS,
+    VIEWPORT,
+    encode,
+    page_settings,
+    red_over_blue,
+    sync_api,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor() -> SharpPredictor:
+    return SharpPredictor.load("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
+    live = LiveServer.start(create_app(page_settings(), predictor=tiny_predictor))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
+def key_server(tiny_predictor: SharpPredictor) -> Iterator[LiveServer]:
+    live = LiveServer.start(create_app(page_settings(api_key=API_KEY), predictor=tiny_predictor))
+    yield live
+    live.stop()
+
+
+def skip_without_renderer() -> None:
+    if web_page.vendor_missing():
+        pytest.skip(f"the page's renderer files are missing in {web_page.VENDOR_DIR}: run `make web`")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if sync_api is None:
+        pytest.skip("playwright is not installed (pip install -e '.[test]'; never `playwright install` here)")
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    skip_without_renderer()
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    tab = context.new_page()
+    tab.add_init_script(RECORD_STATES)
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.set_default_timeout(TIMEOUT_MS)
+    yield tab
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real photo when the conformance kit is beside the checkout, else the structured test image."""
+    kit_photo = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "coffee.png"
+    if kit_photo.is_file():
+        return kit_photo
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    path.write_bytes(encode(red_over_blue(320, 240)))
+    return path
