@@ -42,7 +42,8 @@ def predict_scene(cache: Path) -> GaussianScene:
     """The full-size prediction (seed-0 conformance weights, coffee.png, f_px 500), cached as our PLY."""
     if cache.is_file():
         return read_ply(cache)
-    from app.formats.ply import write_ply
+    from app.files import write_atomically
+    from app.formats.ply import iter_ply_chunks
     from app.imaging import load_image
     from app.predictor import SharpPredictor
     from bench.common import conformance_network
@@ -50,7 +51,7 @@ def predict_scene(cache: Path) -> GaussianScene:
     predictor = SharpPredictor(conformance_network(), weights="file", device="cpu")
     scene = predictor.predict(load_image(PHOTO), f_px=F_PX).scene
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_ply(scene, cache)
+    write_atomically(cache, iter_ply_chunks(scene))
     return read_ply(cache)
 
 

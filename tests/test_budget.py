@@ -11,11 +11,11 @@ import pytest
 
 from app.budget import budget_count, importance, keep_most_important
 from app.errors import InvalidRequestError
-from app.formats import encode
 from app.gaussians import GaussianScene
-from app.prediction import ModelInfo, Prediction
+from app.outputs import encode
 from app.render import input_camera, render
 from app.render.camera import scaled_size
+from tests.helpers import prediction_of
 
 
 def scene_of(positions: list[list[float]], scales: list[list[float]], opacities: list[float]) -> GaussianScene:
@@ -79,10 +79,7 @@ def test_hidden_ones_rank_below_visible_ones() -> None:
 
 
 def test_json_keeps_what_the_budget_keeps(tiny_photo_scene: GaussianScene) -> None:
-    model = ModelInfo(preset="tiny", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
-                      num_gaussians=tiny_photo_scene.num_gaussians, internal_resolution=512)
-    prediction = Prediction(name="photo", scene=tiny_photo_scene, f_px_source="request", model=model,
-                            timings_ms={})
+    prediction = prediction_of(tiny_photo_scene)
     body = json.loads(encode(prediction, "json", max_gaussians=0.01, encoding="base64"))
     kept = keep_most_important(tiny_photo_scene, 0.01)
     assert body["metadata"]["num_gaussians"] == kept.num_gaussians == round(0.01 * tiny_photo_scene.num_gaussians)

@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.formats import FORMATS
-from app.formats.ply import read_ply, write_ply
+from app.formats.ply import encode_ply, read_ply
 from app.formats.sog import (
     decode_sog,
     encode_sog,
@@ -36,6 +35,7 @@ from app.formats.sog import (
     quantize_positions,
 )
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb
+from app.outputs import FORMATS
 from app.render import load_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def test_bundle_layout_and_meta(sog: bytes, tiny_photo_scene: GaussianScene) -> 
     with Image.open(io.BytesIO(bundle.read("quats.webp"))) as image:
         alpha = np.asarray(image.convert("RGBA"))[..., 3].reshape(-1)[:n]
     assert set(np.unique(alpha)) <= {252, 253, 254, 255}
-    assert FORMATS["sog"].extension == ".sog" and FORMATS["sog"].media_type == "application/zip"
+    assert FORMATS["sog"].suffix == ".sog" and FORMATS["sog"].media_type == "application/zip"
 
 
 def test_gaussians_are_in_morton_order(sog: bytes) -> None:
@@ -139,7 +139,7 @@ def test_our_reader_round_trips_within_the_quantisation(sog: bytes, tiny_photo_s
 def test_splat_transform_reads_our_sog_like_our_ply(sog: bytes, tiny_photo_scene: GaussianScene,
                                                     tmp_path: Path) -> None:
     (tmp_path / "scene.sog").write_bytes(sog)
-    write_ply(tiny_photo_scene, tmp_path / "ours.ply")
+    (tmp_path / "ours.ply").write_bytes(encode_ply(tiny_photo_scene))
     subprocess.run(["node", str(SPLAT_TRANSFORM), "-q", "-w", "-g", "cpu", str(tmp_path / "scene.sog"),
                     str(tmp_path / "back.ply")], check=True, timeout=600)
     back = read_ply(tmp_path / "back.ply")
