@@ -28,6 +28,7 @@ from starlette.types import Message
 from app import __version__
 from app.budget import keep_most_important
 from app.formats import read_ply
+from app.formats.sog import decode_sog, morton_order, quantize_positions
 from app.formats.spz import decode_spz
 from app.gaussians import SH_C0, GaussianScene
 from app.http import create_app
@@ -297,6 +298,11 @@ def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[st
     elif name == "ply_vertex":
         assert b"element extrinsic" not in response.content
         np.testing.assert_array_equal(read_ply(response.content).positions, positions)
+    elif name == "sog":
+        decoded = decode_sog(response.content)  # in Morton order of the 16-bit log-domain positions
+        assert decoded.num_gaussians == TINY_GAUSSIANS
+        in_file_order = positions[morton_order(quantize_positions(positions)[0])]
+        np.testing.assert_allclose(decoded.positions, in_file_order, rtol=1e-3, atol=1e-4)
     else:
         decoded = decode_spz(response.content)
         assert decoded.num_gaussians == TINY_GAUSSIANS
