@@ -174,6 +174,22 @@ def test_absurd_exif_focal_length_is_not_used(client: httpx.Client) -> None:
     assert F_PX_MIN <= meta["f_px"] <= F_PX_MAX, meta["f_px"]
 
 
+# ------------------------------------------------------------------------------------------- renders
+
+RENDER_TOO_LARGE = [("mp4-2048px-240-frames", "2048", "240"), ("mp4-2048px-128-frames", "2048", "128")]
+"""GOOD_PNG is 4:3, so 2048 px is 2048x1536: 755 M and 403 M pixels to render, over the 400 M limit."""
+
+
+@pytest.mark.parametrize(("size", "frames"), [case[1:] for case in RENDER_TOO_LARGE],
+                         ids=[case[0] for case in RENDER_TOO_LARGE])
+def test_render_over_the_pixel_budget_is_refused(client: httpx.Client, size: str, frames: str) -> None:
+    """Each field is within its own bounds; together they are minutes of rendering: 413 before the first frame."""
+    response = client.post("/render", files={"file": ("a.png", GOOD_PNG)},
+                           data={"output": "mp4", "size": size, "frames": frames})
+    error = assert_error(response, 413, "too_large")
+    assert "at most 127 frames" in error["message"]
+
+
 # ------------------------------------------------------------------------------------------- form fields
 
 REJECTED_FIELDS: list[tuple[str, dict[str, Any]]] = [
