@@ -103,7 +103,7 @@ def _decode(data: bytes, fmt: str, max_gaussians: int) -> GaussianScene:
     if fmt == "spz":
         return decode_spz(data, max_gaussians=max_gaussians)
     if fmt == "sog":
-        return decode_sog(data)
+        return decode_sog(data, max_gaussians=max_gaussians)
     try:
         return read_ply(data, max_gaussians=max_gaussians)
     except SceneTooLargeError:

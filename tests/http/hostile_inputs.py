@@ -349,3 +349,36 @@ def ply_binary_overlapping(megabytes: float = 9.0) -> bytes:
     rows[0, 6] = 2.25
     rows[0, 7:10] = -3.5
     return ply_header(count) + np.repeat(rows, count, axis=0).tobytes()
+
+
+# ------------------------------------------------------------------------------------------- .sog bundles
+
+
+def _webp(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (width, height)).save(buffer, "WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
+               compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A .sog zip whose meta.json claims `count` Gaussians (written as is: `"1e999"` overflows), with five
+    blank lossless WebP images of `image_size` and the `extra` members."""
+    files = {"means_l.webp": _webp(*image_size), "means_u.webp": _webp(*image_size),
+             "quats.webp": _webp(*image_size), "scales.webp": _webp(*image_size), "sh0.webp": _webp(*image_size)}
+    codebook = ", ".join(["0.0"] * 256)
+    meta = (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
+            f'"files": ["means_l.webp", "means_u.webp"]}}, "scales": {{"codebook": [{codebook}], '
+            f'"files": ["scales.webp"]}}, "quats": {{"files": ["quats.webp"]}}, '
+            f'"sh0": {{"codebook": [{codebook}], "files": ["sh0.webp"]}}}}')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as bundle:
+        bundle.writestr("meta.json", meta)
+        for name, data in {**files, **(extra or {})}.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def sog_zip_bomb(zero_bytes: int = 64 << 20) -> bytes:
+    """A valid small .sog plus a deflated member of `zero_bytes` zeros (a zip bomb)."""
+    return sog_bundle(16, extra={"padding.bin": b"\x00" * zero_bytes}, compression=zipfile.ZIP_DEFLATED)

@@ -46,6 +46,15 @@ HOSTILE_SCENES: list[tuple[str, Callable[[], bytes], str, str, str]] = [
     ("ply-header-never-ends", lambda: b"ply\nformat ascii 1.0\n" + b"comment " + b"x" * 70_000, "long.ply",
      "not_a_splat", "end_header"),
     ("splat-not-records", lambda: b"\x00" * 33, "odd.splat", "not_a_splat", "multiple of 32"),
+    ("sog-claims-over-the-cap", lambda: h.sog_bundle(10**12), "cap.sog", "too_large",
+     "1,000,000,000,000 Gaussians"),
+    ("sog-claims-more-than-its-bytes", lambda: h.sog_bundle(5_000_000), "claim.sog", "too_large",
+     "decompression bomb"),
+    ("sog-zip-bomb", h.sog_zip_bomb, "zip.sog", "too_large", "inflate to"),
+    ("sog-image-larger-than-its-count", lambda: h.sog_bundle(16, image_size=(2048, 2048),
+     extra={"noise.bin": np.random.default_rng(0).bytes(64)}), "wide.sog", "not_a_splat", "2048x2048"),
+    ("sog-count-overflows", lambda: h.sog_bundle("1e999"), "inf.sog", "not_a_splat", "OverflowError"),
+    ("sog-negative-count", lambda: h.sog_bundle(-3), "neg.sog", "not_a_splat", "count must be >= 0"),
 ]
 
 
