@@ -1,6 +1,6 @@
 """The reference PLY layout (what apple/ml-sharp's `save_ply` writes), vectorised and streamable.
 
-Layout (binary little-endian, see shared/conformance/ARCHITECTURE.md §4):
+Layout (binary little-endian; docs/formats.md shows it with its header):
 
 - ``vertex`` x N, 14 float32 properties ``x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1 scale_2
   rot_0 rot_1 rot_2 rot_3``: positions in metres (OpenCV axes: x right, y down, z forward), the
