@@ -76,8 +76,11 @@ def test_root_negotiates_and_static_is_served(server: LiveServer) -> None:
             assert '<input id="photo"' in html.text
             assert ('data-vendor="ok"' in html.text) is not bool(web_page.vendor_missing())
         assert client.get("/viewer").headers["cache-control"] == "no-cache"
-        script = client.get("/static/app.js")
-        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        modules = sorted(path.name for path in web_page.STATIC_DIR.glob("*.js"))
+        assert "app.js" in modules and len(modules) > 1  # the entry module imports the others
+        for name in modules:
+            script = client.get(f"/static/{name}")
+            assert script.status_code == 200 and "javascript" in script.headers["content-type"], name
         for path in web_page.vendor_files() if not web_page.vendor_missing() else ():
             assert client.get(f"/static/vendor/{path}").status_code == 200, path
         missing = client.get("/static/nothing-here.js")
