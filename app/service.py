@@ -6,8 +6,12 @@ service's `Slots` make the runs take turns inside: at most `DECODE_CONCURRENCY` 
 large uploads do not hold N full-size images in memory), one forward pass at a time on the model, one
 render at a time (renders use every core).
 
-Admission: at most `1 + settings.max_queue` predictions are admitted at a time (the one predicting and
-`max_queue` waiting, decoding included); one more raises `QueueFullError` instead of piling up uploads.
+Admission: at most `1 + settings.max_queue` requests are admitted at a time (predictions and renders
+alike: the one running and `max_queue` waiting, decoding included); one more raises `QueueFullError`
+instead of piling up uploads. An admitted request holds its place until its run has ended, render included.
+
+Cancellation: a run whose awaiting task is cancelled (its client hung up, the server shuts down) stops at
+its next check, the model's next block or the renderer's next frame, and its slots are free again.
 
 Loading: on a background thread at start. A failure that may be transient (the network, a server
 error) is retried with exponential backoff; a permanent one (a wrong or corrupt checkpoint, offline with
@@ -17,7 +21,6 @@ nothing cached) leaves the service in `error` until it is restarted.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import threading
@@ -43,8 +46,14 @@ LOAD_BACKOFF_S = (5.0, 300.0)
 DECODE_CONCURRENCY = 2
 """Uploads decoded at the same time; the others wait (admitted) without holding decoded pixels."""
 
+CANCEL_WAIT_S = 60.0
+"""Longest wait (seconds) for a cancelled run to reach its next check (one network block, one frame)."""
+
 _INITIAL_PREDICT_ESTIMATE_S = 2.0
 _ESTIMATE_WEIGHT = 0.2
+
+_thread = threading.local()
+"""`admitted`: whether the run on this worker thread was admitted (counts in `queue_depth`)."""
 
 Loader = Callable[[Settings], SharpPredictor]
 """Builds the predictor from the settings; runs on the loading thread."""
@@ -80,6 +89,13 @@ class ShuttingDownError(ServiceUnavailableError):
     code = "shutting_down"
 
 
+class RunCancelledError(SharpError):
+    """A run stopped because whoever waited for it went away (a client that hung up, a shutdown)."""
+
+    code = "cancelled"
+    status = 499
+
+
 class InferenceService:
     """Owns the predictor, its loading thread, the slots runs take turns in and the admission counter.
 
@@ -105,13 +121,14 @@ class InferenceService:
         self._lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
         self._model_turn_lock = threading.Lock()
-        self._rendering = threading.Lock()
+        self._render_turn_lock = threading.Lock()
         self._slots = pipeline.Slots(decode=lambda: self._decoding, model=self._model_turn,
-                                     render=lambda: self._rendering)
+                                     render=self._render_turn)
         # The runs' own threads: the admitted ones plus the job worker's, apart from anyio's default pool.
         self._run_threads = anyio.CapacityLimiter(2 + settings.max_queue)
         self._admitted = 0
-        self._predicting = 0
+        self._running = {"model": 0, "render": 0}  # runs in each slot now
+        self._admitted_busy = 0  # admitted runs in the model or render slot now
         self._predict_estimate_s = _INITIAL_PREDICT_ESTIMATE_S
         self.started_at = time.monotonic()
         if predictor is not None:
@@ -181,9 +198,9 @@ class InferenceService:
 
     @property
     def queue_depth(self) -> int:
-        """Predictions admitted and not yet running (decoding, or waiting for the prediction thread)."""
+        """Requests admitted and waiting (decoding, or waiting for the model or the renderer)."""
         with self._lock:
-            return self._admitted - self._predicting
+            return self._admitted - self._admitted_busy
 
     @property
     def predict_estimate_s(self) -> float:
@@ -192,8 +209,9 @@ class InferenceService:
 
     @property
     def in_progress(self) -> int:
-        """Predictions running now (0 or 1)."""
-        return self._predicting
+        """Runs in the model or the renderer now (0 to 2: one prediction, one render; jobs included)."""
+        with self._lock:
+            return sum(self._running.values())
 
     def require_predictor(self) -> SharpPredictor:
         """The loaded predictor, or `ModelLoadingError` / `ModelFailedError` (with Retry-After when a
@@ -233,11 +251,36 @@ class InferenceService:
             and what `pipeline.run` raises.
         """
         predictor = self.require_predictor()
+        stop = threading.Event()
+        ended = threading.Event()
+        reached = ["", 0.0]  # the last stage and fraction reported
+
+        def checked(stage: str, fraction: float) -> None:  # on the worker thread, at every block and frame
+            if stop.is_set():
+                raise RunCancelledError(f"The request was cancelled during {stage} ({fraction:.0%} done).")
+            reached[:] = [stage, fraction]
+            if progress is not None:
+                progress(stage, fraction)
+
+        def work() -> pipeline.RunResult:
+            _thread.admitted = admit
+            try:
+                return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
+                                    max_pixels=self.settings.max_pixels, progress=checked, slots=self._slots,
+                                    sink=sink)
+            finally:
+                ended.set()
+
         with self._admission() if admit else contextlib.nullcontext():
-            work = functools.partial(pipeline.run, predictor, source, outputs, filename=filename, f_px=f_px,
-                                     max_pixels=self.settings.max_pixels, progress=progress, slots=self._slots,
-                                     sink=sink)
-            return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
+            try:
+                return await anyio.to_thread.run_sync(work, limiter=self._run_threads, abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                stop.set()  # the thread stops at its next check; its admission is held until it has
+                LOGGER.info("Stopping a run nobody waits for any more (it was at %s, %.0f%%)", reached[0],
+                            100 * float(reached[1]))
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
+                raise
 
     @contextlib.contextmanager
     def _model_turn(self) -> Iterator[None]:
@@ -246,16 +289,34 @@ class InferenceService:
             if self._closed.is_set():
                 raise ShuttingDownError("The server is shutting down; retry on another instance or later.",
                                         retry_after_s=LOADING_RETRY_AFTER_S)
-            with self._lock:
-                self._predicting += 1
             start = time.perf_counter()
             try:
-                yield
+                with self._busy("model"):
+                    yield
             finally:
                 elapsed = time.perf_counter() - start
                 with self._lock:
-                    self._predicting -= 1
                     self._predict_estimate_s += _ESTIMATE_WEIGHT * (elapsed - self._predict_estimate_s)
+
+    @contextlib.contextmanager
+    def _render_turn(self) -> Iterator[None]:
+        """The render slot: one render at a time (renders use every core), counted."""
+        with self._render_turn_lock, self._busy("render"):
+            yield
+
+    @contextlib.contextmanager
+    def _busy(self, slot: str) -> Iterator[None]:
+        """Counts the run on this thread as running (`in_progress`), not waiting (`queue_depth`)."""
+        admitted = getattr(_thread, "admitted", False)
+        with self._lock:
+            self._running[slot] += 1
+            self._admitted_busy += admitted
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[slot] -= 1
+                self._admitted_busy -= admitted
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:

@@ -79,8 +79,8 @@ class HealthResponse(BaseModel):
     dtype: str | None = None
     num_gaussians: int | None = None
     internal_resolution: int | None = None
-    queue_depth: int = Field(description="Requests admitted and waiting for the model.")
-    in_progress: int = Field(description="Predictions running now (0 or 1).")
+    queue_depth: int = Field(description="Requests (predictions and renders) admitted and waiting.")
+    in_progress: int = Field(description="Runs in the model or the renderer now (0 to 2; jobs included).")
     max_queue: int = Field(description="Waiting requests allowed before 503 `queue_full`.")
 
 

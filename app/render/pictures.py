@@ -10,8 +10,9 @@ even); None is the scene's own size, scaled down to at most `DEFAULT_LONGEST_SID
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from app.gaussians import GaussianScene
@@ -79,7 +80,8 @@ def render_still(scene: GaussianScene, *, size: Size = None, fmt: str = "png", d
 
 def render_video(scene: GaussianScene, *, path: PathName | str = "orbit", frames: int = 60, size: Size = None,
                  fps: int = DEFAULT_FPS, fmt: str = "mp4", background: Iterable[float] = (0.0, 0.0, 0.0),
-                 f_px: float | None = None, device: str | torch.device = "cpu") -> bytes:
+                 f_px: float | None = None, device: str | torch.device = "cpu",
+                 progress: Callable[[int, int], None] | None = None) -> bytes:
     """A looping camera path that starts at the input view, as MP4 (H.264, yuv420p) or GIF bytes.
 
     Args:
@@ -90,6 +92,8 @@ def render_video(scene: GaussianScene, *, path: PathName | str = "orbit", frames
         fps: 1 to MAX_FPS.
         fmt: ``mp4`` or ``gif``.
         background, f_px, device: as for `render_still`.
+        progress: called as ``progress(frames_done, frames)`` after each frame; an exception it raises (a
+            cancel) stops the render there.
     """
     fmt = fmt.lower()
     if fmt not in ("mp4", "gif"):
@@ -101,5 +105,11 @@ def render_video(scene: GaussianScene, *, path: PathName | str = "orbit", frames
     cameras = camera_path(scene, path, frames, width_height)  # validates before any rendering
     scene, gaussians = _prepared(scene, f_px, width_height, device)
     cameras = camera_path(scene, path, frames, width_height) if f_px is not None else cameras
-    rendered = render_frames(gaussians, cameras, background=background)
-    return encode_mp4(rendered, fps=fps) if fmt == "mp4" else encode_gif(rendered, fps=fps)
+
+    def rendered() -> Iterator[np.ndarray]:
+        for done, frame in enumerate(render_frames(gaussians, cameras, background=background), start=1):
+            yield frame
+            if progress is not None:
+                progress(done, len(cameras))
+
+    return encode_mp4(rendered(), fps=fps) if fmt == "mp4" else encode_gif(rendered(), fps=fps)
