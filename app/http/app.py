@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.http.deps import bearer_scheme
+from app.http.deps import SingleValued, bearer_scheme
 from app.http.errors import install_error_handlers
 from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
@@ -88,9 +88,8 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     app.include_router(info.router)
     # The key is checked by UploadGuard; the dependency only documents it, so only when there is one.
     auth = [Depends(bearer_scheme)] if settings.api_key else []
-    app.include_router(predict.router, dependencies=auth)
-    app.include_router(render.router, dependencies=auth)
-    app.include_router(jobs.router, dependencies=auth)
+    for router in (predict.router, render.router, jobs.router):
+        app.include_router(router, dependencies=[*auth, SingleValued])  # a form field sent twice is a 422
     mount_page(app)
     app.add_middleware(UploadGuard, settings=settings)
     if settings.cors_origins:

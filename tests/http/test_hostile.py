@@ -231,6 +231,30 @@ def test_file_sent_as_text_field_is_refused(client: httpx.Client) -> None:
     assert_error(client.post("/predict", data={"file": GOOD_PNG.decode("latin-1")}), 422, "missing_file")
 
 
+# ------------------------------------------------ repeated fields: one rule on every route (issue 19, harden2)
+
+REPEATED_FIELDS: list[tuple[str, str, dict[str, Any]]] = [
+    # (route, the field sent twice, the other fields)
+    *[("/jobs", name, {"f_px": ["100", "200"], "outputs": ["spz", "ply"], "max_gaussians": ["5", "6"],
+                       "encoding": ["list", "base64"]}[name]) for name in ("f_px", "outputs", "max_gaussians",
+                                                                               "encoding")],
+    *[("/render", name, {"size": ["64", "128"], "output": ["png", "mp4"], "path": ["orbit", "swipe"],
+                         "frames": ["2", "3"], "depth": ["true", "false"], "f_px": ["100", "200"]}[name])
+      for name in ("size", "output", "path", "frames", "depth", "f_px")],
+    ("/predict/spz", "f_px", ["100", "200"]),
+    ("/predict/ply", "vertex_only", ["true", "false"]),
+]
+
+
+@pytest.mark.parametrize(("route", "name", "values"), REPEATED_FIELDS,
+                         ids=[f"{route}-{name}" for route, name, _ in REPEATED_FIELDS])
+def test_a_field_sent_twice_is_refused_on_every_route(client: httpx.Client, route: str, name: str,
+                                                      values: list[str]) -> None:
+    response = client.post(route, files={"file": ("a.png", GOOD_PNG)}, data={name: values})
+    error = assert_error(response, 422, "validation_error")
+    assert [(d["loc"], d["type"]) for d in error["details"]] == [(["body", name], "duplicate_field")], error
+
+
 # ------------------------------------------------------------------------------------ raw HTTP helpers
 
 

@@ -21,7 +21,6 @@ from app.http.deps import (
     JsonEncoding,
     MaxGaussians,
     Service,
-    SingleValued,
     VertexOnly,
     read_upload,
 )
@@ -34,7 +33,7 @@ router = APIRouter()
 
 
 @router.post(
-    "/predict", summary="Predict Gaussians as JSON", response_class=Response, dependencies=[SingleValued],
+    "/predict", summary="Predict Gaussians as JSON", response_class=Response,
     responses={200: {"model": PredictResponse, "description": "The Gaussians and their metadata"},
                **error_responses(400, 401, 413, 415, 422, 503)},
 )
@@ -53,7 +52,7 @@ async def predict_json(request: Request, service: Service, file: ImageUpload, f_
 
 
 @router.post(
-    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response, dependencies=[SingleValued],
+    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response,
     responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
 )
 async def predict_ply(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
@@ -83,7 +82,6 @@ for _fmt in (FORMATS[name] for name in SCENE_FORMATS):  # renders go through `PO
     if _fmt.name not in ("ply", "json"):  # ply: its own route (vertex_only); json: POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
-            dependencies=[SingleValued],
             summary=f"Predict Gaussians as a {_fmt.name} file", responses=file_responses(_fmt.media_type,
                                                                                          _fmt.description),
         )

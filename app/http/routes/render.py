@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from app.http.deps import FocalPx, ImageUpload, Service, SingleValued, read_upload
+from app.http.deps import FocalPx, ImageUpload, Service, read_upload
 from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, prediction_response
 
@@ -37,7 +37,6 @@ _FORMAT = {"png": "preview", "jpeg": "preview_jpeg", "mp4": "orbit"}
 
 @router.post(
     "/render", summary="Render the predicted scene as an image or a video", response_class=Response,
-    dependencies=[SingleValued],
     responses={200: {"description": "The picture", "content": {
         media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg",
                                                                                 "video/mp4")}},
