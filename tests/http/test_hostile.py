@@ -15,6 +15,7 @@ import base64
 import logging
 import math
 import re
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ ORIGIN = "https://viewer.example"
 MAX_UPLOAD_MB = 1
 MAX_PIXELS = 4_000_000
 UPLOAD_TIMEOUT_S = 2.0
+UPLOAD_DEADLINE_S = 6.0
 HEAD_TIMEOUT_S = 2.0
 KEPT = 64
 """max_gaussians on accepted requests, so responses stay small."""
@@ -70,7 +72,7 @@ def error_log() -> Iterator[ErrorLog]:
 @pytest.fixture(scope="module")
 def server(error_log: ErrorLog) -> Iterator[LiveServer]:
     settings = tiny_settings(max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, cors_origins=[ORIGIN],
-                             upload_timeout_s=UPLOAD_TIMEOUT_S)
+                             upload_timeout_s=UPLOAD_TIMEOUT_S, upload_deadline_s=UPLOAD_DEADLINE_S)
     live = LiveServer.start(create_app(settings, predictor=SharpPredictor.load("tiny", device="cpu")),
                             **uvicorn_options(head_timeout_s=HEAD_TIMEOUT_S))
     yield live
@@ -379,6 +381,28 @@ def test_slow_but_steady_client_is_served(server: LiveServer) -> None:
     pieces = [request[i : i + 256] for i in range(0, len(request), 256)]
     status, _, answer = parse_response(raw_request(server, pieces, pause_s=0.05))
     assert status == 200, answer[:300]
+
+
+# ------------------------------------------------ a body dripped a byte at a time (issue 19, harden2)
+
+
+def test_body_dripped_under_the_idle_timeout_meets_the_upload_deadline(server: LiveServer) -> None:
+    """One byte every second never stalls for SHARP_UPLOAD_TIMEOUT_S (2 s here), but the whole body must arrive
+    within SHARP_UPLOAD_DEADLINE_S (6 s here): 408, and the connection is closed."""
+    request = http_request("POST", "/predict", {"Content-Type": MULTIPART_TYPE,
+                                                "Content-Length": str(len(MULTIPART_BODY))})
+    host, port = server.url.removeprefix("http://").split(":")
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        for byte in MULTIPART_BODY[: int(4 * UPLOAD_DEADLINE_S)]:  # 24 s of drip at most
+            if select.select([sock], [], [], 1.0)[0]:
+                break
+            sock.sendall(bytes([byte]))
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert_raw_error(answer, 408, "upload_timeout")
+    assert b"SHARP_UPLOAD_DEADLINE_S" in answer
 
 
 @pytest.mark.parametrize("sent", [0.0, 0.5, 1.0], ids=["after-headers", "mid-upload", "whole-body-then-gone"])
