@@ -14,8 +14,10 @@ Cancellation: a run whose awaiting task is cancelled (its client hung up, the se
 its next check, the model's next block or the renderer's next frame, and its slots are free again.
 
 Loading: on a background thread at start. A failure that may be transient (the network, a server
-error) is retried with exponential backoff; a permanent one (a wrong or corrupt checkpoint, offline with
-nothing cached) leaves the service in `error` until it is restarted.
+error) is retried with exponential backoff, the service staying in `error` (503 `model_unavailable` with
+Retry-After and the fix in its message) until a load succeeds; each retry logs one line. A permanent
+failure (a wrong or corrupt checkpoint, offline with nothing cached) leaves the service in `error` until
+it is restarted.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ LOADING_RETRY_AFTER_S = 5
 """Retry-After (seconds) suggested while the model is still loading."""
 LOAD_BACKOFF_S = (5.0, 300.0)
 """First and largest wait (seconds) between retries of a load that failed for a transient reason."""
+NO_CHECKPOINT_CODES = ("checkpoint_unavailable", "checkpoint_download_failed")
+"""Load failures whose fix is to give the server a checkpoint (their 503 message says how)."""
 DECODE_CONCURRENCY = 2
 """Uploads decoded at the same time; the others wait (admitted) without holding decoded pixels."""
 
@@ -157,16 +161,20 @@ class InferenceService:
                 error = exc if isinstance(exc, SharpError) else SharpError(
                     str(exc) or type(exc).__name__, code="model_load_failed", status=503)
                 retry = error.retryable
-                LOGGER.error("Loading the model failed (%s): %s%s", error.code, error.message,
-                             f"; retrying in {delay:.0f} s" if retry else "", exc_info=not isinstance(exc, SharpError))
+                if attempt == 1 or not retry:
+                    LOGGER.error("Loading the model failed (%s): %s%s", error.code, error.message,
+                                 f"; retrying in {delay:.0f} s" if retry else "",
+                                 exc_info=not isinstance(exc, SharpError))
+                else:  # the same story as the first time, told in one line
+                    LOGGER.warning("Loading the model failed again (%s, attempt %d); retrying in %.0f s",
+                                   error.code, attempt, delay)
+                # The state stays `error` (not `loading`) through the retries: clients are told the truth.
                 with self._lock:
                     self._error = error
                     self._state = ModelState.ERROR
                     self._next_load_at = time.monotonic() + delay if retry else None
                 if not retry or self._closed.wait(delay):
                     return
-                with self._lock:
-                    self._state = ModelState.LOADING
                 delay, attempt = min(max_delay, 2 * delay), attempt + 1
                 continue
             with self._lock:
@@ -214,22 +222,35 @@ class InferenceService:
             return sum(self._running.values())
 
     def require_predictor(self) -> SharpPredictor:
-        """The loaded predictor, or `ModelLoadingError` / `ModelFailedError` (with Retry-After when a
-        load retry is scheduled)."""
+        """The loaded predictor, or `ModelLoadingError` (the first load is under way) / `ModelFailedError` (a
+        load failed: with Retry-After while the server retries, until a load succeeds)."""
         predictor = self._predictor
         if predictor is not None:
             return predictor
         if self._state is ModelState.ERROR:
-            error = self._error
             next_load_at = self._next_load_at
-            code = error.code if error else "model_load_failed"
-            if next_load_at is not None:
-                wait = max(1, math.ceil(next_load_at - time.monotonic()))
-                raise ModelFailedError(f"The model could not be loaded ({code}); the server retries in {wait} s.",
-                                       retry_after_s=wait)
-            raise ModelFailedError(f"The model could not be loaded ({code}); the server's operator must fix "
-                                   "its configuration (see the server log).")
+            wait = None if next_load_at is None else max(1, math.ceil(next_load_at - time.monotonic()))
+            raise ModelFailedError(self.unavailable_message() or "", retry_after_s=wait)
         raise ModelLoadingError("The model is still loading; retry shortly.", retry_after_s=LOADING_RETRY_AFTER_S)
+
+    def unavailable_message(self) -> str | None:
+        """Why there is no model, for clients (503 `model_unavailable`, `/health`): the error code, whether the
+        server retries, and how an operator fixes it; no paths, no exception text. None unless loading failed."""
+        error = self._error
+        if self._state is not ModelState.ERROR or error is None:
+            return None
+        next_load_at = self._next_load_at
+        if next_load_at is not None:
+            wait = max(1, math.ceil(next_load_at - time.monotonic()))
+            outlook = f"the server retries in {wait} s, but that will not help until its operator fixes this"
+        else:
+            outlook = "the server's operator must fix its configuration and restart it (see the server log)"
+        message = f"The model could not be loaded ({error.code}); {outlook}."
+        url = self.settings.weights_url
+        if error.code in NO_CHECKPOINT_CODES and url:
+            message += (f" To fix: let the server download {url}, or download that file and set SHARP_CHECKPOINT "
+                        "to its path, or set SHARP_PRESET=tiny to serve the small test network.")
+        return message
 
     # ------------------------------------------------------------------------------------ inference
 

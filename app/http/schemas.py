@@ -71,6 +71,8 @@ class HealthResponse(BaseModel):
     status: ModelState
     detail: str | None = Field(default=None, description="Why loading failed (status `error`): an error code and "
                                "whether the server retries; the full story is in the server log.")
+    message: str | None = Field(default=None, description="Status `error`: what clients are told (the 503 "
+                                "`model_unavailable` message), with how an operator fixes it when that is known.")
     version: str
     uptime_s: float
     preset: str | None = None

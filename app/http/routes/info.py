@@ -63,7 +63,8 @@ async def health(service: Service) -> JSONResponse:
     """200 once the model is loaded (`ready`), 503 while it loads (`loading`) or if it failed (`error`)."""
     predictor = service.predictor
     body = HealthResponse(
-        status=service.state, detail=_load_detail(service), version=__version__,
+        status=service.state, detail=_load_detail(service), message=service.unavailable_message(),
+        version=__version__,
         uptime_s=round(time.monotonic() - service.started_at, 3),
         queue_depth=service.queue_depth, in_progress=service.in_progress, max_queue=service.settings.max_queue,
         **(model_info_response(predictor.info).model_dump(exclude={"checkpoint"}) if predictor else {}),
