@@ -80,7 +80,10 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
             await job_queue.close()
             service.close()
 
-    app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds them from the Host header, so a forged Host made `/static`
+    # redirect to any site. A path with a stray slash is a 404 like any unknown path.
+    app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  redirect_slashes=False)
     app.state.service = service
     app.state.settings = settings
     app.state.jobs = job_queue
