@@ -1,12 +1,12 @@
-"""Load a scene to render from a file or bytes: our PLY, any 3DGS PLY, .splat or .spz.
+"""Load a scene to render from a file or bytes: our PLY, any 3DGS PLY, .splat, .spz or .sog.
 
 - PLY: read by `app.formats.read_ply` (binary PLYs with the 14 vertex properties ``x y z f_dc_0..2 opacity
   scale_0..2 rot_0..3``: opacity is a logit, scales are logs, the colour is ``0.5 + SH_C0 f_dc``). Extra vertex
   properties (normals, the higher spherical-harmonic bands ``f_rest_*``, ...) and extra elements are ignored:
   the renderer shows the view-independent (degree-0) colour. An ASCII PLY, or one with list properties (a
   mesh's faces), is read with `plyfile` and its vertex element goes through the same reader.
-- ``.splat`` (antimatter15, 32 bytes per Gaussian; axes as stored) and ``.spz`` (Niantic, gzip) through
-  `app.formats.decode_splat` / `decode_spz`.
+- ``.splat`` (antimatter15, 32 bytes per Gaussian; axes as stored), ``.spz`` (Niantic, gzip) and ``.sog``
+  (PlayCanvas, a zip; ours store the camera) through `app.formats.decode_splat` / `decode_spz` / `decode_sog`.
 
 The camera: our PLY stores the photo's focal length and size (``intrinsic`` and ``image_size`` elements).
 Other files carry no camera; then `f_px` and `size` given by the caller are used, else the default
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.formats import decode_splat, decode_spz, read_ply
+from app.formats import decode_sog, decode_splat, decode_spz, read_ply
 from app.formats.ply import VERTEX_PROPERTIES
 from app.gaussians import GaussianScene
 from app.imaging import focal_length_to_px
@@ -40,11 +40,11 @@ DEFAULT_FOCAL_35MM = 30.0
 """35 mm-equivalent focal length (mm) assumed for files without a camera."""
 MAX_GAUSSIANS = 16_000_000
 """Most Gaussians a scene may hold."""
-FORMAT_NAMES = ("ply", "splat", "spz")
+FORMAT_NAMES = ("ply", "splat", "spz", "sog")
 
 
 def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
-    """``ply``, ``splat`` or ``spz`` from the file name's extension, else from the content."""
+    """``ply``, ``splat``, ``spz`` or ``sog`` from the file name's extension, else from the content."""
     if name:
         suffix = Path(name).suffix.lower().lstrip(".")
         if suffix in FORMAT_NAMES:
@@ -54,9 +54,11 @@ def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
         return "ply"
     if head.startswith(b"\x1f\x8b"):
         return "spz"
+    if head.startswith(b"PK\x03\x04"):
+        return "sog"
     if len(data) and len(data) % 32 == 0 and not name:
         return "splat"
-    raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat or .spz file")
+    raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat, .spz or .sog file")
 
 
 def _ply_via_plyfile(raw: bytes) -> GaussianScene:
@@ -80,6 +82,8 @@ def _decode(data: bytes, fmt: str) -> GaussianScene:
         return decode_splat(data)
     if fmt == "spz":
         return decode_spz(data)
+    if fmt == "sog":
+        return decode_sog(data)
     try:
         return read_ply(data)
     except ValueError as error:
