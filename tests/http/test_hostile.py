@@ -540,6 +540,71 @@ def test_allowed_cors_preflight_still_works(client: httpx.Client) -> None:
     assert response.headers["access-control-allow-origin"] == ORIGIN
 
 
+# ------------------------------------- ranges, HEAD, redirects, page headers (issue 19, harden2)
+
+
+@pytest.fixture(scope="module")
+def finished_job(client: httpx.Client) -> str:
+    """The URL of a finished job's small result (JSON of 64 Gaussians)."""
+    job = client.post("/jobs", files={"file": ("a.png", GOOD_PNG)},
+                      data={"outputs": "json", "max_gaussians": str(KEPT)}).json()
+    deadline = time.monotonic() + 120
+    while (job := client.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    return str(job["results"]["json"])
+
+
+@pytest.mark.parametrize(("range_header", "status", "code"), [
+    ("bytes=5-1", 400, "bad_range"), ("bytes=abc", 400, "bad_range"), ("items=0-1", 400, "bad_range"),
+    ("bytes=999999999-", 416, "range_not_satisfiable"),
+], ids=["reversed", "not-numbers", "not-bytes", "past-the-end"])
+def test_bad_range_is_a_json_error(client: httpx.Client, finished_job: str, range_header: str, status: int,
+                                   code: str) -> None:
+    response = client.get(finished_job, headers={"Range": range_header})
+    assert_error(response, status, code)
+    if status == 416:
+        size = len(client.get(finished_job).content)
+        assert response.headers["content-range"] == f"bytes */{size}"
+
+
+def test_good_range_and_head_of_a_job_result(client: httpx.Client, finished_job: str) -> None:
+    whole = client.get(finished_job)
+    part = client.get(finished_job, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole.content[:10]
+    head = client.head(finished_job)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(whole.content)
+
+
+def test_head_of_the_page(client: httpx.Client) -> None:
+    head = client.head("/viewer")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("path", ["/static", "/jobs/", "/health/", "/viewer/"])
+def test_no_redirect_built_from_a_forged_host(server: LiveServer, path: str) -> None:
+    raw = raw_request(server, http_request("GET", path).replace(b"Host: 127.0.0.1", b"Host: evil.example"))
+    assert_raw_error(raw, 404, "not_found")
+    assert "location" not in parse_response(raw)[1]
+
+
+def test_page_headers_and_long_lived_vendor_files(client: httpx.Client) -> None:
+    page = client.get("/viewer")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'self'" in policy and "'unsafe-inline'" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "SAMEORIGIN"
+    assert client.get("/health").headers["x-content-type-options"] == "nosniff"
+    vendor = re.search(r'"three": "\./(static/v/[0-9a-f]{12}/three/build/three\.module\.js)"', page.text)
+    assert vendor, page.text[:1000]
+    module = client.get(f"/{vendor.group(1)}")
+    if module.status_code == 404:
+        pytest.skip("the page's renderer files are not installed (make web)")
+    assert module.status_code == 200 and "immutable" in module.headers["cache-control"]
+    assert "immutable" not in client.get("/static/app.js").headers.get("cache-control", "")
+
+
 # ----------------------------------------------------------------------------------------------- the end
 
 

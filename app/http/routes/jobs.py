@@ -178,12 +178,15 @@ def _result_route(format_name: str) -> Any:
 
 for _name, _format in RESULT_FORMATS.items():
     router.add_api_route(
-        f"/jobs/{{job_id}}/{_name}", _result_route(_format), methods=["GET", "HEAD"], response_class=Response,
+        f"/jobs/{{job_id}}/{_name}", _result_route(_format), methods=["GET"], response_class=Response,
         summary=f"A job's {_format} result",
         responses={200: {"description": FORMATS[_format].description,
                          "content": {FORMATS[_format].media_type: {"schema": {"type": "string", "format": "binary"}}}},
                    **error_responses(401, 404, 409, 410)},
     )
+    # HEAD: the same headers without the body (download managers probe with it); not in the schema.
+    router.add_api_route(f"/jobs/{{job_id}}/{_name}", _result_route(_format), methods=["HEAD"],
+                         response_class=Response, include_in_schema=False)
 
 
 @router.get("/jobs/{job_id}/{name}", include_in_schema=False)
