@@ -272,8 +272,8 @@ class InferenceService:
             and what `pipeline.run` raises.
         """
         predictor = self.require_predictor()
-        stop = threading.Event()
-        ended = threading.Event()
+        stop, started, ended = threading.Event(), threading.Event(), threading.Event()
+        started_lock = threading.Lock()
         reached = ["", 0.0]  # the last stage and fraction reported
 
         def checked(stage: str, fraction: float) -> None:  # on the worker thread, at every block and frame
@@ -284,6 +284,10 @@ class InferenceService:
                 progress(stage, fraction)
 
         def work() -> pipeline.RunResult:
+            with started_lock:  # a run cancelled before its thread took it never starts
+                if stop.is_set():
+                    raise RunCancelledError("The request was cancelled before it started.")
+                started.set()
             _thread.admitted = admit
             try:
                 return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
@@ -296,11 +300,13 @@ class InferenceService:
             try:
                 return await anyio.to_thread.run_sync(work, limiter=self._run_threads, abandon_on_cancel=True)
             except anyio.get_cancelled_exc_class():
-                stop.set()  # the thread stops at its next check; its admission is held until it has
-                LOGGER.info("Stopping a run nobody waits for any more (it was at %s, %.0f%%)", reached[0],
-                            100 * float(reached[1]))
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
+                with started_lock:
+                    stop.set()  # a started run stops at its next check; its admission is held until it has
+                LOGGER.info("Stopping a run nobody waits for any more (it was at %s, %.0f%%)",
+                            reached[0] or "its start", 100 * float(reached[1]))
+                if started.is_set():  # else the thread will not run it (anyio drops a cancelled call)
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
                 raise
 
     @contextlib.contextmanager

@@ -605,6 +605,17 @@ def test_page_headers_and_long_lived_vendor_files(client: httpx.Client) -> None:
     assert "immutable" not in client.get("/static/app.js").headers.get("cache-control", "")
 
 
+def test_docs_load_nothing_from_another_origin(client: httpx.Client) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    urls = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert urls and all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
+    assert client.get("/redoc").status_code == 404
+
+
 # ----------------------------------------------------------------------------------------------- the end
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app import __version__
 from app.http.deps import Service
+from app.http.docs import DOCS_URL
 from app.http.schemas import ApiInfo, EndpointInfo, HealthResponse, ModelInfoResponse
 from app.outputs import FORMATS
 from app.prediction import ModelInfo
@@ -53,7 +54,7 @@ async def api_info(request: Request, response: Response, service: Service) -> Ap
         version=__version__, description="One photo in, a 3D Gaussian splat out, with Apple's SHARP model.",
         status=service.state, model=model_info_response(predictor.info) if predictor else None,
         formats=list(FORMATS), endpoints=endpoints,
-        docs_url=request.app.docs_url or "", openapi_url=request.app.openapi_url or "",
+        docs_url=DOCS_URL, openapi_url=request.app.openapi_url or "",
     )
 
 
