@@ -270,6 +270,9 @@ class InferenceService:
             QueueFullError: more than `max_queue` requests are already waiting.
             ShuttingDownError: the service closed while this run waited for the model.
             and what `pipeline.run` raises.
+
+        Cancelling the awaiting task (a client that hung up, a shutdown) stops the run at its next check, a
+        block of the network or a frame of a render, and holds its admission until it has stopped.
         """
         predictor = self.require_predictor()
         stop, started, ended = threading.Event(), threading.Event(), threading.Event()
