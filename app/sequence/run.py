@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
@@ -35,9 +35,10 @@ from app.render.video import encode_mp4
 from app.sequence.align import ScaleChain
 from app.sequence.preview import side_by_side
 from app.video import Sampling, VideoLimits, probe_video, read_frames
+from app.vocabulary import AlignMode, choices
 
-Align = Literal["none", "scale"]
-ALIGN_MODES: tuple[Align, ...] = ("none", "scale")
+Align = AlignMode
+ALIGN_MODES: tuple[Align, ...] = tuple(choices(AlignMode))
 FRAMES_DIR = "frames"
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.mp4"
@@ -67,8 +68,11 @@ class FrameRecord:
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
-                 slots: Slots | None = None) -> dict[str, Any]:
+                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None
+                 ) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
+
+    `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
@@ -122,6 +126,9 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                     picture = side_by_side(frame.rgb, scene, predictor.device)
                 timings["preview"] = (time.perf_counter() - start) * 1000.0
                 frame_progress("preview", 1.0)
+            if on_frame is not None:
+                on_frame(dict(records[-1].__dict__))
+            if preview:
                 yield picture
             del frame, result, scene
 
