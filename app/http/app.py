@@ -23,7 +23,7 @@ from app.http.deps import bearer_scheme
 from app.http.errors import install_error_handlers
 from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
-from app.http.routes import info, jobs, predict, render
+from app.http.routes import info, jobs, predict, render, sequences
 from app.jobs import JobQueue
 from app.jobs.local import LocalJobQueue
 from app.predictor import SharpPredictor
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     auth = [Depends(bearer_scheme)] if settings.api_key else []
     app.include_router(predict.router, dependencies=auth)
     app.include_router(render.router, dependencies=auth)
+    app.include_router(sequences.router, dependencies=auth)  # before jobs': its /jobs/{id}/{name} catches all
     app.include_router(jobs.router, dependencies=auth)
     mount_page(app)
     app.add_middleware(UploadGuard, settings=settings)

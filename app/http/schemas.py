@@ -165,4 +165,10 @@ class JobResponse(BaseModel):
     metadata: JobMetadata | None
     timings_ms: dict[str, float]
     error: JobError | None
-    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded.")
+    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded; a clip's job: "
+                                                "path -> URL (`frames/000000.ply`, `manifest.json`, "
+                                                "`preview.mp4`, `sequence.zip`).")
+    frame: int | None = Field(default=None, description="A clip's job: the frame being made (1-based); null for "
+                                                        "a photo's.")
+    frames: int | None = Field(default=None, description="A clip's job: how many frames (the header's estimate "
+                                                         "while running, the count once done); null for a photo's.")

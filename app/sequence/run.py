@@ -89,6 +89,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     report = progress or _ignore
     chain = ScaleChain() if align == "scale" else None
     records: list[FrameRecord] = []
+    size: list[int] = []  # the scenes' image width and height (upright), once known
 
     def pictures() -> Iterator[np.ndarray]:
         frames = read_frames(source, sampling, limits)
@@ -114,6 +115,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
             result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, progress=frame_progress, slots=slots,
                          sink=write, adjust=chain)
             scene = result.prediction.scene
+            size[:] = [scene.image_width, scene.image_height]
             timings = {"decode": decode_ms, **result.timings_ms}
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
@@ -138,7 +140,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     else:
         for _ in pictures():  # yields nothing without a preview
             pass
-    manifest = _manifest(records, info, sampling, align, f_px, predictor, preview)
+    manifest = _manifest(records, size, info, sampling, align, predictor, preview)
     sink(MANIFEST_FILE, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
 
@@ -154,11 +156,13 @@ def _expected_frames(duration_s: float | None, frame_rate: float | None, samplin
     return max(1, min(cap, math.ceil(span * per_second - 1e-3)))
 
 
-def _manifest(records: list[FrameRecord], info: Any, sampling: Sampling, align: Align, f_px: float | None,
+def _manifest(records: list[FrameRecord], size: list[int], info: Any, sampling: Sampling, align: Align,
               predictor: SharpPredictor, preview: bool) -> dict[str, Any]:
     first = records[0]
     return {
         "num_frames": len(records),
+        "image_width": size[0],
+        "image_height": size[1],
         "f_px": first.f_px,
         "f_px_source": first.f_px_source,
         "align": align,

@@ -8,7 +8,7 @@
 """
 
 from app.video.decode import MAX_SAMPLING_FPS, Sampling, VideoFrame, VideoInfo, VideoLimits, probe_video, read_frames
-from app.video.detect import VIDEO_EXTENSIONS, is_video_path, looks_like_video
+from app.video.detect import HEAD_BYTES, VIDEO_EXTENSIONS, is_video_path, looks_like_video
 from app.video.errors import (
     CorruptVideoError,
     UnsupportedVideoError,
@@ -18,6 +18,7 @@ from app.video.errors import (
 )
 
 __all__ = [
+    "HEAD_BYTES",
     "MAX_SAMPLING_FPS",
     "VIDEO_EXTENSIONS",
     "CorruptVideoError",
