@@ -9,6 +9,7 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``ply_vertex``: the same PLY with the vertex element only, for viewers that reject the extra elements.
 - ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
+- ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
   ``encoding``.
 - ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
@@ -30,6 +31,7 @@ from typing import Any, Literal
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply
+from app.formats.sog import encode_sog
 from app.formats.splat import encode_splat
 from app.formats.spz import encode_spz
 from app.prediction import Prediction
@@ -94,6 +96,10 @@ def _spz(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
     return encode_spz(prediction.scene)
 
 
+def _sog(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_sog(prediction.scene)
+
+
 def _json(prediction: Prediction, timings_ms: Mapping[str, float], **options: Any) -> bytes:
     return encode_prediction_json(prediction, timings_ms=timings_ms, **options)
 
@@ -127,6 +133,8 @@ FORMATS: dict[str, OutputFormat] = {
                      "(32 B/Gaussian, 8-bit colour and rotation)", _splat),
         OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
                      "PLY), RUB axes", _spz),
+        OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
+                     "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
                      "metadata", _json, frozenset({"max_gaussians", "encoding"})),
         OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "

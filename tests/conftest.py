@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.types import ASGIApp
 
+from app.gaussians import GaussianScene
 from tests.conformance import DATA_DIR, KIT_DIR
 from tests.helpers import LiveServer
 
@@ -39,3 +40,13 @@ def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_photo_scene() -> GaussianScene:
+    """The tiny preset's real network output (131,072 Gaussians) on the conformance photo, f_px 500."""
+    from app.imaging import load_image
+    from app.predictor import SharpPredictor
+
+    photo = load_image(DATA_DIR / "coffee.png")
+    return SharpPredictor.load("tiny", device="cpu", progress=False).predict(photo, f_px=500.0).scene

@@ -1,12 +1,13 @@
 """Scene file formats: a `GaussianScene` (or a `Prediction`) <-> the bytes of one file.
 
 The writers (`encode_ply`, `encode_splat`, `encode_spz`, `encode_prediction_json`) and the readers
-(`read_ply`, `decode_splat`, `decode_spz`, which the renderer uses to load scenes). This package knows
+(`read_ply`, `decode_splat`, `decode_spz`, `decode_sog`, which the renderer uses to load scenes). This package knows
 nothing of rendering nor of which outputs a request may ask for: that registry is `app.outputs`.
 
 - ``ply`` (`app.formats.ply`): the reference 3DGS PLY, with or without its camera metadata elements.
 - ``splat`` (`app.formats.splat`): antimatter15's 32-byte records for web viewers.
 - ``spz`` (`app.formats.spz`): Niantic's gzip-compressed format (RUB axes inside, converted for you).
+- ``sog`` (`app.formats.sog`): PlayCanvas's SOG v2, a zip of lossless WebP images (the PLY's axes).
 - ``json`` (`app.formats.json`): the arrays and the prediction's metadata.
 """
 
@@ -14,14 +15,17 @@ from __future__ import annotations
 
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply, read_ply
+from app.formats.sog import decode_sog, encode_sog
 from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
 
 __all__ = [
+    "decode_sog",
     "decode_splat",
     "decode_spz",
     "encode_ply",
     "encode_prediction_json",
+    "encode_sog",
     "encode_splat",
     "encode_spz",
     "read_ply",

@@ -29,38 +29,13 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from app.budget import MaxGaussians, keep_most_important
 from app.gaussians import GaussianScene
 from app.prediction import Prediction
 
 Encoding = Literal["list", "base64"]
 ENCODINGS: tuple[str, ...] = ("list", "base64")
 MEDIA_TYPE = "application/json"
-
-
-def select_gaussians(scene: GaussianScene, max_gaussians: int | None) -> GaussianScene:
-    """The `max_gaussians` most opaque Gaussians, in their original order.
-
-    None, or a number >= N, returns `scene` itself. Among equal opacities at the cut the earlier ones are
-    kept, so the result is deterministic; NaN opacities rank lowest. O(N) (a partial sort).
-
-    Raises:
-        ValueError: for a negative `max_gaussians`.
-    """
-    n = scene.num_gaussians
-    if max_gaussians is None or max_gaussians >= n:
-        return scene
-    if max_gaussians < 0:
-        raise ValueError(f"max_gaussians must be >= 0, got {max_gaussians}")
-    if max_gaussians == 0:
-        return scene.select(np.zeros(0, dtype=np.int64))
-    opacity = np.nan_to_num(np.asarray(scene.opacities, dtype=np.float64), nan=-np.inf)
-    k = int(max_gaussians)
-    threshold = np.partition(opacity, n - k)[n - k]  # the k-th largest
-    above = opacity > threshold
-    ties = np.flatnonzero(opacity == threshold)[: k - int(above.sum())]
-    keep = above
-    keep[ties] = True
-    return scene.select(np.flatnonzero(keep))
 
 
 def _base64_array(array: np.ndarray) -> dict[str, Any]:
@@ -76,7 +51,7 @@ def encode_json(
     """The scene as a JSON document (UTF-8 bytes); see the module docstring for the shape.
 
     Args:
-        scene: the Gaussians (use `select_gaussians` first to cap the size).
+        scene: the Gaussians (use `app.budget.keep_most_important` first to cap the size).
         metadata: extra JSON-serialisable fields (numpy scalars allowed) for the "metadata" object;
             "color_space", "num_gaussians" and "encoding" are set by this function.
         encoding: "list" (nested arrays) or "base64" (packed float32).
@@ -109,9 +84,11 @@ def encode_json(
 
 
 def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, float] | None = None,
-                           max_gaussians: int | None = None, encoding: Encoding = "list") -> bytes:
+                           max_gaussians: MaxGaussians | None = None, encoding: Encoding = "list") -> bytes:
     """The body of `POST /predict` (and of the Modal `predict` method): arrays plus the prediction's metadata.
 
+    `max_gaussians` (a count or a fraction) keeps the Gaussians that matter most to the image
+    (`app.budget`); `metadata.num_gaussians` is the number kept, `total_gaussians` the number predicted.
     `metadata.timings_ms` holds `timings_ms` (the stages so far, milliseconds) and `encode`, the time spent
     serialising the arrays.
     """
@@ -122,5 +99,5 @@ def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, f
         "total_gaussians": scene.num_gaussians, "coordinate_convention": "opencv",
         "model": prediction.model.summary(),
     }
-    return encode_json(select_gaussians(scene, max_gaussians), metadata, encoding=encoding,
+    return encode_json(keep_most_important(scene, max_gaussians), metadata, encoding=encoding,
                        timings_ms=dict(timings_ms or {}))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.files import write_atomically
-from app.formats.json import encode_json, select_gaussians
+from app.formats.json import encode_json
 from app.formats.ply import (
     TAIL_BYTES,
     VERTEX_PROPERTIES,
@@ -481,23 +481,6 @@ def test_spz_rejects_other_streams() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- JSON
-
-
-def test_select_gaussians_keeps_most_opaque_in_order() -> None:
-    scene = random_scene(6)
-    scene = GaussianScene(scene.positions, scene.scales, scene.rotations, scene.colors,
-                          np.array([0.3, 0.9, 0.5, 0.5, 0.1, 0.5], np.float32), 500.0, 600, 400)
-    picked = select_gaussians(scene, 3)
-    np.testing.assert_array_equal(picked.opacities, np.float32([0.9, 0.5, 0.5]))
-    np.testing.assert_array_equal(picked.positions, scene.positions[[1, 2, 3]])  # earliest of the ties
-    assert select_gaussians(scene, None) is scene and select_gaussians(scene, 6) is scene
-    assert select_gaussians(scene, 0).num_gaussians == 0
-    with pytest.raises(ValueError):
-        select_gaussians(scene, -1)
-    big = random_scene(5000, seed=8)
-    top = select_gaussians(big, 1000)
-    assert top.num_gaussians == 1000
-    assert top.opacities.min() >= np.sort(big.opacities)[-1000]
 
 
 def _strict_json(data: bytes) -> dict:

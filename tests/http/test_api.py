@@ -26,9 +26,11 @@ from plyfile import PlyData
 from starlette.types import Message
 
 from app import __version__
+from app.budget import keep_most_important
 from app.formats import read_ply
+from app.formats.sog import decode_sog, morton_order, quantize_positions
 from app.formats.spz import decode_spz
-from app.gaussians import SH_C0
+from app.gaussians import SH_C0, GaussianScene
 from app.http import create_app
 from app.http.schemas import ApiInfo, HealthResponse, PredictResponse
 from app.outputs import FORMATS, SCENE_FORMATS
@@ -150,6 +152,7 @@ def test_root_describes_the_api_and_model(client: httpx.Client) -> None:
     assert (info.model.preset, info.model.weights, info.model.device) == ("tiny", "synthetic", "cpu")
     assert info.formats == list(FORMATS)
     assert info.docs_url == "/docs"
+    assert response.json()["job_final_statuses"] == ["cancelled", "failed", "succeeded"]  # the page reads them
     listed = {(e.method, e.path) for e in info.endpoints}
     assert {("GET", "/health"), ("POST", "/predict"), ("POST", "/predict/ply"), ("POST", "/predict/spz"),
             ("POST", "/predict/splat")} <= listed
@@ -296,6 +299,11 @@ def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[st
     elif name == "ply_vertex":
         assert b"element extrinsic" not in response.content
         np.testing.assert_array_equal(read_ply(response.content).positions, positions)
+    elif name == "sog":
+        decoded = decode_sog(response.content)  # in Morton order of the 16-bit log-domain positions
+        assert decoded.num_gaussians == TINY_GAUSSIANS
+        in_file_order = positions[morton_order(quantize_positions(positions)[0])]
+        np.testing.assert_allclose(decoded.positions, in_file_order, rtol=1e-3, atol=1e-4)
     else:
         decoded = decode_spz(response.content)
         assert decoded.num_gaussians == TINY_GAUSSIANS
@@ -325,20 +333,22 @@ def test_base64_equals_list(client: httpx.Client) -> None:
         np.testing.assert_array_equal(as_base64[name], value)
 
 
-def test_max_gaussians_keeps_the_most_opaque(client: httpx.Client, coffee: bytes,
-                                             coffee_json: dict[str, Any]) -> None:
+def test_max_gaussians_keeps_the_most_important(client: httpx.Client, coffee: bytes,
+                                               coffee_json: dict[str, Any]) -> None:
     response = client.post("/predict", files={"file": ("coffee.png", coffee)}, data={"max_gaussians": "1000"})
     assert response.status_code == 200
     body = response.json()
     assert (body["metadata"]["num_gaussians"], body["metadata"]["total_gaussians"]) == (1000, TINY_GAUSSIANS)
     full, kept = arrays(coffee_json), arrays(body)
-    threshold = np.sort(full["opacities"][:, 0])[-1000]
-    assert kept["opacities"].min() >= threshold
     # The kept rows are rows of the full scene, in their original order.
     index = {row.tobytes(): i for i, row in enumerate(full["positions"])}
     rows = [index[row.tobytes()] for row in kept["positions"]]
     assert rows == sorted(rows)
     np.testing.assert_array_equal(full["colors"][rows], kept["colors"])
+    meta = coffee_json["metadata"]
+    scene = GaussianScene(full["positions"], full["scales"], full["rotations"], full["colors"],
+                          full["opacities"][:, 0], meta["f_px"], meta["image_width"], meta["image_height"])
+    np.testing.assert_array_equal(keep_most_important(scene, 1000).positions, kept["positions"])
 
 
 # -------------------------------------------------------------------------------------------- errors

@@ -1,0 +1,349 @@
+"""PlayCanvas's SOG ("Spatially Ordered Gaussians", version 2) as one ``.sog`` zip bundle.
+
+The bundle holds ``meta.json`` and five lossless WebP images of W x H pixels, W * H >= N; pixel
+``i = x + y * W`` (row-major, top-left origin) of every image belongs to the i-th Gaussian:
+
+- ``means_l.webp``, ``means_u.webp`` (RGB): each coordinate after the symmetric log transform
+  ``n = sign(p) * ln(1 + |p|)`` as a 16-bit integer ``q = round(65535 * (n - min) / (max - min))``, its
+  low byte in ``means_l`` and high byte in ``means_u`` (x, y, z in R, G, B); ``meta.means.mins`` / ``maxs``
+  hold the per-axis range of n. The step is ``(max - min) / 65535`` in the log domain, i.e. a relative
+  position error of at most half that (about 3e-5 for our scenes' ~4 log units).
+- ``quats.webp`` (RGBA): "smallest three" of the unit quaternion (w, x, y, z): the largest-magnitude
+  component is dropped (its index 0-3 stored as alpha 252-255) after negating the quaternion so that it is
+  positive; the other three, in increasing index order, as ``round(255 * (c * sqrt(2) / 2 + 0.5))``, a
+  step of ``sqrt(2) / 255`` (0.0055) over [-1/sqrt(2), 1/sqrt(2)].
+- ``scales.webp`` (RGB): per axis, the index into ``meta.scales.codebook``, 256 log standard deviations
+  (natural log of metres, as the PLY's ``scale_*``).
+- ``sh0.webp`` (RGBA): per colour channel the index into ``meta.sh0.codebook``, 256 degree-0 SH
+  coefficients ``f_dc`` (the PLY's ``f_dc_*``, colour = 0.5 + SH_C0 * f_dc), and the opacity in alpha as
+  ``round(255 * opacity)``.
+
+The two codebooks are each one 1-D k-means (Lloyd's algorithm on a 65,536-bin histogram) over all three
+columns pooled, as the format shares one codebook between them. The Gaussians are written in Morton
+(Z-curve) order of their 16-bit quantised coordinates, which puts neighbours in 3D next to each other in
+the images, so the WebP predictors compress them well.
+
+Axes: SOG keeps the PLY's coordinates (PlayCanvas's splat-transform converts PLY <-> SOG without
+changing them, and viewers apply the same scene transform to both), so a ``.sog`` shows up the same way
+as our PLY: OpenCV axes (x right, y down, z forward), camera at the origin. No spherical harmonics of
+degree >= 1 (no ``shN``). Our ``meta.json`` adds ``"antialias": false`` and ``"sharp": {"f_px",
+"image_width", "image_height"}`` (the camera; other readers ignore unknown fields).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.formats.limits import MAX_DEFLATE_RATIO, MAX_GAUSSIANS, SceneTooLargeError, check_gaussian_count
+from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
+
+SOG_VERSION = 2
+MEDIA_TYPE = "application/zip"
+CODEBOOK_SIZE = 256
+MAX_IMAGE_SIDE = 16383
+"""WebP's largest width or height."""
+WEBP_EFFORT = 70
+"""Pillow's lossless `quality` (encoder effort 0-100); libwebp's simple lossless API uses 70 as well."""
+WEBP_METHOD = 4
+FILES = {"means": ["means_l.webp", "means_u.webp"], "scales": ["scales.webp"], "quats": ["quats.webp"],
+         "sh0": ["sh0.webp"]}
+
+_HISTOGRAM_BINS = 1 << 16
+_LLOYD_ITERATIONS = 100
+_QUAT_SCALE = math.sqrt(2.0)
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# For each index of the dropped (largest) component, the three kept ones in increasing order.
+_KEPT_COMPONENTS = np.array([[c for c in range(4) if c != largest] for largest in range(4)], dtype=np.int64)
+
+
+def image_size(count: int) -> tuple[int, int]:
+    """(W, H) of the images for `count` Gaussians, W * H >= count: W the largest power of two <= sqrt(count)
+    (at least 4; the pixel above then lies at a fixed step of the Morton curve, which WebP's predictors
+    exploit: 1-2 % smaller than a square image), H a multiple of 4."""
+    width = max(4, 1 << max(0, math.isqrt(max(count, 1)).bit_length() - 1))
+    height = max(4, math.ceil(count / width / 4) * 4)
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ValueError(f"{count:,} Gaussians do not fit SOG's {MAX_IMAGE_SIDE}-pixel WebP images")
+    return width, height
+
+
+def log_transform(values: np.ndarray) -> np.ndarray:
+    """sign(v) * ln(1 + |v|), elementwise, float64."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def inverse_log_transform(values: np.ndarray) -> np.ndarray:
+    """sign(n) * (exp(|n|) - 1), elementwise, float64."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.expm1(np.abs(values))
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """`values` with NaN -> 0 and ±inf -> the largest finite magnitude present (float64)."""
+    values = np.asarray(values, dtype=np.float64)
+    if np.isfinite(values).all():
+        return values
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return np.nan_to_num(values, nan=0.0, posinf=high, neginf=low)
+
+
+def quantize_positions(positions: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
+    """(N, 3) metres -> (N, 3) uint16 codes and the per-axis log-domain mins and maxs."""
+    logs = log_transform(_finite(positions)).reshape(-1, 3)
+    mins = logs.min(axis=0) if logs.size else np.zeros(3)
+    maxs = logs.max(axis=0) if logs.size else np.zeros(3)
+    span = np.where(maxs > mins, maxs - mins, 1.0)
+    codes = np.rint((logs - mins) / span * 65535.0)
+    return np.clip(codes, 0, 65535).astype(np.uint16), mins.tolist(), maxs.tolist()
+
+
+def _spread_bits(values: np.ndarray) -> np.ndarray:
+    """16-bit integers -> uint64 with bit k moved to bit 3k (the Morton interleave of one axis)."""
+    v = values.astype(np.uint64) & np.uint64(0xFFFF)
+    for shift, mask in ((16, 0x0000FF0000FF), (8, 0x00F00F00F00F), (4, 0x0C30C30C30C3), (2, 0x249249249249)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def morton_order(codes: np.ndarray) -> np.ndarray:
+    """(N,) int64 indices sorting (N, 3) uint16 codes along the 3-D Morton curve (x lowest bit; stable)."""
+    key = _spread_bits(codes[:, 0]) | (_spread_bits(codes[:, 1]) << np.uint64(1))
+    key |= _spread_bits(codes[:, 2]) << np.uint64(2)
+    return np.argsort(key, kind="stable")
+
+
+def _lloyd(codebook: np.ndarray, centers: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lloyd's iterations of a sorted 1-D codebook on weighted points: (codebook, weighted squared error)."""
+    for _ in range(_LLOYD_ITERATIONS):
+        labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
+        mass = np.bincount(labels, weights=weights, minlength=codebook.size)
+        moments = np.bincount(labels, weights=weights * centers, minlength=codebook.size)
+        updated = np.sort(np.where(mass > 0, moments / np.where(mass > 0, mass, 1), codebook))
+        converged = np.array_equal(updated, codebook)
+        codebook = updated
+        if converged:
+            break
+    labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
+    return codebook, float(np.sum(weights * (centers - codebook[labels]) ** 2))
+
+
+def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """A `size`-entry codebook minimising the squared error of `values`, and each value's label.
+
+    Lloyd's algorithm on a histogram of 65,536 equal bins over the finite range (each bin represented by
+    the mean of its values), started both at equally spaced quantiles of the density to the power 1/3 (the
+    asymptotically optimal spacing for squared error) and evenly over the range (better for a few far
+    outliers); the start with the smaller error wins. Non-finite values get the nearest end.
+
+    Returns:
+        (size,) float32 ascending codebook, and uint8 labels shaped like `values`.
+    """
+    flat = _finite(values).reshape(-1)
+    if flat.size == 0:
+        return np.zeros(size, dtype=np.float32), np.zeros(np.shape(values), dtype=np.uint8)
+    low, high = float(flat.min()), float(flat.max())
+    if high <= low:
+        return np.full(size, low, dtype=np.float32), np.zeros(np.shape(values), dtype=np.uint8)
+    bins = np.minimum(((flat - low) * (_HISTOGRAM_BINS / (high - low))).astype(np.int64), _HISTOGRAM_BINS - 1)
+    counts = np.bincount(bins, minlength=_HISTOGRAM_BINS).astype(np.float64)
+    sums = np.bincount(bins, weights=flat, minlength=_HISTOGRAM_BINS)
+    occupied = counts > 0
+    centers, weights = sums[occupied] / counts[occupied], counts[occupied]
+    cumulative = np.cumsum(np.cbrt(weights))
+    targets = (np.arange(size) + 0.5) / size * cumulative[-1]
+    starts = (centers[np.minimum(np.searchsorted(cumulative, targets), centers.size - 1)],
+              low + (np.arange(size) + 0.5) / size * (high - low))
+    codebook = min((_lloyd(start, centers, weights) for start in starts), key=lambda result: result[1])[0]
+    codebook32 = codebook.astype(np.float32)
+    midpoints = (codebook32[1:].astype(np.float64) + codebook32[:-1]) / 2
+    labels = np.searchsorted(midpoints, flat).astype(np.uint8)
+    return codebook32, labels.reshape(np.shape(values))
+
+
+def pack_quaternions(rotations: np.ndarray) -> np.ndarray:
+    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 "smallest three" (degenerate rows: identity)."""
+    q = np.asarray(rotations, dtype=np.float64)
+    norm = np.linalg.norm(q, axis=1, keepdims=True)
+    good = np.isfinite(norm) & (norm > 0)
+    q = np.where(good, q / np.where(good, norm, 1.0), np.array([1.0, 0.0, 0.0, 0.0]))
+    largest = np.argmax(np.abs(q), axis=1)
+    sign = np.where(np.take_along_axis(q, largest[:, None], axis=1) < 0, -1.0, 1.0)
+    kept = np.take_along_axis(q * sign, _KEPT_COMPONENTS[largest], axis=1)
+    out = np.empty((q.shape[0], 4), dtype=np.uint8)
+    out[:, :3] = np.clip(np.rint(255.0 * (kept * (_QUAT_SCALE / 2) + 0.5)), 0, 255)
+    out[:, 3] = 252 + largest
+    return out
+
+
+def unpack_quaternions(packed: np.ndarray) -> np.ndarray:
+    """(N, 4) uint8 "smallest three" -> (N, 4) float32 unit quaternions (w, x, y, z)."""
+    packed = np.asarray(packed)
+    mode = packed[:, 3].astype(np.int64) - 252
+    if ((mode < 0) | (mode > 3)).any():
+        raise ValueError("SOG quats.webp alpha must be 252..255")
+    kept = (packed[:, :3].astype(np.float64) / 255.0 - 0.5) * (2.0 / _QUAT_SCALE)
+    q = np.empty((packed.shape[0], 4), dtype=np.float64)
+    np.put_along_axis(q, _KEPT_COMPONENTS[mode], kept, axis=1)
+    dropped = np.sqrt(np.maximum(0.0, 1.0 - np.square(kept).sum(axis=1, keepdims=True)))
+    np.put_along_axis(q, mode[:, None], dropped, axis=1)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _webp(pixels: np.ndarray) -> bytes:
+    """(H, W, 3 or 4) uint8 -> lossless WebP bytes (`exact`: colours under alpha 0 are kept too)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(
+        buffer, "WEBP", lossless=True, quality=WEBP_EFFORT, method=WEBP_METHOD, exact=True)
+    return buffer.getvalue()
+
+
+def _image(columns: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, C) uint8 rows -> (H, W, C) pixels, the rows first in row-major order, zeros after."""
+    pixels = np.zeros((width * height, columns.shape[1]), dtype=np.uint8)
+    pixels[: columns.shape[0]] = columns
+    return pixels.reshape(height, width, columns.shape[1])
+
+
+def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
+    """The scene as a bundled ``.sog`` (a zip of ``meta.json`` and five WebP images; see the module docstring).
+
+    Args:
+        scene: the Gaussians (OpenCV axes, kept as in the PLY).
+        workers: threads encoding the WebP images (Pillow releases the GIL while encoding).
+    """
+    n = scene.num_gaussians
+    width, height = image_size(n)
+    codes, mins, maxs = quantize_positions(scene.positions)
+    order = morton_order(codes)
+    codes = codes[order]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_scales = np.log(np.asarray(scene.scales[order], dtype=np.float64))
+    scale_codebook, scale_labels = kmeans_1d(log_scales)
+    f_dc = (linear_to_srgb(scene.colors[order]).astype(np.float64) - 0.5) / SH_C0
+    color_codebook, color_labels = kmeans_1d(f_dc)
+    opacity = np.clip(np.rint(_finite(scene.opacities[order]) * 255.0), 0, 255).astype(np.uint8)
+
+    images: dict[str, Callable[[], np.ndarray]] = {
+        "means_l.webp": lambda: _image((codes & 0xFF).astype(np.uint8), width, height),
+        "means_u.webp": lambda: _image((codes >> 8).astype(np.uint8), width, height),
+        "scales.webp": lambda: _image(scale_labels, width, height),
+        "quats.webp": lambda: _image(pack_quaternions(scene.rotations[order]), width, height),
+        "sh0.webp": lambda: _image(np.concatenate([color_labels, opacity[:, None]], axis=1), width, height),
+    }
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        encoded = dict(zip(images, pool.map(lambda make: _webp(make()), images.values()), strict=True))
+    meta: dict[str, Any] = {
+        "version": SOG_VERSION,
+        "asset": {"generator": "sharp-serve"},
+        "count": n,
+        "antialias": False,
+        "means": {"mins": mins, "maxs": maxs, "files": FILES["means"]},
+        "scales": {"codebook": scale_codebook.tolist(), "files": FILES["scales"]},
+        "quats": {"files": FILES["quats"]},
+        "sh0": {"codebook": color_codebook.tolist(), "files": FILES["sh0"]},
+        "sharp": {"f_px": float(scene.f_px), "image_width": int(scene.image_width),
+                  "image_height": int(scene.image_height)},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        members = {"meta.json": json.dumps(meta, separators=(",", ":")).encode("utf-8"), **encoded}
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+            bundle.writestr(info, data)
+    return buffer.getvalue()
+
+
+MIN_BYTES_PER_GAUSSIAN = 2
+"""A .sog must hold at least this many bytes for each Gaussian its meta.json claims (ours take about 11: five
+lossless WebP images of noisy codes); a claim above it is a decompression bomb (constant images compress to
+nearly nothing) and is refused before any image is decoded."""
+
+
+def _check_claims(bundle: zipfile.ZipFile, count: int, file_bytes: int, max_gaussians: int) -> None:
+    """Refuse, before decompressing anything, a count over the cap or over what the file's size can hold, and
+    zip members that inflate past `MAX_DEFLATE_RATIO` (WebP images barely deflate)."""
+    if count < 0:
+        raise ValueError(f"SOG count must be >= 0, got {count}")
+    check_gaussian_count(count, "the .sog meta.json", max_gaussians)
+    if count * MIN_BYTES_PER_GAUSSIAN > file_bytes:
+        raise SceneTooLargeError(f"the .sog meta.json claims {count:,} Gaussians in a {file_bytes:,}-byte file "
+                                 f"(at least {MIN_BYTES_PER_GAUSSIAN} bytes each): refused as a decompression bomb")
+    inflated = sum(member.file_size for member in bundle.infolist())
+    if inflated > MAX_DEFLATE_RATIO * file_bytes + (1 << 16):
+        raise SceneTooLargeError(f"the .sog's zip members inflate to {inflated:,} bytes from a {file_bytes:,}-byte "
+                                 f"file, more than {MAX_DEFLATE_RATIO}x: refused as a decompression bomb")
+
+
+def _read_image(bundle: zipfile.ZipFile, name: str, count: int) -> np.ndarray:
+    """The first `count` pixels of image `name` as (count, 4) uint8 RGBA; its size (read from its header) must
+    hold `count` pixels in whole rows with at most one row to spare, checked before it is decoded."""
+    with Image.open(io.BytesIO(bundle.read(name))) as image:
+        width, height = image.size
+        if width * height < count or width * (height - 1) >= max(count, 1):
+            raise ValueError(f"SOG image {name} is {width}x{height} px, not the rows of {count} Gaussians")
+        pixels = np.asarray(image.convert("RGBA"), dtype=np.uint8).reshape(-1, 4)
+    if pixels.shape[0] < count:
+        raise ValueError(f"SOG image {name} has {pixels.shape[0]} pixels, fewer than count {count}")
+    return pixels[:count]
+
+
+def decode_sog(data: bytes | bytearray | memoryview, *, f_px: float | None = None, image_width: int | None = None,
+               image_height: int | None = None, max_gaussians: int = MAX_GAUSSIANS) -> GaussianScene:
+    """Read a bundled ``.sog`` (version 2) back into a scene (OpenCV axes, as stored).
+
+    Positions from the 16-bit codes and log ranges, rotations from the smallest three, scales exp of the
+    codebook, colours sRGB -> linear of ``0.5 + SH_C0 * codebook`` (not clipped), opacities alpha / 255.
+    Higher SH bands, if any, are ignored. The camera is our ``sharp`` field when present, unless given.
+
+    Raises:
+        SceneTooLargeError: more than `max_gaussians`, or a claim the file's size cannot hold (see `_check_claims`).
+        ValueError: not a zip, no or bad ``meta.json``, another version, a missing or short image.
+    """
+    try:
+        bundle = zipfile.ZipFile(io.BytesIO(bytes(data)))
+        meta = json.loads(bundle.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"not a bundled SOG (a zip with meta.json): {error}") from error
+    if not isinstance(meta, dict) or meta.get("version") != SOG_VERSION:
+        raise ValueError(f"SOG version {meta.get('version') if isinstance(meta, dict) else None!r} is not "
+                         f"supported (only {SOG_VERSION})")
+    try:
+        count = int(meta["count"])
+        _check_claims(bundle, count, len(data), max_gaussians)
+        means = [_read_image(bundle, name, count) for name in meta["means"]["files"][:2]]
+        quats = _read_image(bundle, meta["quats"]["files"][0], count)
+        scales = _read_image(bundle, meta["scales"]["files"][0], count)
+        sh0 = _read_image(bundle, meta["sh0"]["files"][0], count)
+        mins, maxs = (np.asarray(meta["means"][key], dtype=np.float64) for key in ("mins", "maxs"))
+        scale_codebook = np.asarray(meta["scales"]["codebook"], dtype=np.float64)
+        color_codebook = np.asarray(meta["sh0"]["codebook"], dtype=np.float64)
+    except (KeyError, IndexError, TypeError, OverflowError, OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"bad SOG bundle: {error!r}") from error
+    if scale_codebook.size != CODEBOOK_SIZE or color_codebook.size != CODEBOOK_SIZE:
+        raise ValueError("SOG codebooks must hold 256 values")
+    codes = means[0][:, :3].astype(np.float64) + 256.0 * means[1][:, :3]
+    span = np.where(maxs - mins != 0, maxs - mins, 1.0)
+    positions = inverse_log_transform(mins + span * (codes / 65535.0))
+    camera = meta.get("sharp") if isinstance(meta.get("sharp"), dict) else {}
+    return GaussianScene(
+        positions=positions.astype(np.float32),
+        scales=np.exp(scale_codebook[scales[:, :3]]).astype(np.float32),
+        rotations=unpack_quaternions(quats),
+        colors=srgb_to_linear(0.5 + SH_C0 * color_codebook[sh0[:, :3]]),
+        opacities=(sh0[:, 3].astype(np.float32) / np.float32(255)),
+        f_px=float(f_px if f_px is not None else camera.get("f_px", 0.0)),
+        image_width=int(image_width if image_width is not None else camera.get("image_width", 0)),
+        image_height=int(image_height if image_height is not None else camera.get("image_height", 0)),
+    )
