@@ -18,11 +18,13 @@ from typing import Any
 from app.cli.common import UsageError
 from app.errors import SharpError
 from app.files import write_atomically
+from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP
 from app.settings import Settings
 from app.video import Sampling, VideoLimits, is_video_path
 from app.vocabulary import AlignMode, choices
 
-__all__ = ["add_arguments", "is_video_path", "photo_flags_used", "run_clip"]
+__all__ = ["SEQUENCE_ZIP", "add_arguments", "form_fields", "is_clip_file", "is_video_path", "photo_flags_used",
+           "run_clip"]
 
 SAMPLING_FLAGS = ("fps", "start", "end", "max_frames", "align")
 
@@ -36,6 +38,16 @@ def add_arguments(predict: argparse.ArgumentParser) -> None:
     clip.add_argument("--max-frames", type=int, help="take at most this many frames")
     clip.add_argument("--align", choices=choices(AlignMode), help="scale: scale each frame's scene so that its depths "
                       "agree with the previous frame's; none (default): each frame as its own photo")
+
+
+def form_fields(args: argparse.Namespace) -> dict[str, str]:
+    """The clip options given, as `POST /jobs` form fields (`remote`)."""
+    return {name: str(getattr(args, name)) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None}
+
+
+def is_clip_file(path: str) -> bool:
+    """Whether `path` is one of a clip job's files (a server's answer is checked before it names a file here)."""
+    return SEQUENCE_FILE_PATTERN.fullmatch(path) is not None
 
 
 def photo_flags_used(args: argparse.Namespace) -> list[str]:
