@@ -155,7 +155,8 @@ class JobResponse(BaseModel):
 
     id: str
     status: JobStatus
-    stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`.")
+    stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`; a "
+                                   "clip's job: the stage of its `frame`, `preview` included.")
     progress: float = Field(ge=0, le=1, description="Share of the work done; the forward pass is 88 % of it.")
     queue_position: int | None = Field(description="Jobs ahead of this one (0: next); null unless queued.")
     created_at: str = Field(description="ISO 8601, UTC.")
