@@ -16,10 +16,10 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from app.errors import InvalidRequestError
-from app.http.responses import content_disposition, error_responses, sharp_headers
+from app.http.responses import RangeFileResponse, content_disposition, error_responses, sharp_headers
 from app.jobs.base import DEFAULT_SEQUENCE_OUTPUTS, SEQUENCE_ZIP, JobExpiredError, JobQueue
 from app.outputs import FORMATS
 from app.settings import Settings
@@ -94,7 +94,7 @@ async def _file(job_id: str, path: str, jobs: JobQueue) -> Response:
                "Content-Disposition": content_disposition(name)}
     if result.body is not None:
         return Response(result.body, media_type=media_type, headers=headers)
-    return FileResponse(result.path, media_type=media_type, headers=headers)
+    return RangeFileResponse(result.path, media_type=media_type, headers=headers)
 
 
 _FILE = {200: {"description": "The file", "content": {"application/octet-stream": {}}},
