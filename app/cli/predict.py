@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.cli import video
 from app.cli.common import UsageError, f_px_option, settings_with
 from app.errors import SharpError
 from app.files import write_atomically
@@ -39,6 +40,7 @@ def add_parser(commands: Any) -> None:
                          "(the same as --format ply_vertex)")
     predict.add_argument("--preview", action="store_true", help="also render the scene from the photo's viewpoint "
                          "into OUT_DIR/<stem>.png (our PyTorch renderer; no CUDA needed)")
+    video.add_arguments(predict)
     predict.set_defaults(run=run)
 
 
@@ -71,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     outputs: dict[str, dict[str, Any]] = {format_name: {}}
     if args.preview:
         outputs["preview"] = {}
+    clip = args.input.is_file() and video.is_video_path(args.input)
+    if not clip and video.photo_flags_used(args):
+        raise UsageError(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
     try:
-        images = find_images(args.input)
+        images = [args.input] if clip else find_images(args.input)
     except (SharpError, OSError, ValueError) as error:
         raise UsageError(str(error)) from None
     if not images:
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if info.weights == "synthetic":
         print("warning: synthetic weights: the output is NOT a real SHARP prediction", file=sys.stderr)
 
+    if clip:
+        return video.run_clip(args, predictor, settings, outputs, output_dir)
     failures = 0
     for number, path in enumerate(images, start=1):
         prefix = f"[{number}/{len(images)}] " if len(images) > 1 else ""

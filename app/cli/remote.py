@@ -1,6 +1,10 @@
 """`python -m app remote`: send photos to a sharp-serve server as jobs, watch them, download the results.
 
     python -m app remote -i IMAGE_OR_DIR -o OUT_DIR --url URL [--api-key K] [--format ply,spz] [--f-px F]
+    python -m app remote -i CLIP -o OUT_DIR --url URL [--fps F] [--start S] [--end E] [--max-frames N] [--align A]
+
+A clip (docs/video.md) is one job: its progress line says the frame, and its files go to
+OUT_DIR/<stem>/frames/000000<suffix>, ..., OUT_DIR/<stem>/manifest.json and OUT_DIR/<stem>/preview.mp4.
 
 Every image is submitted first (`POST /jobs`; a 503 is retried after its `Retry-After`), so a server
 with several GPU containers (Modal) works on them in parallel; then each job is followed through its
@@ -26,6 +30,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from app.cli import video
 from app.cli.common import f_px_option
 from app.files import write_atomically
 from app.outputs import FORMATS
@@ -51,6 +56,7 @@ def add_parser(commands: Any) -> None:
     remote.add_argument("--format", default="ply", help=f"comma-separated subset of {','.join(FORMATS)} "
                         "(default: ply)")
     remote.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
+    video.add_arguments(remote)
     remote.set_defaults(run=run)
 
 
@@ -76,8 +82,11 @@ def _run(args: argparse.Namespace) -> int:
         return _usage(f"--format: unknown format {', '.join(unknown) or '(none)'}; use some of {', '.join(FORMATS)}")
     if not args.url.startswith(("http://", "https://")):
         return _usage(f"--url must start with http:// or https://, got {args.url!r}")
+    clip = args.input.is_file() and video.is_video_path(args.input)
+    if not clip and video.photo_flags_used(args):
+        return _usage(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
     try:
-        images = find_images(args.input)
+        images = [args.input] if clip else find_images(args.input)
     except (OSError, ValueError) as error:
         return _usage(str(error))
     if not images:
@@ -99,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs: list[tuple[Path, str | None, str]] = []
         for path in images:
             try:
-                jobs.append((path, _submit(client, path, formats, args.f_px), ""))
+                jobs.append((path, _submit(client, path, formats, args.f_px, video.form_fields(args)), ""))
             except RemoteError as error:
                 jobs.append((path, None, str(error)))
         failures = 0
@@ -115,8 +124,10 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{prefix}: failed: {error}", file=sys.stderr)
                 continue
             meta = job.get("metadata") or {}
-            print(f"{prefix}: {meta.get('image_width')}x{meta.get('image_height')} px, "
-                  f"{meta.get('num_gaussians', 0):,} Gaussians -> {', '.join(str(p) for p in written)}")
+            frames = f"{job['frames']} frames of " if job.get("frames") else ""
+            shown = [written[0].parent] if job.get("frames") else written
+            print(f"{prefix}: {frames}{meta.get('image_width')}x{meta.get('image_height')} px, "
+                  f"{meta.get('num_gaussians', 0):,} Gaussians -> {', '.join(str(p) for p in shown)}")
     return 1 if failures else 0
 
 
@@ -125,8 +136,9 @@ def _usage(message: str) -> int:
     return 2
 
 
-def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None) -> str:
-    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {})}
+def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None,
+            clip_fields: dict[str, str]) -> str:
+    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}), **clip_fields}
     deadline = time.monotonic() + MAX_SUBMIT_WAIT_S
     try:
         content = path.read_bytes()
@@ -184,9 +196,17 @@ def _events(client: httpx.Client, job_id: str) -> Iterator[dict[str, Any]]:
 
 
 def _download(client: httpx.Client, job: dict[str, Any], stem: str, output: Path) -> list[Path]:
+    """A photo's files as OUT/<stem><suffix>; a clip's as OUT/<stem>/frames/..., manifest.json, preview.mp4
+    (the zip of them is not fetched)."""
     written = []
     for format_name, url in job["results"].items():
-        destination = output / FORMATS[format_name].filename(stem)
+        if job.get("frames") is not None:
+            if not video.is_clip_file(format_name) or format_name == video.SEQUENCE_ZIP:
+                continue
+            destination = output / stem / format_name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            destination = output / FORMATS[format_name].filename(stem)
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 response.read()
@@ -222,12 +242,13 @@ class _ProgressLine:
 
     def show(self, job: dict[str, Any]) -> None:
         status, stage, progress = job.get("status", ""), job.get("stage", ""), float(job.get("progress") or 0)
+        frame = f"frame {job['frame']}/{job['frames']} " if job.get("frame") and status == "running" else ""
         if status == "queued":
             position = job.get("queue_position")
             text = f"queued ({position} ahead)" if position else "queued"
         else:
-            text = f"{status} {stage} {100 * progress:3.0f}%"
-        key = (status, stage, int(100 * progress) if self.tty else int(4 * progress))
+            text = f"{status} {frame}{stage} {100 * progress:3.0f}%"
+        key = (status, frame + stage, int(100 * progress) if self.tty else int(4 * progress))
         if key == self.last:
             return
         self.last = key
