@@ -1,11 +1,12 @@
 """Serves the web page (`GET /viewer`, and `GET /` for browsers) and its assets (`/static/...`).
 
-The page is plain HTML, CSS and one ES module (`static/app.js`); the renderer, Spark on three.js, is
-loaded through an import map from `static/vendor/`, which `make web` fills from npm (pinned in
-`web/package-lock.json`). Nothing is fetched from a CDN and no Node.js is needed at run time. Without
-the vendor files the server still starts: the page says what to run. The page's import map points at
-`/static/v/<tag>/`, the vendor files under a digest of their manifest, cached for a year; the page itself
-carries a Content-Security-Policy (this origin, plus what the renderer needs) and no framing by others.
+The page is plain HTML, CSS and ES modules (`static/app.js`, which imports the others in `static/`); the
+renderer, Spark on three.js, is loaded through an import map from `static/vendor/`, which `make web`
+fills from npm (pinned in `web/package-lock.json`). Nothing is fetched from a CDN and no Node.js is
+needed at run time. Without the vendor files the server still starts: the page says what to run. The
+page's import map points at `/static/v/<tag>/`, the vendor files under a digest of their manifest, cached
+for a year; the page itself carries a Content-Security-Policy (this origin, plus what the renderer needs)
+and no framing by others.
 
 Content negotiation on `/`: a request whose Accept header prefers `text/html` to `application/json`
 (what browsers send when opening a URL) gets the page; everything else (curl's and requests' `*/*`,

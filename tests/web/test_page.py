@@ -10,6 +10,7 @@ its state on `document.body.dataset.state` and its first frame with splats on `d
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from app.http import create_app
 from app.imaging import load_image
 from app.outputs import SCENE_FORMATS
 from app.predictor import SharpPredictor
+from app.service import InferenceService
+from app.settings import Settings
 from app.web import page as web_page
+from app.weights import CheckpointDownloadError
 from tests.helpers import LiveServer
 from tests.web.browser import (
     API_KEY,
@@ -76,8 +80,11 @@ def test_root_negotiates_and_static_is_served(server: LiveServer) -> None:
             assert '<input id="photo"' in html.text
             assert ('data-vendor="ok"' in html.text) is not bool(web_page.vendor_missing())
         assert client.get("/viewer").headers["cache-control"] == "no-cache"
-        script = client.get("/static/app.js")
-        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        modules = sorted(path.name for path in web_page.STATIC_DIR.glob("*.js"))
+        assert "app.js" in modules and len(modules) > 1  # the entry module imports the others
+        for name in modules:
+            script = client.get(f"/static/{name}")
+            assert script.status_code == 200 and "javascript" in script.headers["content-type"], name
         for path in web_page.vendor_files() if not web_page.vendor_missing() else ():
             assert client.get(f"/static/vendor/{path}").status_code == 200, path
         missing = client.get("/static/nothing-here.js")
@@ -281,6 +288,29 @@ def test_upload_over_the_limit_is_explained(page: Any, tiny_predictor: SharpPred
         assert wait_state(page, "error", "ready") == "error"
         assert page.get_attribute("body", "data-error-code") == "upload_too_large"
         assert "0.1 MB" in page.text_content("#error-message")
+    finally:
+        live.stop()
+
+
+def test_model_that_cannot_load_is_explained_in_the_banner(page: Any) -> None:
+    """Offline with nothing cached: the page shows /health's message, which names the fix."""
+    url = "https://example.invalid/sharp.pt"
+
+    def unreachable(_settings: Settings) -> None:
+        raise CheckpointDownloadError(f"Downloading {url} failed: ConnectError.", url=url, unreachable=True)
+
+    settings = page_settings(preset="sharp", checkpoint_url=url)
+    live = LiveServer.start(create_app(settings, service=InferenceService(settings, loader=unreachable)))
+    try:
+        with live.client() as client:  # the first load attempt fails at once
+            for _ in range(600):
+                if client.get("/health").json()["status"] == "error":
+                    break
+                time.sleep(0.05)
+        page.goto(f"{live.url}/")
+        page.wait_for_selector("#model-banner.error", state="visible")
+        assert "SHARP_PRESET=tiny" in page.text_content("#model-banner")
+        assert page.text_content("#model") == "model error"
     finally:
         live.stop()
 

@@ -222,7 +222,7 @@ def test_shared_link_reopens_the_scene_elsewhere(browser: Any, phone: Any, serve
     link = phone.url
     first = after_drawing(phone, 0)
 
-    other = browser.new_context(**PHONE)
+    other = browser.new_context(**PHONE, bypass_csp=True)  # see conftest.page
     try:
         tab = other.new_page()
         tab.set_default_timeout(TIMEOUT_MS)
