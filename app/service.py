@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from app import pipeline
+from app.budget import MaxGaussians
 from app.errors import SharpError
 from app.predictor import SharpPredictor
 from app.settings import Settings
@@ -216,13 +217,14 @@ class InferenceService:
     # ------------------------------------------------------------------------------------ inference
 
     async def run(self, source: bytes | Path, *, filename: str | None, f_px: float | None,
-                  outputs: pipeline.Outputs, progress: ProgressCallback | None = None,
+                  outputs: pipeline.Outputs, max_gaussians: MaxGaussians | None = None,
+                  progress: ProgressCallback | None = None,
                   admit: bool = True, sink: pipeline.OutputSink | None = None) -> pipeline.RunResult:
         """`pipeline.run` on a worker thread, in this service's slots (see the module docstring).
 
         Args:
-            source, filename, f_px, outputs, progress, sink: as for `pipeline.run` (`progress` and `sink`
-                are called on the worker thread).
+            source, filename, f_px, outputs, max_gaussians, progress, sink: as for `pipeline.run`
+                (`progress` and `sink` are called on the worker thread).
             admit: count this run against the queue limit (False: the job worker, whose own queue bounds
                 what waits).
 
@@ -235,8 +237,8 @@ class InferenceService:
         predictor = self.require_predictor()
         with self._admission() if admit else contextlib.nullcontext():
             work = functools.partial(pipeline.run, predictor, source, outputs, filename=filename, f_px=f_px,
-                                     max_pixels=self.settings.max_pixels, progress=progress, slots=self._slots,
-                                     sink=sink)
+                                     max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
+                                     progress=progress, slots=self._slots, sink=sink)
             return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
 
     @contextlib.contextmanager

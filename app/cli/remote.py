@@ -1,6 +1,7 @@
 """`python -m app remote`: send photos to a sharp-serve server as jobs, watch them, download the results.
 
     python -m app remote -i IMAGE_OR_DIR -o OUT_DIR --url URL [--api-key K] [--format ply,spz] [--f-px F]
+                         [--max-gaussians N|F]
 
 Every image is submitted first (`POST /jobs`; a 503 is retried after its `Retry-After`), so a server
 with several GPU containers (Modal) works on them in parallel; then each job is followed through its
@@ -26,7 +27,9 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from app.cli.common import f_px_option
+from app.budget import budget_count
+from app.cli.common import f_px_option, gaussians_kept, max_gaussians_option
+from app.errors import SharpError
 from app.files import write_atomically
 from app.outputs import FORMATS
 from app.vocabulary import FINAL_JOB_STATUSES
@@ -51,6 +54,9 @@ def add_parser(commands: Any) -> None:
     remote.add_argument("--format", default="ply", help=f"comma-separated subset of {','.join(FORMATS)} "
                         "(default: ply)")
     remote.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
+    remote.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
+                        help="a splat budget for every output: keep only the N Gaussians (or the fraction F in "
+                             "(0, 1]) that matter most to the image; default: all")
     remote.set_defaults(run=run)
 
 
@@ -91,14 +97,17 @@ def _run(args: argparse.Namespace) -> int:
     timeout = httpx.Timeout(60.0, connect=10.0)
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=timeout) as client:
         try:
-            client.get("/health")
+            health = client.get("/health")
         except httpx.HTTPError as error:
             print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
             return 1
+        problem = _budget_problem(args.max_gaussians, health)
+        if problem:
+            return _usage(problem)
         jobs: list[tuple[Path, str | None, str]] = []
         for path in images:
             try:
-                jobs.append((path, _submit(client, path, formats, args.f_px), ""))
+                jobs.append((path, _submit(client, path, formats, args.f_px, args.max_gaussians), ""))
             except RemoteError as error:
                 jobs.append((path, None, str(error)))
         failures = 0
@@ -114,9 +123,26 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{prefix}: failed: {error}", file=sys.stderr)
                 continue
             meta = job.get("metadata") or {}
+            kept = meta.get("num_gaussians") or 0
+            gaussians = gaussians_kept(kept, meta.get("total_gaussians") or kept)
             print(f"{prefix}: {meta.get('image_width')}x{meta.get('image_height')} px, "
-                  f"{meta.get('num_gaussians', 0):,} Gaussians -> {', '.join(str(p) for p in written)}")
+                  f"{gaussians} -> {', '.join(str(p) for p in written)}")
     return 1 if failures else 0
+
+
+def _budget_problem(max_gaussians: int | float | None, health: httpx.Response) -> str | None:
+    """Why the server's model cannot keep `max_gaussians` (above its count), when its /health says the count."""
+    if max_gaussians is None:
+        return None
+    try:
+        num_gaussians = int(health.json()["num_gaussians"])
+    except (ValueError, KeyError, TypeError):
+        return None  # not known yet (loading): the server refuses a bad budget itself
+    try:
+        budget_count(max_gaussians, num_gaussians)
+    except SharpError as error:
+        return f"--max-gaussians: {error.message}"
+    return None
 
 
 def _usage(message: str) -> int:
@@ -124,8 +150,10 @@ def _usage(message: str) -> int:
     return 2
 
 
-def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None) -> str:
-    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {})}
+def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None,
+            max_gaussians: int | float | None) -> str:
+    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}),
+            **({"max_gaussians": str(max_gaussians)} if max_gaussians is not None else {})}
     deadline = time.monotonic() + MAX_SUBMIT_WAIT_S
     try:
         content = path.read_bytes()

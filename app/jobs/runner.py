@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from app.jobs.base import Job
+from app.jobs.base import Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.service import InferenceService
@@ -20,18 +20,20 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
     exception it raises (a cancellation) stops the job there. Errors: `ImageError`, `SharpError`, whatever
     `progress` raises."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
-    outputs = {name: job.options if name == "json" else {} for name in job.outputs}
+    outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
     written: dict[str, int] = {}  # name -> bytes written
 
     def write(output: EncodedOutput) -> None:  # on the run's worker thread
         written[output.format] = store.write_result(job.id, output.format, output.body)
 
-    result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs, progress=progress,
-                               admit=False, sink=write)
+    result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs,
+                               max_gaussians=job.options.get("max_gaussians"), progress=progress, admit=False,
+                               sink=write)
     prediction, scene = result.prediction, result.prediction.scene
     job.name = prediction.name
     job.model = prediction.model.summary()
     job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
-                    "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians}
+                    "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians,
+                    "total_gaussians": prediction.num_predicted}
     job.results.update(written)
     job.timings_ms = result.timings_ms

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form
 from fastapi.responses import Response
 
-from app.http.deps import FocalPx, ImageUpload, Service, SingleValued, read_upload
+from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, SingleValued, read_upload
 from app.http.responses import error_responses, prediction_response
 
 MAX_RENDER_SIDE = 2048
@@ -42,13 +42,14 @@ _FORMAT = {"png": "preview", "jpeg": "preview_jpeg", "mp4": "orbit"}
 )
 async def render(service: Service, file: ImageUpload, f_px: FocalPx = None, output: RenderOutput = "png",
                  size: RenderSize = 512, path: CameraPath = "orbit", frames: Frames = 60,
-                 depth: Depth = False) -> Response:
-    """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed)."""
+                 depth: Depth = False, max_gaussians: MaxGaussians = None) -> Response:
+    """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed);
+    with `max_gaussians`, only the Gaussians that budget keeps are drawn."""
     options: dict[str, object] = {"size": size}
     if output == "mp4":
         options.update(path=path, frames=frames)
     else:
         options["depth"] = depth
     result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
-                               outputs={_FORMAT[output]: options})
+                               max_gaussians=max_gaussians, outputs={_FORMAT[output]: options})
     return prediction_response(result, _FORMAT[output])
