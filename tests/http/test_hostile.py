@@ -211,14 +211,20 @@ def test_f_px_at_its_bounds_is_accepted(client: httpx.Client, value: str) -> Non
     assert (meta["f_px"], meta["f_px_source"]) == (float(value), "request")
 
 
-def test_empty_f_px_and_unknown_fields_are_ignored_and_huge_max_gaussians_keeps_all(client: httpx.Client) -> None:
+def test_empty_f_px_and_unknown_fields_are_ignored_and_a_whole_budget_keeps_all(client: httpx.Client) -> None:
     response = client.post("/predict", files={"file": ("a.png", GOOD_PNG)},
-                           data={"f_px": "", "max_gaussians": str(10**30), "encoding": "base64",
+                           data={"f_px": "", "max_gaussians": "1.0", "encoding": "base64",
                                  "colour": "blue", "__proto__": "{}", "file_extra": "x" * 10_000})
     assert response.status_code == 200, response.text
     meta = response.json()["metadata"]
     assert meta["f_px_source"] == "default"
     assert meta["num_gaussians"] == meta["total_gaussians"]
+
+
+def test_a_budget_above_the_count_is_refused_naming_it(client: httpx.Client) -> None:
+    response = client.post("/predict", files={"file": ("a.png", GOOD_PNG)}, data={"max_gaussians": str(10**30)})
+    error = assert_error(response, 422, "validation_error")
+    assert "a count from 1 to 131,072 or a fraction in (0, 1]" in error["message"]
 
 
 def test_two_files_are_refused(client: httpx.Client) -> None:
