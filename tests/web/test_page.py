@@ -230,6 +230,20 @@ def test_local_files_open_upright_and_resemble_the_photo(page: Any, server: Live
     assert not [r for r in requests if r.startswith("POST")], requests
 
 
+def test_local_sog_opens_upright(page: Any, server: LiveServer, tmp_path: Path) -> None:
+    """Our SOG (PLY axes, OpenCV; Spark reads it as a `pcsogszip`) of the photo scene, opened on a desktop
+    page: red above blue, as the PLY of the same scene. SOG carries no camera, so only the orientation is
+    checked (as for SPZ and .splat above)."""
+    write_scene(photo_scene(red_over_blue(160, 120), f_px=150.0), tmp_path / "photo.sog")
+    page.goto(f"{server.url}/viewer")
+    page.set_input_files("#scene-file", str(tmp_path / "photo.sog"))
+    wait_first_frame(page)
+    rendered = canvas_pixels(page)
+    half = rendered.shape[0] // 2
+    assert rendered.std() > 20, "the canvas is blank"
+    assert redness(rendered[:half]) > 60 and redness(rendered[half:]) < -60
+
+
 def test_exif_rotated_jpeg_is_upright(page: Any, server: LiveServer) -> None:
     """A JPEG stored sideways with EXIF orientation 6: the server turns it upright (landscape 200 x 120),
     and the tiny network's colours follow the photo, so the rendered top is red and the bottom blue."""

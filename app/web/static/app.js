@@ -351,6 +351,9 @@ function formFor(file, fPx, extra = {}) {
   const form = new FormData();
   form.append("file", file, file.name || "photo");
   if (fPx) form.append("f_px", fPx);
+  // The splat budget: every output of the request (the server checks it and names the accepted range).
+  const maxGaussians = $("max-gaussians").value.trim();
+  if (maxGaussians) form.append("max_gaussians", maxGaussians);
   for (const [name, value] of Object.entries(extra)) form.append(name, value);
   return form;
 }
@@ -390,6 +393,7 @@ async function predictSync(file, fPx, run) {
     camera: { fPx: Number(header("X-Sharp-F-Px")) || 0, width, height },
     meta: {
       gaussians: Number(header("X-Sharp-Num-Gaussians")) || 0,
+      predicted: Number(header("X-Sharp-Num-Gaussians-Predicted")) || 0,
       fPx: Number(header("X-Sharp-F-Px")) || 0,
       fPxSource: header("X-Sharp-F-Px-Source"),
       width,
@@ -470,6 +474,7 @@ async function jobScene(job, jobUrl, run) {
     camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
     meta: {
       gaussians: m.num_gaussians,
+      predicted: m.total_gaussians,
       fPx: m.f_px,
       fPxSource: m.f_px_source,
       width: m.image_width,
@@ -573,7 +578,10 @@ function showResult(result, file) {
   const { meta } = result;
   const rows = [];
   const fmt = (n, digits = 0) => Number(n).toLocaleString("en-US", { maximumFractionDigits: digits });
-  if (meta.gaussians) rows.push(["Gaussians", fmt(meta.gaussians)]);
+  if (meta.gaussians) {
+    const kept = meta.predicted && meta.predicted !== meta.gaussians ? ` of ${fmt(meta.predicted)} predicted` : "";
+    rows.push(["Gaussians", `${fmt(meta.gaussians)}${kept}`]);
+  }
   if (meta.width) rows.push(["Image", `${meta.width} × ${meta.height} px`]);
   if (meta.fPx) rows.push(["f_px", `${fmt(meta.fPx, 1)}${meta.fPxSource ? ` (${meta.fPxSource})` : ""}`]);
   if (meta.model?.preset) rows.push(["Model", `${meta.model.preset}, ${meta.model.weights} weights`]);
