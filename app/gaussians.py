@@ -27,10 +27,12 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
-    """sRGB -> linear RGB (threshold 0.04045), elementwise, float32."""
+    """sRGB -> linear RGB (threshold 0.04045), elementwise, float32; values whose power overflows float32 (over
+    about 1e16, e.g. a corrupt PLY's f_dc) become inf, which the renderer refuses as non-finite."""
     srgb = np.asarray(srgb, dtype=np.float32)
     low = srgb / np.float32(12.92)
-    high = np.power((np.maximum(srgb, 0) + np.float32(0.055)) / np.float32(1.055), np.float32(2.4))
+    with np.errstate(over="ignore"):
+        high = np.power((np.maximum(srgb, 0) + np.float32(0.055)) / np.float32(1.055), np.float32(2.4))
     return np.where(srgb <= np.float32(0.04045), low, high).astype(np.float32)
 
 

@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app.budget import keep_most_important  # noqa: E402
 from app.files import write_atomically  # noqa: E402
-from app.formats.json import encode_json, select_gaussians  # noqa: E402
+from app.formats.json import encode_json  # noqa: E402
 from app.formats.ply import (  # noqa: E402
     PLY_VERSION,
     VERTEX_PROPERTIES,
@@ -229,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     for encoding in ("list", "base64"):
         t, data = best_time(lambda e=encoding: encode_json(scene, {"bench": True}, encoding=e), args.repeat)
         rows.append((f"json {encoding}", t, len(data)))
-    small = select_gaussians(scene, 100_000)
+    small = keep_most_important(scene, 100_000)
     t, data = best_time(lambda: encode_json(small, {}, encoding="list"), args.repeat)
-    rows.append(("json list, 100k most opaque", t, len(data)))
+    rows.append(("json list, 100k most important", t, len(data)))
     del data
 
     for name, seconds, size in rows:

@@ -1,6 +1,16 @@
-"""Peak memory of decoding + preprocessing N concurrent "decompression bomb" PNGs, old path against new.
+"""Peak memory: of decoding + preprocessing N concurrent "decompression bomb" PNGs, old path against new; and of
+``python -m app render`` on hostile scene files and on long videos.
 
     python bench/memory.py [--side 7000] [--size 1536] [--concurrency 1 6]
+    python bench/memory.py --cases scenes renders [--before /tmp/main-checkout] [--cap-mb 4000]
+
+Scene and render cases (`--cases scenes renders`): each runs ``python -m app render`` in a fresh process, from
+this checkout and, with `--before`, from another one (e.g. main's code, ``git archive main | tar -x -C DIR``),
+and prints the child's peak RSS (the kernel's ru_maxrss of the process, imports included: about 260 MB before
+any work), its exit status and the last line it printed. A child whose RSS passes `--cap-mb` is killed and
+shown as ``>CAP``, so a bomb cannot take the machine down. The hostile files are those of the battery
+(`tests/http/hostile_inputs.py`), at full size; the render cases draw a 2,000-Gaussian scene
+(the frames, not the scene, are what a long render holds).
 
 The bomb is a flat-colour side x side RGB PNG: ~160 KB on the wire, 147 MB as uint8 pixels. Each
 measurement runs in a fresh Python process, which starts N threads that wait on a barrier and then each
@@ -108,8 +118,105 @@ def make_png(side: int, colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def scene_files() -> dict[str, bytes]:
+    """The hostile scene files of the battery at full size (each under 10 MB)."""
+    from tests.http import hostile_inputs as h
+
+    return {
+        "spz-gzip-bomb-3MB.spz": h.spz_bomb(0xFFFF_FFFF, 3_000 << 20),
+        "spz-8M-points-of-zeros.spz": h.spz_bomb(8_000_000, 160_000_000),
+        "spz-1000-points-then-512MB.spz": h.spz_bomb(1000, 512 << 20),
+        "ply-list-claims-60M.ply": h.ply_list_bomb(),
+        "ply-list-claims-2e9.ply": h.ply_list_bomb(2_000_000_000),
+        "ply-ascii-claims-2e9.ply": h.ply_ascii_bomb(),
+        "ply-faces-claim-4e9.ply": h.ply_face_bomb(),
+        "ply-vertex-count--5.ply": h.ply_header(-5) + h.ply_vertices(2),
+        "ply-ascii-9MB.ply": h.ply_ascii_large(),
+        "ply-binary-9MB-overlapping.ply": h.ply_binary_overlapping(),
+    }
+
+
+def render_scene(count: int = 2_000) -> bytes:
+    """A binary PLY of `count` small Gaussians spread in front of the camera."""
+    from tests.http import hostile_inputs as h
+
+    rng = np.random.default_rng(0)
+    rows = np.frombuffer(h.ply_vertices(count), dtype="<f4").reshape(count, -1).copy()
+    rows[:, 0:2] = rng.uniform(-1, 1, (count, 2))
+    rows[:, 2] = rng.uniform(2, 4, count)
+    rows[:, 3:6] = rng.normal(0, 1, (count, 3))
+    rows[:, 7:10] = np.log(rng.uniform(0.005, 0.02, (count, 3)))
+    return h.ply_header(count) + rows.tobytes()
+
+
+RENDER_CASES = [  # (name, output file, extra arguments)
+    ("mp4 160x120, 60 frames", "orbit.mp4", ["--size", "160x120", "--frames", "60"]),
+    ("mp4 160x120, 600 frames", "orbit.mp4", ["--size", "160x120", "--frames", "600"]),
+    ("gif 160x120, 60 frames", "orbit.gif", ["--size", "160x120", "--frames", "60"]),
+    ("gif 160x120, 600 frames", "orbit.gif", ["--size", "160x120", "--frames", "600"]),
+    ("gif 4096x4096, 600 frames", "orbit.gif", ["--size", "4096x4096", "--frames", "600"]),
+]
+
+
+def run_capped(command: list[str], cwd: Path, cap_mb: float) -> tuple[float, int | None, str, float]:
+    """Run `command`; kill it when its RSS passes `cap_mb`. Returns (peak RSS MB, exit status or None if killed,
+    its last line of stderr, seconds)."""
+    import os
+    import time
+
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+        start, killed = time.monotonic(), False
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                with open(f"/proc/{child.pid}/statm") as statm:
+                    rss = int(statm.read().split()[1]) * resource.getpagesize() / 1e6
+            except OSError:
+                rss = 0.0
+            if rss > cap_mb and not killed:
+                child.kill()
+                killed = True
+            time.sleep(0.02)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        lines = errors.read().decode(errors="replace").replace("\r", "\n").strip().splitlines()
+    last = lines[-1] if lines else ""
+    return usage.ru_maxrss * 1024 / 1e6, None if killed else child.returncode, last, time.monotonic() - start
+
+
+def run_render_cases(cases: list[str], trees: dict[str, Path], cap_mb: float) -> None:
+    """Print the peak RSS of `python -m app render` for each case, in each source tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        jobs: list[tuple[str, Path, Path, list[str]]] = []
+        if "scenes" in cases:
+            for name, data in scene_files().items():
+                (folder / name).write_bytes(data)
+                jobs.append((f"{name} ({len(data) / 1e6:.1f} MB)", folder / name, folder / "out.png", []))
+        if "renders" in cases:
+            (folder / "scene.ply").write_bytes(render_scene())
+            jobs += [(name, folder / "scene.ply", folder / output, extra) for name, output, extra in RENDER_CASES]
+        print(f"{'case':<44}" + "".join(f"  {tree + ' peak (MB)':>16}  {'s':>5}  {'exit':>4}" for tree in trees))
+        for name, scene, output, extra in jobs:
+            row, notes = f"{name:<44}", []
+            for tree, root in trees.items():
+                command = [sys.executable, "-m", "app", "render", str(scene), "-o", str(output), "--device", "cpu",
+                           *extra]
+                peak, status, last, seconds = run_capped(command, root, cap_mb)
+                shown = f">{cap_mb:.0f}" if status is None else f"{peak:.0f}"
+                row += f"  {shown:>16}  {seconds:>5.1f}  {'kill' if status is None else status:>4}"
+                notes.append(f"    {tree}: {last[:150]}")
+            print(row, *notes, sep="\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=["png", "scenes", "renders"], default=["png"])
+    parser.add_argument("--before", type=Path, default=None, help="another checkout to compare with (scenes, renders)")
+    parser.add_argument("--cap-mb", type=float, default=4000, help="kill a render child whose RSS passes this")
     parser.add_argument("--side", type=int, default=7000, help="bomb width and height in pixels")
     parser.add_argument("--size", type=int, default=1536, help="network input size (1536: sharp, 512: tiny)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 6])
@@ -118,6 +225,12 @@ def main() -> None:
     if args.child:
         path, bomb, concurrency = args.child
         measure(path, Path(bomb), int(concurrency), args.size)
+        return
+    render_cases = [case for case in args.cases if case != "png"]
+    if render_cases:
+        trees = {"before": args.before.resolve()} if args.before else {}
+        run_render_cases(render_cases, {**trees, "now": Path(__file__).resolve().parents[1]}, args.cap_mb)
+    if "png" not in args.cases:
         return
 
     with tempfile.TemporaryDirectory() as tmp:

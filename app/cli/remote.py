@@ -95,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     timeout = httpx.Timeout(60.0, connect=10.0)
-    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=timeout) as client:
+    # Modal answers a request still running after 150 s with a 303 to where its result will be.
+    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=timeout, follow_redirects=True) as client:
         try:
             health = client.get("/health")
         except httpx.HTTPError as error:

@@ -7,6 +7,7 @@ A still image shows the input view (the photo's camera); a video follows a camer
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from app.budget import keep_most_important
     from app.files import write_atomically
-    from app.render.pictures import output_size, render_still, render_video
+    from app.render.pictures import output_size, render_still, video_chunks
     from app.render.scene_io import load_scene
     from app.render.video import IMAGE_FORMATS, VIDEO_FORMATS
 
@@ -90,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         raise RenderError("unsupported_format", f"output must end in .png, .jpg, .mp4 or .gif, got {args.output}")
     if fmt in VIDEO_FORMATS and args.depth:
         raise RenderError("bad_option", "--depth is for still images (.png, .jpg)")
+    _check_output_folder(args.output)
     options = {"size": parse_size(args.size) if args.size is not None else None,
                "background": parse_color(args.background), "f_px": args.f_px, "device": args.device, "fmt": fmt}
 
@@ -99,14 +101,60 @@ def _run(args: argparse.Namespace) -> int:
     scene = keep_most_important(scene, args.max_gaussians)
     loaded = time.perf_counter()
     if fmt in IMAGE_FORMATS:
-        data = render_still(scene, depth=args.depth, **options)
-        count = 1
+        chunks = iter([render_still(scene, depth=args.depth, **options)])
+        count, bar = 1, None
     else:
-        data = render_video(scene, path=args.path, frames=args.frames, fps=args.fps, **options)
+        bar = FrameProgress(f"{args.scene.name} -> {args.output.name}")
+        chunks = video_chunks(scene, path=args.path, frames=args.frames, fps=args.fps, progress=bar.update,
+                              **options)
         count = args.frames
-    write_atomically(args.output, [data])
+    try:
+        write_atomically(args.output, chunks)
+    except OSError as error:
+        raise RenderError("bad_option", f"cannot write {args.output}: {error.strerror or error}") from None
+    finally:
+        if bar is not None:
+            bar.close()
     width, height = output_size(scene, options["size"])
     gaussians = gaussians_kept(scene.num_gaussians, num_predicted)
     print(f"{args.scene.name}: {gaussians}, {width}x{height} px, {count} frame(s) in "
-          f"{time.perf_counter() - loaded:.2f}s (load {loaded - start:.2f}s) -> {args.output} ({len(data):,} bytes)")
+          f"{time.perf_counter() - loaded:.2f}s (load {loaded - start:.2f}s) -> {args.output} "
+          f"({args.output.stat().st_size:,} bytes)")
     return 0
+
+
+def _check_output_folder(output: Path) -> None:
+    """Refuse an output whose folder is missing or not writable before any work (`bad_option`)."""
+    folder = output.parent
+    if not folder.is_dir():
+        raise RenderError("bad_option", f"the output folder {folder} does not exist (for {output})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RenderError("bad_option", f"the output folder {folder} is not writable (for {output})")
+    if output.is_dir():
+        raise RenderError("bad_option", f"the output {output} is a folder")
+
+
+class FrameProgress:
+    """``label: [#####     ] 12/60 frames, 0:42 left`` on stderr, redrawn in place, only on a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        elapsed = time.monotonic() - self.start
+        left = int(elapsed / done * (total - done))
+        bar = "#" * (30 * done // total)
+        sys.stderr.write(f"\r{self.label}: [{bar:<30}] {done}/{total} frames, {left // 60}:{left % 60:02d} left\033[K")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = False

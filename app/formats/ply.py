@@ -1,6 +1,6 @@
 """The reference PLY layout (what apple/ml-sharp's `save_ply` writes), vectorised and streamable.
 
-Layout (binary little-endian, see shared/conformance/ARCHITECTURE.md §4):
+Layout (binary little-endian; docs/formats.md shows it with its header):
 
 - ``vertex`` x N, 14 float32 properties ``x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1 scale_2
   rot_0 rot_1 rot_2 rot_3``: positions in metres (OpenCV axes: x right, y down, z forward), the
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.formats.limits import check_gaussian_count
+from app.formats.ply_header import parse_ply_header
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
 VERTEX_PROPERTIES: tuple[str, ...] = (
@@ -56,10 +58,6 @@ TAIL_BYTES = sum(np.dtype(dt).itemsize * count for _, _, dt, count in _TAIL_ELEM
 PLY_VERSION = (1, 5, 0)
 COLOR_SPACE_SRGB = 0
 COLOR_SPACE_LINEAR = 1
-
-_PLY_DTYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uint": "u4", "uint32": "u4",
-               "int": "i4", "int32": "i4", "uchar": "u1", "uint8": "u1", "char": "i1", "int8": "i1",
-               "ushort": "u2", "uint16": "u2", "short": "i2", "int16": "i2"}
 
 _DEFAULT_CHUNK_BYTES = 4 << 20
 
@@ -180,47 +178,37 @@ def encode_ply(scene: GaussianScene, vertex_only: bool = False) -> bytes:
 
 
 def _parse_ply(raw: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
-    """Every element of a binary PLY as a structured array (a view on `raw`), keyed by element name."""
+    """The elements of a binary PLY as structured arrays (views on `raw`), keyed by element name, up to the
+    first element with a list property (a mesh's faces; it and the elements after it are skipped).
+
+    Every count is checked against the file's size first (`parse_ply_header`), so nothing is allocated for a
+    count the file cannot hold.
+
+    Raises:
+        ValueError: a malformed or lying header, an ASCII PLY (``binary only``), or list properties in the
+            vertex element (``list properties``).
+    """
     raw = memoryview(raw).cast("B")
-    head = bytes(raw[: min(len(raw), 1 << 16)])
-    marker = b"end_header\n"
-    end = head.find(marker)
-    if not head.startswith(b"ply\n") or end < 0:
-        raise ValueError("not a PLY file (no 'ply' magic line or no 'end_header')")
-    end += len(marker)
-    elements: list[tuple[str, int, list[tuple[str, str]]]] = []
-    byte_order = "<"
-    for line in head[:end].decode("ascii").splitlines():
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format":
-            if words[1] == "binary_little_endian":
-                byte_order = "<"
-            elif words[1] == "binary_big_endian":
-                byte_order = ">"
-            else:
-                raise ValueError(f"unsupported PLY format {words[1]!r} (binary only)")
-        elif words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property":
-            if words[1] == "list":
-                raise ValueError("PLY list properties are not supported")
-            if not elements or words[1] not in _PLY_DTYPES:
-                raise ValueError(f"bad PLY header line {line!r}")
-            elements[-1][2].append((words[2], byte_order + _PLY_DTYPES[words[1]]))
+    header = parse_ply_header(raw)
+    if header.format == "ascii":
+        raise ValueError("unsupported PLY format 'ascii' (binary only)")
     data: dict[str, np.ndarray] = {}
-    offset = end
-    for name, count, props in elements:
-        dtype = np.dtype(props)
-        if offset + dtype.itemsize * count > len(raw):
-            raise ValueError(f"PLY truncated in element {name!r}")
-        data[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
-        offset += dtype.itemsize * count
+    offset = header.size
+    for element in header.elements:
+        if element.has_lists:
+            if element.name == "vertex":
+                raise ValueError("PLY list properties are not supported")
+            break
+        dtype = np.dtype([(p.name, header.byte_order + p.kind) for p in element.properties])
+        if offset + dtype.itemsize * element.count > len(raw):
+            raise ValueError(f"PLY truncated in element {element.name!r}")
+        data[element.name] = np.frombuffer(raw, dtype=dtype, count=element.count, offset=offset)
+        offset += dtype.itemsize * element.count
     return data
 
 
-def read_ply(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> GaussianScene:
+def read_ply(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
+             max_gaussians: int | None = None) -> GaussianScene:
     """Read a 3DGS PLY (this layout, or any binary PLY with the 14 vertex properties) into a scene.
 
     Inverts the encoding: opacity = sigmoid(logit), scales = exp(log scales), colours = sRGB -> linear of
@@ -230,12 +218,14 @@ def read_ply(source: str | os.PathLike[str] | bytes | bytearray | memoryview) ->
 
     Args:
         source: a path, or the file's bytes.
+        max_gaussians: refuse more vertices (`SceneTooLargeError`); None: `MAX_GAUSSIANS`.
     """
     raw = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else source
     data = _parse_ply(raw)
     if "vertex" not in data:
         raise ValueError("PLY has no vertex element")
     v = data["vertex"]
+    check_gaussian_count(len(v), "the PLY header", max_gaussians)
     missing = [p for p in VERTEX_PROPERTIES if p not in (v.dtype.names or ())]
     if missing:
         raise ValueError(f"PLY vertex element lacks {missing}")
@@ -256,9 +246,11 @@ def read_ply(source: str | os.PathLike[str] | bytes | bytearray | memoryview) ->
         f_px = float(data["intrinsic"]["intrinsic"][0])
     if "image_size" in data:
         width, height = (int(x) for x in data["image_size"]["image_size"][:2])
+    with np.errstate(over="ignore"):  # log scales over 88 are infinite scales, which the renderer refuses
+        scales = np.exp(cols(["scale_0", "scale_1", "scale_2"]))
     return GaussianScene(
         positions=cols(["x", "y", "z"]),
-        scales=np.exp(cols(["scale_0", "scale_1", "scale_2"])),
+        scales=scales,
         rotations=cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
         colors=colors.astype(np.float32),
         opacities=opacities,

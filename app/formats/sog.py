@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.formats.limits import MAX_DEFLATE_RATIO, MAX_GAUSSIANS, SceneTooLargeError, check_gaussian_count
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
 SOG_VERSION = 2
@@ -264,9 +265,34 @@ def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
     return buffer.getvalue()
 
 
+MIN_BYTES_PER_GAUSSIAN = 2
+"""A .sog must hold at least this many bytes for each Gaussian its meta.json claims (ours take about 11: five
+lossless WebP images of noisy codes); a claim above it is a decompression bomb (constant images compress to
+nearly nothing) and is refused before any image is decoded."""
+
+
+def _check_claims(bundle: zipfile.ZipFile, count: int, file_bytes: int, max_gaussians: int) -> None:
+    """Refuse, before decompressing anything, a count over the cap or over what the file's size can hold, and
+    zip members that inflate past `MAX_DEFLATE_RATIO` (WebP images barely deflate)."""
+    if count < 0:
+        raise ValueError(f"SOG count must be >= 0, got {count}")
+    check_gaussian_count(count, "the .sog meta.json", max_gaussians)
+    if count * MIN_BYTES_PER_GAUSSIAN > file_bytes:
+        raise SceneTooLargeError(f"the .sog meta.json claims {count:,} Gaussians in a {file_bytes:,}-byte file "
+                                 f"(at least {MIN_BYTES_PER_GAUSSIAN} bytes each): refused as a decompression bomb")
+    inflated = sum(member.file_size for member in bundle.infolist())
+    if inflated > MAX_DEFLATE_RATIO * file_bytes + (1 << 16):
+        raise SceneTooLargeError(f"the .sog's zip members inflate to {inflated:,} bytes from a {file_bytes:,}-byte "
+                                 f"file, more than {MAX_DEFLATE_RATIO}x: refused as a decompression bomb")
+
+
 def _read_image(bundle: zipfile.ZipFile, name: str, count: int) -> np.ndarray:
-    """The first `count` pixels of image `name` as (count, 4) uint8 RGBA."""
+    """The first `count` pixels of image `name` as (count, 4) uint8 RGBA; its size (read from its header) must
+    hold `count` pixels in whole rows with at most one row to spare, checked before it is decoded."""
     with Image.open(io.BytesIO(bundle.read(name))) as image:
+        width, height = image.size
+        if width * height < count or width * (height - 1) >= max(count, 1):
+            raise ValueError(f"SOG image {name} is {width}x{height} px, not the rows of {count} Gaussians")
         pixels = np.asarray(image.convert("RGBA"), dtype=np.uint8).reshape(-1, 4)
     if pixels.shape[0] < count:
         raise ValueError(f"SOG image {name} has {pixels.shape[0]} pixels, fewer than count {count}")
@@ -274,7 +300,7 @@ def _read_image(bundle: zipfile.ZipFile, name: str, count: int) -> np.ndarray:
 
 
 def decode_sog(data: bytes | bytearray | memoryview, *, f_px: float | None = None, image_width: int | None = None,
-               image_height: int | None = None) -> GaussianScene:
+               image_height: int | None = None, max_gaussians: int = MAX_GAUSSIANS) -> GaussianScene:
     """Read a bundled ``.sog`` (version 2) back into a scene (OpenCV axes, as stored).
 
     Positions from the 16-bit codes and log ranges, rotations from the smallest three, scales exp of the
@@ -282,6 +308,7 @@ def decode_sog(data: bytes | bytearray | memoryview, *, f_px: float | None = Non
     Higher SH bands, if any, are ignored. The camera is our ``sharp`` field when present, unless given.
 
     Raises:
+        SceneTooLargeError: more than `max_gaussians`, or a claim the file's size cannot hold (see `_check_claims`).
         ValueError: not a zip, no or bad ``meta.json``, another version, a missing or short image.
     """
     try:
@@ -294,6 +321,7 @@ def decode_sog(data: bytes | bytearray | memoryview, *, f_px: float | None = Non
                          f"supported (only {SOG_VERSION})")
     try:
         count = int(meta["count"])
+        _check_claims(bundle, count, len(data), max_gaussians)
         means = [_read_image(bundle, name, count) for name in meta["means"]["files"][:2]]
         quats = _read_image(bundle, meta["quats"]["files"][0], count)
         scales = _read_image(bundle, meta["scales"]["files"][0], count)
@@ -301,7 +329,7 @@ def decode_sog(data: bytes | bytearray | memoryview, *, f_px: float | None = Non
         mins, maxs = (np.asarray(meta["means"][key], dtype=np.float64) for key in ("mins", "maxs"))
         scale_codebook = np.asarray(meta["scales"]["codebook"], dtype=np.float64)
         color_codebook = np.asarray(meta["sh0"]["codebook"], dtype=np.float64)
-    except (KeyError, IndexError, TypeError, OSError) as error:
+    except (KeyError, IndexError, TypeError, OverflowError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(f"bad SOG bundle: {error!r}") from error
     if scale_codebook.size != CODEBOOK_SIZE or color_codebook.size != CODEBOOK_SIZE:
         raise ValueError("SOG codebooks must hold 256 values")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.formats.limits import check_gaussian_count
 from app.gaussians import GaussianScene, srgb_to_linear
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)),
@@ -81,16 +82,18 @@ def encode_splat(scene: GaussianScene, *, sort: bool = True) -> bytes:
 
 def decode_splat(
     data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0,
-    image_height: int = 0,
+    image_height: int = 0, max_gaussians: int | None = None,
 ) -> GaussianScene:
     """Parse a .splat file back into a scene (colours back to linear RGB, quaternions renormalised).
 
     Args:
         data: the file's bytes, a multiple of 32.
         f_px, image_width, image_height: the camera, which .splat does not store.
+        max_gaussians: refuse more records (`SceneTooLargeError`); None: `MAX_GAUSSIANS`.
     """
     if len(data) % RECORD_BYTES:
         raise ValueError(f".splat size {len(data)} is not a multiple of {RECORD_BYTES}")
+    check_gaussian_count(len(data) // RECORD_BYTES, "the .splat file's size", max_gaussians)
     rec = np.frombuffer(data, dtype=SPLAT_DTYPE)
     positions = rec["position"].astype(np.float32)
     rotations = (rec["rotation"].astype(np.float32) - np.float32(128)) / np.float32(128)

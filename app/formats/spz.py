@@ -35,7 +35,6 @@ which is then up to ~0.1 off when small (covariances within ~25 %), hence versio
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import struct
@@ -44,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 from zlib_ng import gzip_ng_threaded
 
+from app.formats.limits import check_deflate_ratio, check_gaussian_count, gunzip_exactly, gunzip_head
 from app.formats.splat import quantize_uint8
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 
@@ -223,7 +223,8 @@ def encode_spz(
 
 
 def decode_spz(
-    data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0, image_height: int = 0
+    data: bytes | bytearray | memoryview, *, f_px: float = 0.0, image_width: int = 0, image_height: int = 0,
+    max_gaussians: int | None = None,
 ) -> GaussianScene:
     """Parse a gzip .spz file (versions 2 and 3) back into a scene in OpenCV axes.
 
@@ -234,11 +235,15 @@ def decode_spz(
     Args:
         data: the file's bytes.
         f_px, image_width, image_height: the camera, which .spz does not store.
+        max_gaussians: refuse more points (`SceneTooLargeError`); None: `MAX_GAUSSIANS`.
+
+    Nothing is decompressed beyond what the header's point count needs, and that count is checked against
+    the file's size first (`app.formats.limits`).
     """
-    raw = np.frombuffer(gzip.decompress(data), dtype=np.uint8)
-    if raw.size < HEADER_BYTES:
+    head = gunzip_head(data, HEADER_BYTES)
+    if len(head) < HEADER_BYTES:
         raise ValueError("SPZ stream shorter than its 16-byte header")
-    header = SpzHeader(*HEADER_STRUCT.unpack(raw[:HEADER_BYTES].tobytes()))
+    header = SpzHeader(*HEADER_STRUCT.unpack(head))
     if header.magic != SPZ_MAGIC:
         raise ValueError(f"not an SPZ stream (magic 0x{header.magic:08x})")
     if header.version not in SUPPORTED_VERSIONS:
@@ -246,11 +251,14 @@ def decode_spz(
     if header.sh_degree not in _SH_DIM:
         raise ValueError(f"SPZ shDegree {header.sh_degree} is not supported")
     n = header.num_points
+    check_gaussian_count(n, "the .spz header", max_gaussians)
     rotation_bytes = 4 if header.version >= 3 else 3
     sizes = [9 * n, n, 3 * n, 3 * n, rotation_bytes * n, _SH_DIM[header.sh_degree] * 3 * n]
-    if raw.size - HEADER_BYTES < sum(sizes):
-        raise ValueError(f"SPZ stream truncated: {raw.size - HEADER_BYTES} bytes after the header, "
-                         f"{sum(sizes)} expected for {n} points")
+    check_deflate_ratio(HEADER_BYTES + sum(sizes), len(data), f"the .spz header ({n:,} points)")
+    try:
+        raw = np.frombuffer(gunzip_exactly(data, HEADER_BYTES + sum(sizes)), dtype=np.uint8)
+    except ValueError as error:
+        raise ValueError(f"SPZ stream of {n:,} points: {error}") from None
     sections = np.split(raw[HEADER_BYTES:HEADER_BYTES + sum(sizes)], np.cumsum(sizes)[:-1])
 
     positions = _unpack_positions(sections[0].reshape(n, 9), header.fractional_bits) * _FLIP_POSITION

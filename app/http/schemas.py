@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.formats.json import Encoding
-from app.vocabulary import FocalSource, JobStatus, ModelState, WeightsSource
+from app.vocabulary import FINAL_JOB_STATUSES, FocalSource, JobStatus, ModelState, WeightsSource
 
 
 class ErrorDetail(BaseModel):
@@ -63,6 +63,8 @@ class ApiInfo(BaseModel):
     docs_url: str
     openapi_url: str
     page_url: str = Field(default="/viewer", description="The web page: drop a photo, orbit the 3D scene.")
+    job_final_statuses: list[JobStatus] = Field(default_factory=lambda: sorted(FINAL_JOB_STATUSES),
+                                                description="Job statuses after which a job no longer changes.")
 
 
 class HealthResponse(BaseModel):

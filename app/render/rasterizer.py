@@ -67,7 +67,9 @@ DEFAULT_TILE_SIZE = 4
 DEFAULT_PASS_SIZE = 32
 DEFAULT_MAX_ELEMENTS = 1 << 21
 MAX_PAIRS = 1 << 26
-"""Most (tile, Gaussian) pairs one frame may need (about 1.5 GiB of bookkeeping); more is refused."""
+"""Most (tile, Gaussian) pairs one frame may need (a bound on work); more is refused."""
+BAND_PAIRS = 1 << 22
+"""Most pairs composited at once (about 200 MB of bookkeeping): larger frames are done in bands of tile rows."""
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,12 @@ def _below(value: float) -> float:
 
 def rasterize(projected: ProjectedGaussians, background: tuple[float, float, float] = (0.0, 0.0, 0.0), *,
               tile_size: int = DEFAULT_TILE_SIZE, pass_size: int = DEFAULT_PASS_SIZE,
-              max_elements: int = DEFAULT_MAX_ELEMENTS) -> RenderOutput:
+              max_elements: int = DEFAULT_MAX_ELEMENTS, band_pairs: int = BAND_PAIRS) -> RenderOutput:
     """Composite depth-sorted 2D Gaussians into colour, depth and alpha images (module docstring).
+
+    A frame that needs more than `band_pairs` (tile, Gaussian) pairs is composited in horizontal bands of tile
+    rows, each needing at most that many (or one tile row), so that the pairs' bookkeeping (about 50 bytes a
+    pair) stays bounded; every pixel sees the same Gaussians in the same order either way.
 
     Args:
         projected: the output of `app.render.projection.project`.
@@ -147,7 +153,60 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
         tile_size: tile side in pixels.
         pass_size: K, list entries per tile handled per pass.
         max_elements: bound on tile x K x pixel values held at once (memory is about 20 bytes each).
+        band_pairs: most pairs composited at once (memory only).
+
+    Raises:
+        RenderError: ``too_large`` when the whole frame needs more than `MAX_PAIRS` pairs.
     """
+    bands = _bands(projected, tile_size, band_pairs)
+    if len(bands) == 1:
+        return _rasterize(projected, background, tile_size=tile_size, pass_size=pass_size,
+                          max_elements=max_elements)
+    parts = [_rasterize(_band(projected, top, bottom), background, tile_size=tile_size, pass_size=pass_size,
+                        max_elements=max_elements) for top, bottom in bands]
+    return RenderOutput(color=torch.cat([p.color for p in parts]), depth=torch.cat([p.depth for p in parts]),
+                        alpha=torch.cat([p.alpha for p in parts]))
+
+
+def _bands(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> list[tuple[int, int]]:
+    """Pixel row ranges [top, bottom) of whole tile rows, each needing at most `band_pairs` pairs (or one row)."""
+    tiles_y = -(-projected.height // tile_size)
+    boxes = projected.boxes // tile_size
+    span_x = boxes[:, 1] - boxes[:, 0] + 1
+    change = torch.zeros(tiles_y + 1, dtype=torch.int64, device=boxes.device)
+    change.index_add_(0, boxes[:, 2], span_x)
+    change.index_add_(0, boxes[:, 3] + 1, -span_x)
+    per_row = torch.cumsum(change[:-1], 0).tolist()  # pairs each tile row needs
+    total = sum(per_row)
+    if total > MAX_PAIRS:
+        raise RenderError("too_large", f"the frame needs {total:,} tile-Gaussian pairs (limit {MAX_PAIRS:,}): "
+                                       "too many large Gaussians for this image size")
+    bands: list[tuple[int, int]] = []
+    top_row, pairs = 0, 0
+    for row, count in enumerate(per_row):
+        if pairs and pairs + count > band_pairs:
+            bands.append((top_row, row))
+            top_row, pairs = row, 0
+        pairs += count
+    bands.append((top_row, tiles_y))
+    return [(top * tile_size, min(bottom * tile_size, projected.height)) for top, bottom in bands]
+
+
+def _band(projected: ProjectedGaussians, top: int, bottom: int) -> ProjectedGaussians:
+    """The pixel rows [top, bottom) as an image of their own: the Gaussians whose box meets them, moved up by
+    `top`, boxes clipped to the band (still in depth order)."""
+    boxes = projected.boxes
+    keep = torch.nonzero((boxes[:, 2] < bottom) & (boxes[:, 3] >= top)).squeeze(1)
+    params = projected.params.index_select(0, keep)
+    params[:, MEAN_Y] -= top
+    band_boxes = boxes.index_select(0, keep)
+    band_boxes[:, 2:] = band_boxes[:, 2:].clamp(top, bottom - 1) - top
+    return ProjectedGaussians(params=params, boxes=band_boxes, width=projected.width, height=bottom - top)
+
+
+def _rasterize(projected: ProjectedGaussians, background: tuple[float, float, float], *, tile_size: int,
+               pass_size: int, max_elements: int) -> RenderOutput:
+    """`rasterize` of one band (or the whole frame)."""
     device = projected.params.device
     width, height, s = projected.width, projected.height, tile_size
     tiles_x, tiles_y = -(-width // s), -(-height // s)

@@ -3,8 +3,9 @@
 - PLY: read by `app.formats.read_ply` (binary PLYs with the 14 vertex properties ``x y z f_dc_0..2 opacity
   scale_0..2 rot_0..3``: opacity is a logit, scales are logs, the colour is ``0.5 + SH_C0 f_dc``). Extra vertex
   properties (normals, the higher spherical-harmonic bands ``f_rest_*``, ...) and extra elements are ignored:
-  the renderer shows the view-independent (degree-0) colour. An ASCII PLY, or one with list properties (a
-  mesh's faces), is read with `plyfile` and its vertex element goes through the same reader.
+  the renderer shows the view-independent (degree-0) colour. Elements after one with list properties (a
+  mesh's faces) are skipped. An ASCII PLY, or one with list properties in its vertex element, is read with
+  `plyfile` (up to `MAX_PLYFILE_BYTES`) and its vertex element goes through the same reader.
 - ``.splat`` (antimatter15, 32 bytes per Gaussian; axes as stored), ``.spz`` (Niantic, gzip) and ``.sog``
   (PlayCanvas, a zip; ours store the camera) through `app.formats.decode_splat` / `decode_spz` / `decode_sog`.
 
@@ -13,8 +14,12 @@ Other files carry no camera; then `f_px` and `size` given by the caller are used
 ``DEFAULT_SIZE`` (1024 x 768) with the focal length of a 30 mm (35 mm-equivalent) lens, what `predict`
 assumes for photos without EXIF. Given values always override the file's.
 
-Every failure is a `RenderError`: ``not_a_splat`` (unreadable, truncated, missing properties),
-``unsupported_format``, ``too_large`` (more than `MAX_GAUSSIANS`).
+Every count a file claims is checked against its size before anything is allocated, and an .spz is never
+decompressed beyond what its point count needs (`app.formats.limits`).
+
+Every failure is a `RenderError`: ``not_a_splat`` (unreadable, truncated, a count the file cannot hold,
+missing properties), ``unsupported_format``, ``too_large`` (more than `MAX_GAUSSIANS`, a decompression bomb, an
+ASCII PLY over `MAX_PLYFILE_BYTES`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from app.formats import decode_sog, decode_splat, decode_spz, read_ply
+from app.formats.limits import MAX_GAUSSIANS, SceneTooLargeError, check_gaussian_count
 from app.formats.ply import VERTEX_PROPERTIES
+from app.formats.ply_header import parse_ply_header
 from app.gaussians import GaussianScene
 from app.imaging import focal_length_to_px
 from app.render.camera import check_size
@@ -38,8 +45,9 @@ DEFAULT_SIZE = (1024, 768)
 """Image size (width, height) assumed for files without a camera."""
 DEFAULT_FOCAL_35MM = 30.0
 """35 mm-equivalent focal length (mm) assumed for files without a camera."""
-MAX_GAUSSIANS = 16_000_000
-"""Most Gaussians a scene may hold."""
+MAX_PLYFILE_BYTES = 8_000_000
+"""ASCII PLYs, and PLYs with list properties in their vertex element, are read (by plyfile, a row at a time) up
+to this size."""
 FORMAT_NAMES = ("ply", "splat", "spz", "sog")
 
 
@@ -61,35 +69,49 @@ def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
     raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat, .spz or .sog file")
 
 
-def _ply_via_plyfile(raw: bytes) -> GaussianScene:
-    """An ASCII PLY, or one with list properties: the vertex element, as binary, through `read_ply`."""
-    from plyfile import PlyData
+def _ply_via_plyfile(raw: bytes, max_gaussians: int) -> GaussianScene:
+    """An ASCII PLY, or one with list properties in its vertex element: the vertex element, as binary, through
+    `read_ply`. plyfile reads such files a row at a time, so only files up to `MAX_PLYFILE_BYTES` are taken, and
+    only after every count in the header has been checked against the file's size."""
+    from plyfile import PlyData, PlyParseError
 
-    vertex = PlyData.read(io.BytesIO(raw))["vertex"].data
+    header = parse_ply_header(raw)  # counts against the size, before plyfile allocates for them
+    if len(raw) > MAX_PLYFILE_BYTES:
+        raise SceneTooLargeError(f"an ASCII PLY, or one with list properties in its vertex element, is read up to "
+                                 f"{MAX_PLYFILE_BYTES // 10**6} MB (this one is {len(raw) / 1e6:.1f} MB); convert it "
+                                 "to a binary PLY without lists")
+    vertex_element = header.element("vertex")
+    check_gaussian_count(vertex_element.count if vertex_element else 0, "the PLY header", max_gaussians)
+    try:
+        vertex = PlyData.read(io.BytesIO(raw))["vertex"].data
+    except PlyParseError as error:
+        raise ValueError(str(error)) from None
     missing = [p for p in VERTEX_PROPERTIES if p not in (vertex.dtype.names or ())]
     if missing:
         raise ValueError(f"PLY vertex element lacks {missing}")
     table = np.empty(len(vertex), dtype=[(p, "<f4") for p in VERTEX_PROPERTIES])
     for prop in VERTEX_PROPERTIES:
         table[prop] = vertex[prop]
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertex)}"]
-    header += [f"property float {p}" for p in VERTEX_PROPERTIES] + ["end_header", ""]
-    return read_ply("\n".join(header).encode("ascii") + table.tobytes())
+    header_lines = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertex)}"]
+    header_lines += [f"property float {p}" for p in VERTEX_PROPERTIES] + ["end_header", ""]
+    return read_ply("\n".join(header_lines).encode("ascii") + table.tobytes())
 
 
-def _decode(data: bytes, fmt: str) -> GaussianScene:
+def _decode(data: bytes, fmt: str, max_gaussians: int) -> GaussianScene:
     if fmt == "splat":
-        return decode_splat(data)
+        return decode_splat(data, max_gaussians=max_gaussians)
     if fmt == "spz":
-        return decode_spz(data)
+        return decode_spz(data, max_gaussians=max_gaussians)
     if fmt == "sog":
-        return decode_sog(data)
+        return decode_sog(data, max_gaussians=max_gaussians)
     try:
-        return read_ply(data)
+        return read_ply(data, max_gaussians=max_gaussians)
+    except SceneTooLargeError:
+        raise
     except ValueError as error:
         if "binary only" not in str(error) and "list properties" not in str(error):
             raise
-    return _ply_via_plyfile(data)
+    return _ply_via_plyfile(data, max_gaussians)
 
 
 def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
@@ -115,9 +137,11 @@ def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, 
         data = bytes(source)
     fmt = detect_format(data, name)
     try:
-        scene = _decode(data, fmt)
+        scene = _decode(data, fmt, max_gaussians)
     except RenderError:
         raise
+    except SceneTooLargeError as error:
+        raise RenderError("too_large", f"{fmt.upper()} file refused: {error}") from None
     except (ValueError, OSError, EOFError, zlib.error, KeyError, IndexError) as error:
         raise RenderError("not_a_splat", f"not a readable Gaussian-splat {fmt.upper()} file: {error}") from error
     if scene.num_gaussians > max_gaussians:

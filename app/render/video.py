@@ -1,5 +1,8 @@
 """Encode rendered frames: PNG / JPEG stills (Pillow), MP4 videos (H.264 via PyAV), GIF loops, depth maps.
 
+Videos are encoded as the frames arrive (`iter_mp4_chunks`, `iter_gif_chunks` take an iterator and yield the
+file in pieces), so memory does not grow with the number of frames.
+
 MP4: H.264 (libx264, CRF 20, preset "medium") in yuv420p, the pixel format every browser plays; yuv420p needs
 even width and height, so odd sizes are refused (``bad_size``). ``+faststart`` puts the index first so that a
 browser can start playing before the download ends.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +53,30 @@ def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 92) -> bytes:
 
 
 def encode_mp4(frames: Iterable[np.ndarray], fps: int = DEFAULT_FPS, crf: int = 20) -> bytes:
-    """H.264 / yuv420p MP4 bytes of (H, W, 3) uint8 RGB frames (all the same, even size).
+    """H.264 / yuv420p MP4 bytes of (H, W, 3) uint8 RGB frames (all the same, even size); see `iter_mp4_chunks`."""
+    return b"".join(iter_mp4_chunks(frames, fps, crf))
+
+
+def iter_mp4_chunks(frames: Iterable[np.ndarray], fps: int = DEFAULT_FPS, crf: int = 20,
+                    chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The MP4 file in pieces of `chunk_bytes`, for writing to a file or a response without holding it whole.
+
+    Frames are taken from the iterator one at a time and handed to the encoder (which keeps a few dozen for its
+    look-ahead, whatever their number); the file is built in a temporary folder, since ``+faststart`` rewrites
+    it to put the index first, then read back a piece at a time.
 
     Raises:
-        RenderError: ``bad_size`` for an odd width or height, ``bad_frames`` for no frames.
+        RenderError: ``bad_size`` for an odd width or height, ``bad_frames`` for no frames (before the first
+            piece).
     """
     import av
 
-    # +faststart rewrites the file to put the index first, which needs a real file, not a BytesIO.
     with tempfile.TemporaryDirectory(prefix="render-mp4-") as folder:
         path = Path(folder) / "video.mp4"
         _write_mp4(frames, str(path), fps, crf, av)
-        return path.read_bytes()
+        with path.open("rb") as stream:
+            while chunk := stream.read(chunk_bytes):
+                yield chunk
 
 
 def _write_mp4(frames: Iterable[np.ndarray], path: str, fps: int, crf: int, av: Any) -> None:
@@ -86,17 +101,36 @@ def _write_mp4(frames: Iterable[np.ndarray], path: str, fps: int, crf: int, av: 
 
 
 def encode_gif(frames: Iterable[np.ndarray], fps: int = 15) -> bytes:
-    """A looping GIF of (H, W, 3) uint8 frames (256-colour palette per frame, Pillow's quantiser).
+    """A looping GIF of (H, W, 3) uint8 frames; see `iter_gif_chunks`."""
+    return b"".join(iter_gif_chunks(frames, fps))
 
-    Pillow merges identical consecutive frames into one longer frame, so a GIF may hold fewer frames.
+
+def iter_gif_chunks(frames: Iterable[np.ndarray], fps: int = 15) -> Iterator[bytes]:
+    """A looping GIF written a frame at a time: the header, then each frame as soon as it arrives.
+
+    Each frame gets its own 256-colour palette (Pillow's adaptive quantiser, as ``Image.save`` uses) as a local
+    colour table, and a delay of 1/`fps` s; every frame is written, identical ones too. Memory is one frame,
+    whatever the number of frames (Pillow's ``save_all`` holds them all).
+
+    Raises:
+        RenderError: ``bad_frames`` for no frames.
     """
-    images = [Image.fromarray(_check_frame(frame)) for frame in frames]
-    if not images:
+    from PIL import GifImagePlugin
+
+    duration = round(1000 / fps)
+    size: tuple[int, int] | None = None
+    for frame in frames:
+        image = Image.fromarray(_check_frame(frame)).convert("P", palette=Image.Palette.ADAPTIVE)
+        if size is None:
+            size = image.size
+            header, _ = GifImagePlugin.getheader(image, info={"loop": 0, "duration": duration})
+            yield b"".join(header)
+        elif image.size != size:
+            raise ValueError("all frames must have the same size")
+        yield b"".join(GifImagePlugin.getdata(image, duration=duration, include_color_table=True))
+    if size is None:
         raise RenderError("bad_frames", "no frames to encode")
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                   duration=round(1000 / fps), optimize=False)
-    return buffer.getvalue()
+    yield b";"
 
 
 def depth_to_gray(depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:

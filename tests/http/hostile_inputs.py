@@ -240,3 +240,145 @@ def random_bytes(n: int = 4096, seed: int = 7) -> bytes:
 
 def jpeg_magic_then_garbage() -> bytes:
     return b"\xff\xd8\xff\xe0" + random_bytes(2048)[1:]
+
+
+# ------------------------------------------------------------------------------- scene files (renderer)
+
+SPZ_HEADER = struct.Struct("<IIIBBBB")
+SPZ_MAGIC = 0x5053474E
+PLY_VERTEX_PROPERTIES = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                         "rot_0", "rot_1", "rot_2", "rot_3")
+
+
+def gzip_of_zeros(prefix: bytes, zero_bytes: int) -> bytes:
+    """One valid gzip member (right CRC and size) of `prefix` then `zero_bytes` zeros, about 1/1000 of the size.
+
+    The zeros are deflated once per MiB and the (byte-aligned, history-free) block is repeated, so building a
+    gigabyte bomb takes a second, not the minute that compressing a gigabyte would."""
+    mib = 1 << 20
+    whole, rest = divmod(zero_bytes, mib)
+
+    def full_flush(data: bytes) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+    last = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = [full_flush(prefix), full_flush(b"\x00" * mib) * whole, last.compress(b"\x00" * rest) + last.flush()]
+    crc = zlib.crc32(prefix)
+    block = b"\x00" * mib
+    for _ in range(whole):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(b"\x00" * rest, crc)
+    size = (len(prefix) + zero_bytes) & 0xFFFFFFFF
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + b"".join(body) + struct.pack("<II", crc, size)
+
+
+def spz_bomb(num_points: int, zero_bytes: int, version: int = 3) -> bytes:
+    """A valid .spz header claiming `num_points`, then `zero_bytes` zeros, gzipped (a gzip bomb)."""
+    return gzip_of_zeros(SPZ_HEADER.pack(SPZ_MAGIC, version, num_points, 0, 12, 0, 0), zero_bytes)
+
+
+def ply_header(count: str | int, *, fmt: str = "binary_little_endian", extra: tuple[str, ...] = (),
+               after: tuple[str, ...] = ()) -> bytes:
+    """A 3DGS PLY header whose vertex element claims `count` rows; `extra` property lines are added to the
+    vertex element, `after` lines (further elements) follow it."""
+    lines = ["ply", f"format {fmt} 1.0", f"element vertex {count}"]
+    lines += [f"property float {name}" for name in PLY_VERTEX_PROPERTIES] + list(extra) + list(after)
+    return ("\n".join([*lines, "end_header"]) + "\n").encode("ascii")
+
+
+def ply_vertices(n: int) -> bytes:
+    """`n` binary little-endian vertices: visible, small, in front of the camera."""
+    rows = np.zeros((n, len(PLY_VERTEX_PROPERTIES)), dtype="<f4")
+    rows[:, 2] = 2.0 + np.arange(n, dtype=np.float32) / max(n, 1)
+    rows[:, 6] = 3.0
+    rows[:, 7:10] = -3.0
+    rows[:, 10] = 1.0
+    return rows.tobytes()
+
+
+def ply_list_bomb(count: int = 60_000_000) -> bytes:
+    """A few hundred bytes claiming `count` vertices, each with a list property (what plyfile reads row by row)."""
+    return ply_header(count, extra=("property list uchar int neighbours",)) + ply_vertices(2) + b"\x00" * 2
+
+
+def ply_ascii_bomb(count: int = 2_000_000_000) -> bytes:
+    return ply_header(count, fmt="ascii") + b"0 0 2 0 0 0 3 -3 -3 -3 1 0 0 0\n"
+
+
+def ply_face_bomb(faces: int = 4_000_000_000) -> bytes:
+    """Ten real vertices, then a `face` element that claims `faces` rows of a list property."""
+    return ply_header(10, after=(f"element face {faces}", "property list uchar int vertex_indices")) + \
+        ply_vertices(10) + b"\x03" + b"\x00" * 12
+
+
+def ply_binary_count_bomb(count: int = 2_000_000_000) -> bytes:
+    """A binary PLY claiming `count` vertices with the bytes of two."""
+    return ply_header(count) + ply_vertices(2)
+
+
+def ply_ascii_large(megabytes: float = 9.0) -> bytes:
+    """A well-formed ASCII PLY of about `megabytes` MB (over the size that is read through plyfile)."""
+    line = b"0.125 -0.25 2.5 0.1 0.2 0.3 2.25 -3.5 -3.5 -3.5 1 0 0 0\n"
+    count = int(megabytes * 1e6) // len(line)
+    return ply_header(count, fmt="ascii") + line * count
+
+
+def ply_huge_values() -> bytes:
+    """Four vertices whose log scales (80) and opacity logits (-1e30) are finite in the file but overflow when
+    read (exp(80) as a standard deviation, squared, is infinite in float32)."""
+    rows = np.frombuffer(ply_vertices(4), dtype="<f4").reshape(4, -1).copy()
+    rows[:, 7:10] = 80.0
+    rows[:, 6] = -1e30
+    return ply_header(4) + rows.tobytes()
+
+
+def spz_truncated(num_points: int = 1000) -> bytes:
+    """A .spz of `num_points` points of noise (it does not compress), cut in half."""
+    payload = np.random.default_rng(5).integers(0, 256, size=20 * num_points, dtype=np.uint8).tobytes()
+    whole = zlib.compress(SPZ_HEADER.pack(SPZ_MAGIC, 3, num_points, 0, 12, 0, 0) + payload, wbits=31)
+    return whole[: len(whole) // 2]
+
+
+def ply_binary_overlapping(megabytes: float = 9.0) -> bytes:
+    """A valid binary PLY of about `megabytes` MB whose Gaussians all sit at one spot, each about 80 px wide in a
+    1024 x 768 view: ~160,000 of them need ~60 M (tile, Gaussian) pairs in one frame."""
+    count = int(megabytes * 1e6) // 56
+    rows = np.frombuffer(ply_vertices(1), dtype="<f4").reshape(1, -1).copy()
+    rows[0, :3] = (0.125, -0.25, 2.5)
+    rows[0, 6] = 2.25
+    rows[0, 7:10] = -3.5
+    return ply_header(count) + np.repeat(rows, count, axis=0).tobytes()
+
+
+# ------------------------------------------------------------------------------------------- .sog bundles
+
+
+def _webp(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (width, height)).save(buffer, "WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
+               compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A .sog zip whose meta.json claims `count` Gaussians (written as is: `"1e999"` overflows), with five
+    blank lossless WebP images of `image_size` and the `extra` members."""
+    files = {"means_l.webp": _webp(*image_size), "means_u.webp": _webp(*image_size),
+             "quats.webp": _webp(*image_size), "scales.webp": _webp(*image_size), "sh0.webp": _webp(*image_size)}
+    codebook = ", ".join(["0.0"] * 256)
+    meta = (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
+            f'"files": ["means_l.webp", "means_u.webp"]}}, "scales": {{"codebook": [{codebook}], '
+            f'"files": ["scales.webp"]}}, "quats": {{"files": ["quats.webp"]}}, '
+            f'"sh0": {{"codebook": [{codebook}], "files": ["sh0.webp"]}}}}')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as bundle:
+        bundle.writestr("meta.json", meta)
+        for name, data in {**files, **(extra or {})}.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def sog_zip_bomb(zero_bytes: int = 64 << 20) -> bytes:
+    """A valid small .sog plus a deflated member of `zero_bytes` zeros (a zip bomb)."""
+    return sog_bundle(16, extra={"padding.bin": b"\x00" * zero_bytes}, compression=zipfile.ZIP_DEFLATED)

@@ -152,6 +152,7 @@ def test_root_describes_the_api_and_model(client: httpx.Client) -> None:
     assert (info.model.preset, info.model.weights, info.model.device) == ("tiny", "synthetic", "cpu")
     assert info.formats == list(FORMATS)
     assert info.docs_url == "/docs"
+    assert response.json()["job_final_statuses"] == ["cancelled", "failed", "succeeded"]  # the page reads them
     listed = {(e.method, e.path) for e in info.endpoints}
     assert {("GET", "/health"), ("POST", "/predict"), ("POST", "/predict/ply"), ("POST", "/predict/spz"),
             ("POST", "/predict/splat")} <= listed

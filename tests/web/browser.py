@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app.formats import encode as encode_format
 from app.gaussians import GaussianScene, srgb_to_linear
+from app.outputs import encode as encode_format
 from app.prediction import ModelInfo, Prediction
 from app.settings import Settings
 from tests.helpers import tiny_settings

@@ -12,6 +12,7 @@ import pytest
 from app.http import create_app
 from app.predictor import SharpPredictor
 from app.web import page as web_page
+from tests.conformance import PHOTO
 from tests.helpers import LiveServer
 from tests.web.browser import (
     API_KEY,
@@ -20,9 +21,7 @@ from tests.web.browser import (
     RECORD_STATES,
     TIMEOUT_MS,
     VIEWPORT,
-    encode,
     page_settings,
-    red_over_blue,
     sync_api,
 )
 
@@ -78,11 +77,6 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real photo when the conformance kit is beside the checkout, else the structured test image."""
-    kit_photo = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "coffee.png"
-    if kit_photo.is_file():
-        return kit_photo
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    path.write_bytes(encode(red_over_blue(320, 240)))
-    return path
+def photo() -> Path:
+    """A real photo: the conformance photo kept in the repository (600 x 400, no EXIF)."""
+    return PHOTO

@@ -30,8 +30,9 @@ const DOWNLOADS = [
 // The scene formats the renderer reads from the server, smallest file first: a phone takes the first one
 // the server offers, a wide screen SPZ (finer positions than SOG's).
 const SHOWN_FORMATS_SMALLEST_FIRST = ["sog", "spz"];
-// The job statuses after which nothing changes: app.vocabulary.FINAL_JOB_STATUSES (the JSON info does not list them).
-const JOB_FINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
+// Whether a job has reached a status after which nothing changes (the server's JSON info lists them; the page
+// uses jobs only when it has that info).
+const isFinal = (job) => page.info.job_final_statuses.includes(job.status);
 // A drag of one pixel turns the scene by this many degrees (200 px: 60 degrees), whatever the canvas size.
 const DRAG_DEGREES_PER_PX = 0.3;
 // Motion below this per frame is not drawn: a drag's easing-out stops there (its rest is under 0.2 degrees).
@@ -437,19 +438,19 @@ async function predictWithJob(file, fPx, run) {
 async function jobScene(job, jobUrl, run) {
   showJob(job);
   try {
-    if (!JOB_FINAL_STATUSES.has(job.status)) {
+    if (!isFinal(job)) {
       for await (const event of jobEvents(new URL(`${jobUrl.pathname.replace(/\/$/, "")}/events`, location.href), run)) {
         run.check();
         job = event;
         showJob(job);
-        if (JOB_FINAL_STATUSES.has(job.status)) break;
+        if (isFinal(job)) break;
       }
     }
   } catch (error) {
     if (error instanceof Superseded || run.signal.aborted) throw new Superseded();
     // The event stream broke: poll the job instead.
   }
-  while (!JOB_FINAL_STATUSES.has(job.status)) {
+  while (!isFinal(job)) {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     run.check();
     const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
