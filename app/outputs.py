@@ -45,7 +45,10 @@ PREVIEW_SIZE = 512
 
 Encoder = Callable[..., bytes]
 """``encode(prediction, timings_ms, **options) -> bytes``: the whole file; `timings_ms` are the stages so far
-(only the JSON output writes them into its body)."""
+(only the JSON output writes them into its body). A render's encoder also takes ``progress(frames_done,
+frames)``, called after every frame (an exception it raises stops the render there)."""
+
+FrameProgress = Callable[[int, int], None] | None
 
 
 @dataclass(frozen=True)
@@ -108,21 +111,25 @@ def _json(prediction: Prediction, timings_ms: Mapping[str, float], **options: An
 
 def _still(image_format: str) -> Encoder:
     def encode_still(prediction: Prediction, timings_ms: Mapping[str, float], *,
-                     size: int | tuple[int, int] = PREVIEW_SIZE, depth: bool = False) -> bytes:
+                     size: int | tuple[int, int] = PREVIEW_SIZE, depth: bool = False,
+                     progress: FrameProgress = None) -> bytes:
         from app.render.pictures import render_still  # torch: loaded when a render is made, not for the list
 
-        return render_still(prediction.scene, size=size, fmt=image_format, depth=depth,
-                            device=prediction.model.device)
+        image = render_still(prediction.scene, size=size, fmt=image_format, depth=depth,
+                             device=prediction.model.device)
+        if progress is not None:
+            progress(1, 1)
+        return image
 
     return encode_still
 
 
 def _orbit(prediction: Prediction, timings_ms: Mapping[str, float], *, size: int | tuple[int, int] = PREVIEW_SIZE,
-           path: str = "orbit", frames: int = 60) -> bytes:
+           path: str = "orbit", frames: int = 60, progress: FrameProgress = None) -> bytes:
     from app.render.pictures import render_video  # torch: loaded when a render is made, not for the list
 
     return render_video(prediction.scene, path=path, frames=frames, size=size, fmt="mp4",
-                        device=prediction.model.device)
+                        device=prediction.model.device, progress=progress)
 
 
 FORMATS: dict[str, OutputFormat] = {

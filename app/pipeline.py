@@ -108,7 +108,8 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
         UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
         BudgetError: a budget the model's count does not allow (0, above the count, ...).
         ImageError: the photo is not usable (see `app.imaging`).
-        Whatever `progress` raises (a cancelled job).
+        Whatever `progress` raises (a cancelled job or request): it is called at every block of the network
+        and every frame of a render.
     """
     wanted = [(check_options(name, options), options) for name, options in outputs.items()]
     if max_gaussians is not None:
@@ -130,9 +131,11 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
     encode_ms_total = 0.0
     for done, (fmt, options) in enumerate(wanted):
         report("encode", done / len(wanted))
+        # A render reports every frame, so that a cancel (raised by `progress`) stops it at the next frame.
+        frame_progress = {"progress": _frame_reporter(report, done, len(wanted))} if fmt.kind == "render" else {}
         with slots.render() if fmt.kind == "render" else contextlib.nullcontext():
             start = time.perf_counter()
-            body = fmt.encode(prediction, timings, **options)
+            body = fmt.encode(prediction, timings, **options, **frame_progress)
             encode_ms = (time.perf_counter() - start) * 1000.0
         output = EncodedOutput(format=fmt.name, body=body, media_type=fmt.media_type,
                                filename=fmt.filename(prediction.name), encode_ms=encode_ms)
@@ -153,6 +156,14 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings[stage] = (time.perf_counter() - start) * 1000.0
+
+
+def _frame_reporter(report: ProgressCallback, done: int, total: int) -> Callable[[int, int], None]:
+    """``progress(frames_done, frames)`` of output `done` of `total`, as the encode stage's fraction."""
+    def frame_done(frames_done: int, frames: int) -> None:
+        report("encode", (done + frames_done / frames) / total)
+
+    return frame_done
 
 
 def _ignore(stage: str, fraction: float) -> None:

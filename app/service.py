@@ -6,18 +6,23 @@ service's `Slots` make the runs take turns inside: at most `DECODE_CONCURRENCY` 
 large uploads do not hold N full-size images in memory), one forward pass at a time on the model, one
 render at a time (renders use every core).
 
-Admission: at most `1 + settings.max_queue` predictions are admitted at a time (the one predicting and
-`max_queue` waiting, decoding included); one more raises `QueueFullError` instead of piling up uploads.
+Admission: at most `1 + settings.max_queue` requests are admitted at a time (predictions and renders
+alike: the one running and `max_queue` waiting, decoding included); one more raises `QueueFullError`
+instead of piling up uploads. An admitted request holds its place until its run has ended, render included.
+
+Cancellation: a run whose awaiting task is cancelled (its client hung up, the server shuts down) stops at
+its next check, the model's next block or the renderer's next frame, and its slots are free again.
 
 Loading: on a background thread at start. A failure that may be transient (the network, a server
-error) is retried with exponential backoff; a permanent one (a wrong or corrupt checkpoint, offline with
-nothing cached) leaves the service in `error` until it is restarted.
+error) is retried with exponential backoff, the service staying in `error` (503 `model_unavailable` with
+Retry-After and the fix in its message) until a load succeeds; each retry logs one line. A permanent
+failure (a wrong or corrupt checkpoint, offline with nothing cached) leaves the service in `error` until
+it is restarted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import threading
@@ -41,11 +46,19 @@ LOADING_RETRY_AFTER_S = 5
 """Retry-After (seconds) suggested while the model is still loading."""
 LOAD_BACKOFF_S = (5.0, 300.0)
 """First and largest wait (seconds) between retries of a load that failed for a transient reason."""
+NO_CHECKPOINT_CODES = ("checkpoint_unavailable", "checkpoint_download_failed")
+"""Load failures whose fix is to give the server a checkpoint (their 503 message says how)."""
 DECODE_CONCURRENCY = 2
 """Uploads decoded at the same time; the others wait (admitted) without holding decoded pixels."""
 
+CANCEL_WAIT_S = 60.0
+"""Longest wait (seconds) for a cancelled run to reach its next check (one network block, one frame)."""
+
 _INITIAL_PREDICT_ESTIMATE_S = 2.0
 _ESTIMATE_WEIGHT = 0.2
+
+_thread = threading.local()
+"""`admitted`: whether the run on this worker thread was admitted (counts in `queue_depth`)."""
 
 Loader = Callable[[Settings], SharpPredictor]
 """Builds the predictor from the settings; runs on the loading thread."""
@@ -81,6 +94,13 @@ class ShuttingDownError(ServiceUnavailableError):
     code = "shutting_down"
 
 
+class RunCancelledError(SharpError):
+    """A run stopped because whoever waited for it went away (a client that hung up, a shutdown)."""
+
+    code = "cancelled"
+    status = 499
+
+
 class InferenceService:
     """Owns the predictor, its loading thread, the slots runs take turns in and the admission counter.
 
@@ -106,13 +126,14 @@ class InferenceService:
         self._lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
         self._model_turn_lock = threading.Lock()
-        self._rendering = threading.Lock()
+        self._render_turn_lock = threading.Lock()
         self._slots = pipeline.Slots(decode=lambda: self._decoding, model=self._model_turn,
-                                     render=lambda: self._rendering)
+                                     render=self._render_turn)
         # The runs' own threads: the admitted ones plus the job worker's, apart from anyio's default pool.
         self._run_threads = anyio.CapacityLimiter(2 + settings.max_queue)
         self._admitted = 0
-        self._predicting = 0
+        self._running = {"model": 0, "render": 0}  # runs in each slot now
+        self._admitted_busy = 0  # admitted runs in the model or render slot now
         self._predict_estimate_s = _INITIAL_PREDICT_ESTIMATE_S
         self.started_at = time.monotonic()
         if predictor is not None:
@@ -141,16 +162,20 @@ class InferenceService:
                 error = exc if isinstance(exc, SharpError) else SharpError(
                     str(exc) or type(exc).__name__, code="model_load_failed", status=503)
                 retry = error.retryable
-                LOGGER.error("Loading the model failed (%s): %s%s", error.code, error.message,
-                             f"; retrying in {delay:.0f} s" if retry else "", exc_info=not isinstance(exc, SharpError))
+                if attempt == 1 or not retry:
+                    LOGGER.error("Loading the model failed (%s): %s%s", error.code, error.message,
+                                 f"; retrying in {delay:.0f} s" if retry else "",
+                                 exc_info=not isinstance(exc, SharpError))
+                else:  # the same story as the first time, told in one line
+                    LOGGER.warning("Loading the model failed again (%s, attempt %d); retrying in %.0f s",
+                                   error.code, attempt, delay)
+                # The state stays `error` (not `loading`) through the retries: clients are told the truth.
                 with self._lock:
                     self._error = error
                     self._state = ModelState.ERROR
                     self._next_load_at = time.monotonic() + delay if retry else None
                 if not retry or self._closed.wait(delay):
                     return
-                with self._lock:
-                    self._state = ModelState.LOADING
                 delay, attempt = min(max_delay, 2 * delay), attempt + 1
                 continue
             with self._lock:
@@ -182,9 +207,9 @@ class InferenceService:
 
     @property
     def queue_depth(self) -> int:
-        """Predictions admitted and not yet running (decoding, or waiting for the prediction thread)."""
+        """Requests admitted and waiting (decoding, or waiting for the model or the renderer)."""
         with self._lock:
-            return self._admitted - self._predicting
+            return self._admitted - self._admitted_busy
 
     @property
     def predict_estimate_s(self) -> float:
@@ -193,26 +218,40 @@ class InferenceService:
 
     @property
     def in_progress(self) -> int:
-        """Predictions running now (0 or 1)."""
-        return self._predicting
+        """Runs in the model or the renderer now (0 to 2: one prediction, one render; jobs included)."""
+        with self._lock:
+            return sum(self._running.values())
 
     def require_predictor(self) -> SharpPredictor:
-        """The loaded predictor, or `ModelLoadingError` / `ModelFailedError` (with Retry-After when a
-        load retry is scheduled)."""
+        """The loaded predictor, or `ModelLoadingError` (the first load is under way) / `ModelFailedError` (a
+        load failed: with Retry-After while the server retries, until a load succeeds)."""
         predictor = self._predictor
         if predictor is not None:
             return predictor
         if self._state is ModelState.ERROR:
-            error = self._error
             next_load_at = self._next_load_at
-            code = error.code if error else "model_load_failed"
-            if next_load_at is not None:
-                wait = max(1, math.ceil(next_load_at - time.monotonic()))
-                raise ModelFailedError(f"The model could not be loaded ({code}); the server retries in {wait} s.",
-                                       retry_after_s=wait)
-            raise ModelFailedError(f"The model could not be loaded ({code}); the server's operator must fix "
-                                   "its configuration (see the server log).")
+            wait = None if next_load_at is None else max(1, math.ceil(next_load_at - time.monotonic()))
+            raise ModelFailedError(self.unavailable_message() or "", retry_after_s=wait)
         raise ModelLoadingError("The model is still loading; retry shortly.", retry_after_s=LOADING_RETRY_AFTER_S)
+
+    def unavailable_message(self) -> str | None:
+        """Why there is no model, for clients (503 `model_unavailable`, `/health`): the error code, whether the
+        server retries, and how an operator fixes it; no paths, no exception text. None unless loading failed."""
+        error = self._error
+        if self._state is not ModelState.ERROR or error is None:
+            return None
+        next_load_at = self._next_load_at
+        if next_load_at is not None:
+            wait = max(1, math.ceil(next_load_at - time.monotonic()))
+            outlook = f"the server retries in {wait} s, but that will not help until its operator fixes this"
+        else:
+            outlook = "the server's operator must fix its configuration and restart it (see the server log)"
+        message = f"The model could not be loaded ({error.code}); {outlook}."
+        url = self.settings.weights_url
+        if error.code in NO_CHECKPOINT_CODES and url:
+            message += (f" To fix: let the server download {url}, or download that file and set SHARP_CHECKPOINT "
+                        "to its path, or set SHARP_PRESET=tiny to serve the small test network.")
+        return message
 
     # ------------------------------------------------------------------------------------ inference
 
@@ -233,13 +272,47 @@ class InferenceService:
             QueueFullError: more than `max_queue` requests are already waiting.
             ShuttingDownError: the service closed while this run waited for the model.
             and what `pipeline.run` raises.
+
+        Cancelling the awaiting task (a client that hung up, a shutdown) stops the run at its next check, a
+        block of the network or a frame of a render, and holds its admission until it has stopped.
         """
         predictor = self.require_predictor()
+        stop, started, ended = threading.Event(), threading.Event(), threading.Event()
+        started_lock = threading.Lock()
+        reached = ["", 0.0]  # the last stage and fraction reported
+
+        def checked(stage: str, fraction: float) -> None:  # on the worker thread, at every block and frame
+            if stop.is_set():
+                raise RunCancelledError(f"The request was cancelled during {stage} ({fraction:.0%} done).")
+            reached[:] = [stage, fraction]
+            if progress is not None:
+                progress(stage, fraction)
+
+        def work() -> pipeline.RunResult:
+            with started_lock:  # a run cancelled before its thread took it never starts
+                if stop.is_set():
+                    raise RunCancelledError("The request was cancelled before it started.")
+                started.set()
+            _thread.admitted = admit
+            try:
+                return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
+                                    max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
+                                    progress=checked, slots=self._slots, sink=sink)
+            finally:
+                ended.set()
+
         with self._admission() if admit else contextlib.nullcontext():
-            work = functools.partial(pipeline.run, predictor, source, outputs, filename=filename, f_px=f_px,
-                                     max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
-                                     progress=progress, slots=self._slots, sink=sink)
-            return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
+            try:
+                return await anyio.to_thread.run_sync(work, limiter=self._run_threads, abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                with started_lock:
+                    stop.set()  # a started run stops at its next check; its admission is held until it has
+                LOGGER.info("Stopping a run nobody waits for any more (it was at %s, %.0f%%)",
+                            reached[0] or "its start", 100 * float(reached[1]))
+                if started.is_set():  # else the thread will not run it (anyio drops a cancelled call)
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
+                raise
 
     @contextlib.contextmanager
     def _model_turn(self) -> Iterator[None]:
@@ -248,16 +321,34 @@ class InferenceService:
             if self._closed.is_set():
                 raise ShuttingDownError("The server is shutting down; retry on another instance or later.",
                                         retry_after_s=LOADING_RETRY_AFTER_S)
-            with self._lock:
-                self._predicting += 1
             start = time.perf_counter()
             try:
-                yield
+                with self._busy("model"):
+                    yield
             finally:
                 elapsed = time.perf_counter() - start
                 with self._lock:
-                    self._predicting -= 1
                     self._predict_estimate_s += _ESTIMATE_WEIGHT * (elapsed - self._predict_estimate_s)
+
+    @contextlib.contextmanager
+    def _render_turn(self) -> Iterator[None]:
+        """The render slot: one render at a time (renders use every core), counted."""
+        with self._render_turn_lock, self._busy("render"):
+            yield
+
+    @contextlib.contextmanager
+    def _busy(self, slot: str) -> Iterator[None]:
+        """Counts the run on this thread as running (`in_progress`), not waiting (`queue_depth`)."""
+        admitted = getattr(_thread, "admitted", False)
+        with self._lock:
+            self._running[slot] += 1
+            self._admitted_busy += admitted
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[slot] -= 1
+                self._admitted_busy -= admitted
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:

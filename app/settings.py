@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=8, ge=0)
     upload_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait, in seconds, for the next piece of an upload's body before answering 408."""
+    upload_deadline_s: float = Field(default=300.0, gt=0)
+    """Longest time, in seconds, a whole upload's body may take (a body dripped a byte at a time never stalls
+    for `upload_timeout_s`); past it, 408."""
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"

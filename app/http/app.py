@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.http.deps import bearer_scheme
+from app.http.deps import SingleValued, bearer_scheme
+from app.http.docs import mount_docs
 from app.http.errors import install_error_handlers
 from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
@@ -83,7 +84,10 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
             await job_queue.close()
             service.close()
 
-    app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds them from the Host header, so a forged Host made `/static`
+    # redirect to any site. A path with a stray slash is a 404 like any unknown path.
+    app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  redirect_slashes=False, docs_url=None, redoc_url=None)  # /docs: ours, without a CDN
     app.state.service = service
     app.state.settings = settings
     app.state.jobs = job_queue
@@ -91,10 +95,10 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     app.include_router(info.router)
     # The key is checked by UploadGuard; the dependency only documents it, so only when there is one.
     auth = [Depends(bearer_scheme)] if settings.api_key else []
-    app.include_router(predict.router, dependencies=auth)
-    app.include_router(render.router, dependencies=auth)
-    app.include_router(jobs.router, dependencies=auth)
+    for router in (predict.router, render.router, jobs.router):
+        app.include_router(router, dependencies=[*auth, SingleValued])  # a form field sent twice is a 422
     mount_page(app)
+    mount_docs(app)
     app.add_middleware(UploadGuard, settings=settings)
     if settings.cors_origins:
         app.add_middleware(

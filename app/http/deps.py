@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, File, Form, Request, UploadFile
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import AfterValidator
@@ -50,22 +51,31 @@ bearer_scheme = HTTPBearer(auto_error=False, description="Required when the serv
 """Documents the scheme in OpenAPI; the key itself is checked by `UploadGuard` before the upload is read."""
 
 
-SINGLE_VALUED_FIELDS = ("file", "f_px", "max_gaussians", "encoding", "vertex_only")
-"""Form fields that take one value: sent twice, which one was meant is a guess, so it is a 422."""
-
-
 async def reject_repeated_fields(request: Request) -> None:
-    """422 `validation_error` (type `duplicate_field`) when a form field of the API is sent more than once.
+    """422 `validation_error` (type `duplicate_field`) when a form field the route takes is sent more than once:
+    which value was meant would be a guess. The one rule for every route with a form (`create_app` adds it to
+    the predict, render and jobs routers).
 
-    The form is the one FastAPI already parsed for the route (Starlette caches it on the request).
+    The fields are the route's own (its body parameters, those of its dependencies included); the form is the
+    one FastAPI already parsed for the route (Starlette caches it on the request).
     """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    names = _form_fields(dependant) if dependant is not None else []
+    if not names:
+        return
     form = await request.form()
-    repeated = [(name, count) for name in SINGLE_VALUED_FIELDS if (count := len(form.getlist(name))) > 1]
+    repeated = [(name, count) for name in names if (count := len(form.getlist(name))) > 1]
     if repeated:
         raise RequestValidationError([
             {"loc": ("body", name), "msg": f"Sent {count} times; send this field once.", "type": "duplicate_field"}
             for name, count in repeated
         ])
+
+
+def _form_fields(dependant: Dependant) -> list[str]:
+    return [field.alias for field in dependant.body_params] + [
+        name for sub in dependant.dependencies for name in _form_fields(sub)]
 
 
 SingleValued = Depends(reject_repeated_fields)

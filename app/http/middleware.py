@@ -4,7 +4,8 @@
   new one), echoed in the response; one access-log line per request; a JSON 500 for any crash.
 - `UploadGuard`: on the API's protected paths, the API key (401) and the upload size (413), checked
   before the body is read: from Content-Length when given, else by counting bytes as they arrive; and a
-  body that stalls for `SHARP_UPLOAD_TIMEOUT_S` gets 408 (uvicorn itself has no body read timeout).
+  body that stalls for `SHARP_UPLOAD_TIMEOUT_S`, or is not complete `SHARP_UPLOAD_DEADLINE_S` after the
+  request began (a byte every few seconds), gets 408 (uvicorn itself has no body read timeout).
 - `JSONCORSMiddleware`: Starlette's CORS, but a refused preflight gets the JSON error shape (400
   `cors_origin_not_allowed`, `cors_method_not_allowed` or `cors_headers_not_allowed`), not plain text.
 """
@@ -60,7 +61,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                headers.setdefault("X-Content-Type-Options", "nosniff")  # never guess a type we did not send
             await send(message)
 
         try:
@@ -91,6 +94,7 @@ class UploadGuard:
         self.max_upload_bytes = settings.max_upload_bytes
         self.max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         self.idle_timeout_s = settings.upload_timeout_s
+        self.deadline_s = settings.upload_deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guarded = scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES)
@@ -112,17 +116,21 @@ class UploadGuard:
 
         received = 0
         body_done = False
+        deadline = time.monotonic() + self.deadline_s
 
         async def counting_receive() -> Message:
             nonlocal received, body_done
             if body_done:  # later receives wait for a disconnect, which may rightly take long
                 return await receive()
+            left_s = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.idle_timeout_s, left_s)))
             except asyncio.TimeoutError:
                 # An HTTPException: FastAPI re-raises those from body parsing (others become a 400).
-                raise HTTPException(408, f"The upload stalled: no data for {self.idle_timeout_s:g} s "
-                                    "(SHARP_UPLOAD_TIMEOUT_S).", headers={"Connection": "close"}) from None
+                reason = (f"The upload stalled: no data for {self.idle_timeout_s:g} s (SHARP_UPLOAD_TIMEOUT_S)."
+                          if left_s > self.idle_timeout_s else f"The upload took longer than {self.deadline_s:g} s "
+                          "(SHARP_UPLOAD_DEADLINE_S).")
+                raise HTTPException(408, reason, headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)

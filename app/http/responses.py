@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 from urllib.parse import quote
 
-from fastapi.responses import Response
+import anyio.to_thread
+from fastapi.responses import FileResponse, Response
+from starlette.datastructures import Headers
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
+from app.http.errors import error_response, request_id_of
 from app.http.schemas import ErrorResponse
 from app.pipeline import RunResult
 from app.prediction import Prediction
@@ -84,3 +90,28 @@ def prediction_response(result: RunResult, format_name: str, *, attachment: bool
     if attachment:
         headers["Content-Disposition"] = content_disposition(output.filename)
     return Response(output.body, media_type=output.media_type, headers=headers)
+
+
+class RangeFileResponse(FileResponse):
+    """A file download whose `Range` errors have the API's JSON error shape: 400 `bad_range` (malformed, e.g.
+    ``bytes=5-1``) and 416 `range_not_satisfiable` (past the end, with ``Content-Range: bytes */<size>``);
+    Starlette's own answer is plain text. Valid ranges are Starlette's."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        http_range = Headers(scope=scope).get("range")
+        if http_range is not None and scope["method"] in ("GET", "HEAD"):
+            size = (await anyio.to_thread.run_sync(os.stat, self.path)).st_size
+            refusal = None
+            try:
+                self._parse_range_header(http_range, size)
+            except MalformedRangeHeader as error:
+                refusal = error_response(400, "bad_range", f"Malformed Range header: {error.content}",
+                                         request_id_of(scope))
+            except RangeNotSatisfiable:
+                refusal = error_response(416, "range_not_satisfiable", f"The Range is past the end of the "
+                                         f"file ({size} bytes).", request_id_of(scope),
+                                         headers={"Content-Range": f"bytes */{size}"})
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

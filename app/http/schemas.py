@@ -73,6 +73,8 @@ class HealthResponse(BaseModel):
     status: ModelState
     detail: str | None = Field(default=None, description="Why loading failed (status `error`): an error code and "
                                "whether the server retries; the full story is in the server log.")
+    message: str | None = Field(default=None, description="Status `error`: what clients are told (the 503 "
+                                "`model_unavailable` message), with how an operator fixes it when that is known.")
     version: str
     uptime_s: float
     preset: str | None = None
@@ -81,8 +83,8 @@ class HealthResponse(BaseModel):
     dtype: str | None = None
     num_gaussians: int | None = None
     internal_resolution: int | None = None
-    queue_depth: int = Field(description="Requests admitted and waiting for the model.")
-    in_progress: int = Field(description="Predictions running now (0 or 1).")
+    queue_depth: int = Field(description="Requests (predictions and renders) admitted and waiting.")
+    in_progress: int = Field(description="Runs in the model or the renderer now (0 to 2; jobs included).")
     max_queue: int = Field(description="Waiting requests allowed before 503 `queue_full`.")
 
 

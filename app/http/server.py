@@ -14,6 +14,9 @@ Two holes of uvicorn's defaults, closed here:
   connection opened or after its previous response. A stalled upload *body* is `UploadGuard`'s business
   (408 after `SHARP_UPLOAD_TIMEOUT_S`).
 
+And one of shutdown: uvicorn waits for requests in flight without a bound. `SHUTDOWN_GRACE_S` after a
+SIGTERM, the requests still running are cancelled; the service stops their runs at the next block or frame.
+
 On Modal, Modal's own web server runs the app instead, and none of this applies.
 """
 
@@ -29,6 +32,8 @@ MAX_REQUEST_HEAD_BYTES = 64 * 1024
 """Longest request line plus headers accepted (h11's `max_incomplete_event_size`); more is a 400."""
 REQUEST_HEAD_TIMEOUT_S = 10.0
 """Time a connection gets to send a complete request line and headers."""
+SHUTDOWN_GRACE_S = 8.0
+"""Time requests in flight get to finish after a SIGTERM (under Docker's 10 s before its SIGKILL)."""
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -68,12 +73,14 @@ class BoundedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def uvicorn_options(head_timeout_s: float = REQUEST_HEAD_TIMEOUT_S) -> dict[str, Any]:
-    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` (tests shorten the head deadline)."""
+def uvicorn_options(head_timeout_s: float = REQUEST_HEAD_TIMEOUT_S,
+                    shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> dict[str, Any]:
+    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` (tests shorten the deadlines)."""
     protocol = BoundedH11Protocol
     if head_timeout_s != REQUEST_HEAD_TIMEOUT_S:
         protocol = type("BoundedH11Protocol", (BoundedH11Protocol,), {"head_timeout_s": head_timeout_s})
-    return {"http": protocol, "h11_max_incomplete_event_size": MAX_REQUEST_HEAD_BYTES}
+    return {"http": protocol, "h11_max_incomplete_event_size": MAX_REQUEST_HEAD_BYTES,
+            "timeout_graceful_shutdown": shutdown_grace_s}
 
 
 UVICORN_OPTIONS: dict[str, Any] = uvicorn_options()

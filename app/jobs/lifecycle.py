@@ -63,7 +63,8 @@ async def run(job: Job, work: Callable[[], Awaitable[None]], runner: Runner) -> 
     interrupt: asyncio.CancelledError | None = None
     try:
         await work()
-    except JobCancelledError:
+    except JobCancelledError as stopped:
+        LOGGER.info("%s", stopped)
         _cancel(job, runner.ttl_s)
     except SharpError as error:
         if job.status == "running":
@@ -72,9 +73,9 @@ async def run(job: Job, work: Callable[[], Awaitable[None]], runner: Runner) -> 
         interrupt = error
         _uncancel()  # let the bookkeeping below await; the interruption is raised again at the end
     except Exception as error:
-        LOGGER.exception("Job %s failed", job.id)
-        if job.status == "running":
-                job.finish("failed", time.time(), runner.ttl_s, SharpError(
+        if job.status == "running":  # not one cancelled meanwhile, whose files went
+            LOGGER.exception("Job %s failed", job.id)
+            job.finish("failed", time.time(), runner.ttl_s, SharpError(
                 f"Internal error ({type(error).__name__}); see the server log.", code="internal_error", status=500))
     if interrupt is not None or job.status == "running":
         if await runner.cancelled(job, interrupt):

@@ -5,7 +5,8 @@ The worker takes the oldest queued job, reads its upload back from the `JobStore
 prediction thread, so jobs and synchronous requests take turns on the model), then encodes each
 requested output and writes it atomically. Progress comes from the predictor's callback (forward hooks,
 see `app.predictor.progress`), hopped onto the event loop and published at most `PROGRESS_HZ` times a
-second. A cancel sets a flag that the callback turns into an exception at the next block boundary.
+second. A cancel sets a flag that the callback turns into an exception at the next network block or render
+frame; the job then ends `cancelled`, whatever step it was in.
 
 All job state is changed on the event loop; watchers (`watch`) wake on every change. The state files
 make finished jobs survive a restart; a job that was queued or running when the process stopped is
@@ -137,13 +138,17 @@ class LocalJobQueue:
             await anyio.to_thread.run_sync(self.store.remove, job.id)
             self._publish(job)
             return job
-        if job.id in self._pending:
-            self._pending.remove(job.id)
-            self._publish_queued()
-        elif job.id == self._running and self._cancel_running is not None:
-            self._cancel_running.set()  # the prediction stops at the next block boundary
         job.finish("cancelled", time.time(), self.settings.job_ttl_s)
-        await anyio.to_thread.run_sync(self._delete_and_save, job)
+        if job.id == self._running and self._cancel_running is not None:
+            # The run stops at its next network block or render frame; its lifecycle then tidies the files
+            # (deleting them under the running worker would fail the job instead).
+            self._cancel_running.set()
+            await anyio.to_thread.run_sync(self.store.save, job)
+        else:
+            if job.id in self._pending:
+                self._pending.remove(job.id)
+                self._publish_queued()
+            await anyio.to_thread.run_sync(self._delete_and_save, job)
         self._publish(job)
         return job
 
@@ -226,7 +231,7 @@ class LocalJobQueue:
 
         def progress(stage: str, fraction: float) -> None:
             if cancel.is_set():
-                raise JobCancelledError(job.id)
+                raise JobCancelledError(f"Job {job.id} stopped (cancelled) during {stage} at {fraction:.0%}.")
             now = time.monotonic()
             if stage != last_sent[1] or fraction >= 1.0 or now - last_sent[0] >= 1.0 / PROGRESS_HZ:
                 last_sent[:] = [now, stage]

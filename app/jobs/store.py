@@ -14,6 +14,9 @@ Limits (`sweep`): a finished job's files are deleted `SHARP_JOB_TTL_S` after it 
 stored files pass `SHARP_JOBS_MAX_BYTES`, the oldest finished jobs' files go first. Either way the
 state file stays behind (`expired` set), so that the job's URLs answer 410 rather than 404, for one
 more time to live; then the directory goes too.
+
+A directory whose state file is damaged (not JSON, a field of the wrong type, an id not its name) is set
+aside at start-up as `.damaged-<name>` with an error in the log; the server starts without it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,22 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 from app.files import write_atomically
-from app.jobs.base import Job, check_job_id, result_name
+from app.jobs.base import Job, JobNotFoundError, check_job_id, result_name
 
 LOGGER = logging.getLogger(__name__)
+
+DAMAGED_PREFIX = ".damaged-"
+"""A damaged job's directory is renamed to this prefix + its name at start-up (names starting with a dot are
+not read again)."""
+_JOB_STATE = TypeAdapter(Job)
+"""Checks a loaded state file's fields against `Job`'s types."""
 
 STATE_FILE = "job.json"
 INPUT_FILE = "input"
@@ -55,11 +66,19 @@ class JobStore:
         write_atomically(directory / STATE_FILE, [orjson.dumps(job.to_dict())])
 
     def load(self, job_id: str) -> Job | None:
+        """The job stored under `job_id`; None if there is none. Raises ValueError (pydantic's
+        `ValidationError` included) for a state file that is not a job's: not JSON, a field of the wrong type,
+        an id that is not its directory's name."""
         directory = self.directory(job_id)
         try:
-            job = Job.from_dict(orjson.loads((directory / STATE_FILE).read_bytes()))
+            state = orjson.loads((directory / STATE_FILE).read_bytes())
         except FileNotFoundError:
             return None
+        if not isinstance(state, dict):
+            raise ValueError(f"{STATE_FILE} holds a JSON {type(state).__name__}, not an object")
+        job = _JOB_STATE.validate_python(asdict(Job.from_dict(state)))
+        if job.id != job_id:
+            raise ValueError(f"its job id {job.id[:64]!r} is not its directory's name")
         with contextlib.suppress(FileNotFoundError):
             job.call_id = (directory / CALL_FILE).read_text().strip() or job.call_id
         return job
@@ -78,12 +97,25 @@ class JobStore:
                 continue
             try:
                 job = self.load(directory.name)
-            except Exception as error:  # a foreign or damaged directory must not stop the server
-                LOGGER.warning("Ignoring %s in the jobs directory: %s", directory, error)
+            except JobNotFoundError:  # not a job id: not ours
+                LOGGER.warning("Ignoring %s in the jobs directory: not a job's directory", directory)
+                continue
+            except Exception as error:  # a damaged job must not stop the server: set it aside, for a person to see
+                self._set_aside(directory, error)
                 continue
             if job is not None:
                 jobs.append(job)
         return sorted(jobs, key=lambda job: job.created_at)
+
+    def _set_aside(self, directory: Path, error: Exception) -> None:
+        aside = directory.with_name(f"{DAMAGED_PREFIX}{directory.name}")
+        try:
+            directory.rename(aside)
+        except OSError as rename_error:
+            LOGGER.error("Job directory %s is damaged (%s) and could not be set aside (%s); ignoring it",
+                         directory, _one_line(error), rename_error)
+            return
+        LOGGER.error("Job directory %s is damaged (%s); set aside as %s", directory, _one_line(error), aside.name)
 
     # ----------------------------------------------------------------------------------------- files
 
@@ -170,6 +202,12 @@ class JobStore:
         job.expired = reason
         job.expires_at = min(job.expires_at or now, now)
         self.save(job)
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())[:300]
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def stored_bytes(job: Job) -> int:

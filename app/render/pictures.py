@@ -86,7 +86,8 @@ def render_still(scene: GaussianScene, *, size: Size = None, fmt: str = "png", d
 
 def render_video(scene: GaussianScene, *, path: PathName | str = "orbit", frames: int = 60, size: Size = None,
                  fps: int = DEFAULT_FPS, fmt: str = "mp4", background: Iterable[float] = (0.0, 0.0, 0.0),
-                 f_px: float | None = None, device: str | torch.device = "cpu") -> bytes:
+                 f_px: float | None = None, device: str | torch.device = "cpu",
+                 progress: Callable[[int, int], None] | None = None) -> bytes:
     """A looping camera path that starts at the input view, as MP4 (H.264, yuv420p) or GIF bytes.
 
     Args:
@@ -97,9 +98,11 @@ def render_video(scene: GaussianScene, *, path: PathName | str = "orbit", frames
         fps: 1 to MAX_FPS.
         fmt: ``mp4`` or ``gif``.
         background, f_px, device: as for `render_still`.
+        progress: called as ``progress(frames_done, frames)`` after each frame; an exception it raises (a
+            cancel) stops the render there.
     """
     return b"".join(video_chunks(scene, path=path, frames=frames, size=size, fps=fps, fmt=fmt,
-                                 background=background, f_px=f_px, device=device))
+                                 background=background, f_px=f_px, device=device, progress=progress))
 
 
 def video_chunks(scene: GaussianScene, *, path: PathName | str = "orbit", frames: int = 60, size: Size = None,

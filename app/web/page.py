@@ -3,7 +3,9 @@
 The page is plain HTML, CSS and one ES module (`static/app.js`); the renderer, Spark on three.js, is
 loaded through an import map from `static/vendor/`, which `make web` fills from npm (pinned in
 `web/package-lock.json`). Nothing is fetched from a CDN and no Node.js is needed at run time. Without
-the vendor files the server still starts: the page says what to run.
+the vendor files the server still starts: the page says what to run. The page's import map points at
+`/static/v/<tag>/`, the vendor files under a digest of their manifest, cached for a year; the page itself
+carries a Content-Security-Policy (this origin, plus what the renderer needs) and no framing by others.
 
 Content negotiation on `/`: a request whose Accept header prefers `text/html` to `application/json`
 (what browsers send when opening a URL) gets the page; everything else (curl's and requests' `*/*`,
@@ -12,14 +14,18 @@ explicit `application/json`, no Accept at all) keeps getting the JSON API info.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import re
 from functools import cache
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,16 +96,53 @@ def vendor_missing() -> list[str]:
 
 
 @cache
-def _page_template() -> str:
-    return (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+def vendor_tag() -> str:
+    """A short digest of the vendor manifest (its package versions and files): the versioned vendor URLs'
+    folder, `/static/v/<tag>/`, whose files may be cached for a year (an upgrade changes the tag)."""
+    try:
+        manifest = (VENDOR_DIR / VENDOR_MANIFEST).read_bytes()
+    except OSError:
+        manifest = b""
+    return hashlib.sha256(manifest).hexdigest()[:12]
+
+
+@cache
+def _page() -> tuple[str, str]:
+    """The page's HTML, its import map pointing at the versioned vendor folder, and its Content-Security-Policy.
+
+    The policy allows this origin only, plus what the renderer needs: the inline import map (by its hash),
+    WebAssembly compilation, workers and images from blob:/data: URLs (Spark builds its worker and WASM that
+    way); no framing by other sites.
+    """
+    html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    html = html.replace('"./static/vendor/', f'"./static/v/{vendor_tag()}/')
+    import_map = re.search(r'<script type="importmap">(.*?)</script>', html, re.S)
+    digest = base64.b64encode(hashlib.sha256(import_map.group(1).encode()).digest()).decode() if import_map else ""
+    policy = "; ".join([
+        "default-src 'self'", f"script-src 'self' 'sha256-{digest}' 'wasm-unsafe-eval'",
+        "worker-src 'self' blob:", "img-src 'self' data: blob:", "connect-src 'self' data: blob:",
+        "style-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'self'",
+    ])
+    return html, policy
 
 
 def page_response() -> Response:
     """The page. When the renderer files are missing it says so (`data-vendor="missing"`)."""
-    html = _page_template()
+    html, policy = _page()
     if vendor_missing():
         html = html.replace('data-vendor="ok"', 'data-vendor="missing"', 1)
-    return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Vary": "Accept"})
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Vary": "Accept",
+                                       "Content-Security-Policy": policy, "X-Frame-Options": "SAMEORIGIN"})
+
+
+class VersionedFiles(StaticFiles):
+    """The vendor files under their versioned URL: cached for a year, never revalidated."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
 
 
 def static_files() -> StaticFiles:
@@ -118,5 +161,7 @@ def mount_page(app: FastAPI) -> None:
     if missing:
         LOGGER.warning("Web page renderer files missing in %s (%s): run `make web`; the page will say so.",
                        VENDOR_DIR, ", ".join(missing))
-    app.add_api_route(PAGE_PATH, _viewer, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    app.add_api_route(PAGE_PATH, _viewer, methods=["GET", "HEAD"], include_in_schema=False,
+                      response_class=HTMLResponse)
+    app.mount(f"/static/v/{vendor_tag()}", VersionedFiles(directory=VENDOR_DIR, check_dir=False), name="vendor")
     app.mount("/static", static_files(), name="static")

@@ -80,7 +80,8 @@ def fetch(url: str, part: Path, meta: Path, *, label: str, progress: bool, timeo
             except _Retry as exc:
                 responded = responded or exc.responded
                 last = str(exc)
-                logger.warning("Download attempt %d/%d of %s failed: %s", attempt + 1, attempts, url, last)
+                # INFO: the last attempt's failure is the caller's to report (the server logs one line a retry).
+                logger.info("Download attempt %d/%d of %s failed: %s", attempt + 1, attempts, url, last)
     kept = (
         f" The {part.stat().st_size} bytes received so far are kept in {part} and the next attempt "
         "resumes from there."

@@ -15,6 +15,7 @@ import base64
 import logging
 import math
 import re
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ ORIGIN = "https://viewer.example"
 MAX_UPLOAD_MB = 1
 MAX_PIXELS = 4_000_000
 UPLOAD_TIMEOUT_S = 2.0
+UPLOAD_DEADLINE_S = 6.0
 HEAD_TIMEOUT_S = 2.0
 KEPT = 64
 """max_gaussians on accepted requests, so responses stay small."""
@@ -70,7 +72,7 @@ def error_log() -> Iterator[ErrorLog]:
 @pytest.fixture(scope="module")
 def server(error_log: ErrorLog) -> Iterator[LiveServer]:
     settings = tiny_settings(max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, cors_origins=[ORIGIN],
-                             upload_timeout_s=UPLOAD_TIMEOUT_S)
+                             upload_timeout_s=UPLOAD_TIMEOUT_S, upload_deadline_s=UPLOAD_DEADLINE_S)
     live = LiveServer.start(create_app(settings, predictor=SharpPredictor.load("tiny", device="cpu")),
                             **uvicorn_options(head_timeout_s=HEAD_TIMEOUT_S))
     yield live
@@ -254,6 +256,30 @@ def test_file_sent_as_text_field_is_refused(client: httpx.Client) -> None:
     assert_error(client.post("/predict", data={"file": GOOD_PNG.decode("latin-1")}), 422, "missing_file")
 
 
+# ------------------------------------------------ repeated fields: one rule on every route (issue 19, harden2)
+
+REPEATED_FIELDS: list[tuple[str, str, dict[str, Any]]] = [
+    # (route, the field sent twice, the other fields)
+    *[("/jobs", name, {"f_px": ["100", "200"], "outputs": ["spz", "ply"], "max_gaussians": ["5", "6"],
+                       "encoding": ["list", "base64"]}[name]) for name in ("f_px", "outputs", "max_gaussians",
+                                                                               "encoding")],
+    *[("/render", name, {"size": ["64", "128"], "output": ["png", "mp4"], "path": ["orbit", "swipe"],
+                         "frames": ["2", "3"], "depth": ["true", "false"], "f_px": ["100", "200"]}[name])
+      for name in ("size", "output", "path", "frames", "depth", "f_px")],
+    ("/predict/spz", "f_px", ["100", "200"]),
+    ("/predict/ply", "vertex_only", ["true", "false"]),
+]
+
+
+@pytest.mark.parametrize(("route", "name", "values"), REPEATED_FIELDS,
+                         ids=[f"{route}-{name}" for route, name, _ in REPEATED_FIELDS])
+def test_a_field_sent_twice_is_refused_on_every_route(client: httpx.Client, route: str, name: str,
+                                                      values: list[str]) -> None:
+    response = client.post(route, files={"file": ("a.png", GOOD_PNG)}, data={name: values})
+    error = assert_error(response, 422, "validation_error")
+    assert [(d["loc"], d["type"]) for d in error["details"]] == [(["body", name], "duplicate_field")], error
+
+
 # ------------------------------------------------------------------------------------ raw HTTP helpers
 
 
@@ -378,6 +404,28 @@ def test_slow_but_steady_client_is_served(server: LiveServer) -> None:
     pieces = [request[i : i + 256] for i in range(0, len(request), 256)]
     status, _, answer = parse_response(raw_request(server, pieces, pause_s=0.05))
     assert status == 200, answer[:300]
+
+
+# ------------------------------------------------ a body dripped a byte at a time (issue 19, harden2)
+
+
+def test_body_dripped_under_the_idle_timeout_meets_the_upload_deadline(server: LiveServer) -> None:
+    """One byte every second never stalls for SHARP_UPLOAD_TIMEOUT_S (2 s here), but the whole body must arrive
+    within SHARP_UPLOAD_DEADLINE_S (6 s here): 408, and the connection is closed."""
+    request = http_request("POST", "/predict", {"Content-Type": MULTIPART_TYPE,
+                                                "Content-Length": str(len(MULTIPART_BODY))})
+    host, port = server.url.removeprefix("http://").split(":")
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        for byte in MULTIPART_BODY[: int(4 * UPLOAD_DEADLINE_S)]:  # 24 s of drip at most
+            if select.select([sock], [], [], 1.0)[0]:
+                break
+            sock.sendall(bytes([byte]))
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert_raw_error(answer, 408, "upload_timeout")
+    assert b"SHARP_UPLOAD_DEADLINE_S" in answer
 
 
 @pytest.mark.parametrize("sent", [0.0, 0.5, 1.0], ids=["after-headers", "mid-upload", "whole-body-then-gone"])
@@ -513,6 +561,82 @@ def test_allowed_cors_preflight_still_works(client: httpx.Client) -> None:
     response = client.options("/predict", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN
+
+
+# ------------------------------------- ranges, HEAD, redirects, page headers (issue 19, harden2)
+
+
+@pytest.fixture(scope="module")
+def finished_job(client: httpx.Client) -> str:
+    """The URL of a finished job's small result (JSON of 64 Gaussians)."""
+    job = client.post("/jobs", files={"file": ("a.png", GOOD_PNG)},
+                      data={"outputs": "json", "max_gaussians": str(KEPT)}).json()
+    deadline = time.monotonic() + 120
+    while (job := client.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    return str(job["results"]["json"])
+
+
+@pytest.mark.parametrize(("range_header", "status", "code"), [
+    ("bytes=5-1", 400, "bad_range"), ("bytes=abc", 400, "bad_range"), ("items=0-1", 400, "bad_range"),
+    ("bytes=999999999-", 416, "range_not_satisfiable"),
+], ids=["reversed", "not-numbers", "not-bytes", "past-the-end"])
+def test_bad_range_is_a_json_error(client: httpx.Client, finished_job: str, range_header: str, status: int,
+                                   code: str) -> None:
+    response = client.get(finished_job, headers={"Range": range_header})
+    assert_error(response, status, code)
+    if status == 416:
+        size = len(client.get(finished_job).content)
+        assert response.headers["content-range"] == f"bytes */{size}"
+
+
+def test_good_range_and_head_of_a_job_result(client: httpx.Client, finished_job: str) -> None:
+    whole = client.get(finished_job)
+    part = client.get(finished_job, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole.content[:10]
+    head = client.head(finished_job)
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(whole.content)
+
+
+def test_head_of_the_page(client: httpx.Client) -> None:
+    head = client.head("/viewer")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("path", ["/static", "/jobs/", "/health/", "/viewer/"])
+def test_no_redirect_built_from_a_forged_host(server: LiveServer, path: str) -> None:
+    raw = raw_request(server, http_request("GET", path).replace(b"Host: 127.0.0.1", b"Host: evil.example"))
+    assert_raw_error(raw, 404, "not_found")
+    assert "location" not in parse_response(raw)[1]
+
+
+def test_page_headers_and_long_lived_vendor_files(client: httpx.Client) -> None:
+    page = client.get("/viewer")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'self'" in policy and "'unsafe-inline'" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "SAMEORIGIN"
+    assert client.get("/health").headers["x-content-type-options"] == "nosniff"
+    vendor = re.search(r'"three": "\./(static/v/[0-9a-f]{12}/three/build/three\.module\.js)"', page.text)
+    assert vendor, page.text[:1000]
+    module = client.get(f"/{vendor.group(1)}")
+    if module.status_code == 404:
+        pytest.skip("the page's renderer files are not installed (make web)")
+    assert module.status_code == 200 and "immutable" in module.headers["cache-control"]
+    assert "immutable" not in client.get("/static/app.js").headers.get("cache-control", "")
+
+
+def test_docs_load_nothing_from_another_origin(client: httpx.Client) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    urls = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert urls and all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
+    assert client.get("/redoc").status_code == 404
 
 
 # ----------------------------------------------------------------------------------------------- the end

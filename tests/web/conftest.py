@@ -65,7 +65,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT)
+    # bypass_csp: wait_for_function evaluates strings, which the page's policy forbids (test_csp.py keeps it)
+    context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)
     tab = context.new_page()
     tab.add_init_script(RECORD_STATES)
     errors: list[str] = []

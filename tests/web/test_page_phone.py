@@ -68,7 +68,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
 @pytest.fixture
 def phone(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(**PHONE)
+    context = browser.new_context(**PHONE, bypass_csp=True)  # see conftest.page
     tab = context.new_page()
     tab.add_init_script(RECORD_STATES)
     tab.add_init_script(RECORD_STATUS_AND_SHARES)

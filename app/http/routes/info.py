@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app import __version__
 from app.http.deps import Service
+from app.http.docs import DOCS_URL
 from app.http.schemas import ApiInfo, EndpointInfo, HealthResponse, ModelInfoResponse
 from app.outputs import FORMATS
 from app.prediction import ModelInfo
@@ -53,7 +54,7 @@ async def api_info(request: Request, response: Response, service: Service) -> Ap
         version=__version__, description="One photo in, a 3D Gaussian splat out, with Apple's SHARP model.",
         status=service.state, model=model_info_response(predictor.info) if predictor else None,
         formats=list(FORMATS), endpoints=endpoints,
-        docs_url=request.app.docs_url or "", openapi_url=request.app.openapi_url or "",
+        docs_url=DOCS_URL, openapi_url=request.app.openapi_url or "",
     )
 
 
@@ -63,7 +64,8 @@ async def health(service: Service) -> JSONResponse:
     """200 once the model is loaded (`ready`), 503 while it loads (`loading`) or if it failed (`error`)."""
     predictor = service.predictor
     body = HealthResponse(
-        status=service.state, detail=_load_detail(service), version=__version__,
+        status=service.state, detail=_load_detail(service), message=service.unavailable_message(),
+        version=__version__,
         uptime_s=round(time.monotonic() - service.started_at, 3),
         queue_depth=service.queue_depth, in_progress=service.in_progress, max_queue=service.settings.max_queue,
         **(model_info_response(predictor.info).model_dump(exclude={"checkpoint"}) if predictor else {}),

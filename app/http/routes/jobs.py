@@ -15,12 +15,18 @@ from typing import Annotated, Any
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
-from app.http.responses import content_disposition, error_responses, server_timing, sharp_headers
+from app.http.responses import (
+    RangeFileResponse,
+    content_disposition,
+    error_responses,
+    server_timing,
+    sharp_headers,
+)
 from app.http.schemas import JobResponse
 from app.imaging import probe_image
 from app.jobs.base import (
@@ -165,7 +171,7 @@ def _result_route(format_name: str) -> Any:
         }
         if result.body is not None:
             return Response(result.body, media_type=fmt.media_type, headers=headers)
-        return FileResponse(result.path, media_type=fmt.media_type, headers=headers)
+        return RangeFileResponse(result.path, media_type=fmt.media_type, headers=headers)
 
     job_result.__name__ = f"job_result_{format_name}"
     job_result.__doc__ = f"The job's {format_name} file: the bytes the synchronous endpoint gives for the photo."
@@ -180,6 +186,9 @@ for _name, _format in RESULT_FORMATS.items():
                          "content": {FORMATS[_format].media_type: {"schema": {"type": "string", "format": "binary"}}}},
                    **error_responses(401, 404, 409, 410)},
     )
+    # HEAD: the same headers without the body (download managers probe with it); not in the schema.
+    router.add_api_route(f"/jobs/{{job_id}}/{_name}", _result_route(_format), methods=["HEAD"],
+                         response_class=Response, include_in_schema=False)
 
 
 @router.get("/jobs/{job_id}/{name}", include_in_schema=False)

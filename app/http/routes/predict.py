@@ -2,7 +2,8 @@
 
 Each route reads the upload and has the service run the pipeline for the one output it serves (the
 routes follow the registry, `app.outputs`); the response carries the model and camera in `X-Sharp-*` headers
-and every stage (decode, preprocess, forward, postprocess, encode) in `Server-Timing`.
+and every stage (decode, preprocess, forward, postprocess, encode) in `Server-Timing`. A client that hangs
+up stops its prediction (`app.http.disconnect`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.errors import UnknownFormatError
@@ -20,10 +21,10 @@ from app.http.deps import (
     JsonEncoding,
     MaxGaussians,
     Service,
-    SingleValued,
     VertexOnly,
     read_upload,
 )
+from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, file_responses, prediction_response
 from app.http.schemas import PredictResponse
 from app.outputs import FORMATS, SCENE_FORMATS, OutputFormat
@@ -32,40 +33,43 @@ router = APIRouter()
 
 
 @router.post(
-    "/predict", summary="Predict Gaussians as JSON", response_class=Response, dependencies=[SingleValued],
+    "/predict", summary="Predict Gaussians as JSON", response_class=Response,
     responses={200: {"model": PredictResponse, "description": "The Gaussians and their metadata"},
                **error_responses(400, 401, 413, 415, 422, 503)},
 )
-async def predict_json(service: Service, file: ImageUpload, f_px: FocalPx = None,
+async def predict_json(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
                        max_gaussians: MaxGaussians = None, encoding: JsonEncoding = "list") -> Response:
     """The Gaussians as JSON arrays (see the response schema for units and axes).
 
     No cap by default: the full SHARP scene is ~1.18M Gaussians (hundreds of MB as lists); use
     `max_gaussians` and/or `encoding=base64` for large scenes.
     """
-    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
-                               max_gaussians=max_gaussians, outputs={"json": {"encoding": encoding}})
+    data = await read_upload(file, service)
+    result = await until_disconnect(request, service.run(
+        data, filename=file.filename, f_px=f_px, max_gaussians=max_gaussians, outputs={"json": {"encoding": encoding}}))
     return prediction_response(result, "json", attachment=False)
 
 
 @router.post(
-    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response, dependencies=[SingleValued],
+    "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response,
     responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
 )
-async def predict_ply(service: Service, file: ImageUpload, f_px: FocalPx = None,
+async def predict_ply(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
                       vertex_only: VertexOnly = False, max_gaussians: MaxGaussians = None) -> Response:
     """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
     name = "ply_vertex" if vertex_only else "ply"
-    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
-                               max_gaussians=max_gaussians, outputs={name: {}})
+    data = await read_upload(file, service)
+    result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
+                                                         max_gaussians=max_gaussians, outputs={name: {}}))
     return prediction_response(result, name)
 
 
 def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
-    async def predict_format(service: Service, file: ImageUpload, f_px: FocalPx = None,
-                             max_gaussians: MaxGaussians = None) -> Response:
-        result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
-                                   max_gaussians=max_gaussians, outputs={fmt.name: {}})
+    async def predict_format(request: Request, service: Service, file: ImageUpload,
+                             f_px: FocalPx = None, max_gaussians: MaxGaussians = None) -> Response:
+        data = await read_upload(file, service)
+        result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
+                                                             max_gaussians=max_gaussians, outputs={fmt.name: {}}))
         return prediction_response(result, fmt.name)
 
     predict_format.__doc__ = f"{fmt.description[:1].upper()}{fmt.description[1:]}."
@@ -77,7 +81,6 @@ for _fmt in (FORMATS[name] for name in SCENE_FORMATS):  # renders go through `PO
     if _fmt.name not in ("ply", "json"):  # ply: its own route (vertex_only); json: POST /predict
         router.add_api_route(
             f"/predict/{_fmt.name}", _format_route(_fmt), methods=["POST"], response_class=Response,
-            dependencies=[SingleValued],
             summary=f"Predict Gaussians as a {_fmt.name} file", responses=file_responses(_fmt.media_type,
                                                                                          _fmt.description),
         )

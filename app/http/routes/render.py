@@ -2,17 +2,20 @@
 
 The photo goes through the same service and pipeline as `POST /predict`; the scene is then encoded as one
 of the registry's render formats (`preview`, `preview_jpeg`, `orbit`), drawn by `app.render` on the
-model's device. Sizes and frame counts are bounded so that no request can ask for unbounded work.
+model's device. Sizes and frame counts are bounded so that no request can ask for unbounded work; a render
+is admitted like a prediction (503 `queue_full` past the queue limit) and stops at the next frame when its
+client hangs up.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, SingleValued, read_upload
+from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
+from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, prediction_response
 
 MAX_RENDER_SIDE = 2048
@@ -34,14 +37,13 @@ _FORMAT = {"png": "preview", "jpeg": "preview_jpeg", "mp4": "orbit"}
 
 @router.post(
     "/render", summary="Render the predicted scene as an image or a video", response_class=Response,
-    dependencies=[SingleValued],
     responses={200: {"description": "The picture", "content": {
         media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg",
                                                                                 "video/mp4")}},
                **error_responses(400, 401, 413, 415, 422, 503)},
 )
-async def render(service: Service, file: ImageUpload, f_px: FocalPx = None, output: RenderOutput = "png",
-                 size: RenderSize = 512, path: CameraPath = "orbit", frames: Frames = 60,
+async def render(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
+                 output: RenderOutput = "png", size: RenderSize = 512, path: CameraPath = "orbit", frames: Frames = 60,
                  depth: Depth = False, max_gaussians: MaxGaussians = None) -> Response:
     """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed);
     with `max_gaussians`, only the Gaussians that budget keeps are drawn."""
@@ -50,6 +52,8 @@ async def render(service: Service, file: ImageUpload, f_px: FocalPx = None, outp
         options.update(path=path, frames=frames)
     else:
         options["depth"] = depth
-    result = await service.run(await read_upload(file, service), filename=file.filename, f_px=f_px,
-                               max_gaussians=max_gaussians, outputs={_FORMAT[output]: options})
+    data = await read_upload(file, service)
+    result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
+                                                         max_gaussians=max_gaussians,
+                                                         outputs={_FORMAT[output]: options}))
     return prediction_response(result, _FORMAT[output])

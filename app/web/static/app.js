@@ -276,6 +276,7 @@ async function loadInfo() {
     page.jobs = (page.info.endpoints || []).some((e) => e.method === "POST" && e.path === "/jobs");
     if (page.info.model) showModel(page.info.model);
     else $("model").textContent = `model ${page.info.status || "loading"}`;
+    if (page.info.status === "error") showModelError();
     $("model").hidden = false;
     if (page.info.auth_required && !apiKey()) $("auth-form").hidden = false;
   } catch {
@@ -304,6 +305,7 @@ function showModel({ preset, weights, device, dtype }) {
   $("model").textContent = `model: ${preset} · weights: ${weights}${device ? ` · ${device}` : ""}${dtype ? ` ${dtype}` : ""}`;
   $("model").hidden = false;
   const banner = $("model-banner");
+  banner.classList.remove("error"); // a model answered: no load failure to show any more
   if (preset === "tiny" || (weights && weights !== "official")) {
     const what = preset === "tiny" ? "the tiny test network" : `the ${preset} network`;
     banner.textContent =
@@ -314,6 +316,20 @@ function showModel({ preset, weights, device, dtype }) {
     banner.hidden = false;
   } else {
     banner.hidden = true;
+  }
+}
+
+/** The model failed to load: the server's own words (with the fix, when known) in the banner. */
+async function showModelError() {
+  try {
+    const health = await (await fetch("./health", { headers: { Accept: "application/json" } })).json();
+    if (!health.message) return;
+    const banner = $("model-banner");
+    banner.textContent = health.message;
+    banner.classList.add("error");
+    banner.hidden = false;
+  } catch {
+    // No banner: predictions still answer with the same message.
   }
 }
 
