@@ -84,14 +84,20 @@ def decode(source: bytes | Path, *, filename: str | None = None, max_pixels: int
     return load_image(source, name=filename or None, max_pixels=max_pixels)
 
 
-def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, filename: str | None = None,
-        f_px: float | None = None, max_gaussians: MaxGaussians | None = None, max_pixels: int | None = None,
-        progress: ProgressCallback | None = None, slots: Slots = Slots(), sink: OutputSink | None = None) -> RunResult:
-    """decode -> predict -> keep the budget -> encode each output.
+Adjust = Callable[[Prediction], Prediction]
+"""Changes a prediction between predict and encode (a clip's frames are scaled to agree, `app.sequence`)."""
+
+
+def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: Outputs, *,
+        filename: str | None = None, f_px: float | None = None, max_gaussians: MaxGaussians | None = None,
+        max_pixels: int | None = None, progress: ProgressCallback | None = None, slots: Slots = Slots(),
+        sink: OutputSink | None = None, adjust: Adjust | None = None) -> RunResult:
+    """decode -> predict -> (adjust) -> keep the budget -> encode each output.
 
     Args:
         predictor: the loaded model.
-        source: the photo's bytes, or its path.
+        source: the photo's bytes, or its path; or a photo decoded already (a clip's frame, `app.video`),
+            whose decoding is then not timed here.
         outputs: see `Outputs`; every name and option is checked before anything is decoded.
         filename: the upload's name when `source` is bytes (the outputs' file stem).
         f_px: focal length in pixels of the photo (checked by the caller); None: EXIF, else 30 mm equivalent.
@@ -103,6 +109,8 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
         slots: see `Slots`.
         sink: if given, each output is handed to it once encoded and left out of the result's `outputs`
             (a full-size scene's files are tens of MB each).
+        adjust: if given, the prediction is replaced by `adjust(prediction)` before anything is encoded
+            (the result holds the adjusted one).
 
     Raises:
         UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
@@ -117,12 +125,17 @@ def run(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, fi
     report = progress or _ignore
     timings: dict[str, float] = {}
     report("decode", 0.0)
-    with slots.decode(), _timed(timings, "decode"):
-        image = decode(source, filename=filename, max_pixels=max_pixels)
+    if isinstance(source, LoadedImage):
+        image = source
+    else:
+        with slots.decode(), _timed(timings, "decode"):
+            image = decode(source, filename=filename, max_pixels=max_pixels)
     report("decode", 1.0)
     with slots.model():
         prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
     del image
+    if adjust is not None:
+        prediction = adjust(prediction)
     if max_gaussians is not None:
         with _timed(timings, "budget"):
             prediction = replace(prediction, scene=keep_most_important(prediction.scene, max_gaussians),

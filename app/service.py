@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -37,8 +38,10 @@ from app import pipeline
 from app.budget import MaxGaussians
 from app.errors import SharpError
 from app.predictor import SharpPredictor
+from app.sequence import FileSink, SequenceProgress, run_sequence
 from app.settings import Settings
-from app.vocabulary import ModelState, ProgressCallback
+from app.video import Sampling, VideoLimits
+from app.vocabulary import AlignMode, ModelState, ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
 
@@ -313,6 +316,21 @@ class InferenceService:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
                 raise
+
+    async def run_sequence(self, source: bytes | Path, *, f_px: float | None, outputs: pipeline.Outputs,
+                           sampling: Sampling, align: AlignMode, sink: FileSink,
+                           progress: SequenceProgress | None = None) -> dict[str, Any]:
+        """`app.sequence.run_sequence` of a clip on a worker thread, each frame in this service's slots (so
+        photos' requests take turns with its frames on the model); not admitted (the job queue bounds what
+        waits). Returns the manifest; raises what `require_predictor` and `run_sequence` raise."""
+        predictor = self.require_predictor()
+
+        def work() -> dict[str, Any]:
+            _thread.admitted = False  # a job's run: not counted in `queue_depth`
+            return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
+                                sampling=sampling, f_px=f_px, align=align, progress=progress, slots=self._slots)
+
+        return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
 
     @contextlib.contextmanager
     def _model_turn(self) -> Iterator[None]:

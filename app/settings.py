@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     jobs_max_bytes: int = Field(default=2 * 1024**3, gt=0)
     jobs_max_queued: int = Field(default=100, ge=1)
 
+    # Video (`app.video`, `app.sequence`): a clip's limits; the defaults finish in minutes on 2 CPU cores
+    # with the tiny preset (about 3 s a frame).
+    video_max_duration_s: float = Field(default=120.0, gt=0)
+    """Longest selected part of a clip (end - start), in seconds."""
+    video_max_frames: int = Field(default=120, ge=1)
+    """Most frames one clip may turn into scenes."""
+    video_max_pixels: int = Field(default=3840 * 2160, gt=0)
+    """Largest frame (width x height) of a clip."""
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

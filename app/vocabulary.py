@@ -24,6 +24,9 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 """The statuses a job never leaves (its event stream ends there; clients stop polling)."""
 
+AlignMode = Literal["none", "scale"]
+"""How a clip's scenes are aligned (`app.sequence.align`): each frame as its own photo, or scaled to agree."""
+
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["float32", "tf32", "bfloat16", "float16"]
 

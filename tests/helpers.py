@@ -120,3 +120,33 @@ def prediction_of(scene: GaussianScene) -> Prediction:
     model = ModelInfo(preset="tiny", weights="synthetic", checkpoint=None, device="cpu", dtype="float32",
                       num_gaussians=scene.num_gaussians, internal_resolution=512)
     return Prediction(name="scene", scene=scene, f_px_source="default", model=model)
+
+
+def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (160, 96), fps: int = 10,
+              rotation: int = 0, lossless: bool = False, container: str = "mp4") -> bytes:
+    """An H.264 clip (yuv420p) made with PyAV from the conformance photo (coffee.png) cropped to `size`
+    (width, height), each frame shifted `shift_px` pixels right of the one before (0: one frame repeated);
+    `rotation`: the display matrix's counter-clockwise degrees; `lossless`: qp 0, so that equal frames
+    decode equal."""
+    import io
+
+    import av
+    from PIL import Image
+
+    from tests.conformance import DATA_DIR
+
+    photo = np.asarray(Image.open(DATA_DIR / "coffee.png").convert("RGB"))
+    width, height = size
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as output:
+        stream = output.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qp": "0"} if lossless else {"crf": "18"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for index in range(frames):
+            left = 40 + index * shift_px
+            crop = np.ascontiguousarray(photo[100:100 + height, left:left + width])
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
+        output.mux(stream.encode(None))
+    return buffer.getvalue()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.cli import video
 from app.cli.common import UsageError, f_px_option, gaussians_kept, max_gaussians_option, settings_with
 from app.errors import SharpError
 from app.files import write_atomically
@@ -42,6 +43,7 @@ def add_parser(commands: Any) -> None:
                               "the fraction F in (0, 1]) that matter most to the image; default: all")
     predict.add_argument("--preview", action="store_true", help="also render the scene from the photo's viewpoint "
                          "into OUT_DIR/<stem>.png (our PyTorch renderer; no CUDA needed)")
+    video.add_arguments(predict)
     predict.set_defaults(run=run)
 
 
@@ -75,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
     outputs: dict[str, dict[str, Any]] = {format_name: {}}
     if args.preview:
         outputs["preview"] = {}
+    clip = args.input.is_file() and video.is_video_path(args.input)
+    if not clip and video.photo_flags_used(args):
+        raise UsageError(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
+    if clip and args.max_gaussians is not None:
+        raise UsageError("--max-gaussians is not available for a video input yet; leave it out")
     try:
-        images = find_images(args.input)
+        images = [args.input] if clip else find_images(args.input)
     except (SharpError, OSError, ValueError) as error:
         raise UsageError(str(error)) from None
     if not images:
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         except SharpError as error:
             raise UsageError(f"--max-gaussians: {error.message}") from None
 
+    if clip:
+        return video.run_clip(args, predictor, settings, outputs, output_dir)
     failures = 0
     for number, path in enumerate(images, start=1):
         prefix = f"[{number}/{len(images)}] " if len(images) > 1 else ""

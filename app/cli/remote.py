@@ -2,6 +2,10 @@
 
     python -m app remote -i IMAGE_OR_DIR -o OUT_DIR --url URL [--api-key K] [--format ply,spz] [--f-px F]
                          [--max-gaussians N|F]
+    python -m app remote -i CLIP -o OUT_DIR --url URL [--fps F] [--start S] [--end E] [--max-frames N] [--align A]
+
+A clip (docs/video.md) is one job: its progress line says the frame, and its files go to
+OUT_DIR/<stem>/frames/000000<suffix>, ..., OUT_DIR/<stem>/manifest.json and OUT_DIR/<stem>/preview.mp4.
 
 Every image is submitted first (`POST /jobs`; a 503 is retried after its `Retry-After`), so a server
 with several GPU containers (Modal) works on them in parallel; then each job is followed through its
@@ -28,6 +32,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from app.budget import budget_count
+from app.cli import video
 from app.cli.common import f_px_option, gaussians_kept, max_gaussians_option
 from app.errors import SharpError
 from app.files import write_atomically
@@ -57,6 +62,7 @@ def add_parser(commands: Any) -> None:
     remote.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
                         help="a splat budget for every output: keep only the N Gaussians (or the fraction F in "
                              "(0, 1]) that matter most to the image; default: all")
+    video.add_arguments(remote)
     remote.set_defaults(run=run)
 
 
@@ -82,8 +88,11 @@ def _run(args: argparse.Namespace) -> int:
         return _usage(f"--format: unknown format {', '.join(unknown) or '(none)'}; use some of {', '.join(FORMATS)}")
     if not args.url.startswith(("http://", "https://")):
         return _usage(f"--url must start with http:// or https://, got {args.url!r}")
+    clip = args.input.is_file() and video.is_video_path(args.input)
+    if not clip and video.photo_flags_used(args):
+        return _usage(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
     try:
-        images = find_images(args.input)
+        images = [args.input] if clip else find_images(args.input)
     except (OSError, ValueError) as error:
         return _usage(str(error))
     if not images:
@@ -108,7 +117,9 @@ def _run(args: argparse.Namespace) -> int:
         jobs: list[tuple[Path, str | None, str]] = []
         for path in images:
             try:
-                jobs.append((path, _submit(client, path, formats, args.f_px, args.max_gaussians), ""))
+                fields = {**video.form_fields(args), **({"max_gaussians": str(args.max_gaussians)}
+                                                        if args.max_gaussians is not None else {})}
+                jobs.append((path, _submit(client, path, formats, args.f_px, fields), ""))
             except RemoteError as error:
                 jobs.append((path, None, str(error)))
         failures = 0
@@ -124,10 +135,12 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{prefix}: failed: {error}", file=sys.stderr)
                 continue
             meta = job.get("metadata") or {}
+            frames = f"{job['frames']} frames of " if job.get("frames") else ""
+            shown = [written[0].parent] if job.get("frames") else written
             kept = meta.get("num_gaussians") or 0
             gaussians = gaussians_kept(kept, meta.get("total_gaussians") or kept)
-            print(f"{prefix}: {meta.get('image_width')}x{meta.get('image_height')} px, "
-                  f"{gaussians} -> {', '.join(str(p) for p in written)}")
+            print(f"{prefix}: {frames}{meta.get('image_width')}x{meta.get('image_height')} px, "
+                  f"{gaussians} -> {', '.join(str(p) for p in shown)}")
     return 1 if failures else 0
 
 
@@ -152,9 +165,8 @@ def _usage(message: str) -> int:
 
 
 def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None,
-            max_gaussians: int | float | None) -> str:
-    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}),
-            **({"max_gaussians": str(max_gaussians)} if max_gaussians is not None else {})}
+            fields: dict[str, str]) -> str:
+    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}), **fields}
     deadline = time.monotonic() + MAX_SUBMIT_WAIT_S
     try:
         content = path.read_bytes()
@@ -212,9 +224,17 @@ def _events(client: httpx.Client, job_id: str) -> Iterator[dict[str, Any]]:
 
 
 def _download(client: httpx.Client, job: dict[str, Any], stem: str, output: Path) -> list[Path]:
+    """A photo's files as OUT/<stem><suffix>; a clip's as OUT/<stem>/frames/..., manifest.json, preview.mp4
+    (the zip of them is not fetched)."""
     written = []
     for format_name, url in job["results"].items():
-        destination = output / FORMATS[format_name].filename(stem)
+        if job.get("frames") is not None:
+            if not video.is_clip_file(format_name) or format_name == video.SEQUENCE_ZIP:
+                continue
+            destination = output / stem / format_name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            destination = output / FORMATS[format_name].filename(stem)
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 response.read()
@@ -250,12 +270,13 @@ class _ProgressLine:
 
     def show(self, job: dict[str, Any]) -> None:
         status, stage, progress = job.get("status", ""), job.get("stage", ""), float(job.get("progress") or 0)
+        frame = f"frame {job['frame']}/{job['frames']} " if job.get("frame") and status == "running" else ""
         if status == "queued":
             position = job.get("queue_position")
             text = f"queued ({position} ahead)" if position else "queued"
         else:
-            text = f"{status} {stage} {100 * progress:3.0f}%"
-        key = (status, stage, int(100 * progress) if self.tty else int(4 * progress))
+            text = f"{status} {frame}{stage} {100 * progress:3.0f}%"
+        key = (status, frame + stage, int(100 * progress) if self.tty else int(4 * progress))
         if key == self.last:
             return
         self.last = key

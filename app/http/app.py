@@ -24,7 +24,7 @@ from app.http.docs import mount_docs
 from app.http.errors import install_error_handlers
 from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
 from app.http.responses import PREDICTION_HEADERS
-from app.http.routes import info, jobs, predict, render
+from app.http.routes import info, jobs, predict, render, sequences
 from app.jobs import JobQueue
 from app.jobs.local import LocalJobQueue
 from app.predictor import SharpPredictor
@@ -95,7 +95,8 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     app.include_router(info.router)
     # The key is checked by UploadGuard; the dependency only documents it, so only when there is one.
     auth = [Depends(bearer_scheme)] if settings.api_key else []
-    for router in (predict.router, render.router, jobs.router):
+    # sequences before jobs: the jobs router's /jobs/{id}/{name} catches every other name
+    for router in (predict.router, render.router, sequences.router, jobs.router):
         app.include_router(router, dependencies=[*auth, SingleValued])  # a form field sent twice is a 422
     mount_page(app)
     mount_docs(app)

@@ -159,7 +159,8 @@ class JobResponse(BaseModel):
 
     id: str
     status: JobStatus
-    stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`.")
+    stage: str = Field(description="`queued`, `decode`, `preprocess`, `forward`, `postprocess`, `encode`, `done`; a "
+                                   "clip's job: the stage of its `frame`, `preview` included.")
     progress: float = Field(ge=0, le=1, description="Share of the work done; the forward pass is 88 % of it.")
     queue_position: int | None = Field(description="Jobs ahead of this one (0: next); null unless queued.")
     created_at: str = Field(description="ISO 8601, UTC.")
@@ -171,4 +172,10 @@ class JobResponse(BaseModel):
     metadata: JobMetadata | None
     timings_ms: dict[str, float]
     error: JobError | None
-    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded.")
+    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded; a clip's job: "
+                                                "path -> URL (`frames/000000.ply`, `manifest.json`, "
+                                                "`preview.mp4`, `sequence.zip`).")
+    frame: int | None = Field(default=None, description="A clip's job: the frame being made (1-based); null for "
+                                                        "a photo's.")
+    frames: int | None = Field(default=None, description="A clip's job: how many frames (the header's estimate "
+                                                         "while running, the count once done); null for a photo's.")

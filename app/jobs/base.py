@@ -35,8 +35,12 @@ _STAGE_START = {name: sum(w for _, w in STAGE_WEIGHTS[:i]) for i, (name, _) in e
 _STAGE_WEIGHT = dict(STAGE_WEIGHTS)
 
 
-def overall_progress(stage: str, fraction: float) -> float:
-    """A job's progress in [0, 1] when `stage` is `fraction` done."""
+def overall_progress(stage: str, fraction: float, frame: int | None = None, frames: int | None = None) -> float:
+    """A job's progress in [0, 1] when `stage` is `fraction` done; for a clip, of frame `frame` (1-based) of
+    `frames` (each frame an equal share; its preview render counts as the end of its encode)."""
+    if frame is not None and frames:
+        within = 1.0 if stage == "preview" else overall_progress(stage, fraction)
+        return min(1.0, (frame - 1 + within) / frames)
     if stage not in _STAGE_START:
         return 0.0
     return min(1.0, _STAGE_START[stage] + _STAGE_WEIGHT[stage] * max(0.0, min(1.0, fraction)))
@@ -63,6 +67,12 @@ RESULT_FORMATS = {result_name(name): name for name in FORMATS}
 
 DEFAULT_OUTPUTS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
 """What a job makes when it names no outputs: every scene format (renders cost more: ask for them)."""
+DEFAULT_SEQUENCE_OUTPUTS = ["ply"]
+"""What a clip's job makes for each frame when it names no outputs (a file per frame and format adds up)."""
+SEQUENCE_ZIP = "sequence.zip"
+"""A clip job's files in one archive (the same paths inside), made once every frame is done."""
+SEQUENCE_FILE_PATTERN = re.compile(r"frames/[0-9]{6}(\.[a-z0-9]+){1,2}|manifest\.json|preview\.mp4|sequence\.zip")
+"""The paths a clip job's files can have (checked before any path is built from one)."""
 
 
 def parse_outputs(value: str | None) -> list[str]:
@@ -166,6 +176,12 @@ class Job:
     """Size of the stored upload (kept until the job has run)."""
     expired: str | None = None
     """Why the results are gone: `expired` (time to live) or `evicted` (size cap); None while they are there."""
+    sequence: dict[str, Any] | None = None
+    """A clip's job: its options (`fps`, `start`, `end`, `max_frames`, `align`); None for a photo's. Its
+    `results` are then its files by path (`frames/000000.ply`, `manifest.json`, `preview.mp4`, the zip)."""
+    frame: int | None = None
+    """A clip's job: the frame being made (1-based), of `frames` (the header's estimate, then the count)."""
+    frames: int | None = None
     call_id: str | None = None
     """The Modal function call running it (`app.jobs.modal`)."""
     queue_position: int | None = None
@@ -194,7 +210,9 @@ class Job:
             self.error = {"code": error.code, "message": error.message}
 
     def result_urls(self) -> dict[str, str]:
-        """Format -> the URL of its file (only the files it has: a succeeded job's)."""
+        """Format -> the URL of its file (only the files it has: a succeeded job's); a clip's job: path -> URL."""
+        if self.sequence is not None:
+            return {path: f"/jobs/{self.id}/{path}" for path in self.results}
         return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs if name in self.results}
 
 
@@ -229,6 +247,16 @@ def check_result(job: Job, format_name: str) -> None:
         raise JobNotFinishedError(f"Job {job.id} is {job.status}; its results are not ready yet.", retry_after_s=1)
 
 
+def check_file(job: Job, path: str) -> None:
+    """That `job` is a clip's and has the file `path`: 404 if not, 409 while unfinished or if it failed."""
+    if job.sequence is None or not SEQUENCE_FILE_PATTERN.fullmatch(path):
+        raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
+    if job.status != "succeeded":
+        check_result(job, job.outputs[0])  # the same 409s as a photo's result
+    if path not in job.results:
+        raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
+
+
 # ---------------------------------------------------------------------------------------------- the queue
 
 
@@ -243,8 +271,9 @@ class JobQueue(Protocol):
         """Stop the workers; unfinished jobs end as failed `interrupted`."""
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
-                     options: dict[str, Any]) -> Job:
-        """Store a checked upload and queue it; `JobQueueFullError` when too many wait."""
+                     options: dict[str, Any], sequence: dict[str, Any] | None = None) -> Job:
+        """Store a checked upload and queue it (`sequence`: a clip's options, see `Job.sequence`);
+        `JobQueueFullError` when too many wait."""
 
     async def get(self, job_id: str) -> Job:
         """The job; `JobNotFoundError` (unknown or malformed id), `JobExpiredError`."""
@@ -254,6 +283,9 @@ class JobQueue(Protocol):
 
     async def result(self, job_id: str, format_name: str) -> ResultFile:
         """A succeeded job's file; `JobNotFinishedError` before, `JobNotFoundError` for an output it has not."""
+
+    async def file(self, job_id: str, path: str) -> ResultFile:
+        """A succeeded clip job's file at `path` (`check_file` for the errors)."""
 
     def watch(self, job_id: str) -> AsyncIterator[Job]:
         """The job now, then again after every change until it is final."""

@@ -35,6 +35,7 @@ from app.jobs.base import (
     JobNotFoundError,
     JobQueueFullError,
     ResultFile,
+    check_file,
     check_job_id,
     check_live,
     check_result,
@@ -108,13 +109,13 @@ class LocalJobQueue:
     # ---------------------------------------------------------------------------------------- the API
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
-                     options: dict[str, Any]) -> Job:
+                     options: dict[str, Any], sequence: dict[str, Any] | None = None) -> Job:
         if len(self._pending) >= self.settings.jobs_max_queued:
             wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
             raise JobQueueFullError(f"{len(self._pending)} jobs are queued (SHARP_JOBS_MAX_QUEUED); retry later.",
                                     retry_after_s=max(1, min(wait, MAX_RETRY_AFTER_S)))
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
-                  options=options, input_bytes=len(data))
+                  options=options, input_bytes=len(data), sequence=sequence)
         await anyio.to_thread.run_sync(self._store_new, job, data)
         self._jobs[job.id] = job
         self._pending.append(job.id)
@@ -156,6 +157,11 @@ class LocalJobQueue:
         job = await self.get(job_id)
         check_result(job, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
+
+    async def file(self, job_id: str, path: str) -> ResultFile:
+        job = await self.get(job_id)
+        check_file(job, path)
+        return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path))
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)
@@ -261,7 +267,7 @@ class LocalJobQueue:
         if job.status != "running":
             return
         job.stage = stage
-        job.progress = max(job.progress, overall_progress(stage, fraction))
+        job.progress = max(job.progress, overall_progress(stage, fraction, job.frame, job.frames))
         self._publish(job)
 
     def _publish(self, job: Job) -> None:

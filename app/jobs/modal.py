@@ -47,6 +47,7 @@ from app.jobs.base import (
     Job,
     JobNotFoundError,
     ResultFile,
+    check_file,
     check_job_id,
     check_live,
     check_result,
@@ -146,9 +147,9 @@ class ModalJobQueue:
         """Nothing to stop (see `start`)."""
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
-                     options: dict[str, Any]) -> Job:
+                     options: dict[str, Any], sequence: dict[str, Any] | None = None) -> Job:
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
-                  options=options, input_bytes=len(data))
+                  options=options, input_bytes=len(data), sequence=sequence)
         try:
             async with self.lock:  # the worker must find the input and the state when it starts
                 await anyio.to_thread.run_sync(self._store_new, job, data)
@@ -201,6 +202,18 @@ class ModalJobQueue:
             async with self.lock:
                 body = await anyio.to_thread.run_sync(self.store.read_result, job.id, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name), body=body)
+
+    async def file(self, job_id: str, path: str) -> ResultFile:
+        """A clip job's file, read into memory as `result` does (one GPU container ran all its frames)."""
+        job = await self.get(job_id)
+        check_file(job, path)
+        async with self.lock:
+            body = await anyio.to_thread.run_sync(self.store.read_file, job.id, path)
+        if body is None:  # committed by the worker after our last reload
+            await self._reload(force=True)
+            async with self.lock:
+                body = await anyio.to_thread.run_sync(self.store.read_file, job.id, path)
+        return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path), body=body)
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)

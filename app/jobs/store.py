@@ -3,6 +3,8 @@
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
     <jobs dir>/<job id>/input              the upload, until the job has run
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
+    <jobs dir>/<job id>/sequence/...      a clip's job: its files (frames/000000.ply, ..., manifest.json,
+                                           preview.mp4, sequence.zip), instead of result files
     <jobs dir>/<job id>/call               Modal only: the id of the function call running it, written by
                                            the web container alone (the worker never writes it)
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +36,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from app.files import write_atomically
-from app.jobs.base import Job, JobNotFoundError, check_job_id, result_name
+from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP, Job, JobNotFoundError, check_job_id, result_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ _JOB_STATE = TypeAdapter(Job)
 STATE_FILE = "job.json"
 INPUT_FILE = "input"
 CALL_FILE = "call"
+SEQUENCE_DIR = "sequence"
 
 
 class JobStore:
@@ -141,12 +146,48 @@ class JobStore:
     def result_path(self, job_id: str, format_name: str) -> Path:
         return self.directory(job_id) / result_name(format_name)
 
+    def file_path(self, job_id: str, path: str) -> Path:
+        """Where a clip job's file `path` is (`path` checked against `SEQUENCE_FILE_PATTERN`)."""
+        if not SEQUENCE_FILE_PATTERN.fullmatch(path):
+            raise ValueError(f"not a sequence file: {path!r}")
+        return self.directory(job_id) / SEQUENCE_DIR / path
+
+    def write_file(self, job_id: str, path: str, body: bytes) -> int:
+        """Write a clip job's file atomically; its size."""
+        target = self.file_path(job_id, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, [body])
+        return len(body)
+
+    def read_file(self, job_id: str, path: str) -> bytes | None:
+        """A clip job's file (None if it is gone), read whole."""
+        try:
+            return self.file_path(job_id, path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def zip_files(self, job_id: str, paths: Iterable[str]) -> int:
+        """`SEQUENCE_ZIP` of the clip job's files `paths` (stored, not compressed: the formats that shrink
+        already are), written atomically from the files on disk one at a time; its size."""
+        target = self.file_path(job_id, SEQUENCE_ZIP)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for path in paths:
+                    archive.write(self.file_path(job_id, path), arcname=path)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target.stat().st_size
+
     def delete_files(self, job: Job) -> None:
         """The job's upload and results (its state file stays)."""
         directory = self.directory(job.id)
         if directory.is_dir():
             for path in directory.iterdir():
-                if path.name != STATE_FILE:
+                if path.name == SEQUENCE_DIR and path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.name != STATE_FILE:
                     path.unlink(missing_ok=True)
         job.results, job.input_bytes = {}, 0
 
@@ -160,6 +201,7 @@ class JobStore:
         if job.status != "succeeded":
             for format_name in job.outputs:
                 self.result_path(job.id, format_name).unlink(missing_ok=True)
+            shutil.rmtree(directory / SEQUENCE_DIR, ignore_errors=True)  # a clip's: nothing partial is kept
             job.results = {}
 
     def remove(self, job_id: str) -> None:

@@ -30,9 +30,11 @@ from app.http import create_app
 from app.jobs.modal import ModalJobQueue, run_job
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
+from app.sequence import run_sequence
 from app.service import InferenceService
 from app.settings import Settings
-from tests.helpers import LiveServer, assert_error, tiny_settings
+from app.video import Sampling, VideoLimits
+from tests.helpers import LiveServer, assert_error, make_clip, tiny_settings
 from tests.modal_wire import Container, ModalWire
 
 APP, WORKER = "sharp-serve", "run_job"  # a plain Function here; modal_api spawns a Cls method
@@ -244,3 +246,25 @@ def test_a_submission_that_cannot_be_queued_leaves_nothing_behind(modal_jobs: Mo
     jobs.gate.open()
     job = jobs.submit(outputs="spz")
     assert jobs.wait_final(job["id"])["status"] == "succeeded"
+
+
+def test_a_clip_job_on_modal_gives_the_local_files(modal_jobs: ModalJobs, predictor: SharpPredictor) -> None:
+    """A clip's job through the Modal queue and worker (all frames in the one worker container) makes the
+    same frame files and manifest as `run_sequence` run here."""
+    jobs, clip = modal_jobs, make_clip(3, fps=10)
+    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", clip, "video/mp4")},
+                                data={"max_frames": "2", "align": "scale", "outputs": "spz"})
+    assert response.status_code == 202, response.text
+    job = jobs.wait_final(response.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["frames"] == 2 and sorted(job["results"]) == ["frames/000000.spz", "frames/000001.spz",
+                                                             "manifest.json", "preview.mp4", "sequence.zip"]
+    local: dict[str, bytes] = {}
+    settings = tiny_settings()
+    run_sequence(predictor, clip, {"spz": {}}, sink=local.__setitem__, limits=VideoLimits.from_settings(settings),
+                 sampling=Sampling(max_frames=2), align="scale")
+    for path in ("frames/000000.spz", "frames/000001.spz"):
+        assert jobs.client.get(job["results"][path]).content == local[path]
+    remote_manifest = orjson.loads(jobs.client.get(job["results"]["manifest.json"]).content)
+    local_manifest = orjson.loads(local["manifest.json"])
+    assert [f["scale"] for f in remote_manifest["frames"]] == [f["scale"] for f in local_manifest["frames"]]

@@ -27,6 +27,7 @@ from app.http.responses import (
     server_timing,
     sharp_headers,
 )
+from app.http.routes import sequences
 from app.http.schemas import JobResponse
 from app.imaging import probe_image
 from app.jobs.base import (
@@ -78,7 +79,7 @@ def job_view(job: Job) -> dict[str, Any]:
         finished_at=iso_time(job.finished_at), expires_at=iso_time(job.expires_at), outputs=job.outputs,
         model=job.model, metadata=job.metadata,
         timings_ms={stage: round(ms, 1) for stage, ms in job.timings_ms.items()}, error=job.error,
-        results=job.result_urls(),
+        results=job.result_urls(), frame=job.frame, frames=job.frames,
     ).model_dump(mode="json")
 
 
@@ -90,15 +91,24 @@ def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | Non
              responses={202: _JOB, **error_responses(400, 401, 413, 415, 422, 503)})
 async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: FocalPx = None,
                      outputs: Outputs = None, max_gaussians: MaxGaussians = None,
-                     encoding: JobJsonEncoding = None) -> JSONResponse:
-    """Queue a photo; answers 202 with the job and `Location: /jobs/{id}`. The upload is checked first
-    (same limits and errors as `POST /predict`)."""
+                     encoding: JobJsonEncoding = None, fps: sequences.Fps = None, start: sequences.Start = None,
+                     end: sequences.End = None, max_frames: sequences.MaxFrames = None,
+                     align: sequences.Align = None) -> JSONResponse:
+    """Queue a photo, or a clip (a scene per frame, `app.http.routes.sequences`); answers 202 with the job
+    and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`)."""
     names = parse_outputs(outputs)
     options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding},
                                 get_config(service.settings.preset).num_gaussians)
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
+    clip = sequences.clip_options(fps, start, end, max_frames, align)
+    if sequences.is_clip(data):
+        sequence, names = await sequences.check_clip(data, clip, names if outputs else None, service.settings)
+        job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
+                                sequence=sequence)
+        return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
+    sequences.refuse_for_photo(clip)
     # The header only (format, size, pixel limit: the same 4xx as /predict); the worker decodes it, once.
     await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
     job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options)

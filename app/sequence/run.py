@@ -1,0 +1,180 @@
+"""A clip through the pipeline: each sampled frame -> `app.pipeline.run` (predict -> [align] -> encode) ->
+its files, then the manifest and the preview.
+
+    manifest = run_sequence(predictor, Path("clip.mp4"), {"ply": {}}, sink=write, align="scale")
+
+Every frame goes through `pipeline.run` exactly as a photo does, given the decoded frame (`app.video`)
+instead of a file, with one `f_px` for all (the request's, else the 30 mm-equivalent default of the frame
+size); with `align="scale"` its prediction is scaled before it is encoded (`app.sequence.align`), with
+`align="none"` frame k's files are those of the photo of decoded frame k, byte for byte. Frames are decoded,
+predicted, encoded and handed to `sink` one at a time: memory does not grow with the clip's length.
+
+Files (paths relative to the sequence's folder, handed to `sink` as they are made):
+    frames/000000<suffix>, ...   each output of each frame (`app.outputs` file names, stem = frame number)
+    preview.mp4                  `app.sequence.preview`, at the sampled frame rate (H.264)
+    manifest.json                `Manifest` below, last
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import InvalidRequestError
+from app.outputs import check_options
+from app.pipeline import EncodedOutput, Outputs, Slots, run
+from app.predictor import SharpPredictor
+from app.render.video import encode_mp4
+from app.sequence.align import ScaleChain
+from app.sequence.preview import side_by_side
+from app.video import Sampling, VideoLimits, probe_video, read_frames
+from app.vocabulary import AlignMode, choices
+
+Align = AlignMode
+ALIGN_MODES: tuple[Align, ...] = tuple(choices(AlignMode))
+FRAMES_DIR = "frames"
+MANIFEST_FILE = "manifest.json"
+PREVIEW_FILE = "preview.mp4"
+
+FileSink = Callable[[str, bytes], None]
+"""`sink(path, body)`: one file of the sequence, `path` relative to its folder (`frames/000000.ply`)."""
+SequenceProgress = Callable[[int, int, str, float], None]
+"""`progress(frame, frames, stage, fraction)`: frame `frame` (0-based) of about `frames` (the header's
+count; the manifest has the true one) is in `stage` (decode, preprocess, forward, postprocess, encode,
+preview), `fraction` done. An exception it raises (a cancelled job) stops the run before the next step."""
+
+
+@dataclass
+class FrameRecord:
+    """One line of the manifest."""
+
+    index: int
+    time_s: float
+    f_px: float
+    f_px_source: str
+    scale: float
+    num_gaussians: int
+    timings_ms: dict[str, float]
+    files: dict[str, str]
+
+
+def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
+                 limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
+                 align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
+                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None
+                 ) -> dict[str, Any]:
+    """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
+
+    `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
+
+    Raises:
+        VideoError: the clip is not usable (`app.video`), before or while its frames are read.
+        UnknownFormatError, InvalidRequestError: an output or option, before any frame is decoded.
+        Whatever `progress` raises.
+    """
+    sampling, slots = sampling or Sampling(), slots or Slots()
+    if align not in ALIGN_MODES:
+        raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
+    for name, options in outputs.items():
+        check_options(name, options)
+    info = probe_video(source, sampling, limits)
+    expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
+    report = progress or _ignore
+    chain = ScaleChain() if align == "scale" else None
+    records: list[FrameRecord] = []
+    size: list[int] = []  # the scenes' image width and height (upright), once known
+
+    def pictures() -> Iterator[np.ndarray]:
+        frames = read_frames(source, sampling, limits)
+        while True:
+            start = time.perf_counter()
+            with slots.decode():
+                frame = next(frames, None)
+            if frame is None:
+                return
+            decode_ms = (time.perf_counter() - start) * 1000.0
+            total = max(expected, frame.index + 1)
+
+            def frame_progress(stage: str, fraction: float, index: int = frame.index, total: int = total) -> None:
+                report(index, total, stage, fraction)
+
+            files: dict[str, str] = {}
+
+            def write(output: EncodedOutput, files: dict[str, str] = files) -> None:
+                path = f"{FRAMES_DIR}/{output.filename}"
+                sink(path, output.body)
+                files[output.format] = path
+
+            result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, progress=frame_progress, slots=slots,
+                         sink=write, adjust=chain)
+            scene = result.prediction.scene
+            size[:] = [scene.image_width, scene.image_height]
+            timings = {"decode": decode_ms, **result.timings_ms}
+            records.append(FrameRecord(
+                index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
+                f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
+                num_gaussians=scene.num_gaussians, timings_ms=timings, files=files))
+            if preview:
+                frame_progress("preview", 0.0)
+                start = time.perf_counter()
+                with slots.render():
+                    picture = side_by_side(frame.rgb, scene, predictor.device)
+                timings["preview"] = (time.perf_counter() - start) * 1000.0
+                frame_progress("preview", 1.0)
+            if on_frame is not None:
+                on_frame(dict(records[-1].__dict__))
+            if preview:
+                yield picture
+            del frame, result, scene
+
+    rate = sampling.fps or info.frame_rate or 30.0
+    if preview:
+        sink(PREVIEW_FILE, encode_mp4(pictures(), fps=max(1, min(120, round(rate)))))
+    else:
+        for _ in pictures():  # yields nothing without a preview
+            pass
+    manifest = _manifest(records, size, info, sampling, align, predictor, preview)
+    sink(MANIFEST_FILE, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return manifest
+
+
+def _expected_frames(duration_s: float | None, frame_rate: float | None, sampling: Sampling,
+                     limits: VideoLimits) -> int:
+    """The header's guess of how many frames `sampling` takes (for progress; at least 1)."""
+    cap = min(sampling.max_frames or limits.max_frames, limits.max_frames)
+    if duration_s is None or frame_rate is None:
+        return cap
+    span = (min(sampling.end, duration_s) if sampling.end is not None else duration_s) - sampling.start
+    per_second = min(sampling.fps or math.inf, frame_rate)
+    return max(1, min(cap, math.ceil(span * per_second - 1e-3)))
+
+
+def _manifest(records: list[FrameRecord], size: list[int], info: Any, sampling: Sampling, align: Align,
+              predictor: SharpPredictor, preview: bool) -> dict[str, Any]:
+    first = records[0]
+    return {
+        "num_frames": len(records),
+        "image_width": size[0],
+        "image_height": size[1],
+        "f_px": first.f_px,
+        "f_px_source": first.f_px_source,
+        "align": align,
+        "sampling": {"fps": sampling.fps, "start": sampling.start, "end": sampling.end,
+                     "max_frames": sampling.max_frames},
+        "source": {"width": info.width, "height": info.height, "duration_s": info.duration_s,
+                   "frame_rate": info.frame_rate, "codec": info.codec, "container": info.container},
+        "model": predictor.info.summary(),
+        "preview": PREVIEW_FILE if preview else None,
+        "frames": [record.__dict__ for record in records],
+    }
+
+
+def _ignore(frame: int, frames: int, stage: str, fraction: float) -> None:
+    pass

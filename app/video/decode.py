@@ -1,0 +1,268 @@
+"""Decoding a clip: bytes or a file in, a stream of upright RGB frames out, never all of them at once.
+
+* Containers and codecs: whatever FFmpeg (through PyAV) opens and decodes: MP4, MOV, WebM, MKV, AVI, 3GP,
+  with H.264, HEVC, VP8/9, AV1 where the FFmpeg build has the decoder. The first video stream is read;
+  audio and other streams are ignored.
+* Orientation: the display matrix of the stream (a phone's portrait clip is stored landscape with a 90°
+  rotation) is applied to each frame, as EXIF orientation is to a photo: `frame.rotation` (PyAV >= 14) is
+  the counter-clockwise angle, so the pixels are turned by it in multiples of 90°. Mirroring in the matrix
+  is not applied (no phone writes it).
+* Sampling (`Sampling`): times are seconds from the stream's first frame. Frames at `start` <= t < `end`
+  are taken; with `fps`, the first frame at or after each of start, start + 1/fps, start + 2/fps, ...
+  (never the same frame twice, so a clip slower than `fps` gives each of its frames once); at most
+  `max_frames`. Decoding seeks to the keyframe before `start`, then reads forward.
+* Limits (`VideoLimits`, from the `SHARP_VIDEO_*` settings): the selected span's length, the number of
+  frames taken and the pixels of a frame; a clip over a limit is refused before any frame is decoded
+  when its header says so, else as soon as decoding passes the limit.
+* Failures raise `VideoError` subclasses (`app.video.errors`), never a raw PyAV error.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from app.imaging import DEFAULT_FOCAL_LENGTH_MM, LoadedImage, focal_length_to_px
+from app.settings import Settings
+from app.video.detect import HEAD_BYTES, looks_like_video
+from app.video.errors import CorruptVideoError, UnsupportedVideoError, VideoSelectionError, VideoTooLargeError
+
+MAX_SAMPLING_FPS = 240.0
+"""The highest `fps` a caller may ask for (no phone records faster)."""
+_STILL_DEMUXERS = frozenset({"image2", "gif", "apng", "webp", "tiff", "bmp"})
+"""FFmpeg demuxers of still images (besides the `*_pipe` ones): photos, which `app.imaging` reads, not clips."""
+_EPS_S = 1e-6
+"""Slack in seconds when comparing frame times (timestamps are rationals rounded to floats)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a clip to take (module docstring). `fps`: frames per second, None for every frame;
+    `start`, `end`: seconds (end None: the clip's end); `max_frames`: None for no cap but the limit's."""
+
+    fps: float | None = None
+    start: float = 0.0
+    end: float | None = None
+    max_frames: int | None = None
+
+    def checked(self) -> Sampling:
+        """This sampling, if every field is in range; else `VideoSelectionError`."""
+        if self.fps is not None and not (math.isfinite(self.fps) and 0 < self.fps <= MAX_SAMPLING_FPS):
+            raise VideoSelectionError(f"fps must be a number above 0 and at most {MAX_SAMPLING_FPS:g}, got {self.fps}.")
+        if not (math.isfinite(self.start) and self.start >= 0):
+            raise VideoSelectionError(f"start must be a number of seconds, 0 or more, got {self.start}.")
+        if self.end is not None and not (math.isfinite(self.end) and self.end > self.start):
+            raise VideoSelectionError(f"end must be a number of seconds after start ({self.start:g}), got {self.end}.")
+        if self.max_frames is not None and (isinstance(self.max_frames, bool) or self.max_frames < 1):
+            raise VideoSelectionError(f"max_frames must be 1 or more, got {self.max_frames}.")
+        return self
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """The largest clip accepted: seconds of the selected span, frames taken, pixels of one frame."""
+
+    max_duration_s: float
+    max_frames: int
+    max_pixels: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoLimits:
+        """`SHARP_VIDEO_MAX_DURATION_S`, `SHARP_VIDEO_MAX_FRAMES`, `SHARP_VIDEO_MAX_PIXELS`."""
+        return cls(max_duration_s=settings.video_max_duration_s, max_frames=settings.video_max_frames,
+                   max_pixels=settings.video_max_pixels)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a clip's header says. `width`, `height`: as stored, in pixels (before the rotation, which the
+    frames carry); `duration_s`, `frame_rate`: None when the container does not say."""
+
+    width: int
+    height: int
+    duration_s: float | None
+    frame_rate: float | None
+    codec: str
+    container: str
+
+
+@dataclass(frozen=True, eq=False)
+class VideoFrame:
+    """One sampled frame: `index` (0, 1, ... in the order taken), `time_s` (seconds from the clip's first
+    frame) and `rgb`, (H, W, 3) uint8, upright and C-contiguous."""
+
+    index: int
+    time_s: float
+    rgb: np.ndarray
+
+    def as_image(self, f_px: float | None = None) -> LoadedImage:
+        """The frame as a decoded photo named `000000`, `000001`, ...: with `f_px` (the request's), else the
+        30 mm-equivalent default for its size (a clip has no EXIF), as for a photo without one."""
+        height, width = self.rgb.shape[:2]
+        default = focal_length_to_px(DEFAULT_FOCAL_LENGTH_MM, width, height)
+        return LoadedImage(rgb=self.rgb, f_px=default if f_px is None else f_px,
+                           f_px_source="default" if f_px is None else "request",
+                           focal_length_35mm=DEFAULT_FOCAL_LENGTH_MM, name=f"{self.index:06d}", format="video")
+
+
+def probe_video(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -> VideoInfo:
+    """Check `source` is a video within `limits` whose selection can hold a frame, from its header alone.
+    The errors are `read_frames`'; a clip damaged past its header passes here and fails there."""
+    with _open(source) as container:
+        return _check_header(container, sampling.checked(), limits)
+
+
+def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -> Iterator[VideoFrame]:
+    """The frames `sampling` selects, decoded one at a time (module docstring for the rules).
+
+    Raises (while iterating):
+        UnsupportedVideoError: not a video, or no video stream.
+        CorruptVideoError: frames that do not decode, or no frame at all.
+        VideoTooLargeError: over a limit.
+        VideoSelectionError: bad sampling options, or a selection holding no frame.
+    """
+    sampling = sampling.checked()
+    with _open(source) as container:
+        info = _check_header(container, sampling, limits)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        offset = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        if sampling.start > 0:
+            _seek(container, stream, offset + sampling.start)
+        wanted = min(sampling.max_frames or limits.max_frames, limits.max_frames)
+        taken, decoded, next_time = 0, 0, sampling.start
+        frames = _decoded(container, stream)
+        for frame in frames:
+            decoded += 1
+            time_s = (frame.time - offset) if frame.time is not None else (decoded - 1) / (info.frame_rate or 1.0)
+            if time_s < sampling.start - _EPS_S or time_s < next_time - _EPS_S:
+                continue
+            if sampling.end is not None and time_s >= sampling.end - _EPS_S:
+                break
+            if time_s - sampling.start > limits.max_duration_s:
+                raise VideoTooLargeError(f"The selected part of the clip is longer than {limits.max_duration_s:g} s "
+                                         "(SHARP_VIDEO_MAX_DURATION_S); choose a shorter start-end range.")
+            if taken == wanted:
+                if sampling.max_frames is not None and sampling.max_frames <= limits.max_frames:
+                    break
+                raise VideoTooLargeError(f"The selection holds more than {limits.max_frames} frames "
+                                         "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
+            yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame))
+            taken += 1
+            if sampling.fps is not None:
+                next_time = sampling.start + (math.floor((time_s - sampling.start) * sampling.fps + _EPS_S) + 1) \
+                    / sampling.fps
+        if taken == 0:
+            if decoded == 0 and sampling.start == 0:
+                raise CorruptVideoError("The clip holds no frame that decodes (empty or truncated).")
+            raise VideoSelectionError(f"No frame of the clip lies between start={sampling.start:g} s and "
+                                      f"end={'the end' if sampling.end is None else f'{sampling.end:g} s'}.")
+
+
+def _open(source: bytes | Path) -> Any:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        target: Any = io.BytesIO(bytes(source))
+        head = bytes(source[:HEAD_BYTES])
+    else:
+        target = str(source)
+        with Path(source).open("rb") as file:
+            head = file.read(HEAD_BYTES)
+    if not head:
+        raise UnsupportedVideoError("The file is empty (0 bytes); expected a video.")
+    try:
+        return av.open(target, mode="r")
+    except MemoryError:
+        raise
+    except (av.FFmpegError, ValueError, UnicodeDecodeError) as error:
+        if looks_like_video(head):
+            raise CorruptVideoError(f"The data starts like a video but could not be read; it is truncated or "
+                                    f"corrupt ({_reason(error)}).") from error
+        raise UnsupportedVideoError(f"The data is not a video FFmpeg reads ({_reason(error)}).") from error
+
+
+def _check_header(container: Any, sampling: Sampling, limits: VideoLimits) -> VideoInfo:
+    if container.format.name.endswith("_pipe") or container.format.name in _STILL_DEMUXERS:
+        raise UnsupportedVideoError(f"The data is a still image ({container.format.name}), not a video.")
+    if not container.streams.video:
+        raise UnsupportedVideoError(f"The {container.format.name} file has no video stream.")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:
+        raise CorruptVideoError(f"The video stream has an invalid frame size of {width}x{height} pixels.")
+    if width * height > limits.max_pixels:
+        raise VideoTooLargeError(f"The clip's frames are {width}x{height} = {width * height:,} pixels, more than "
+                                 f"the limit of {limits.max_pixels:,} (SHARP_VIDEO_MAX_PIXELS).")
+    rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+    duration = _duration_s(container, stream)
+    if duration is not None and duration <= 0:
+        raise CorruptVideoError("The clip is zero seconds long; it holds no frame.")
+    if duration is not None and sampling.start >= duration:
+        raise VideoSelectionError(f"start={sampling.start:g} s is past the clip's end ({duration:.3g} s).")
+    span = (min(sampling.end, duration) if sampling.end is not None and duration is not None
+            else sampling.end if sampling.end is not None else duration)
+    if span is not None:
+        span -= sampling.start
+        if span > limits.max_duration_s + _EPS_S:
+            raise VideoTooLargeError(f"The selected part of the clip is {span:.3g} s long, more than "
+                                     f"{limits.max_duration_s:g} s (SHARP_VIDEO_MAX_DURATION_S); choose a shorter "
+                                     "start-end range.")
+        per_second = sampling.fps if sampling.fps is not None and rate is None else \
+            min(sampling.fps or math.inf, rate or math.inf)
+        if math.isfinite(per_second):
+            estimate = math.ceil(span * per_second - 1e-3)
+            if sampling.max_frames is not None:
+                estimate = min(estimate, sampling.max_frames)
+            if estimate > limits.max_frames:
+                raise VideoTooLargeError(f"The selection holds about {estimate} frames, more than {limits.max_frames} "
+                                         "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
+    return VideoInfo(width=width, height=height, duration_s=duration, frame_rate=rate,
+                     codec=stream.codec_context.name, container=container.format.name)
+
+
+def _duration_s(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _seek(container: Any, stream: Any, time_s: float) -> None:
+    try:
+        container.seek(int(time_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError as error:
+        raise CorruptVideoError(f"The clip could not be searched to {time_s:g} s ({_reason(error)}).") from error
+
+
+def _decoded(container: Any, stream: Any) -> Iterator[Any]:
+    """The stream's frames in order; a decoding failure is a `CorruptVideoError`."""
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except MemoryError:
+            raise
+        except (av.FFmpegError, ValueError) as error:
+            raise CorruptVideoError(f"The clip could not be decoded; it is truncated or corrupt "
+                                    f"({_reason(error)}).") from error
+        yield frame
+
+
+def _upright(frame: Any) -> np.ndarray:
+    """(H, W, 3) uint8 RGB turned by the frame's display-matrix rotation (counter-clockwise degrees)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(getattr(frame, "rotation", 0) / 90.0) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
+
+
+def _reason(error: BaseException) -> str:
+    return str(getattr(error, "strerror", None) or error).strip() or type(error).__name__

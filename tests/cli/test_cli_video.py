@@ -1,0 +1,62 @@
+"""`python -m app predict -i clip.mp4` end to end with the tiny preset: a clip made here in, the frames'
+files, the manifest and the preview out; bad clips and options are one `error:` line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from PIL import Image
+
+from app.formats import read_ply
+from tests.helpers import make_clip
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_a_clip_becomes_a_folder_of_frames(tmp_path: Path) -> None:
+    clip = tmp_path / "walk.bin"  # recognised by its content, whatever its name
+    clip.write_bytes(make_clip(3, fps=10))
+    out = tmp_path / "out"
+    run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu",
+                  "--max-frames", "2", "--align", "scale", "--start", "0.1")
+    assert run.returncode == 0, run.stderr
+    assert "[frame 1] t=0.100s" in run.stdout and "[frame 2] t=0.200s" in run.stdout
+    assert "131,072 Gaussians -> frames/000000.ply" in run.stdout
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "frames/000000.ply", "frames/000001.ply", "manifest.json", "preview.mp4"]
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["num_frames"] == 2 and manifest["align"] == "scale"
+    assert manifest["sampling"] == {"fps": None, "start": 0.1, "end": None, "max_frames": 2}
+    scene = read_ply(out / "frames" / "000001.ply")
+    assert scene.num_gaussians == 131_072 and manifest["frames"][1]["f_px"] == pytest.approx(scene.f_px)  # PLY: float32
+
+
+def test_bad_clips_and_options_are_one_error_line(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(make_clip(3)[:500])
+    run = run_cli("predict", "-i", str(broken), "-o", out, "--preset", "tiny")
+    assert run.returncode == 2 and "error:" in run.stderr and "truncated or corrupt" in run.stderr
+    assert "Traceback" not in run.stderr
+    text = tmp_path / "notes.mov"
+    text.write_text("not a clip")
+    run = run_cli("predict", "-i", str(text), "-o", out, "--preset", "tiny")
+    assert run.returncode == 2 and "not a video" in run.stderr and "Traceback" not in run.stderr
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(make_clip(2))
+    for flags, message in ((["--fps", "0"], "fps must be"), (["--start", "99"], "past the clip's end"),
+                           (["--start", "0.5", "--end", "0.1"], "end must be")):
+        run = run_cli("predict", "-i", str(clip), "-o", out, "--preset", "tiny", *flags)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30)).save(photo)
+    run = run_cli("predict", "-i", str(photo), "-o", out, "--preset", "tiny", "--fps", "2")
+    assert run.returncode == 2 and "--fps only apply to a video input" in run.stderr

@@ -1,0 +1,131 @@
+"""`app.video`: clips made here with PyAV (H.264 from the conformance photo) decode as upright RGB frames,
+sampled as asked, within the limits; bad clips raise `VideoError`s with their codes."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.video import (
+    CorruptVideoError,
+    Sampling,
+    UnsupportedVideoError,
+    VideoLimits,
+    VideoSelectionError,
+    VideoTooLargeError,
+    is_video_path,
+    looks_like_video,
+    probe_video,
+    read_frames,
+)
+from tests.helpers import make_clip
+
+LIMITS = VideoLimits(max_duration_s=60.0, max_frames=50, max_pixels=1920 * 1080)
+
+
+def frames_of(data: bytes, sampling: Sampling | None = None, limits: VideoLimits = LIMITS) -> list:
+    return list(read_frames(data, sampling or Sampling(), limits))
+
+
+def test_every_frame_in_order_with_its_time() -> None:
+    frames = frames_of(make_clip(5, fps=10))
+    assert [frame.index for frame in frames] == [0, 1, 2, 3, 4]
+    assert [frame.time_s for frame in frames] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert all(frame.rgb.shape == (96, 160, 3) and frame.rgb.dtype == np.uint8 for frame in frames)
+    # the clip's content: the photo's crop, through lossy H.264 (a shift of 4 px per frame)
+    assert np.abs(frames[0].rgb.astype(int) - frames[4].rgb.astype(int)).mean() > 2
+
+
+def test_the_rotation_metadata_makes_frames_upright() -> None:
+    plain = frames_of(make_clip(1, lossless=True))[0].rgb
+    turned = frames_of(make_clip(1, lossless=True, rotation=90))[0].rgb
+    assert turned.shape == (160, 96, 3)
+    # 90 degrees counter-clockwise is what the display matrix says: the stored top row becomes the left column
+    assert np.array_equal(turned, np.rot90(plain))
+    assert turned.flags.c_contiguous
+
+
+def test_sampling_fps_start_end_and_max_frames() -> None:
+    clip = make_clip(10, fps=10)  # frames at 0.0, 0.1, ..., 0.9 s
+    assert [f.time_s for f in frames_of(clip, Sampling(fps=5))] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert [f.time_s for f in frames_of(clip, Sampling(start=0.3, end=0.6))] == pytest.approx([0.3, 0.4, 0.5])
+    assert [f.index for f in frames_of(clip, Sampling(start=0.5))] == [0, 1, 2, 3, 4]
+    assert len(frames_of(clip, Sampling(max_frames=3))) == 3
+    # asking for more frames a second than the clip has gives each of its frames once
+    assert len(frames_of(clip, Sampling(fps=30))) == 10
+
+
+@pytest.mark.parametrize("sampling", [Sampling(fps=0), Sampling(fps=float("nan")), Sampling(fps=1e9),
+                                      Sampling(start=-1), Sampling(start=float("inf")), Sampling(start=2, end=1),
+                                      Sampling(max_frames=0)])
+def test_absurd_sampling_is_refused(sampling: Sampling) -> None:
+    with pytest.raises(VideoSelectionError) as caught:
+        frames_of(make_clip(2), sampling)
+    assert caught.value.status == 422 and caught.value.code == "invalid_video_selection"
+
+
+def test_a_start_past_the_end_is_refused_from_the_header() -> None:
+    with pytest.raises(VideoSelectionError, match="past the clip's end"):
+        probe_video(make_clip(3, fps=10), Sampling(start=5.0), LIMITS)
+
+
+def test_limits() -> None:
+    clip = make_clip(10, fps=10)
+    with pytest.raises(VideoTooLargeError, match="SHARP_VIDEO_MAX_FRAMES") as caught:
+        probe_video(clip, Sampling(), VideoLimits(60.0, 4, 10**7))
+    assert caught.value.status == 413
+    assert len(frames_of(clip, Sampling(max_frames=4), VideoLimits(60.0, 4, 10**7))) == 4
+    assert len(frames_of(clip, Sampling(fps=4), VideoLimits(60.0, 4, 10**7))) == 4
+    with pytest.raises(VideoTooLargeError, match="SHARP_VIDEO_MAX_DURATION_S"):
+        probe_video(clip, Sampling(), VideoLimits(0.5, 50, 10**7))
+    with pytest.raises(VideoTooLargeError, match="SHARP_VIDEO_MAX_PIXELS"):
+        probe_video(clip, Sampling(), VideoLimits(60.0, 50, 160 * 96 - 1))
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def audio_only() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as output:
+        stream = output.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("make", "error", "code"), [
+    (lambda: b"", UnsupportedVideoError, "unsupported_video"),
+    (lambda: b"this is plain text, not a clip at all" * 20, UnsupportedVideoError, "unsupported_video"),
+    (png_bytes, UnsupportedVideoError, "unsupported_video"),
+    (audio_only, UnsupportedVideoError, "unsupported_video"),
+    (lambda: make_clip(5)[:600], CorruptVideoError, "corrupt_video"),
+    (lambda: make_clip(5)[:40], CorruptVideoError, "corrupt_video"),
+])
+def test_bad_clips_raise_video_errors(make, error: type, code: str) -> None:
+    with pytest.raises(error) as caught:
+        frames_of(make())
+    assert caught.value.code == code and 400 <= caught.value.status < 500
+
+
+def test_detection_by_content_and_name(tmp_path) -> None:
+    clip = make_clip(1)
+    assert looks_like_video(clip[:1024]) and looks_like_video(make_clip(1, container="matroska")[:1024])
+    assert not looks_like_video(png_bytes())
+    heic_like = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+    assert not looks_like_video(heic_like)
+    (tmp_path / "clip.bin").write_bytes(clip)
+    (tmp_path / "photo.png").write_bytes(png_bytes())
+    assert is_video_path(tmp_path / "clip.bin") and not is_video_path(tmp_path / "photo.png")
+    assert is_video_path(tmp_path / "missing.MOV")

@@ -1,0 +1,92 @@
+"""`app.sequence.run_sequence` with the tiny network on clips made here: align=none gives the photos'
+files byte for byte, a repeated frame aligns with factor exactly 1, rotated clips give upright scenes, and the
+manifest and the preview say what was made."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from app import pipeline
+from app.formats import read_ply
+from app.predictor import SharpPredictor
+from app.sequence import run_sequence
+from app.sequence.align import ScaleChain, depth_grid, scale_step, scaled
+from app.video import Sampling, VideoLimits, read_frames
+from tests.helpers import make_clip, prediction_of, random_scene
+
+LIMITS = VideoLimits(max_duration_s=60.0, max_frames=20, max_pixels=1920 * 1080)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SharpPredictor:
+    return SharpPredictor.load("tiny", device="cpu")
+
+
+def sequence(predictor: SharpPredictor, clip: bytes, **options) -> tuple[dict, dict[str, bytes]]:
+    files: dict[str, bytes] = {}
+    manifest = run_sequence(predictor, clip, options.pop("outputs", {"ply": {}}), sink=files.__setitem__,
+                            limits=LIMITS, **{"preview": False, **options})
+    return manifest, files
+
+
+def test_align_none_gives_each_frames_photo_prediction_byte_for_byte(predictor: SharpPredictor,
+                                                                       tmp_path: Path) -> None:
+    clip = make_clip(2, shift_px=6)
+    manifest, files = sequence(predictor, clip, outputs={"ply": {}, "spz": {}})
+    assert sorted(files) == ["frames/000000.ply", "frames/000000.spz", "frames/000001.ply", "frames/000001.spz",
+                             "manifest.json"]
+    for frame in read_frames(clip, Sampling(), LIMITS):
+        photo = tmp_path / f"{frame.index:06d}.png"
+        Image.fromarray(frame.rgb).save(photo)  # lossless: the decoded frame's pixels
+        single = pipeline.run(predictor, photo, {"ply": {}, "spz": {}})
+        assert files[f"frames/{frame.index:06d}.ply"] == single.outputs["ply"].body
+        assert files[f"frames/{frame.index:06d}.spz"] == single.outputs["spz"].body
+    assert [record["scale"] for record in manifest["frames"]] == [1.0, 1.0]
+    assert orjson.loads(files["manifest.json"]) == manifest
+
+
+def test_a_repeated_frame_aligns_with_factor_exactly_one(predictor: SharpPredictor) -> None:
+    manifest, files = sequence(predictor, make_clip(3, shift_px=0, lossless=True), align="scale")
+    assert [record["scale"] for record in manifest["frames"]] == [1.0, 1.0, 1.0]
+    assert files["frames/000000.ply"] == files["frames/000001.ply"] == files["frames/000002.ply"]
+
+
+def test_a_rotated_clip_gives_upright_scenes(predictor: SharpPredictor) -> None:
+    manifest, files = sequence(predictor, make_clip(1, rotation=90), f_px=200.0)
+    scene = read_ply(files["frames/000000.ply"])
+    assert (scene.image_width, scene.image_height) == (96, 160)  # stored 160 x 96, displayed portrait
+    assert manifest["frames"][0]["f_px"] == 200.0 and manifest["f_px_source"] == "request"
+
+
+def test_the_manifest_and_the_preview(predictor: SharpPredictor) -> None:
+    manifest, files = sequence(predictor, make_clip(4, fps=10), sampling=Sampling(fps=5), align="scale",
+                               preview=True)
+    assert manifest["num_frames"] == 2 and manifest["align"] == "scale" and manifest["preview"] == "preview.mp4"
+    records = manifest["frames"]
+    assert [r["index"] for r in records] == [0, 1] and [r["time_s"] for r in records] == pytest.approx([0, 0.2])
+    assert records[0]["scale"] == 1.0 and 0.5 < records[1]["scale"] < 2.0
+    assert all(r["num_gaussians"] == 131_072 and r["f_px"] == manifest["f_px"] for r in records)
+    assert set(records[0]["timings_ms"]) == {"decode", "preprocess", "forward", "postprocess", "encode", "preview"}
+    with av.open(io.BytesIO(files["preview.mp4"])) as video:
+        pictures = [frame.to_ndarray(format="rgb24") for frame in video.decode(video.streams.video[0])]
+    assert len(pictures) == 2 and pictures[0].shape == (96, 320, 3)
+    assert pictures[0][:, 160:].mean() > 5  # the render half is not empty
+
+
+def test_the_scale_rule() -> None:
+    scene = random_scene(5000, seed=3)
+    far = scaled(prediction_of(scene), 2.0).scene
+    assert np.allclose(far.positions, scene.positions * 2) and np.allclose(far.scales, scene.scales * 2)
+    assert scale_step(depth_grid(far), depth_grid(scene)) == pytest.approx(2.0)
+    chain = ScaleChain()
+    assert chain.step(depth_grid(scene)) == 1.0
+    assert chain.step(depth_grid(far)) == pytest.approx(0.5)  # the far copy is brought back to the first
+    assert chain.step(depth_grid(far)) == pytest.approx(0.5)  # and stays there
+    assert scale_step(depth_grid(scene), depth_grid(scene)) == 1.0
