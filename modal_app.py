@@ -53,19 +53,22 @@ class SharpModel(ModelContainer):
         return result.outputs["ply"].body
 
     @modal.method()
-    async def predict(self, image_bytes: bytes, f_px: float | None = None, max_gaussians: int | None = None,
+    async def predict(self, image_bytes: bytes, f_px: float | None = None, max_gaussians: int | float | None = None,
                       encoding: Literal["list", "base64"] = "list") -> dict[str, Any]:
         """The photo's Gaussians as the JSON document `POST /predict` returns (same builder), as a dict.
 
         As with the HTTP endpoint, the full SHARP scene (~1.18M Gaussians) is very large as lists; pass
-        `encoding="base64"` and/or `max_gaussians` for anything but small scenes.
+        `encoding="base64"` and/or `max_gaussians` (a count, or a fraction such as 0.25) for anything but
+        small scenes.
         """
         import orjson
 
+        from app.budget import check_max_gaussians
         from app.focal import check_f_px
 
         result = await self.service.run(image_bytes, filename=None, f_px=check_f_px(f_px),
-                                        outputs={"json": {"max_gaussians": max_gaussians, "encoding": encoding}})
+                                        max_gaussians=check_max_gaussians(max_gaussians),
+                                        outputs={"json": {"encoding": encoding}})
         return orjson.loads(result.outputs["json"].body)
 
 
@@ -78,7 +81,7 @@ async def predict_and_save_ply(image_bytes: bytes, f_px: float | None = None) ->
 
 @forwarder
 @modal.concurrent(max_inputs=FORWARDER_MAX_INPUTS)
-async def predict(image_bytes: bytes, f_px: float | None = None, max_gaussians: int | None = None,
+async def predict(image_bytes: bytes, f_px: float | None = None, max_gaussians: int | float | None = None,
                   encoding: Literal["list", "base64"] = "list") -> dict[str, Any]:
     """Forwards to `SharpModel().predict` (for `modal.Function.from_name`); holds no model."""
     return await SharpModel().predict.remote.aio(image_bytes, f_px, max_gaussians, encoding)

@@ -10,8 +10,7 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
 - ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
-- ``json``: the arrays and the prediction's metadata (`POST /predict`); options ``max_gaussians`` and
-  ``encoding``.
+- ``json``: the arrays and the prediction's metadata (`POST /predict`); option ``encoding``.
 - ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
   input view or a short camera path around it; options ``size``, ``depth`` (stills), ``path`` and ``frames``
   (videos). Their `kind` is ``render``: they cost more, so jobs make them only when asked, and a server
@@ -20,6 +19,9 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 File names, one rule: an output of a photo ``<stem>`` is ``<stem><suffix>`` (``coffee.vertex.ply``,
 ``coffee.png``), wherever it is written (CLI, HTTP download name, `remote`); a job's file, also the last part
 of its URL, is ``<result_stem><suffix>`` (``result.vertex.ply``, ``preview.png``).
+
+A splat budget (``max_gaussians``) is no output's option: `app.pipeline.run` applies it once to the
+prediction, and every output, renders included, is made from the Gaussians kept.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ FORMATS: dict[str, OutputFormat] = {
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
-                     "metadata", _json, frozenset({"max_gaussians", "encoding"})),
+                     "metadata", _json, frozenset({"encoding"})),
         OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "
                      "depth=true: the depth map)", _still("png"), frozenset({"size", "depth"}), "render",
                      "preview"),

@@ -1,14 +1,16 @@
-"""The one request path: decode a photo -> predict its Gaussians -> encode each output wanted.
+"""The one request path: decode a photo -> predict its Gaussians -> keep a budget of them -> encode each output.
 
 Every entry point calls `run`, and only `run`: the HTTP service (`app.service`, which decides on which
 threads and when), the CLI (`app.cli.predict`), the job worker (`app.jobs.runner`, local and Modal) and
 the Modal functions. `run` records the timings once, in the result: decode, preprocess, forward,
 postprocess, encode (all outputs together), in milliseconds.
 
-    result = run(predictor, Path("coffee.jpg"), {"spz": {}, "json": {"max_gaussians": 1000}})
+    result = run(predictor, Path("coffee.jpg"), {"spz": {}, "json": {}}, max_gaussians=0.25)
     result.outputs["spz"].body, result.prediction.scene, result.timings_ms
 
-`f_px` is taken as given: each edge checks it with `app.focal.check_f_px` when it parses its input.
+`f_px` is taken as given: each edge checks it with `app.focal.check_f_px` when it parses its input. A
+budget (`max_gaussians`, `app.budget`) is parsed by each edge too; `run` checks it against the model's
+count before decoding, applies it once to the prediction, and every output is made from the kept scene.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from app.budget import MaxGaussians, budget_count, keep_most_important
 from app.imaging import LoadedImage, load_image
 from app.outputs import check_options
 from app.prediction import Prediction
@@ -86,10 +89,10 @@ Adjust = Callable[[Prediction], Prediction]
 
 
 def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: Outputs, *,
-        filename: str | None = None, f_px: float | None = None, max_pixels: int | None = None,
-        progress: ProgressCallback | None = None, slots: Slots = Slots(), sink: OutputSink | None = None,
-        adjust: Adjust | None = None) -> RunResult:
-    """decode -> predict -> encode each output.
+        filename: str | None = None, f_px: float | None = None, max_gaussians: MaxGaussians | None = None,
+        max_pixels: int | None = None, progress: ProgressCallback | None = None, slots: Slots = Slots(),
+        sink: OutputSink | None = None, adjust: Adjust | None = None) -> RunResult:
+    """decode -> predict -> (adjust) -> keep the budget -> encode each output.
 
     Args:
         predictor: the loaded model.
@@ -98,6 +101,9 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: 
         outputs: see `Outputs`; every name and option is checked before anything is decoded.
         filename: the upload's name when `source` is bytes (the outputs' file stem).
         f_px: focal length in pixels of the photo (checked by the caller); None: EXIF, else 30 mm equivalent.
+        max_gaussians: the budget, a count or a fraction (`app.budget`); every output, renders included, is
+            made from the Gaussians kept, and `result.prediction.num_predicted` says how many there were.
+            None: all of them.
         max_pixels: the largest photo accepted (width x height).
         progress: `progress(stage, fraction)` as the stages go (see `ProgressCallback`).
         slots: see `Slots`.
@@ -108,11 +114,14 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: 
 
     Raises:
         UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
+        BudgetError: a budget the model's count does not allow (0, above the count, ...).
         ImageError: the photo is not usable (see `app.imaging`).
         Whatever `progress` raises (a cancelled job or request): it is called at every block of the network
         and every frame of a render.
     """
     wanted = [(check_options(name, options), options) for name, options in outputs.items()]
+    if max_gaussians is not None:
+        budget_count(max_gaussians, predictor.info.num_gaussians)
     report = progress or _ignore
     timings: dict[str, float] = {}
     report("decode", 0.0)
@@ -127,6 +136,10 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: 
     del image
     if adjust is not None:
         prediction = adjust(prediction)
+    if max_gaussians is not None:
+        with _timed(timings, "budget"):
+            prediction = replace(prediction, scene=keep_most_important(prediction.scene, max_gaussians),
+                                 num_predicted=prediction.num_predicted)
     encoded: dict[str, EncodedOutput] = {}
     encode_ms_total = 0.0
     for done, (fmt, options) in enumerate(wanted):

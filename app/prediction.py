@@ -39,6 +39,8 @@ class Prediction:
         scene: the Gaussians and the camera they were predicted for.
         f_px_source: where `scene.f_px` came from.
         model: the model that made it.
+        num_predicted: how many Gaussians the model predicted; `scene` has fewer when a budget kept only
+            some (`app.budget`). Left out (0), the scene's own count.
 
     How long it took is not part of it: `app.pipeline.run` reports that beside it.
     """
@@ -47,3 +49,8 @@ class Prediction:
     scene: GaussianScene
     f_px_source: FocalSource
     model: ModelInfo
+    num_predicted: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.num_predicted:
+            object.__setattr__(self, "num_predicted", self.scene.num_gaussians)

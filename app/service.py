@@ -35,6 +35,7 @@ import anyio
 import anyio.to_thread
 
 from app import pipeline
+from app.budget import MaxGaussians
 from app.errors import SharpError
 from app.predictor import SharpPredictor
 from app.sequence import FileSink, SequenceProgress, run_sequence
@@ -258,13 +259,14 @@ class InferenceService:
     # ------------------------------------------------------------------------------------ inference
 
     async def run(self, source: bytes | Path, *, filename: str | None, f_px: float | None,
-                  outputs: pipeline.Outputs, progress: ProgressCallback | None = None,
+                  outputs: pipeline.Outputs, max_gaussians: MaxGaussians | None = None,
+                  progress: ProgressCallback | None = None,
                   admit: bool = True, sink: pipeline.OutputSink | None = None) -> pipeline.RunResult:
         """`pipeline.run` on a worker thread, in this service's slots (see the module docstring).
 
         Args:
-            source, filename, f_px, outputs, progress, sink: as for `pipeline.run` (`progress` and `sink`
-                are called on the worker thread).
+            source, filename, f_px, outputs, max_gaussians, progress, sink: as for `pipeline.run`
+                (`progress` and `sink` are called on the worker thread).
             admit: count this run against the queue limit (False: the job worker, whose own queue bounds
                 what waits).
 
@@ -297,8 +299,8 @@ class InferenceService:
             _thread.admitted = admit
             try:
                 return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
-                                    max_pixels=self.settings.max_pixels, progress=checked, slots=self._slots,
-                                    sink=sink)
+                                    max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
+                                    progress=checked, slots=self._slots, sink=sink)
             finally:
                 ended.set()
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from app.budget import budget_count, importance, keep_most_important
+from app.budget import (
+    BudgetError,
+    budget_count,
+    check_max_gaussians,
+    importance,
+    keep_most_important,
+    parse_max_gaussians,
+)
 from app.errors import InvalidRequestError
 from app.gaussians import GaussianScene
 from app.outputs import encode
@@ -78,14 +86,34 @@ def test_hidden_ones_rank_below_visible_ones() -> None:
     assert scores[9] < 0.01 * scores[10]
 
 
-def test_json_keeps_what_the_budget_keeps(tiny_photo_scene: GaussianScene) -> None:
-    prediction = prediction_of(tiny_photo_scene)
-    body = json.loads(encode(prediction, "json", max_gaussians=0.01, encoding="base64"))
+def test_json_states_the_kept_and_the_predicted_counts(tiny_photo_scene: GaussianScene) -> None:
     kept = keep_most_important(tiny_photo_scene, 0.01)
+    prediction = replace(prediction_of(tiny_photo_scene), scene=kept, num_predicted=tiny_photo_scene.num_gaussians)
+    body = json.loads(encode(prediction, "json", encoding="base64"))
     assert body["metadata"]["num_gaussians"] == kept.num_gaussians == round(0.01 * tiny_photo_scene.num_gaussians)
     assert body["metadata"]["total_gaussians"] == tiny_photo_scene.num_gaussians
     with pytest.raises(InvalidRequestError, match="max_gaussians must be a count"):
-        encode(prediction, "json", max_gaussians=tiny_photo_scene.num_gaussians + 1)
+        keep_most_important(tiny_photo_scene, tiny_photo_scene.num_gaussians + 1)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", 1), (" 100000 ", 100_000), ("0.25", 0.25), ("1.0", 1.0),
+                                             ("1e-3", 0.001), (str(10**30), 10**30)])
+def test_a_typed_budget_is_a_count_or_a_fraction(text: str, value: float) -> None:
+    parsed = parse_max_gaussians(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "-0.5", "0.0", "1.5", "1e3", "2.0", "nan", "inf", "-inf", "", "many",
+                                  "0x10", "1/4", "25%"])
+def test_a_typed_budget_out_of_range_names_the_range(text: str) -> None:
+    with pytest.raises(BudgetError, match=r"a count from 1 to the number predicted, or a fraction in \(0, 1\]"):
+        parse_max_gaussians(text)
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 1.5, 0.0, float("nan"), float("inf"), "10"])
+def test_a_given_budget_out_of_range_is_refused(value: object) -> None:
+    with pytest.raises(BudgetError, match="max_gaussians must be"):
+        check_max_gaussians(value)  # type: ignore[arg-type]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,16 +26,16 @@ def test_registry_encoders_produce_their_formats() -> None:
     assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
     assert decode_sog(encode(prediction, "sog")).num_gaussians == 700
     stages = {"decode": 1.0, "preprocess": 2.0, "forward": 3.0, "postprocess": 4.0}
-    body = json.loads(encode(prediction, "json", timings_ms=stages, max_gaussians=10, encoding="base64"))
-    assert body["metadata"]["num_gaussians"] == 10 and body["metadata"]["total_gaussians"] == 700
+    body = json.loads(encode(prediction, "json", timings_ms=stages, encoding="base64"))
+    assert body["metadata"]["num_gaussians"] == 700 == body["metadata"]["total_gaussians"]
     assert body["metadata"]["model"] == {"preset": "tiny", "weights": "synthetic", "device": "cpu",
                                          "dtype": "float32"}
     assert set(body["metadata"]["timings_ms"]) == {*stages, "encode"}
     assert get_format(".SPZ") is FORMATS["spz"]
     with pytest.raises(UnknownFormatError, match="ply, ply_vertex"):
         get_format("obj")
-    with pytest.raises(InvalidRequestError, match="max_gaussians does nothing for the splat format"):
-        encode(prediction, "splat", max_gaussians=3)
+    with pytest.raises(InvalidRequestError, match="max_gaussians does nothing for the json format"):
+        encode(prediction, "json", max_gaussians=3)  # a budget is the pipeline's, for every output
 
 
 def test_one_file_name_rule_for_photos_and_jobs() -> None:

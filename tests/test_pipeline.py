@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,11 @@ import pytest
 from PIL import Image
 
 from app import pipeline
+from app.budget import BudgetError, keep_most_important
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.focal import check_f_px
 from app.formats import encode_ply, read_ply
+from app.formats.spz import decode_spz
 from app.imaging import CorruptImageError
 from app.model.network import build_network, fill_synthetic_weights
 from app.predictor import SharpPredictor
@@ -41,7 +45,7 @@ def test_run_makes_every_output_of_one_prediction(tiny: SharpPredictor, tmp_path
     path = tmp_path / "garden.png"
     path.write_bytes(photo())
     seen: list[tuple[str, float]] = []
-    result = pipeline.run(tiny, path, {"ply": {}, "ply_vertex": {}, "json": {"max_gaussians": 5}},
+    result = pipeline.run(tiny, path, {"ply": {}, "ply_vertex": {}, "json": {"encoding": "base64"}},
                           progress=lambda stage, fraction: seen.append((stage, fraction)))
     assert list(result.outputs) == ["ply", "ply_vertex", "json"]
     assert result.outputs["ply"].body == encode_ply(result.prediction.scene)
@@ -75,7 +79,7 @@ def test_a_sink_takes_each_output_as_it_is_encoded(tiny: SharpPredictor) -> None
 
 @pytest.mark.parametrize(("outputs", "error"), [
     ({"obj": {}}, UnknownFormatError),
-    ({"splat": {"max_gaussians": 3}}, InvalidRequestError),
+    ({"json": {"max_gaussians": 3}}, InvalidRequestError),
     ({"ply": {}, "preview": {"frames": 4}}, InvalidRequestError),
 ])
 def test_bad_outputs_fail_before_anything_is_decoded(tiny: SharpPredictor, outputs: dict, error: type) -> None:
@@ -84,6 +88,31 @@ def test_bad_outputs_fail_before_anything_is_decoded(tiny: SharpPredictor, outpu
         pipeline.run(tiny, b"not an image at all", outputs)
     with pytest.raises(CorruptImageError):
         pipeline.run(tiny, photo()[:200], {"ply": {}})
+
+
+def test_a_budget_is_kept_once_and_every_output_is_made_of_it(tiny: SharpPredictor) -> None:
+    """The Gaussians kept are the budget rule's at the input view; every output, the render too, has them."""
+    full = pipeline.run(tiny, photo(), {"preview": {"size": 64}})
+    result = pipeline.run(tiny, photo(), {"ply": {}, "spz": {}, "json": {"encoding": "base64"},
+                                          "preview": {"size": 64}}, max_gaussians=0.25)
+    predicted = tiny.info.num_gaussians
+    kept = keep_most_important(full.prediction.scene, 0.25)
+    assert result.prediction.num_predicted == full.prediction.scene.num_gaussians == predicted
+    assert result.prediction.scene.num_gaussians == kept.num_gaussians == round(predicted / 4)
+    np.testing.assert_array_equal(result.prediction.scene.positions, kept.positions)
+    assert read_ply(result.outputs["ply"].body).num_gaussians == kept.num_gaussians
+    assert decode_spz(result.outputs["spz"].body).num_gaussians == kept.num_gaussians
+    meta = json.loads(result.outputs["json"].body)["metadata"]
+    assert (meta["num_gaussians"], meta["total_gaussians"]) == (kept.num_gaussians, predicted)
+    assert result.outputs["preview"].body != full.outputs["preview"].body
+    assert list(result.timings_ms) == [*STAGES[:-1], "budget", "encode"]
+
+
+@pytest.mark.parametrize("budget", [0, -2, 1.5, math.nan, 10**9])
+def test_a_budget_the_model_cannot_keep_fails_before_anything_is_decoded(tiny: SharpPredictor,
+                                                                         budget: float) -> None:
+    with pytest.raises(BudgetError, match=f"a count from 1 to {tiny.info.num_gaussians:,} or a fraction"):
+        pipeline.run(tiny, b"not an image at all", {"ply": {}}, max_gaussians=budget)
 
 
 def test_run_enters_each_slot_around_its_step(tiny: SharpPredictor) -> None:

@@ -1,5 +1,5 @@
 """What the commands share: the usage error (one `error:` line, exit 2), settings with the command line on
-top, and the `--f-px` option's parser."""
+top, and the parsers of `--f-px` and `--max-gaussians`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 
 from pydantic import ValidationError
 
+from app.budget import MaxGaussians, parse_max_gaussians
 from app.errors import SharpError
 from app.focal import check_f_px
 from app.settings import Settings
@@ -37,3 +38,19 @@ def f_px_option(text: str) -> float:
     except SharpError as error:
         raise argparse.ArgumentTypeError(error.message) from None
     return value
+
+
+def max_gaussians_option(text: str) -> MaxGaussians:
+    """`--max-gaussians` of `predict`, `remote` and `render`: a count (``100000``) or a fraction (``0.25``);
+    the count it may not exceed is checked once the model (or the scene) is known."""
+    try:
+        return parse_max_gaussians(text)
+    except SharpError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+def gaussians_kept(num_gaussians: int, num_predicted: int) -> str:
+    """The summary lines' count: ``131,072 Gaussians``, or ``32,768 of 131,072 Gaussians`` under a budget."""
+    if num_gaussians == num_predicted:
+        return f"{num_gaussians:,} Gaussians"
+    return f"{num_gaussians:,} of {num_predicted:,} Gaussians"

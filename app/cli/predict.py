@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli import video
-from app.cli.common import UsageError, f_px_option, settings_with
+from app.cli.common import UsageError, f_px_option, gaussians_kept, max_gaussians_option, settings_with
 from app.errors import SharpError
 from app.files import write_atomically
 from app.model.presets import PRESETS
@@ -38,6 +38,9 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--format", default="ply", choices=SCENE_FORMATS, help="output format (default: ply)")
     predict.add_argument("--vertex-only", action="store_true", help="PLY only: write just the vertex element "
                          "(the same as --format ply_vertex)")
+    predict.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
+                         help="a splat budget for every output (the preview too): keep only the N Gaussians (or "
+                              "the fraction F in (0, 1]) that matter most to the image; default: all")
     predict.add_argument("--preview", action="store_true", help="also render the scene from the photo's viewpoint "
                          "into OUT_DIR/<stem>.png (our PyTorch renderer; no CUDA needed)")
     video.add_arguments(predict)
@@ -66,6 +69,7 @@ def _output_dir(path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from app import pipeline
+    from app.budget import budget_count
     from app.imaging import find_images
     from app.predictor import SharpPredictor
 
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     clip = args.input.is_file() and video.is_video_path(args.input)
     if not clip and video.photo_flags_used(args):
         raise UsageError(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
+    if clip and args.max_gaussians is not None:
+        raise UsageError("--max-gaussians is not available for a video input yet; leave it out")
     try:
         images = [args.input] if clip else find_images(args.input)
     except (SharpError, OSError, ValueError) as error:
@@ -96,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
           f"loaded in {time.perf_counter() - start:.1f}s")
     if info.weights == "synthetic":
         print("warning: synthetic weights: the output is NOT a real SHARP prediction", file=sys.stderr)
+    if args.max_gaussians is not None:
+        try:
+            budget_count(args.max_gaussians, info.num_gaussians)
+        except SharpError as error:
+            raise UsageError(f"--max-gaussians: {error.message}") from None
 
     if clip:
         return video.run_clip(args, predictor, settings, outputs, output_dir)
@@ -103,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     for number, path in enumerate(images, start=1):
         prefix = f"[{number}/{len(images)}] " if len(images) > 1 else ""
         try:
-            result = pipeline.run(predictor, path, outputs, max_pixels=settings.max_pixels, f_px=args.f_px)
+            result = pipeline.run(predictor, path, outputs, max_pixels=settings.max_pixels, f_px=args.f_px,
+                                  max_gaussians=args.max_gaussians)
             start = time.perf_counter()
             written = [write_atomically(output_dir / output.filename, [output.body])
                        for output in result.outputs.values()]
@@ -118,9 +130,10 @@ def run(args: argparse.Namespace) -> int:
             if not isinstance(error, (SharpError, OSError)):
                 logging.getLogger(__name__).debug("unexpected failure on %s", path, exc_info=True)
             continue
-        scene, f_px_source = result.prediction.scene, result.prediction.f_px_source
+        prediction = result.prediction
+        scene = prediction.scene
+        gaussians = gaussians_kept(scene.num_gaussians, prediction.num_predicted)
         timing = " ".join(f"{name}={ms / 1000:.2f}s" for name, ms in timings.items())
         print(f"{prefix}{path.name}: {scene.image_width}x{scene.image_height} px, "
-              f"f_px={scene.f_px:.1f} ({f_px_source}), {scene.num_gaussians:,} Gaussians "
-              f"-> {written[0]} [{timing}]")
+              f"f_px={scene.f_px:.1f} ({prediction.f_px_source}), {gaussians} -> {written[0]} [{timing}]")
     return 1 if failures else 0

@@ -1,6 +1,7 @@
 """`python -m app remote`: send photos to a sharp-serve server as jobs, watch them, download the results.
 
     python -m app remote -i IMAGE_OR_DIR -o OUT_DIR --url URL [--api-key K] [--format ply,spz] [--f-px F]
+                         [--max-gaussians N|F]
     python -m app remote -i CLIP -o OUT_DIR --url URL [--fps F] [--start S] [--end E] [--max-frames N] [--align A]
 
 A clip (docs/video.md) is one job: its progress line says the frame, and its files go to
@@ -30,8 +31,10 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
+from app.budget import budget_count
 from app.cli import video
-from app.cli.common import f_px_option
+from app.cli.common import f_px_option, gaussians_kept, max_gaussians_option
+from app.errors import SharpError
 from app.files import write_atomically
 from app.outputs import FORMATS
 from app.vocabulary import FINAL_JOB_STATUSES
@@ -56,6 +59,9 @@ def add_parser(commands: Any) -> None:
     remote.add_argument("--format", default="ply", help=f"comma-separated subset of {','.join(FORMATS)} "
                         "(default: ply)")
     remote.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
+    remote.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
+                        help="a splat budget for every output: keep only the N Gaussians (or the fraction F in "
+                             "(0, 1]) that matter most to the image; default: all")
     video.add_arguments(remote)
     remote.set_defaults(run=run)
 
@@ -101,14 +107,19 @@ def _run(args: argparse.Namespace) -> int:
     # Modal answers a request still running after 150 s with a 303 to where its result will be.
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=timeout, follow_redirects=True) as client:
         try:
-            client.get("/health")
+            health = client.get("/health")
         except httpx.HTTPError as error:
             print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
             return 1
+        problem = _budget_problem(args.max_gaussians, health)
+        if problem:
+            return _usage(problem)
         jobs: list[tuple[Path, str | None, str]] = []
         for path in images:
             try:
-                jobs.append((path, _submit(client, path, formats, args.f_px, video.form_fields(args)), ""))
+                fields = {**video.form_fields(args), **({"max_gaussians": str(args.max_gaussians)}
+                                                        if args.max_gaussians is not None else {})}
+                jobs.append((path, _submit(client, path, formats, args.f_px, fields), ""))
             except RemoteError as error:
                 jobs.append((path, None, str(error)))
         failures = 0
@@ -126,9 +137,26 @@ def _run(args: argparse.Namespace) -> int:
             meta = job.get("metadata") or {}
             frames = f"{job['frames']} frames of " if job.get("frames") else ""
             shown = [written[0].parent] if job.get("frames") else written
+            kept = meta.get("num_gaussians") or 0
+            gaussians = gaussians_kept(kept, meta.get("total_gaussians") or kept)
             print(f"{prefix}: {frames}{meta.get('image_width')}x{meta.get('image_height')} px, "
-                  f"{meta.get('num_gaussians', 0):,} Gaussians -> {', '.join(str(p) for p in shown)}")
+                  f"{gaussians} -> {', '.join(str(p) for p in shown)}")
     return 1 if failures else 0
+
+
+def _budget_problem(max_gaussians: int | float | None, health: httpx.Response) -> str | None:
+    """Why the server's model cannot keep `max_gaussians` (above its count), when its /health says the count."""
+    if max_gaussians is None:
+        return None
+    try:
+        num_gaussians = int(health.json()["num_gaussians"])
+    except (ValueError, KeyError, TypeError):
+        return None  # not known yet (loading): the server refuses a bad budget itself
+    try:
+        budget_count(max_gaussians, num_gaussians)
+    except SharpError as error:
+        return f"--max-gaussians: {error.message}"
+    return None
 
 
 def _usage(message: str) -> int:
@@ -137,8 +165,8 @@ def _usage(message: str) -> int:
 
 
 def _submit(client: httpx.Client, path: Path, formats: list[str], f_px: float | None,
-            clip_fields: dict[str, str]) -> str:
-    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}), **clip_fields}
+            fields: dict[str, str]) -> str:
+    data = {"outputs": ",".join(formats), **({"f_px": str(f_px)} if f_px is not None else {}), **fields}
     deadline = time.monotonic() + MAX_SUBMIT_WAIT_S
     try:
         content = path.read_bytes()

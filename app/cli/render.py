@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.cli.common import gaussians_kept, max_gaussians_option
+from app.errors import SharpError
 from app.render.errors import RenderError
 
 DEFAULT_FRAMES = 60
@@ -57,6 +59,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
     parser.add_argument("--depth", action="store_true", help="still image: write the depth map (near = bright)")
     parser.add_argument("--background", default="black", help="black, white, gray or #rrggbb (default black)")
+    parser.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
+                        help="draw only the N Gaussians (or the fraction F in (0, 1]) that matter most at the "
+                             "file's camera (the budget of `predict --max-gaussians`); default: all")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.set_defaults(run=run)
 
@@ -67,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except RenderError as error:
         print(f"error: {error}", file=sys.stderr)
+    except SharpError as error:  # a budget above the scene's count
+        print(f"error: --max-gaussians: {error.message}", file=sys.stderr)
     except OSError as error:
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
     return 2
 
 
 def _run(args: argparse.Namespace) -> int:
+    from app.budget import keep_most_important
     from app.files import write_atomically
     from app.render.pictures import output_size, render_still, video_chunks
     from app.render.scene_io import load_scene
@@ -89,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     scene = load_scene(args.scene)
+    num_predicted = scene.num_gaussians
+    scene = keep_most_important(scene, args.max_gaussians)
     loaded = time.perf_counter()
     if fmt in IMAGE_FORMATS:
         chunks = iter([render_still(scene, depth=args.depth, **options)])
@@ -106,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     width, height = output_size(scene, options["size"])
-    print(f"{args.scene.name}: {scene.num_gaussians:,} Gaussians, {width}x{height} px, {count} frame(s) in "
+    gaussians = gaussians_kept(scene.num_gaussians, num_predicted)
+    print(f"{args.scene.name}: {gaussians}, {width}x{height} px, {count} frame(s) in "
           f"{time.perf_counter() - loaded:.2f}s (load {loaded - start:.2f}s) -> {args.output} "
           f"({args.output.stat().st_size:,} bytes)")
     return 0

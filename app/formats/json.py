@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from app.budget import MaxGaussians, keep_most_important
 from app.gaussians import GaussianScene
 from app.prediction import Prediction
 
@@ -51,7 +50,7 @@ def encode_json(
     """The scene as a JSON document (UTF-8 bytes); see the module docstring for the shape.
 
     Args:
-        scene: the Gaussians (use `app.budget.keep_most_important` first to cap the size).
+        scene: the Gaussians (`app.budget.keep_most_important` caps their number).
         metadata: extra JSON-serialisable fields (numpy scalars allowed) for the "metadata" object;
             "color_space", "num_gaussians" and "encoding" are set by this function.
         encoding: "list" (nested arrays) or "base64" (packed float32).
@@ -84,11 +83,11 @@ def encode_json(
 
 
 def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, float] | None = None,
-                           max_gaussians: MaxGaussians | None = None, encoding: Encoding = "list") -> bytes:
+                           encoding: Encoding = "list") -> bytes:
     """The body of `POST /predict` (and of the Modal `predict` method): arrays plus the prediction's metadata.
 
-    `max_gaussians` (a count or a fraction) keeps the Gaussians that matter most to the image
-    (`app.budget`); `metadata.num_gaussians` is the number kept, `total_gaussians` the number predicted.
+    `metadata.num_gaussians` is the number in the scene (kept by a budget, `app.budget`, if one was given),
+    `total_gaussians` the number predicted (`prediction.num_predicted`).
     `metadata.timings_ms` holds `timings_ms` (the stages so far, milliseconds) and `encode`, the time spent
     serialising the arrays.
     """
@@ -96,8 +95,7 @@ def encode_prediction_json(prediction: Prediction, *, timings_ms: Mapping[str, f
     metadata = {
         "image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
         "f_px_source": prediction.f_px_source, "intrinsics": scene.intrinsics.tolist(),
-        "total_gaussians": scene.num_gaussians, "coordinate_convention": "opencv",
+        "total_gaussians": prediction.num_predicted, "coordinate_convention": "opencv",
         "model": prediction.model.summary(),
     }
-    return encode_json(keep_most_important(scene, max_gaussians), metadata, encoding=encoding,
-                       timings_ms=dict(timings_ms or {}))
+    return encode_json(scene, metadata, encoding=encoding, timings_ms=dict(timings_ms or {}))

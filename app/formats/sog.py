@@ -288,10 +288,12 @@ def _check_claims(bundle: zipfile.ZipFile, count: int, file_bytes: int, max_gaus
 
 def _read_image(bundle: zipfile.ZipFile, name: str, count: int) -> np.ndarray:
     """The first `count` pixels of image `name` as (count, 4) uint8 RGBA; its size (read from its header) must
-    hold `count` pixels in whole rows with at most one row to spare, checked before it is decoded."""
+    hold `count` pixels in the rows a writer makes (ours and splat-transform's round the rows up to a multiple
+    of 4, at least 4) and be no wider than the count, checked before it is decoded."""
     with Image.open(io.BytesIO(bundle.read(name))) as image:
         width, height = image.size
-        if width * height < count or width * (height - 1) >= max(count, 1):
+        rows = max(4, 4 * math.ceil(max(count, 1) / (4 * max(width, 1))))
+        if width * height < count or height > rows or width > max(count, 1) + 3:
             raise ValueError(f"SOG image {name} is {width}x{height} px, not the rows of {count} Gaussians")
         pixels = np.asarray(image.convert("RGBA"), dtype=np.uint8).reshape(-1, 4)
     if pixels.shape[0] < count:

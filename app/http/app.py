@@ -42,8 +42,11 @@ One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
   orbit, drawn by our PyTorch splat renderer.
 * `GET /viewer` (or `/` from a browser): a web page to drop a photo into and orbit its scene.
 * `POST /predict`: JSON arrays. A full scene is large as JSON (hundreds of MB for SHARP's 1.18M
-  Gaussians as number lists): use `max_gaussians` to keep the most opaque ones and/or
-  `encoding=base64` (packed float32, about half the size and much faster to parse).
+  Gaussians as number lists): use `max_gaussians` and/or `encoding=base64` (packed float32, about half
+  the size and much faster to parse).
+* `max_gaussians` (every predict route, `/render`, `/jobs`): a count or a fraction (`0.25`) of the
+  Gaussians to keep, the ones that matter most to the image; `X-Sharp-Num-Gaussians` says how many are in
+  the response, `X-Sharp-Num-Gaussians-Predicted` how many were predicted.
 
 Every prediction names its model in `X-Sharp-Preset` / `X-Sharp-Weights` (`synthetic` means a test
 model, not SHARP). Every error is `{"error": {"code": ..., "message": ..., "request_id": ...}}`.

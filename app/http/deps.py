@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import AfterValidator
 
+from app.budget import ACCEPTED, parse_max_gaussians
+from app.budget import MaxGaussians as Budget
 from app.errors import SharpError
 from app.focal import F_PX_MAX, F_PX_MIN, check_f_px
 from app.formats.json import Encoding
@@ -29,8 +31,18 @@ FocalPx = Annotated[float | None, Form(
                 "EXIF, else a 30 mm equivalent.",
 ), AfterValidator(check_f_px)]  # out of range: a 422 `validation_error` naming the field
 VertexOnly = Annotated[bool, Form(description="Write only the vertex element (the `ply_vertex` format).")]
-MaxGaussians = Annotated[int | None, Form(ge=1, description="Return at most this many Gaussians, the most "
-                                                            "opaque ones (in their original order).")]
+
+
+def _budget(text: str | None) -> Budget | None:
+    return None if text is None else parse_max_gaussians(text)
+
+
+MaxGaussians = Annotated[str | None, Form(
+    description=f"A splat budget: keep only the Gaussians that matter most to the image (opacity x on-screen "
+                f"size x visibility at the input view), in their original order; {ACCEPTED} (e.g. `100000` or "
+                "`0.25`). Every output is made from the kept ones. Default: all.",
+    examples=["0.25"],
+), AfterValidator(_budget)]  # bad: a 422 `validation_error` naming the field; above the count: a 422 before decoding
 JsonEncoding = Annotated[Encoding, Form(
     description="`list`: nested number arrays. `base64`: each array as base64 of little-endian float32.",
 )]

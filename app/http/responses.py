@@ -19,8 +19,9 @@ from app.pipeline import RunResult
 from app.prediction import Prediction
 
 PREDICTION_HEADERS = ("X-Sharp-Preset", "X-Sharp-Weights", "X-Sharp-F-Px", "X-Sharp-F-Px-Source",
-                      "X-Sharp-Image-Size", "X-Sharp-Num-Gaussians")
-"""Response headers of every prediction: the model (preset, weights) and the camera of the scene."""
+                      "X-Sharp-Image-Size", "X-Sharp-Num-Gaussians", "X-Sharp-Num-Gaussians-Predicted")
+"""Response headers of every prediction: the model (preset, weights), the camera of the scene, the Gaussians
+in it (kept by `max_gaussians`) and the number predicted."""
 
 _ERROR_STATUS_TEXT = {
     400: "Corrupt or truncated image, empty upload or malformed request",
@@ -52,11 +53,11 @@ def prediction_headers(prediction: Prediction) -> dict[str, str]:
     """What made this response and for which camera, so a file from a test model never passes for SHARP."""
     scene = prediction.scene
     return sharp_headers(prediction.model.preset, prediction.model.weights, scene.f_px, prediction.f_px_source,
-                         scene.image_width, scene.image_height, scene.num_gaussians)
+                         scene.image_width, scene.image_height, scene.num_gaussians, prediction.num_predicted)
 
 
 def sharp_headers(preset: str, weights: str, f_px: float, f_px_source: str, image_width: int, image_height: int,
-                  num_gaussians: int) -> dict[str, str]:
+                  num_gaussians: int, num_predicted: int) -> dict[str, str]:
     """The `PREDICTION_HEADERS` (a job's result files carry them too)."""
     return {
         "X-Sharp-Preset": preset,
@@ -65,6 +66,7 @@ def sharp_headers(preset: str, weights: str, f_px: float, f_px_source: str, imag
         "X-Sharp-F-Px-Source": f_px_source,
         "X-Sharp-Image-Size": f"{image_width}x{image_height}",
         "X-Sharp-Num-Gaussians": str(num_gaussians),
+        "X-Sharp-Num-Gaussians-Predicted": str(num_predicted),
     }
 
 

@@ -105,6 +105,7 @@ class Timings(BaseModel):
     preprocess: float
     forward: float
     postprocess: float
+    budget: float | None = Field(default=None, description="Choosing the Gaussians to keep (with `max_gaussians`).")
     encode: float
 
 
@@ -144,7 +145,8 @@ class JobMetadata(BaseModel):
     image_height: int
     f_px: float
     f_px_source: FocalSource
-    num_gaussians: int
+    num_gaussians: int = Field(description="Gaussians in every output (kept by `max_gaussians`).")
+    total_gaussians: int | None = Field(default=None, description="Gaussians predicted (before `max_gaussians`).")
 
 
 class JobError(BaseModel):

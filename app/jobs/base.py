@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.budget import budget_count
 from app.errors import InvalidRequestError, SharpError
 from app.outputs import FORMATS, check_options
 from app.vocabulary import FINAL_JOB_STATUSES, JobStatus
@@ -84,14 +85,27 @@ def parse_outputs(value: str | None) -> list[str]:
     return [name for name in FORMATS if name in names] if names else list(DEFAULT_OUTPUTS)
 
 
-def check_job_options(outputs: list[str], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON options (`max_gaussians`, `encoding`) of a job, refused when it writes no JSON."""
+def check_job_options(outputs: list[str], options: Mapping[str, Any], num_gaussians: int) -> dict[str, Any]:
+    """A job's options, without the unset ones: `max_gaussians`, the budget of every output (checked against
+    `num_gaussians`, the model's count), and the json output's (`encoding`), refused when it writes no JSON.
+
+    Raises:
+        BudgetError, InvalidRequestError: naming what is accepted.
+    """
     options = {key: value for key, value in options.items() if value is not None}
-    if options and "json" not in outputs:
-        raise InvalidRequestError(f"{', '.join(sorted(options))} only applies to the json output, which this "
-                                  "job does not make.")
-    check_options("json", options)
+    if "max_gaussians" in options:
+        budget_count(options["max_gaussians"], num_gaussians)
+    json_options = json_options_of(options)
+    if json_options and "json" not in outputs:
+        raise InvalidRequestError(f"{', '.join(sorted(json_options))} only applies to the json output, which "
+                                  "this job does not make.")
+    check_options("json", json_options)
     return options
+
+
+def json_options_of(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a job that are the json output's (all but the budget, which applies to every output)."""
+    return {key: value for key, value in options.items() if key != "max_gaussians"}
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -146,7 +160,7 @@ class Job:
     filename: str | None = None
     f_px: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    """Options of the json output (`max_gaussians`, `encoding`)."""
+    """`max_gaussians` (the budget of every output) and the json output's `encoding`."""
     name: str | None = None
     """The output file stem (the photo's name without suffix), once predicted."""
     started_at: float | None = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from app.jobs.base import SEQUENCE_ZIP, Job
+from app.errors import InvalidRequestError
+from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.service import InferenceService
@@ -24,19 +25,21 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
         await execute_sequence(service, store, job, progress)
         return
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
-    outputs = {name: job.options if name == "json" else {} for name in job.outputs}
+    outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
     written: dict[str, int] = {}  # name -> bytes written
 
     def write(output: EncodedOutput) -> None:  # on the run's worker thread
         written[output.format] = store.write_result(job.id, output.format, output.body)
 
-    result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs, progress=progress,
-                               admit=False, sink=write)
+    result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs,
+                               max_gaussians=job.options.get("max_gaussians"), progress=progress, admit=False,
+                               sink=write)
     prediction, scene = result.prediction, result.prediction.scene
     job.name = prediction.name
     job.model = prediction.model.summary()
     job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
-                    "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians}
+                    "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians,
+                    "total_gaussians": prediction.num_predicted}
     job.results.update(written)
     job.timings_ms = result.timings_ms
 
@@ -49,7 +52,9 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     options = dict(job.sequence or {})
     align = options.pop("align", "none")
-    outputs = {name: job.options if name == "json" else {} for name in job.outputs}
+    if job.options.get("max_gaussians") is not None:
+        raise InvalidRequestError("max_gaussians is not available for a clip's job yet; leave it out.")
+    outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
     written: dict[str, int] = {}  # path -> bytes written
 
     def write(path: str, body: bytes) -> None:  # on the run's worker thread

@@ -221,7 +221,9 @@ def test_predict_headers(client: httpx.Client) -> None:
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-request-id"] == "client-id-42"
     timings = server_timing(response)
-    assert set(timings) == {*STAGES, "encode"} and all(ms >= 0 for ms in timings.values())
+    assert set(timings) == {*STAGES, "budget", "encode"} and all(ms >= 0 for ms in timings.values())
+    assert response.headers["x-sharp-num-gaussians"] == "10"
+    assert response.headers["x-sharp-num-gaussians-predicted"] == str(TINY_GAUSSIANS)
 
 
 def test_request_id_is_generated_when_missing_or_insane(client: httpx.Client) -> None:

@@ -185,6 +185,7 @@ def test_json_options_and_an_output_subset(client: httpx.Client) -> None:
     assert final["status"] == "succeeded" and sorted(final["results"]) == ["json", "spz"]
     body = client.get(final["results"]["json"]).json()
     assert body["metadata"]["encoding"] == "base64" and body["positions"]["shape"] == [100, 3]
+    assert decode_spz(client.get(final["results"]["spz"]).content).num_gaussians == 100  # the budget is every output's
     assert_error(client.get(f"/jobs/{job['id']}/result.ply"), 404, "result_not_requested")
 
 
@@ -303,7 +304,8 @@ def test_bad_submissions_are_refused_at_once(start: Callable[..., LiveServer], t
             ({"file": ("big.png", os.urandom(60_000), "image/png")}, {}, 413, "upload_too_large"),
             (good, {"f_px": "-1"}, 422, "validation_error"),
             (good, {"outputs": "ply,obj"}, 422, "validation_error"),
-            (good, {"outputs": "ply", "max_gaussians": "10"}, 422, "validation_error"),
+            (good, {"outputs": "ply", "encoding": "base64"}, 422, "validation_error"),
+            (good, {"outputs": "ply", "max_gaussians": "1.5"}, 422, "validation_error"),
             (None, {"outputs": "ply"}, 422, "missing_file"),
         ]
         for files, data, status, code in cases:

@@ -239,6 +239,40 @@ def test_local_files_open_upright_and_resemble_the_photo(page: Any, server: Live
     assert not [r for r in requests if r.startswith("POST")], requests
 
 
+def test_the_budget_field_goes_with_the_job_and_the_result_says_both_counts(page: Any, server: LiveServer,
+                                                                            photo: Path) -> None:
+    """A budget typed in `#max-gaussians` is a form field of the page's request (here `POST /jobs`); a bad
+    one comes back as the server's 422, naming the accepted range; a good one leaves a quarter of the
+    Gaussians, which the result panel states beside the number predicted."""
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#model:not([hidden])")
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.fill("#max-gaussians", "1.5")
+    page.set_input_files("#photo", str(photo))
+    assert wait_state(page, "error", "ready") == "error"
+    assert "fraction in (0, 1]" in page.text_content("#error-message")
+    page.fill("#max-gaussians", "0.25")
+    page.set_input_files("#photo", str(photo))
+    wait_first_frame(page)
+    assert [url.removeprefix(server.url) for url in posts] == ["/jobs", "/jobs"]
+    assert "32,768 of 131,072 predicted" in page.text_content("#meta")  # (Chromium does not show the body)
+
+
+def test_local_sog_opens_upright(page: Any, server: LiveServer, tmp_path: Path) -> None:
+    """Our SOG (PLY axes, OpenCV; Spark reads it as a `pcsogszip`) of the photo scene, opened on a desktop
+    page: red above blue, as the PLY of the same scene. SOG carries no camera, so only the orientation is
+    checked (as for SPZ and .splat above)."""
+    write_scene(photo_scene(red_over_blue(160, 120), f_px=150.0), tmp_path / "photo.sog")
+    page.goto(f"{server.url}/viewer")
+    page.set_input_files("#scene-file", str(tmp_path / "photo.sog"))
+    wait_first_frame(page)
+    rendered = canvas_pixels(page)
+    half = rendered.shape[0] // 2
+    assert rendered.std() > 20, "the canvas is blank"
+    assert redness(rendered[:half]) > 60 and redness(rendered[half:]) < -60
+
+
 def test_exif_rotated_jpeg_is_upright(page: Any, server: LiveServer) -> None:
     """A JPEG stored sideways with EXIF orientation 6: the server turns it upright (landscape 200 x 120),
     and the tiny network's colours follow the photo, so the rendered top is red and the bottom blue."""

@@ -42,6 +42,7 @@ from app.jobs.base import (
     iso_time,
     parse_outputs,
 )
+from app.model.presets import get_config
 from app.outputs import FORMATS
 from app.vocabulary import ModelState
 
@@ -96,7 +97,8 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     """Queue a photo, or a clip (a scene per frame, `app.http.routes.sequences`); answers 202 with the job
     and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`)."""
     names = parse_outputs(outputs)
-    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding})
+    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding},
+                                get_config(service.settings.preset).num_gaussians)
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
@@ -173,7 +175,7 @@ def _result_route(format_name: str) -> Any:
         headers = {
             **sharp_headers(model.get("preset", ""), model.get("weights", ""), meta.get("f_px", 0.0),
                             meta.get("f_px_source", ""), meta.get("image_width", 0), meta.get("image_height", 0),
-                            meta.get("num_gaussians", 0)),
+                            meta.get("num_gaussians", 0), meta.get("total_gaussians", meta.get("num_gaussians", 0))),
             "Server-Timing": server_timing(job.timings_ms),
             "Content-Disposition": content_disposition(fmt.filename(job.name or "scene")),
         }

@@ -46,8 +46,7 @@ async def predict_json(request: Request, service: Service, file: ImageUpload, f_
     """
     data = await read_upload(file, service)
     result = await until_disconnect(request, service.run(
-        data, filename=file.filename, f_px=f_px, outputs={"json": {"max_gaussians": max_gaussians,
-                                                                   "encoding": encoding}}))
+        data, filename=file.filename, f_px=f_px, max_gaussians=max_gaussians, outputs={"json": {"encoding": encoding}}))
     return prediction_response(result, "json", attachment=False)
 
 
@@ -56,21 +55,21 @@ async def predict_json(request: Request, service: Service, file: ImageUpload, f_
     responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
 )
 async def predict_ply(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
-                      vertex_only: VertexOnly = False) -> Response:
+                      vertex_only: VertexOnly = False, max_gaussians: MaxGaussians = None) -> Response:
     """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
     name = "ply_vertex" if vertex_only else "ply"
     data = await read_upload(file, service)
     result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
-                                                         outputs={name: {}}))
+                                                         max_gaussians=max_gaussians, outputs={name: {}}))
     return prediction_response(result, name)
 
 
 def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
     async def predict_format(request: Request, service: Service, file: ImageUpload,
-                             f_px: FocalPx = None) -> Response:
+                             f_px: FocalPx = None, max_gaussians: MaxGaussians = None) -> Response:
         data = await read_upload(file, service)
         result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
-                                                             outputs={fmt.name: {}}))
+                                                             max_gaussians=max_gaussians, outputs={fmt.name: {}}))
         return prediction_response(result, fmt.name)
 
     predict_format.__doc__ = f"{fmt.description[:1].upper()}{fmt.description[1:]}."

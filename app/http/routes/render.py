@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from app.http.deps import FocalPx, ImageUpload, Service, read_upload
+from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
 from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, prediction_response
 
@@ -44,8 +44,9 @@ _FORMAT = {"png": "preview", "jpeg": "preview_jpeg", "mp4": "orbit"}
 )
 async def render(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
                  output: RenderOutput = "png", size: RenderSize = 512, path: CameraPath = "orbit", frames: Frames = 60,
-                 depth: Depth = False) -> Response:
-    """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed)."""
+                 depth: Depth = False, max_gaussians: MaxGaussians = None) -> Response:
+    """Predict the photo's Gaussians, then draw them with our PyTorch splat renderer (no CUDA needed);
+    with `max_gaussians`, only the Gaussians that budget keeps are drawn."""
     options: dict[str, object] = {"size": size}
     if output == "mp4":
         options.update(path=path, frames=frames)
@@ -53,5 +54,6 @@ async def render(request: Request, service: Service, file: ImageUpload, f_px: Fo
         options["depth"] = depth
     data = await read_upload(file, service)
     result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
+                                                         max_gaussians=max_gaussians,
                                                          outputs={_FORMAT[output]: options}))
     return prediction_response(result, _FORMAT[output])

@@ -90,7 +90,7 @@ async def _file(job_id: str, path: str, jobs: JobQueue) -> Response:
     name = path.rsplit("/", 1)[-1] if path.startswith("frames/") else f"{job.name or 'clip'}.{path}"
     headers = {**sharp_headers(model.get("preset", ""), model.get("weights", ""), meta.get("f_px", 0.0),
                                meta.get("f_px_source", ""), meta.get("image_width", 0), meta.get("image_height", 0),
-                               meta.get("num_gaussians", 0)),
+                               meta.get("num_gaussians", 0), meta.get("total_gaussians", meta.get("num_gaussians", 0))),
                "Content-Disposition": content_disposition(name)}
     if result.body is not None:
         return Response(result.body, media_type=media_type, headers=headers)

@@ -1,7 +1,7 @@
 // HTTP to this server: the API key, the API's JSON errors, a form POST with upload progress, a download with
 // progress, and the jobs API's server-sent events. Every request of an action carries its `run` (state.js).
 
-import { ApiError, Superseded, mb, setState } from "./state.js";
+import { $, ApiError, Superseded, mb, setState } from "./state.js";
 
 const KEY_STORAGE = "sharp-serve.api-key";
 
@@ -128,6 +128,9 @@ export function formFor(file, fPx, extra = {}) {
   const form = new FormData();
   form.append("file", file, file.name || "photo");
   if (fPx) form.append("f_px", fPx);
+  // The splat budget: every output of the request (the server checks it and names the accepted range).
+  const maxGaussians = $("max-gaussians").value.trim();
+  if (maxGaussians) form.append("max_gaussians", maxGaussians);
   for (const [name, value] of Object.entries(extra)) form.append(name, value);
   return form;
 }

@@ -11,7 +11,10 @@ export function showResult(result, file) {
   const { meta } = result;
   const rows = [];
   const fmt = (n, digits = 0) => Number(n).toLocaleString("en-US", { maximumFractionDigits: digits });
-  if (meta.gaussians) rows.push(["Gaussians", fmt(meta.gaussians)]);
+  if (meta.gaussians) {
+    const kept = meta.predicted && meta.predicted !== meta.gaussians ? ` of ${fmt(meta.predicted)} predicted` : "";
+    rows.push(["Gaussians", `${fmt(meta.gaussians)}${kept}`]);
+  }
   if (meta.width) rows.push(["Image", `${meta.width} × ${meta.height} px`]);
   if (meta.fPx) rows.push(["f_px", `${fmt(meta.fPx, 1)}${meta.fPxSource ? ` (${meta.fPxSource})` : ""}`]);
   if (meta.model?.preset) rows.push(["Model", `${meta.model.preset}, ${meta.model.weights} weights`]);

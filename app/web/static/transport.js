@@ -52,6 +52,7 @@ export async function predictSync(file, fPx, run) {
     camera: { fPx: Number(header("X-Sharp-F-Px")) || 0, width, height },
     meta: {
       gaussians: Number(header("X-Sharp-Num-Gaussians")) || 0,
+      predicted: Number(header("X-Sharp-Num-Gaussians-Predicted")) || 0,
       fPx: Number(header("X-Sharp-F-Px")) || 0,
       fPxSource: header("X-Sharp-F-Px-Source"),
       width,
@@ -140,6 +141,7 @@ async function jobScene(job, jobUrl, run) {
     camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
     meta: {
       gaussians: m.num_gaussians,
+      predicted: m.total_gaussians,
       fPx: m.f_px,
       fPxSource: m.f_px_source,
       width: m.image_width,
