@@ -3,6 +3,7 @@ preset's settings, the API's error shape, a hand-built multipart body, a Modal V
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -18,6 +19,12 @@ from app.gaussians import GaussianScene
 from app.http.schemas import ErrorResponse
 from app.prediction import ModelInfo, Prediction
 from app.settings import Settings
+
+
+def digest(data: bytes) -> str:
+    """A file's SHA-256: compare large bodies by it, since a failed `==` of two large byte strings makes pytest
+    diff them for minutes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def tiny_settings(**overrides: Any) -> Settings:

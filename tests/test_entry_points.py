@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.cli import main
 from app.http import create_app
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, tiny_settings
+from tests.helpers import LiveServer, digest, tiny_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,11 +29,12 @@ def test_cli_http_and_jobs_give_the_same_bytes(tmp_path: Path, serve: Callable[.
     Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(photo)
     formats = ("ply_vertex", "spz")
 
+    # `predict` runs in this process, like the server: CPU forward passes in two processes can differ in
+    # the last bit (about one run in five here), and this compares bytes.
     local = tmp_path / "local"
     for name in formats:
-        run = cli("predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",
-                  "--format", name)
-        assert run.returncode == 0, run.stderr
+        assert main(["predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",
+                     "--format", name]) == 0
 
     settings = tiny_settings(jobs_dir=tmp_path / "jobs", cache_dir=tmp_path / "cache")
     server = serve(create_app(settings, predictor=SharpPredictor.load("tiny", device="cpu")))
@@ -49,5 +51,5 @@ def test_cli_http_and_jobs_give_the_same_bytes(tmp_path: Path, serve: Callable[.
         response = over_http[name]
         assert response.status_code == 200, response.text
         assert response.headers["content-disposition"] == f'attachment; filename="{file_name}"'
-        assert (local / file_name).read_bytes() == response.content, name
-        assert (remote / file_name).read_bytes() == response.content, name
+        assert digest((local / file_name).read_bytes()) == digest(response.content), name
+        assert digest((remote / file_name).read_bytes()) == digest(response.content), name

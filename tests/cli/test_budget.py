@@ -18,7 +18,7 @@ from app.formats import decode_spz, read_ply
 from app.formats.sog import decode_sog
 from app.http import create_app
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, tiny_settings
+from tests.helpers import LiveServer, digest, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
 PREDICTED = 131_072
@@ -38,12 +38,14 @@ def photo(tmp_path: Path) -> Path:
 
 
 def test_predict_remote_and_http_keep_the_same_budget_in_sog(tmp_path: Path, photo: Path,
-                                                              serve: Callable[..., LiveServer]) -> None:
+                                                              serve: Callable[..., LiveServer],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # `predict` runs in this process, like the server: CPU forward passes in two processes can differ in
+    # the last bit (about one run in five here), and this compares bytes.
     local = tmp_path / "local"
-    run = cli("predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",
-              "--format", "sog", "--max-gaussians", "0.25")
-    assert run.returncode == 0, run.stderr
-    assert f"{PREDICTED // 4:,} of {PREDICTED:,} Gaussians -> " in run.stdout
+    assert main(["predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",
+                 "--format", "sog", "--max-gaussians", "0.25"]) == 0
+    assert f"{PREDICTED // 4:,} of {PREDICTED:,} Gaussians -> " in capsys.readouterr().out
     assert decode_sog((local / "garden.sog").read_bytes()).num_gaussians == PREDICTED // 4
 
     settings = tiny_settings(jobs_dir=tmp_path / "jobs", cache_dir=tmp_path / "cache")
@@ -52,7 +54,7 @@ def test_predict_remote_and_http_keep_the_same_budget_in_sog(tmp_path: Path, pho
         response = client.post("/predict/sog", files={"file": (photo.name, photo.read_bytes(), "image/png")},
                                data={"max_gaussians": "0.25"})
     assert response.status_code == 200, response.text
-    assert (local / "garden.sog").read_bytes() == response.content
+    assert digest((local / "garden.sog").read_bytes()) == digest(response.content)
 
     remote = tmp_path / "remote"
     run = cli("remote", "-i", str(photo), "-o", str(remote), "--url", server.url, "--format", "sog,spz",
