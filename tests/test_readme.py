@@ -83,7 +83,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     words = shlex.split(line)
     assignments = dict(w.split("=", 1) for w in words if "=" in w)
     assert words[len(assignments):] == ["make", "serve"], line
-    recipe = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # --no-print-directory: under `make test` the nested make would add "Entering directory" lines.
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "serve"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
     assert recipe.strip().splitlines()[-1].endswith("-m app serve"), recipe
 
     cache = tmp_path_factory.mktemp("cache")
@@ -150,7 +152,8 @@ def test_make_targets_exist(name: str) -> None:
     for line in commands(BLOCKS[name]):
         words = shlex.split(line)
         target = words[words.index("make") + 1:]
-        dry_run = subprocess.run(["make", "-n", *target], cwd=ROOT, capture_output=True, text=True)
+        dry_run = subprocess.run(["make", "--no-print-directory", "-n", *target], cwd=ROOT, capture_output=True,
+                                 text=True)
         assert dry_run.returncode == 0, f"{line}: {dry_run.stderr}"
 
 
