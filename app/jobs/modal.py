@@ -195,25 +195,26 @@ class ModalJobQueue:
     async def result(self, job_id: str, format_name: str) -> ResultFile:
         job = await self.get(job_id)
         check_result(job, format_name)
-        async with self.lock:
-            body = await anyio.to_thread.run_sync(self.store.read_result, job.id, format_name)
-        if body is None:  # committed by the worker after our last reload
-            await self._reload(force=True)
-            async with self.lock:
-                body = await anyio.to_thread.run_sync(self.store.read_result, job.id, format_name)
+        body = await self._read(self.store.read_result, job.id, format_name)
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name), body=body)
 
     async def file(self, job_id: str, path: str) -> ResultFile:
         """A clip job's file, read into memory as `result` does (one GPU container ran all its frames)."""
         job = await self.get(job_id)
         check_file(job, path)
+        body = await self._read(self.store.read_file, job.id, path)
+        return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path), body=body)
+
+    async def _read(self, read: Callable[[str, str], bytes | None], job_id: str, name: str) -> bytes | None:
+        """`read(job_id, name)` under the Volume lock, once more after a reload if the file is not there yet
+        (committed by the worker after our last reload)."""
         async with self.lock:
-            body = await anyio.to_thread.run_sync(self.store.read_file, job.id, path)
-        if body is None:  # committed by the worker after our last reload
+            body = await anyio.to_thread.run_sync(read, job_id, name)
+        if body is None:
             await self._reload(force=True)
             async with self.lock:
-                body = await anyio.to_thread.run_sync(self.store.read_file, job.id, path)
-        return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path), body=body)
+                body = await anyio.to_thread.run_sync(read, job_id, name)
+        return body
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         job = await self.get(job_id)
