@@ -319,6 +319,7 @@ class InferenceService:
 
     async def run_sequence(self, source: bytes | Path, *, f_px: float | None, outputs: pipeline.Outputs,
                            sampling: Sampling, align: AlignMode, sink: FileSink,
+                           max_gaussians: MaxGaussians | None = None,
                            progress: SequenceProgress | None = None) -> dict[str, Any]:
         """`app.sequence.run_sequence` of a clip on a worker thread, each frame in this service's slots (so
         photos' requests take turns with its frames on the model); not admitted (the job queue bounds what
@@ -328,7 +329,8 @@ class InferenceService:
         def work() -> dict[str, Any]:
             _thread.admitted = False  # a job's run: not counted in `queue_depth`
             return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
-                                sampling=sampling, f_px=f_px, align=align, progress=progress, slots=self._slots)
+                                sampling=sampling, f_px=f_px, align=align, max_gaussians=max_gaussians,
+                                progress=progress, slots=self._slots)
 
         return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
 

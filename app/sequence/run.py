@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.budget import MaxGaussians, budget_count
 from app.errors import InvalidRequestError
 from app.outputs import check_options
 from app.pipeline import EncodedOutput, Outputs, Slots, run
@@ -61,6 +62,9 @@ class FrameRecord:
     f_px_source: str
     scale: float
     num_gaussians: int
+    """Gaussians in the frame's files (kept by `max_gaussians`)."""
+    num_predicted: int
+    """Gaussians the model predicted for the frame (before `max_gaussians`)."""
     timings_ms: dict[str, float]
     files: dict[str, str]
 
@@ -68,15 +72,18 @@ class FrameRecord:
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
-                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None
-                 ) -> dict[str, Any]:
+                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None,
+                 max_gaussians: MaxGaussians | None = None) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
 
-    `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
+    `max_gaussians` is each frame's budget, as for a photo (`pipeline.run`: applied after the alignment, so
+    the scale fit sees every Gaussian). `on_frame(record)` is called after each frame with its line of the
+    manifest (the CLI prints it).
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
         UnknownFormatError, InvalidRequestError: an output or option, before any frame is decoded.
+        BudgetError: a budget the model's count does not allow, before any frame is decoded.
         Whatever `progress` raises.
     """
     sampling, slots = sampling or Sampling(), slots or Slots()
@@ -84,6 +91,8 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
         raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
     for name, options in outputs.items():
         check_options(name, options)
+    if max_gaussians is not None:
+        budget_count(max_gaussians, predictor.info.num_gaussians)
     info = probe_video(source, sampling, limits)
     expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore
@@ -112,15 +121,16 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 sink(path, output.body)
                 files[output.format] = path
 
-            result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, progress=frame_progress, slots=slots,
-                         sink=write, adjust=chain)
+            result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, max_gaussians=max_gaussians,
+                         progress=frame_progress, slots=slots, sink=write, adjust=chain)
             scene = result.prediction.scene
             size[:] = [scene.image_width, scene.image_height]
             timings = {"decode": decode_ms, **result.timings_ms}
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
-                num_gaussians=scene.num_gaussians, timings_ms=timings, files=files))
+                num_gaussians=scene.num_gaussians, num_predicted=result.prediction.num_predicted,
+                timings_ms=timings, files=files))
             if preview:
                 frame_progress("preview", 0.0)
                 start = time.perf_counter()
