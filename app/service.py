@@ -290,7 +290,7 @@ class InferenceService:
 
     async def run_sequence(self, source: bytes | Path, *, f_px: float | None, outputs: pipeline.Outputs,
                            sampling: Sampling, align: AlignMode, sink: FileSink,
-                           progress: SequenceProgress | None = None,
+                           max_gaussians: MaxGaussians | None = None, progress: SequenceProgress | None = None,
                            elsewhere: FramePredictions | None = None) -> dict[str, Any]:
         """`app.sequence.run_sequence` of a clip on a worker thread, each frame in this service's slots (so
         photos' requests take turns with its frames on the model); not admitted (the job queue bounds what
@@ -305,8 +305,8 @@ class InferenceService:
                     progress(frame, frames, stage, fraction)
 
             return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
-                                sampling=sampling, f_px=f_px, align=align, progress=checked, slots=self._slots,
-                                elsewhere=elsewhere)
+                                sampling=sampling, f_px=f_px, align=align, max_gaussians=max_gaussians,
+                                progress=checked, slots=self._slots, elsewhere=elsewhere)
 
         return await self._on_thread(work, admit=False)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from app.errors import InvalidRequestError
 from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
@@ -54,8 +53,6 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
     tidy then deletes every file it wrote."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     sampling, align = sequence_options(job)
-    if job.options.get("max_gaussians") is not None:
-        raise InvalidRequestError("max_gaussians is not available for a clip's job yet; leave it out.")
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
     written: dict[str, int] = {}  # path -> bytes written
 
@@ -66,8 +63,9 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
         job.frame, job.frames = frame + 1, frames
         progress(stage, fraction)
 
-    manifest = await service.run_sequence(data, f_px=job.f_px, outputs=outputs, sampling=sampling,
-                                          align=align, sink=write, progress=frame_progress, elsewhere=elsewhere)
+    manifest = await service.run_sequence(data, f_px=job.f_px, outputs=outputs, sampling=sampling, align=align,
+                                          max_gaussians=job.options.get("max_gaussians"), sink=write,
+                                          progress=frame_progress, elsewhere=elsewhere)
     progress("encode", 1.0)  # a cancel that came during the last frame stops the job before the zip
     written[SEQUENCE_ZIP] = await anyio.to_thread.run_sync(store.zip_files, job.id, list(written))
     first = manifest["frames"][0]
@@ -76,7 +74,7 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
     job.model = manifest["model"]
     job.metadata = {"image_width": manifest["image_width"], "image_height": manifest["image_height"],
                     "f_px": manifest["f_px"], "f_px_source": manifest["f_px_source"],
-                    "num_gaussians": first["num_gaussians"]}
+                    "num_gaussians": first["num_gaussians"], "total_gaussians": first["num_predicted"]}
     job.results.update(written)
     job.timings_ms = {stage: sum(frame["timings_ms"].get(stage, 0.0) for frame in manifest["frames"])
                       for stage in first["timings_ms"]}

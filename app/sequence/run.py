@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.budget import MaxGaussians, budget_count
 from app.errors import InvalidRequestError
 from app.outputs import check_options
 from app.pipeline import EncodedOutput, Outputs, Slots, run
@@ -65,6 +66,9 @@ class FrameRecord:
     f_px_source: str
     scale: float
     num_gaussians: int
+    """Gaussians in the frame's files (kept by `max_gaussians`)."""
+    num_predicted: int
+    """Gaussians the model predicted for the frame (before `max_gaussians`)."""
     timings_ms: dict[str, float]
     files: dict[str, str]
 
@@ -73,15 +77,19 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
                  slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None,
-                 elsewhere: FramePredictions | None = None) -> dict[str, Any]:
+                 max_gaussians: MaxGaussians | None = None, elsewhere: FramePredictions | None = None
+                 ) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
 
-    `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
-    `elsewhere`: the frames predicted in other places (`app.sequence.fanout`); the rest are predicted here.
+    `max_gaussians` is each frame's budget, as for a photo (`pipeline.run`: applied after the alignment, so
+    the scale fit sees every Gaussian). `on_frame(record)` is called after each frame with its line of the
+    manifest (the CLI prints it). `elsewhere`: the frames predicted in other places (`app.sequence.fanout`);
+    the rest are predicted here.
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
         UnknownFormatError, InvalidRequestError: an output or option, before any frame is decoded.
+        BudgetError: a budget the model's count does not allow, before any frame is decoded.
         Whatever `progress` raises.
     """
     sampling, slots = sampling or Sampling(), slots or Slots()
@@ -89,6 +97,8 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
         raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
     for name, options in outputs.items():
         check_options(name, options)
+    if max_gaussians is not None:
+        budget_count(max_gaussians, predictor.info.num_gaussians)
     info = probe_video(source, sampling, limits)
     expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore
@@ -120,15 +130,16 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
             made = None if elsewhere is None else elsewhere(
                 frame.index, total, lambda: frame_progress("forward", 0.0))
             start_from, predict_ms = (frame.as_image(f_px), {}) if made is None else made
-            result = run(predictor, start_from, outputs, f_px=f_px, progress=frame_progress, slots=slots, sink=write,
-                         adjust=chain)
+            result = run(predictor, start_from, outputs, f_px=f_px, max_gaussians=max_gaussians,
+                         progress=frame_progress, slots=slots, sink=write, adjust=chain)
             scene = result.prediction.scene
             size[:] = [scene.image_width, scene.image_height]
             timings = {"decode": decode_ms, **predict_ms, **result.timings_ms}
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
-                num_gaussians=scene.num_gaussians, timings_ms=timings, files=files))
+                num_gaussians=scene.num_gaussians, num_predicted=result.prediction.num_predicted,
+                timings_ms=timings, files=files))
             if preview:
                 frame_progress("preview", 0.0)
                 start = time.perf_counter()
