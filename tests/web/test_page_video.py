@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -103,6 +104,7 @@ def test_a_clip_becomes_a_scene_per_frame_with_a_slider(desktop: Tab, server: Li
     page.set_input_files("#photo", files=[{"name": "walk.mp4", "mimeType": "video/mp4", "buffer": clip}])
 
     desktop.wait_frame(0)
+    print(f"clip chosen -> frame 1 drawn: {int(desktop.value('document.body.dataset.firstFrameMs')) / 1000:.1f} s")
     details = desktop.value("window.__details")
     shown = {match.group(1) for detail in details if (match := re.match(r"frame (\d) of 3 · \w+", detail))}
     assert shown == {"1", "2", "3"}, details  # each frame's progress, with its stage
@@ -114,9 +116,11 @@ def test_a_clip_becomes_a_scene_per_frame_with_a_slider(desktop: Tab, server: Li
     first = canvas_pixels(page)
     assert first.std() > 20, "the canvas is blank"
 
+    moved = time.monotonic()
     page.keyboard.press("ArrowRight")  # the page's keys (no control has the focus)
     page.keyboard.press("ArrowRight")
     desktop.wait_frame(2)
+    print(f"arrow keys -> frame 3 drawn: {time.monotonic() - moved:.1f} s")
     assert "000002.spz" in desktop.frame_requests()
     assert page.input_value("#frame-slider") == "2"
     assert page.text_content("#frame-label") == "Frame 3 of 3 · 0.20 s"
@@ -124,13 +128,14 @@ def test_a_clip_becomes_a_scene_per_frame_with_a_slider(desktop: Tab, server: Li
     third = canvas_pixels(page)
     assert third.shape == first.shape
     assert np.abs(third.astype(np.int16) - first.astype(np.int16)).mean() > 3, "the canvas did not change"
-    screenshot(page, "video")
 
     source = page.get_attribute("#clip-video", "src")
     assert source and source.endswith("/preview.mp4") and page.is_visible("#clip-video")
     answer = httpx.get(source, timeout=60)
     assert answer.status_code == 200 and answer.headers["content-type"] == "video/mp4"
-    poll(page, "document.getElementById('clip-video').readyState", lambda ready: ready >= 1)  # metadata read
+    poll(page, "document.getElementById('clip-video').readyState", lambda ready: ready >= 2)  # a picture to show
+    page.locator("#clip-preview").scroll_into_view_if_needed()
+    screenshot(page, "video")
 
     with page.expect_download() as download:
         page.click("button[data-file='sequence.zip']")
