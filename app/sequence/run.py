@@ -7,7 +7,10 @@ Every frame goes through `pipeline.run` exactly as a photo does, given the decod
 instead of a file, with one `f_px` for all (the request's, else the 30 mm-equivalent default of the frame
 size); with `align="scale"` its prediction is scaled before it is encoded (`app.sequence.align`), with
 `align="none"` frame k's files are those of the photo of decoded frame k, byte for byte. Frames are decoded,
-predicted, encoded and handed to `sink` one at a time: memory does not grow with the clip's length.
+predicted, encoded and handed to `sink` one at a time: memory does not grow with the clip's length. A clip
+can also be predicted in several places at once (Modal GPU containers): `elsewhere` hands over the
+predictions made there, and everything after the prediction still runs here, in order
+(`app.sequence.fanout`).
 
 Files (paths relative to the sequence's folder, handed to `sink` as they are made):
     frames/000000<suffix>, ...   each output of each frame (`app.outputs` file names, stem = frame number)
@@ -33,6 +36,7 @@ from app.pipeline import EncodedOutput, Outputs, Slots, run
 from app.predictor import SharpPredictor
 from app.render.video import encode_mp4
 from app.sequence.align import ScaleChain
+from app.sequence.fanout import FramePredictions
 from app.sequence.preview import side_by_side
 from app.video import Sampling, VideoLimits, probe_video, read_frames
 from app.vocabulary import AlignMode, choices
@@ -68,11 +72,12 @@ class FrameRecord:
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
-                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None
-                 ) -> dict[str, Any]:
+                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None,
+                 elsewhere: FramePredictions | None = None) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
 
     `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
+    `elsewhere`: the frames predicted in other places (`app.sequence.fanout`); the rest are predicted here.
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
@@ -112,11 +117,14 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 sink(path, output.body)
                 files[output.format] = path
 
-            result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, progress=frame_progress, slots=slots,
-                         sink=write, adjust=chain)
+            made = None if elsewhere is None else elsewhere(
+                frame.index, total, lambda: frame_progress("forward", 0.0))
+            start_from, predict_ms = (frame.as_image(f_px), {}) if made is None else made
+            result = run(predictor, start_from, outputs, f_px=f_px, progress=frame_progress, slots=slots, sink=write,
+                         adjust=chain)
             scene = result.prediction.scene
             size[:] = [scene.image_width, scene.image_height]
-            timings = {"decode": decode_ms, **result.timings_ms}
+            timings = {"decode": decode_ms, **predict_ms, **result.timings_ms}
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
@@ -132,7 +140,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 on_frame(dict(records[-1].__dict__))
             if preview:
                 yield picture
-            del frame, result, scene
+            del frame, start_from, made, result, scene
 
     rate = sampling.fps or info.frame_rate or 30.0
     if preview:
