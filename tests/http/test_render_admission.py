@@ -54,7 +54,7 @@ def wait_for_health(client: httpx.Client, deadline_s: float = 120, **expected: i
 
 def test_renders_are_admitted_counted_and_stopped_when_their_clients_hang_up(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="app.service")  # caplog sees the server thread's records too
+    caplog.set_level(logging.INFO, logger="app.cancel")  # caplog sees the server thread's records too
     live = LiveServer.start(create_app(tiny_settings(max_queue=1),
                                        predictor=SharpPredictor.load("tiny", device="cpu")))
     try:
@@ -87,8 +87,9 @@ from app.http import create_app
 from app.http.server import uvicorn_options
 from app.settings import Settings
 
-logging.getLogger("app.service").addHandler(logging.StreamHandler())
-logging.getLogger("app.service").setLevel(logging.INFO)
+for name in ("app.service", "app.cancel"):
+    logging.getLogger(name).addHandler(logging.StreamHandler())
+    logging.getLogger(name).setLevel(logging.INFO)
 settings = Settings(preset="tiny", device="cpu", api_key=None, jobs_dir=sys.argv[2], cache_dir=sys.argv[3])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[1]), log_level="info",
             **uvicorn_options(shutdown_grace_s=1.0))
