@@ -12,6 +12,7 @@ a GPU. Requests longer than 150 s get Modal's 303 redirect: use `/jobs` for long
 Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
 `.spawn()`s `SharpJobWorker.run_job`, one job per GPU container at a time, up to `SHARP_MAX_CONTAINERS`
 containers; the worker writes the results to the same Volume, from which the CPU container serves them.
+A clip's job spreads its frames over `SharpFrameWorker` containers too (`app.jobs.modal_worker`).
 Every GPU class shares one lifecycle (`deploy.container.ModelContainer`).
 """
 
@@ -73,10 +74,27 @@ class SharpJobWorker(ModelContainer):
 
     @modal.method()
     async def run_job(self, job_id: str) -> dict[str, Any]:
-        """Run the stored job `job_id` (`app.jobs.modal.run_job`); returns its final state."""
-        from app.jobs.modal import run_job
+        """Run the stored job `job_id` (`app.jobs.modal_worker.run_job`); returns its final state. A clip's
+        frames after the first chunk go to `SharpFrameWorker` containers."""
+        from app.jobs.modal_worker import run_job
 
-        return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id)
+        return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
+                             spawn_frames)
+
+
+@app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
+class SharpFrameWorker(ModelContainer):
+    """A GPU container predicting runs of a clip job's frames, one run at a time, for the job's own
+    container (`app.jobs.modal_worker`); `SHARP_VIDEO_PARALLEL_CHUNKS` bounds how many one job uses."""
+
+    @modal.method()
+    async def predict_frames(self, job_id: str, first: int, count: int) -> list[int]:
+        """Stash the predictions of frames `first` .. `first + count - 1` of the clip job `job_id` on the jobs
+        Volume (`app.jobs.modal_worker.predict_frames`); returns the frames stashed."""
+        from app.jobs.modal_worker import predict_frames
+
+        return await predict_frames(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
+                                    first, count)
 
 
 @app.function(image=gpu_image, volumes={str(config.JOBS_MOUNT): jobs_volume}, secrets=secrets(),
@@ -101,4 +119,10 @@ def fastapi_app() -> Any:
 async def spawn_job(job_id: str) -> str:
     """Queue `SharpJobWorker.run_job(job_id)` (Modal's queue); the call's id, for `FunctionCall.from_id`."""
     call = await SharpJobWorker().run_job.spawn.aio(job_id)
+    return call.object_id
+
+
+async def spawn_frames(job_id: str, first: int, count: int) -> str:
+    """Queue `SharpFrameWorker.predict_frames(job_id, first, count)`; the call's id."""
+    call = await SharpFrameWorker().predict_frames.spawn.aio(job_id, first, count)
     return call.object_id

@@ -8,6 +8,7 @@ From any Python process with a Modal token, once deployed:
 
     SharpModel = modal.Cls.from_name("sharp-view-synthesis", "SharpModel")
     ply = SharpModel().predict_and_save_ply.remote(image_bytes)           # blocks until done
+    scenes_zip = SharpModel().predict_clip.remote(clip_bytes, ["spz"], fps=2)  # a clip: a scene per frame
     plys = list(SharpModel().predict_and_save_ply.map(many_image_bytes))  # fans out over containers
 
     predict_and_save_ply = modal.Function.from_name("sharp-view-synthesis", "predict_and_save_ply")
@@ -21,13 +22,16 @@ no model), so `modal.Function.from_name` works too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import modal
 
 from deploy import config
 from deploy.container import ModelContainer, container_settings, gpu_cls_options, prepare_checkpoint
 from deploy.images import cache_volume, gpu_image, light_image
+
+if TYPE_CHECKING:
+    from app.vocabulary import AlignMode
 
 APP_NAME = "sharp-view-synthesis"
 FORWARDER_MAX_INPUTS = 16
@@ -70,6 +74,29 @@ class SharpModel(ModelContainer):
                                         max_gaussians=check_max_gaussians(max_gaussians),
                                         outputs={"json": {"encoding": encoding}})
         return orjson.loads(result.outputs["json"].body)
+
+
+    @modal.method()
+    async def predict_clip(self, clip_bytes: bytes, outputs: list[str] | None = None, f_px: float | None = None,
+                           fps: float | None = None, start: float = 0.0, end: float | None = None,
+                           max_frames: int | None = None, align: AlignMode = "none",
+                           max_gaussians: int | float | None = None) -> bytes:
+        """A clip's scenes as one zip: ``frames/000000.spz``, ..., ``preview.mp4``, ``manifest.json`` (the
+        tree `python -m app predict -i clip.mp4 -o out/` writes; docs/video.md). `outputs`: the frames'
+        formats (default SPZ, the smallest). All frames run in this container, within the `SHARP_VIDEO_*`
+        limits; for long clips, the jobs API of `modal_api.py` spreads them over containers and keeps the
+        files on a Volume. Bad options or clips raise the `SharpError` the HTTP API answers 4xx with."""
+        from app.budget import check_max_gaussians
+        from app.focal import check_f_px
+        from app.sequence.archive import ZipSink
+        from app.video import Sampling
+
+        with ZipSink() as archive:
+            await self.service.run_sequence(
+                clip_bytes, f_px=check_f_px(f_px), outputs={name: {} for name in outputs or ["spz"]},
+                sampling=Sampling(fps=fps, start=start, end=end, max_frames=max_frames), align=align,
+                max_gaussians=check_max_gaussians(max_gaussians), sink=archive)
+            return archive.finish()
 
 
 @forwarder

@@ -4,6 +4,9 @@ Each `SharpError` carries a stable machine-readable `code`, the HTTP `status` a 
 human-readable message, and, where waiting can help, `retry_after_s`. The HTTP layer renders any of
 them as `{"error": {"code", "message", "request_id"}}` with that status; the CLI prints `error: <message>`.
 Subclasses live beside the code that raises them (images, weights, the service, formats).
+
+An upload that cannot be used (a photo, a clip) fails in one of the ways of `InputError` below, each with
+its one HTTP status; each kind of input names its codes (`app.imaging.errors`, `app.video.errors`).
 """
 
 from __future__ import annotations
@@ -40,3 +43,31 @@ class UnknownFormatError(SharpError):
 
     code = "unknown_format"
     status = 404
+
+
+class InputError(SharpError, ValueError):
+    """An upload that cannot be turned into what it should be (a photo's pixels, a clip's frames). Each kind
+    of input subclasses it once (`ImageError`, `VideoError`: its `code` only), and each of its failures
+    subclasses that and one of the failures below (their `status`), naming its own `code`. Also a
+    ValueError: the input's value is wrong."""
+
+    code = "invalid_input"
+    status = 400
+
+
+class UnsupportedInputError(InputError):
+    """Not a kind of file read here (or an empty one)."""
+
+    status = 415
+
+
+class CorruptInputError(InputError):
+    """Looks like a kind read here, but does not decode (truncated, garbled)."""
+
+    status = 400
+
+
+class InputTooLargeError(InputError):
+    """Over a size limit (pixels, seconds, frames), decided as early as the file allows."""
+
+    status = 413

@@ -88,7 +88,7 @@ Adjust = Callable[[Prediction], Prediction]
 """Changes a prediction between predict and encode (a clip's frames are scaled to agree, `app.sequence`)."""
 
 
-def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: Outputs, *,
+def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Prediction, outputs: Outputs, *,
         filename: str | None = None, f_px: float | None = None, max_gaussians: MaxGaussians | None = None,
         max_pixels: int | None = None, progress: ProgressCallback | None = None, slots: Slots = Slots(),
         sink: OutputSink | None = None, adjust: Adjust | None = None) -> RunResult:
@@ -97,7 +97,8 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: 
     Args:
         predictor: the loaded model.
         source: the photo's bytes, or its path; or a photo decoded already (a clip's frame, `app.video`),
-            whose decoding is then not timed here.
+            whose decoding is then not timed here; or its prediction, made already (a clip's frame predicted
+            in another container, `app.sequence.fanout`): then only adjust -> budget -> encode run here.
         outputs: see `Outputs`; every name and option is checked before anything is decoded.
         filename: the upload's name when `source` is bytes (the outputs' file stem).
         f_px: focal length in pixels of the photo (checked by the caller); None: EXIF, else 30 mm equivalent.
@@ -124,16 +125,19 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage, outputs: 
         budget_count(max_gaussians, predictor.info.num_gaussians)
     report = progress or _ignore
     timings: dict[str, float] = {}
-    report("decode", 0.0)
-    if isinstance(source, LoadedImage):
-        image = source
+    if isinstance(source, Prediction):
+        prediction = source
     else:
-        with slots.decode(), _timed(timings, "decode"):
-            image = decode(source, filename=filename, max_pixels=max_pixels)
-    report("decode", 1.0)
-    with slots.model():
-        prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
-    del image
+        report("decode", 0.0)
+        if isinstance(source, LoadedImage):
+            image = source
+        else:
+            with slots.decode(), _timed(timings, "decode"):
+                image = decode(source, filename=filename, max_pixels=max_pixels)
+        report("decode", 1.0)
+        with slots.model():
+            prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
+        del image
     if adjust is not None:
         prediction = adjust(prediction)
     if max_gaussians is not None:

@@ -10,8 +10,9 @@ Admission: at most `1 + settings.max_queue` requests are admitted at a time (pre
 alike: the one running and `max_queue` waiting, decoding included); one more raises `QueueFullError`
 instead of piling up uploads. An admitted request holds its place until its run has ended, render included.
 
-Cancellation: a run whose awaiting task is cancelled (its client hung up, the server shuts down) stops at
-its next check, the model's next block or the renderer's next frame, and its slots are free again.
+Cancellation (`app.cancel`): a run whose awaiting task is cancelled (its client hung up, the server shuts
+down, Modal cancels a job) stops at its next check, the model's next block, the renderer's next frame or a
+clip's next step, and its slots are free again.
 
 Loading: on a background thread at start. A failure that may be transient (the network, a server
 error) is retried with exponential backoff, the service staying in `error` (503 `model_unavailable` with
@@ -29,16 +30,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from app import pipeline
 from app.budget import MaxGaussians
+from app.cancel import run_cancellable
 from app.errors import SharpError
 from app.predictor import SharpPredictor
 from app.sequence import FileSink, SequenceProgress, run_sequence
+from app.sequence.fanout import FramePredictions
 from app.settings import Settings
 from app.video import Sampling, VideoLimits
 from app.vocabulary import AlignMode, ModelState, ProgressCallback
@@ -54,11 +57,10 @@ NO_CHECKPOINT_CODES = ("checkpoint_unavailable", "checkpoint_download_failed")
 DECODE_CONCURRENCY = 2
 """Uploads decoded at the same time; the others wait (admitted) without holding decoded pixels."""
 
-CANCEL_WAIT_S = 60.0
-"""Longest wait (seconds) for a cancelled run to reach its next check (one network block, one frame)."""
-
 _INITIAL_PREDICT_ESTIMATE_S = 2.0
 _ESTIMATE_WEIGHT = 0.2
+
+T = TypeVar("T")
 
 _thread = threading.local()
 """`admitted`: whether the run on this worker thread was admitted (counts in `queue_depth`)."""
@@ -95,13 +97,6 @@ class QueueFullError(ServiceUnavailableError):
 
 class ShuttingDownError(ServiceUnavailableError):
     code = "shutting_down"
-
-
-class RunCancelledError(SharpError):
-    """A run stopped because whoever waited for it went away (a client that hung up, a shutdown)."""
-
-    code = "cancelled"
-    status = 499
 
 
 class InferenceService:
@@ -280,57 +275,48 @@ class InferenceService:
         block of the network or a frame of a render, and holds its admission until it has stopped.
         """
         predictor = self.require_predictor()
-        stop, started, ended = threading.Event(), threading.Event(), threading.Event()
-        started_lock = threading.Lock()
-        reached = ["", 0.0]  # the last stage and fraction reported
 
-        def checked(stage: str, fraction: float) -> None:  # on the worker thread, at every block and frame
-            if stop.is_set():
-                raise RunCancelledError(f"The request was cancelled during {stage} ({fraction:.0%} done).")
-            reached[:] = [stage, fraction]
-            if progress is not None:
-                progress(stage, fraction)
+        def work(check: ProgressCallback) -> pipeline.RunResult:
+            def checked(stage: str, fraction: float) -> None:  # at every block of the network and frame of a render
+                check(stage, fraction)
+                if progress is not None:
+                    progress(stage, fraction)
 
-        def work() -> pipeline.RunResult:
-            with started_lock:  # a run cancelled before its thread took it never starts
-                if stop.is_set():
-                    raise RunCancelledError("The request was cancelled before it started.")
-                started.set()
-            _thread.admitted = admit
-            try:
-                return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
-                                    max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
-                                    progress=checked, slots=self._slots, sink=sink)
-            finally:
-                ended.set()
+            return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
+                                max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
+                                progress=checked, slots=self._slots, sink=sink)
 
-        with self._admission() if admit else contextlib.nullcontext():
-            try:
-                return await anyio.to_thread.run_sync(work, limiter=self._run_threads, abandon_on_cancel=True)
-            except anyio.get_cancelled_exc_class():
-                with started_lock:
-                    stop.set()  # a started run stops at its next check; its admission is held until it has
-                LOGGER.info("Stopping a run nobody waits for any more (it was at %s, %.0f%%)",
-                            reached[0] or "its start", 100 * float(reached[1]))
-                if started.is_set():  # else the thread will not run it (anyio drops a cancelled call)
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(ended.wait, CANCEL_WAIT_S)
-                raise
+        return await self._on_thread(work, admit=admit)
 
     async def run_sequence(self, source: bytes | Path, *, f_px: float | None, outputs: pipeline.Outputs,
                            sampling: Sampling, align: AlignMode, sink: FileSink,
-                           progress: SequenceProgress | None = None) -> dict[str, Any]:
+                           max_gaussians: MaxGaussians | None = None, progress: SequenceProgress | None = None,
+                           elsewhere: FramePredictions | None = None) -> dict[str, Any]:
         """`app.sequence.run_sequence` of a clip on a worker thread, each frame in this service's slots (so
         photos' requests take turns with its frames on the model); not admitted (the job queue bounds what
-        waits). Returns the manifest; raises what `require_predictor` and `run_sequence` raise."""
+        waits). Cancelled as `run` is. Returns the manifest; raises what `require_predictor` and
+        `run_sequence` raise."""
         predictor = self.require_predictor()
 
-        def work() -> dict[str, Any]:
-            _thread.admitted = False  # a job's run: not counted in `queue_depth`
-            return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
-                                sampling=sampling, f_px=f_px, align=align, progress=progress, slots=self._slots)
+        def work(check: ProgressCallback) -> dict[str, Any]:
+            def checked(frame: int, frames: int, stage: str, fraction: float) -> None:
+                check(stage, fraction)
+                if progress is not None:
+                    progress(frame, frames, stage, fraction)
 
-        return await anyio.to_thread.run_sync(work, limiter=self._run_threads)
+            return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
+                                sampling=sampling, f_px=f_px, align=align, max_gaussians=max_gaussians,
+                                progress=checked, slots=self._slots, elsewhere=elsewhere)
+
+        return await self._on_thread(work, admit=False)
+
+    async def _on_thread(self, work: Callable[[ProgressCallback], T], *, admit: bool) -> T:
+        """`work(check)` on one of the runs' threads, stopped at its next `check` once cancelled (`app.cancel`)."""
+        def mark() -> None:
+            _thread.admitted = admit
+
+        with self._admission() if admit else contextlib.nullcontext():
+            return await run_cancellable(work, limiter=self._run_threads, on_thread=mark)
 
     @contextlib.contextmanager
     def _model_turn(self) -> Iterator[None]:

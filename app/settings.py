@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     """Most frames one clip may turn into scenes."""
     video_max_pixels: int = Field(default=3840 * 2160, gt=0)
     """Largest frame (width x height) of a clip."""
+    video_chunk_frames: int = Field(default=8, ge=1)
+    """On Modal: a clip job's frames go to GPU containers in runs of this many (`app.sequence.fanout`); the
+    job's own container predicts the first run. A clip of at most this many frames stays in one container."""
+    video_parallel_chunks: int = Field(default=4, ge=0)
+    """On Modal: the most runs of a clip job's frames predicted in other GPU containers at once (0: none)."""
 
     @field_validator("cors_origins", mode="before")
     @classmethod

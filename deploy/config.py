@@ -7,7 +7,8 @@ Deploy-time switches, read by `modal deploy` / `modal run` / `modal serve` from 
 * `SHARP_PROXY_AUTH=1` - the web endpoint requires Modal proxy-auth headers (`Modal-Key`/`Modal-Secret`).
 * `SHARP_API_KEY_SECRET=<name>` - attach that Modal Secret (it should hold `SHARP_API_KEY`).
 * `SHARP_MEMORY_SNAPSHOT=0` - turn memory snapshots off (they are on by default).
-* `SHARP_MAX_CONTAINERS` - most GPU containers running jobs at once (default 10; `modal_api.SharpJobWorker`).
+* `SHARP_MAX_CONTAINERS` - most GPU containers running jobs at once, and most predicting clips' frames
+  (default 10 each; `modal_api.SharpJobWorker`, `modal_api.SharpFrameWorker`).
 
 Every `Settings` field (`SHARP_<FIELD>`, read from `app/settings.py` itself) set at deploy time is copied
 into the image's environment, except the API key (a Secret) and the cache dir (the Volume). The switches

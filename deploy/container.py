@@ -1,9 +1,10 @@
 """The one lifecycle of every GPU class (`ModelContainer`), and the checkpoint on the cache Volume.
 
-`modal_api.SharpAPI`, `modal_api.SharpJobWorker` and `modal_app.SharpModel` subclass `ModelContainer` and
-add only what they expose. A container start runs, in order: `load_weights` (imports and weights into CPU
-memory, captured by the memory snapshot when snapshots are on), then `move_to_gpu` after every (re)start;
-`shutdown` when the container stops. Each input then runs on `self.service` (an `InferenceService`).
+`modal_api.SharpAPI`, `modal_api.SharpJobWorker`, `modal_api.SharpFrameWorker` and `modal_app.SharpModel`
+subclass `ModelContainer` and add only what they expose. A container start runs, in order: `load_weights`
+(imports and weights into CPU memory, captured by the memory snapshot when snapshots are on), then
+`move_to_gpu` after every (re)start; `shutdown` when the container stops. Each input then runs on
+`self.service` (an `InferenceService`).
 """
 
 from __future__ import annotations

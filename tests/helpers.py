@@ -130,10 +130,11 @@ def prediction_of(scene: GaussianScene) -> Prediction:
 
 
 def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (160, 96), fps: int = 10,
-              rotation: int = 0, lossless: bool = False, container: str = "mp4") -> bytes:
+              rotation: int = 0, mirror: bool = False, lossless: bool = False, container: str = "mp4") -> bytes:
     """An H.264 clip (yuv420p) made with PyAV from the conformance photo (coffee.png) cropped to `size`
     (width, height), each frame shifted `shift_px` pixels right of the one before (0: one frame repeated);
-    `rotation`: the display matrix's counter-clockwise degrees; `lossless`: qp 0, so that equal frames
+    `rotation`: the display matrix's counter-clockwise degrees; `mirror`: the matrix also flips left-right
+    after the turn (PyAV's `set_display_rotation(hflip=True)`); `lossless`: qp 0, so that equal frames
     decode equal."""
     import io
 
@@ -149,8 +150,8 @@ def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (16
         stream = output.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qp": "0"} if lossless else {"crf": "18"}
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if rotation or mirror:
+            stream.set_display_rotation(rotation, hflip=mirror)
         for index in range(frames):
             left = 40 + index * shift_px
             crop = np.ascontiguousarray(photo[100:100 + height, left:left + width])

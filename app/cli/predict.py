@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     clip = args.input.is_file() and video.is_video_path(args.input)
     if not clip and video.photo_flags_used(args):
         raise UsageError(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
-    if clip and args.max_gaussians is not None:
-        raise UsageError("--max-gaussians is not available for a video input yet; leave it out")
     try:
         images = [args.input] if clip else find_images(args.input)
     except (SharpError, OSError, ValueError) as error:

@@ -1,5 +1,5 @@
-"""`python -m app predict -i CLIP -o OUT_DIR [--fps --start --end --max-frames --align]`: a clip -> a scene per
-frame on this machine, through `app.sequence.run_sequence` (docs/video.md).
+"""`python -m app predict -i CLIP -o OUT_DIR [--fps --start --end --max-frames --align --max-gaussians]`: a clip
+-> a scene per frame on this machine, through `app.sequence.run_sequence` (docs/video.md).
 
 `predict` hands a clip here when its input is a video file (by suffix or content, `app.video.is_video_path`).
 It writes OUT_DIR/frames/000000<suffix>, ..., OUT_DIR/preview.mp4 and OUT_DIR/manifest.json (each file
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import UsageError
+from app.cli.common import UsageError, gaussians_kept
 from app.errors import SharpError
 from app.files import write_atomically
 from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP
@@ -70,13 +70,15 @@ def run_clip(args: argparse.Namespace, predictor: Any, settings: Settings, outpu
 
     def frame_line(record: dict[str, Any]) -> None:
         timing = " ".join(f"{name}={ms / 1000:.2f}s" for name, ms in record["timings_ms"].items())
+        gaussians = gaussians_kept(record["num_gaussians"], record["num_predicted"])
         print(f"[frame {record['index'] + 1}] t={record['time_s']:.3f}s f_px={record['f_px']:.1f} "
-              f"({record['f_px_source']}) scale={record['scale']:.4f} {record['num_gaussians']:,} Gaussians "
+              f"({record['f_px_source']}) scale={record['scale']:.4f} {gaussians} "
               f"-> {', '.join(record['files'].values())} [{timing}]", flush=True)
 
     try:
         manifest = run_sequence(predictor, args.input, outputs, sink=write, limits=VideoLimits.from_settings(settings),
-                                sampling=sampling, f_px=args.f_px, align=args.align or "none", on_frame=frame_line)
+                                sampling=sampling, f_px=args.f_px, align=args.align or "none",
+                                max_gaussians=args.max_gaussians, on_frame=frame_line)
     except SharpError as error:
         raise UsageError(f"{args.input}: {error.message}") from None
     except OSError as error:

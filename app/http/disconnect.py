@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from app.service import RunCancelledError
+from app.cancel import RunCancelledError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ The rules live with the code that applies them:
 * `app.imaging.errors`: `ImageError` and its subclasses, each with a `code` and an HTTP `status`.
 """
 
-from app.imaging.decode import MAX_SIDE_PX, ImageHeader, LoadedImage, load_image, probe_image
+from app.imaging.decode import MAX_SIDE_PX, ImageHeader, LoadedImage, apply_orientation, load_image, probe_image
 from app.imaging.errors import CorruptImageError, ImageError, ImageTooLargeError, UnsupportedImageError
 from app.imaging.exif import DEFAULT_FOCAL_LENGTH_MM, FOCAL_LENGTH_35MM_RANGE, FocalSource, focal_length_to_px
 from app.imaging.formats import find_images, is_supported_image_path, supported_extensions
@@ -28,6 +28,7 @@ __all__ = [
     "ImageTooLargeError",
     "LoadedImage",
     "UnsupportedImageError",
+    "apply_orientation",
     "find_images",
     "focal_length_to_px",
     "is_supported_image_path",

@@ -146,16 +146,16 @@ def load_image(
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     if heif_route(data) == "heif":
         img, fmt = _decode_heif(data, limit)
-        apply_orientation = False
+        oriented_already = True  # pillow_heif turned it (module docstring)
     else:
         img, fmt = _decode_pillow(data, limit)
-        apply_orientation = True
+        oriented_already = False
 
     exif = read_exif(img)
     rgb = _to_rgb_uint8(img)
     del img  # the decoded image is no longer needed; free it before anything else is allocated
-    if apply_orientation:
-        rgb = _apply_orientation(rgb, exif.get("Orientation", 1))
+    if not oriented_already:
+        rgb = apply_orientation(rgb, exif.get("Orientation", 1))
 
     height, width = rgb.shape[:2]
     focal_mm, focal_source = focal_length_35mm(exif)
@@ -293,8 +293,9 @@ def _decode_pillow(data: bytes, limit: int | None) -> tuple[Image.Image, str]:
     return img, fmt
 
 
-def _apply_orientation(rgb: np.ndarray, orientation: Any) -> np.ndarray:
-    """Make (H, W, 3) pixels upright for EXIF Orientation 1-8 (a view); other values are ignored with a warning."""
+def apply_orientation(rgb: np.ndarray, orientation: Any) -> np.ndarray:
+    """Make (H, W, 3) pixels upright for EXIF Orientation 1-8 (a view); other values are ignored with a warning.
+    A clip's display matrix is turned into the same numbers (`app.video.decode.display_orientation`)."""
     if orientation == 1:
         return rgb
     try:

@@ -7,7 +7,9 @@ autoscaler fans them out over GPU containers (up to the class's `max_containers`
                 then the call id (`call`), commit
     GET /jobs/{id}: reload the Volume, read job.json, poll the call (`FunctionCall.from_id(...).get(timeout=0)`)
 
-The job's run is `app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
+This module is the web container's side, and the Volume's helpers both sides use; the GPU side (`run_job`,
+and a clip's frames spread over more GPU containers) is `app.jobs.modal_worker`. The job's run is
+`app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
 
 * `FunctionCall.get(timeout=0)` raises Python's built-in `TimeoutError` while the call runs;
   `FunctionTimeoutError` / `OutputExpiredError` (and any other exception) mean it ended without a result.
@@ -42,7 +44,6 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs import lifecycle, runner
 from app.jobs.base import (
     Job,
     JobNotFoundError,
@@ -54,7 +55,6 @@ from app.jobs.base import (
     new_job_id,
 )
 from app.jobs.store import JobStore
-from app.service import InferenceService
 from app.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -65,8 +65,6 @@ VOLUME_ATTEMPTS = 5
 """Tries of a Volume reload or commit before giving up (a file open elsewhere in the container)."""
 VOLUME_RETRY_S = 0.2
 """The first wait between two tries; it doubles."""
-CANCELLED_BY_USER = "Input was cancelled by user"
-"""What Modal's container passes to `Task.cancel` when the input's `FunctionCall` is cancelled."""
 
 Spawn = Callable[[str], Awaitable[str]]
 """`spawn(job_id) -> call id`: queue `run_job(job_id)` on the GPU class (`modal_api.spawn_job`)."""
@@ -84,7 +82,8 @@ class QueueUnavailableError(SharpError):
     retryable = True
 
 
-def _function_call(call_id: str) -> Any:
+def function_call(call_id: str) -> Any:
+    """`modal.FunctionCall.from_id(call_id)` (the SDK is imported only where Modal runs)."""
     import modal
 
     return modal.FunctionCall.from_id(call_id)
@@ -189,7 +188,7 @@ class ModalJobQueue:
         job.finish("cancelled", time.time(), self.settings.job_ttl_s)
         await self._record(job)  # first, so that the worker, interrupted, sees a cancel and not a preemption
         if job.call_id is not None:
-            await _function_call(job.call_id).cancel.aio()
+            await function_call(job.call_id).cancel.aio()
         return job
 
     async def result(self, job_id: str, format_name: str) -> ResultFile:
@@ -265,7 +264,7 @@ class ModalJobQueue:
 
         assert job.call_id is not None
         try:
-            state = await _function_call(job.call_id).get.aio(timeout=0)
+            state = await function_call(job.call_id).get.aio(timeout=0)
         except TimeoutError:  # Python's own: the call has not finished (queued, running, or rerun)
             return job
         except (modal.exception.FunctionTimeoutError, modal.exception.OutputExpiredError) as error:
@@ -297,42 +296,3 @@ class ModalJobQueue:
         async with self.lock:
             await reload(self.volume)
             self._reloaded_at = time.monotonic()
-
-
-async def run_job(service: InferenceService, settings: Settings, store: JobStore, volume: Any, job_id: str,
-                  ) -> dict[str, Any]:
-    """The GPU side (`SharpJobWorker.run_job`): run one stored job through `app.jobs.lifecycle`, commit its
-    results and state, and return that state (the web container uses it if its view of the Volume lags).
-    An interruption is re-raised once the job is back in the queue (Modal then runs the input again)."""
-    await reload(volume)
-    job = await anyio.to_thread.run_sync(store.load, check_job_id(job_id))
-    if job is None:
-        raise JobNotFoundError(f"No job {job_id!r} on the jobs volume.")
-    if job.final:  # cancelled while it waited in Modal's queue
-        return job.to_dict()
-
-    async def record(job: Job) -> None:
-        await anyio.to_thread.run_sync(store.save, job)
-        await commit(volume)
-
-    async def cancelled(job: Job, interrupt: asyncio.CancelledError | None) -> bool:
-        if interrupt is not None and CANCELLED_BY_USER in map(str, interrupt.args):
-            return True
-        try:
-            await reload(volume)
-        except VolumeBusyError:
-            return False
-        latest = await anyio.to_thread.run_sync(store.load, job.id)
-        return latest is not None and latest.status == "cancelled"
-
-    work = lifecycle.Runner(store=store, ttl_s=settings.job_ttl_s, record=record, cancelled=cancelled,
-                            rerun_interrupted=True)
-    await lifecycle.run(job, lambda: runner.execute(service, store, job, lambda stage, fraction: None), work)
-    if await anyio.to_thread.run_sync(_sweep, store):
-        await commit(volume)
-    return job.to_dict()
-
-
-def _sweep(store: JobStore) -> bool:
-    expired, removed = store.sweep(store.load_all(), time.time())
-    return bool(expired or removed)

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import anyio.to_thread
 
-from app.errors import InvalidRequestError
 from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
+from app.sequence.fanout import FramePredictions
 from app.service import InferenceService
 from app.video import Sampling
-from app.vocabulary import ProgressCallback
+from app.vocabulary import AlignMode, ProgressCallback
 
 
-async def execute(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback) -> None:
+async def execute(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
+                  elsewhere: FramePredictions | None = None) -> None:
     """Make every output of `job`. `progress(stage, fraction)` is called on the run's worker thread; an
-    exception it raises (a cancellation) stops the job there. Errors: `ImageError`, `SharpError`, whatever
-    `progress` raises."""
+    exception it raises (a cancellation) stops the job there. `elsewhere`: a clip's frames predicted in
+    other containers (`app.sequence.fanout`). Errors: `ImageError`, `SharpError`, whatever `progress` raises."""
     if job.sequence is not None:
-        await execute_sequence(service, store, job, progress)
+        await execute_sequence(service, store, job, progress, elsewhere=elsewhere)
         return
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
@@ -44,16 +45,14 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
     job.timings_ms = result.timings_ms
 
 
-async def execute_sequence(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback) -> None:
+async def execute_sequence(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
+                           elsewhere: FramePredictions | None = None) -> None:
     """A clip's job (`job.sequence`): every sampled frame through `InferenceService.run_sequence`, each file
     written into the store as it is made, then the zip of them all. `job.frame` and `job.frames` are set
     before each `progress` call (frame k of n); a cancel stops it at the next step, and the lifecycle's
     tidy then deletes every file it wrote."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
-    options = dict(job.sequence or {})
-    align = options.pop("align", "none")
-    if job.options.get("max_gaussians") is not None:
-        raise InvalidRequestError("max_gaussians is not available for a clip's job yet; leave it out.")
+    sampling, align = sequence_options(job)
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
     written: dict[str, int] = {}  # path -> bytes written
 
@@ -64,8 +63,9 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
         job.frame, job.frames = frame + 1, frames
         progress(stage, fraction)
 
-    manifest = await service.run_sequence(data, f_px=job.f_px, outputs=outputs, sampling=Sampling(**options),
-                                          align=align, sink=write, progress=frame_progress)
+    manifest = await service.run_sequence(data, f_px=job.f_px, outputs=outputs, sampling=sampling, align=align,
+                                          max_gaussians=job.options.get("max_gaussians"), sink=write,
+                                          progress=frame_progress, elsewhere=elsewhere)
     progress("encode", 1.0)  # a cancel that came during the last frame stops the job before the zip
     written[SEQUENCE_ZIP] = await anyio.to_thread.run_sync(store.zip_files, job.id, list(written))
     first = manifest["frames"][0]
@@ -74,10 +74,17 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
     job.model = manifest["model"]
     job.metadata = {"image_width": manifest["image_width"], "image_height": manifest["image_height"],
                     "f_px": manifest["f_px"], "f_px_source": manifest["f_px_source"],
-                    "num_gaussians": first["num_gaussians"]}
+                    "num_gaussians": first["num_gaussians"], "total_gaussians": first["num_predicted"]}
     job.results.update(written)
     job.timings_ms = {stage: sum(frame["timings_ms"].get(stage, 0.0) for frame in manifest["frames"])
                       for stage in first["timings_ms"]}
+
+
+def sequence_options(job: Job) -> tuple[Sampling, AlignMode]:
+    """A clip job's sampling and alignment, as submitted."""
+    options = dict(job.sequence or {})
+    align = options.pop("align", "none")
+    return Sampling(**options), align
 
 
 def _stem(filename: str | None) -> str:

@@ -7,6 +7,8 @@
                                            preview.mp4, sequence.zip), instead of result files
     <jobs dir>/<job id>/call               Modal only: the id of the function call running it, written by
                                            the web container alone (the worker never writes it)
+    <jobs dir>/<job id>/work/000016.npz    Modal only: a clip's frame predicted in another GPU container
+                                           (`app.sequence.fanout`), until the job's worker has used it
 
 Every file is written atomically (`write_atomically`: a temporary file renamed into place), so a crash
 leaves either the old file or the new one, never half of one. Job ids are checked against
@@ -50,6 +52,7 @@ STATE_FILE = "job.json"
 INPUT_FILE = "input"
 CALL_FILE = "call"
 SEQUENCE_DIR = "sequence"
+WORK_DIR = "work"
 
 
 class JobStore:
@@ -166,6 +169,25 @@ class JobStore:
         except FileNotFoundError:
             return None
 
+    def write_stash(self, job_id: str, index: int, body: bytes) -> None:
+        """Frame `index`'s prediction made in another container (`app.sequence.fanout.save_prediction`)."""
+        target = self.stash_path(job_id, index)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, [body])
+
+    def take_stash(self, job_id: str, index: int) -> bytes | None:
+        """Frame `index`'s stashed prediction, read whole and deleted (None if there is none)."""
+        path = self.stash_path(job_id, index)
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        path.unlink(missing_ok=True)
+        return body
+
+    def stash_path(self, job_id: str, index: int) -> Path:
+        return self.directory(job_id) / WORK_DIR / f"{index:06d}.npz"
+
     def zip_files(self, job_id: str, paths: Iterable[str]) -> int:
         """`SEQUENCE_ZIP` of the clip job's files `paths` (stored, not compressed: the formats that shrink
         already are), written atomically from the files on disk one at a time; its size."""
@@ -185,7 +207,7 @@ class JobStore:
         directory = self.directory(job.id)
         if directory.is_dir():
             for path in directory.iterdir():
-                if path.name == SEQUENCE_DIR and path.is_dir():
+                if path.name in (SEQUENCE_DIR, WORK_DIR) and path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 elif path.name != STATE_FILE:
                     path.unlink(missing_ok=True)
@@ -193,8 +215,9 @@ class JobStore:
 
     def tidy(self, job: Job) -> None:
         """Delete what a job no longer needs after a run: its upload once it is final, its results unless it
-        succeeded (a job that goes back to the queue keeps its upload)."""
+        succeeded (a job that goes back to the queue keeps its upload), and any stashed frames."""
         directory = self.directory(job.id)
+        shutil.rmtree(directory / WORK_DIR, ignore_errors=True)
         if job.final:
             (directory / INPUT_FILE).unlink(missing_ok=True)
             job.input_bytes = 0

@@ -7,7 +7,10 @@ Every frame goes through `pipeline.run` exactly as a photo does, given the decod
 instead of a file, with one `f_px` for all (the request's, else the 30 mm-equivalent default of the frame
 size); with `align="scale"` its prediction is scaled before it is encoded (`app.sequence.align`), with
 `align="none"` frame k's files are those of the photo of decoded frame k, byte for byte. Frames are decoded,
-predicted, encoded and handed to `sink` one at a time: memory does not grow with the clip's length.
+predicted, encoded and handed to `sink` one at a time: memory does not grow with the clip's length. A clip
+can also be predicted in several places at once (Modal GPU containers): `elsewhere` hands over the
+predictions made there, and everything after the prediction still runs here, in order
+(`app.sequence.fanout`).
 
 Files (paths relative to the sequence's folder, handed to `sink` as they are made):
     frames/000000<suffix>, ...   each output of each frame (`app.outputs` file names, stem = frame number)
@@ -27,12 +30,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.budget import MaxGaussians, budget_count
 from app.errors import InvalidRequestError
 from app.outputs import check_options
 from app.pipeline import EncodedOutput, Outputs, Slots, run
 from app.predictor import SharpPredictor
 from app.render.video import encode_mp4
 from app.sequence.align import ScaleChain
+from app.sequence.fanout import FramePredictions
 from app.sequence.preview import side_by_side
 from app.video import Sampling, VideoLimits, probe_video, read_frames
 from app.vocabulary import AlignMode, choices
@@ -61,6 +66,9 @@ class FrameRecord:
     f_px_source: str
     scale: float
     num_gaussians: int
+    """Gaussians in the frame's files (kept by `max_gaussians`)."""
+    num_predicted: int
+    """Gaussians the model predicted for the frame (before `max_gaussians`)."""
     timings_ms: dict[str, float]
     files: dict[str, str]
 
@@ -68,15 +76,20 @@ class FrameRecord:
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
-                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None
+                 slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None,
+                 max_gaussians: MaxGaussians | None = None, elsewhere: FramePredictions | None = None
                  ) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
 
-    `on_frame(record)` is called after each frame with its line of the manifest (the CLI prints it).
+    `max_gaussians` is each frame's budget, as for a photo (`pipeline.run`: applied after the alignment, so
+    the scale fit sees every Gaussian). `on_frame(record)` is called after each frame with its line of the
+    manifest (the CLI prints it). `elsewhere`: the frames predicted in other places (`app.sequence.fanout`);
+    the rest are predicted here.
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
         UnknownFormatError, InvalidRequestError: an output or option, before any frame is decoded.
+        BudgetError: a budget the model's count does not allow, before any frame is decoded.
         Whatever `progress` raises.
     """
     sampling, slots = sampling or Sampling(), slots or Slots()
@@ -84,6 +97,8 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
         raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
     for name, options in outputs.items():
         check_options(name, options)
+    if max_gaussians is not None:
+        budget_count(max_gaussians, predictor.info.num_gaussians)
     info = probe_video(source, sampling, limits)
     expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore
@@ -112,15 +127,19 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 sink(path, output.body)
                 files[output.format] = path
 
-            result = run(predictor, frame.as_image(f_px), outputs, f_px=f_px, progress=frame_progress, slots=slots,
-                         sink=write, adjust=chain)
+            made = None if elsewhere is None else elsewhere(
+                frame.index, total, lambda: frame_progress("forward", 0.0))
+            start_from, predict_ms = (frame.as_image(f_px), {}) if made is None else made
+            result = run(predictor, start_from, outputs, f_px=f_px, max_gaussians=max_gaussians,
+                         progress=frame_progress, slots=slots, sink=write, adjust=chain)
             scene = result.prediction.scene
             size[:] = [scene.image_width, scene.image_height]
-            timings = {"decode": decode_ms, **result.timings_ms}
+            timings = {"decode": decode_ms, **predict_ms, **result.timings_ms}
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
-                num_gaussians=scene.num_gaussians, timings_ms=timings, files=files))
+                num_gaussians=scene.num_gaussians, num_predicted=result.prediction.num_predicted,
+                timings_ms=timings, files=files))
             if preview:
                 frame_progress("preview", 0.0)
                 start = time.perf_counter()
@@ -132,7 +151,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 on_frame(dict(records[-1].__dict__))
             if preview:
                 yield picture
-            del frame, result, scene
+            del frame, start_from, made, result, scene
 
     rate = sampling.fps or info.frame_rate or 30.0
     if preview:

@@ -4,9 +4,11 @@
   with H.264, HEVC, VP8/9, AV1 where the FFmpeg build has the decoder. The first video stream is read;
   audio and other streams are ignored.
 * Orientation: the display matrix of the stream (a phone's portrait clip is stored landscape with a 90°
-  rotation) is applied to each frame, as EXIF orientation is to a photo: `frame.rotation` (PyAV >= 14) is
-  the counter-clockwise angle, so the pixels are turned by it in multiples of 90°. Mirroring in the matrix
-  is not applied (no phone writes it).
+  rotation; a front camera's or an editor's flip mirrors it) is applied to each frame, as EXIF orientation
+  is to a photo: the matrix (the frame's `DISPLAYMATRIX` side data) is turned into the EXIF orientation
+  that does the same (`display_orientation`: a quarter turn, and a mirror when its determinant is
+  negative; 2, 4, 5 and 7 are the mirrored ones) and the photos' own transform is applied
+  (`app.imaging.apply_orientation`). Angles between quarter turns are rounded to the nearest.
 * Sampling (`Sampling`): times are seconds from the stream's first frame. Frames at `start` <= t < `end`
   are taken; with `fps`, the first frame at or after each of start, start + 1/fps, start + 2/fps, ...
   (never the same frame twice, so a clip slower than `fps` gives each of its frames once); at most
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import av
 import numpy as np
 
-from app.imaging import DEFAULT_FOCAL_LENGTH_MM, LoadedImage, focal_length_to_px
+from app.imaging import DEFAULT_FOCAL_LENGTH_MM, LoadedImage, apply_orientation, focal_length_to_px
 from app.settings import Settings
 from app.video.detect import HEAD_BYTES, looks_like_video
 from app.video.errors import CorruptVideoError, UnsupportedVideoError, VideoSelectionError, VideoTooLargeError
@@ -40,6 +42,10 @@ _STILL_DEMUXERS = frozenset({"image2", "gif", "apng", "webp", "tiff", "bmp"})
 """FFmpeg demuxers of still images (besides the `*_pipe` ones): photos, which `app.imaging` reads, not clips."""
 _EPS_S = 1e-6
 """Slack in seconds when comparing frame times (timestamps are rationals rounded to floats)."""
+_ORIENTATION_OF_TURN = {(0, False): 1, (1, False): 8, (2, False): 3, (3, False): 6,
+                        (0, True): 2, (1, True): 7, (2, True): 4, (3, True): 5}
+"""(quarter turns counter-clockwise, then mirrored left-right) -> the EXIF orientation that displays the
+same picture (`app.imaging.apply_orientation`'s numbers)."""
 
 
 @dataclass(frozen=True)
@@ -257,11 +263,43 @@ def _decoded(container: Any, stream: Any) -> Iterator[Any]:
         yield frame
 
 
+def display_orientation(matrix: Sequence[int] | None) -> int:
+    """The EXIF orientation (1-8) that shows a frame as its display matrix does.
+
+    `matrix`: FFmpeg's 3x3 display matrix, row-major, as 9 int32 (16.16 fixed point, the last column 2.30);
+    a point (x, y) of the stored frame (x right, y down) is shown at (x, y) @ [[m0, m1], [m3, m4]]. None
+    (no matrix), or one that maps the frame to a line or a point: 1. A negative determinant is a mirror:
+    the matrix is then a counter-clockwise turn followed by a left-right flip (FFmpeg's
+    `av_display_matrix_flip`, PyAV's `set_display_rotation(degrees, hflip=True)`; a top-bottom flip is
+    the same as a half turn and a left-right flip). The turn is rounded to quarter turns.
+    """
+    if matrix is None:
+        return 1
+    a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+    determinant = a * d - b * c
+    if not math.isfinite(determinant) or determinant == 0:
+        return 1
+    mirrored = determinant < 0
+    if mirrored:  # undo the flip (it negates the first column) to leave the turn
+        a, c = -a, -c
+    counter_clockwise_deg = -math.degrees(math.atan2(b, a))
+    return _ORIENTATION_OF_TURN[(round(counter_clockwise_deg / 90.0) % 4, mirrored)]
+
+
+def _display_matrix(frame: Any) -> tuple[int, ...] | None:
+    """The frame's display matrix (9 int32), or None when it has none."""
+    side_data = frame.side_data.get("DISPLAYMATRIX")
+    if side_data is None:
+        return None
+    values = np.frombuffer(bytes(side_data), dtype=np.int32)
+    return tuple(int(value) for value in values) if values.size == 9 else None
+
+
 def _upright(frame: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB turned by the frame's display-matrix rotation (counter-clockwise degrees)."""
+    """(H, W, 3) uint8 RGB, C-contiguous, shown as its display matrix says (`display_orientation`)."""
     rgb = frame.to_ndarray(format="rgb24")
-    quarter_turns = round(getattr(frame, "rotation", 0) / 90.0) % 4
-    return np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
+    orientation = display_orientation(_display_matrix(frame))
+    return rgb if orientation == 1 else np.ascontiguousarray(apply_orientation(rgb, orientation))
 
 
 def _reason(error: BaseException) -> str:

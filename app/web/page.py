@@ -113,7 +113,8 @@ def _page() -> tuple[str, str]:
 
     The policy allows this origin only, plus what the renderer needs: the inline import map (by its hash),
     WebAssembly compilation, workers and images from blob:/data: URLs (Spark builds its worker and WASM that
-    way); no framing by other sites.
+    way), a clip's preview video from a blob: URL (fetched with the API key, which a <video> cannot send);
+    no framing by other sites.
     """
     html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     html = html.replace('"./static/vendor/', f'"./static/v/{vendor_tag()}/')
@@ -121,7 +122,8 @@ def _page() -> tuple[str, str]:
     digest = base64.b64encode(hashlib.sha256(import_map.group(1).encode()).digest()).decode() if import_map else ""
     policy = "; ".join([
         "default-src 'self'", f"script-src 'self' 'sha256-{digest}' 'wasm-unsafe-eval'",
-        "worker-src 'self' blob:", "img-src 'self' data: blob:", "connect-src 'self' data: blob:",
+        "worker-src 'self' blob:", "img-src 'self' data: blob:", "media-src 'self' blob:",
+        "connect-src 'self' data: blob:",
         "style-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'self'",
     ])
     return html, policy

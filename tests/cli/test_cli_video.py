@@ -11,7 +11,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from app.formats import read_ply
+from app.formats import decode_spz, read_ply
 from tests.helpers import make_clip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +60,27 @@ def test_bad_clips_and_options_are_one_error_line(tmp_path: Path) -> None:
     Image.new("RGB", (40, 30)).save(photo)
     run = run_cli("predict", "-i", str(photo), "-o", out, "--preset", "tiny", "--fps", "2")
     assert run.returncode == 2 and "--fps only apply to a video input" in run.stderr
+
+
+def test_a_clip_with_a_budget_keeps_exactly_it_in_every_frame(tmp_path: Path) -> None:
+    clip = tmp_path / "walk.mp4"
+    clip.write_bytes(make_clip(2, fps=10))
+    out = tmp_path / "out"
+    run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu",
+                  "--max-gaussians", "0.25", "--format", "spz")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("32,768 of 131,072 Gaussians -> frames/") == 2
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert [(r["num_gaussians"], r["num_predicted"]) for r in manifest["frames"]] == [(32_768, 131_072)] * 2
+    assert all(decode_spz((out / "frames" / f"00000{k}.spz").read_bytes()).num_gaussians == 32_768 for k in (0, 1))
+
+
+def test_a_clip_with_a_budget_the_model_cannot_keep_is_one_error_line(tmp_path: Path) -> None:
+    clip = tmp_path / "walk.mp4"
+    clip.write_bytes(make_clip(2, fps=10))
+    out = tmp_path / "out"
+    run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu",
+                  "--max-gaussians", "131073")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "error: --max-gaussians: max_gaussians must be a count from 1 to 131,072" in run.stderr
+    assert not (out / "frames").exists() and "[frame" not in run.stdout

@@ -56,10 +56,10 @@ def test_container_import_defines_what_the_deploy_did(deploy_env: dict[str, str]
     in_container = describe_in_subprocess(container_env)
     assert in_container == deployed
     classes = {**deployed["modal_api"], **deployed["modal_app"]}
-    assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "fastapi_app"}
+    assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "fastapi_app"}
     assert set(deployed["modal_app"]) == {"SharpModel.*", "predict_and_save_ply", "predict", "seed_weights"}
     if deploy_env:
-        for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpModel.*", "fastapi_app"):
+        for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "SharpModel.*", "fastapi_app"):
             assert "Secret:modal.Secret.from_name('sharp-api-key')" in classes[tag]["dependencies"], tag
         assert classes["SharpModel.*"]["info"]["gpus"] == [["H100", 1]]
         assert classes["SharpModel.*"]["hooks"]["ENTER_PRE_SNAPSHOT"] == []
@@ -72,7 +72,7 @@ def test_one_lifecycle_and_light_forwarders() -> None:
 
     described = {**describe(modal_api), **describe(modal_app)}
     hooks = {"ENTER_PRE_SNAPSHOT": ["load_weights"], "ENTER_POST_SNAPSHOT": ["move_to_gpu"], "EXIT": ["shutdown"]}
-    for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpModel.*"):
+    for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "SharpModel.*"):
         assert described[tag]["hooks"] == hooks and described[tag]["image"] == "gpu_image"
         assert described[tag]["info"]["gpus"] == [["A100", 1]]
     for tag in ("predict_and_save_ply", "predict"):  # no torch, bounded memory and inputs

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,12 @@ from modal._partial_function import _PartialFunctionFlags as Flags
 from modal._utils.async_utils import synchronizer
 from PIL import Image
 
+from app.formats import decode_spz
 from app.formats.ply import read_ply
+from app.sequence import run_sequence
+from app.video import Sampling, VideoLimits, VideoSelectionError
 from deploy import container
-from tests.helpers import FakeVolume
+from tests.helpers import FakeVolume, digest, make_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_GAUSSIANS = 131_072
@@ -232,19 +236,32 @@ def test_function_api_methods_run_locally(tiny_env: Path) -> None:
     import modal_app
 
     container = LocalContainer(modal_app.SharpModel)
-    assert sorted(container.methods) == ["predict", "predict_and_save_ply"]
+    assert sorted(container.methods) == ["predict", "predict_and_save_ply", "predict_clip"]
     assert container.instance.predictor.info.device == "cpu"
-    image = png_bytes()
+    image, clip = png_bytes(), make_clip(3)
 
-    async def calls() -> tuple[bytes, dict[str, Any]]:
+    async def calls() -> tuple[bytes, dict[str, Any], bytes]:
         ply = await container.methods["predict_and_save_ply"](image, 600.0)
         body = await container.methods["predict"](image, None, 1000, "base64")
-        return ply, body
+        scenes = await container.methods["predict_clip"](clip, ["spz"], None, None, 0.0, None, 2, "scale", 0.5)
+        with pytest.raises(VideoSelectionError, match="fps"):
+            await container.methods["predict_clip"](clip, ["spz"], None, -1.0)
+        return ply, body, scenes
 
     try:
-        ply, body = asyncio.run(calls())
+        ply, body, scenes = asyncio.run(calls())
+        local: dict[str, bytes] = {}
+        run_sequence(container.instance.predictor, clip, {"spz": {}}, sink=local.__setitem__,
+                     limits=VideoLimits.from_settings(container.instance.settings), sampling=Sampling(max_frames=2),
+                     align="scale", max_gaussians=0.5)
     finally:
         container.exit()
+    with zipfile.ZipFile(io.BytesIO(scenes)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    assert sorted(files) == sorted(local) == ["frames/000000.spz", "frames/000001.spz", "manifest.json",
+                                              "preview.mp4"]
+    assert all(digest(files[name]) == digest(local[name]) for name in files if name != "manifest.json")
+    assert decode_spz(files["frames/000001.spz"]).num_gaussians == TINY_GAUSSIANS // 2
     assert isinstance(ply, bytes)
     assert read_ply(ply).num_gaussians == TINY_GAUSSIANS
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 PHOTO = h.save(h.gradient(96, 64), "PNG")
 HEAVY_RENDER = {"output": "mp4", "size": "1024", "frames": "240"}
 """Minutes of rendering on a CPU: longer than any wait below."""
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("app.service")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def render_request(fields: dict[str, str]) -> bytes:
@@ -74,7 +52,9 @@ def wait_for_health(client: httpx.Client, deadline_s: float = 120, **expected: i
         time.sleep(0.05)
 
 
-def test_renders_are_admitted_counted_and_stopped_when_their_clients_hang_up(records: Records) -> None:
+def test_renders_are_admitted_counted_and_stopped_when_their_clients_hang_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="app.cancel")  # caplog sees the server thread's records too
     live = LiveServer.start(create_app(tiny_settings(max_queue=1),
                                        predictor=SharpPredictor.load("tiny", device="cpu")))
     try:
@@ -91,8 +71,8 @@ def test_renders_are_admitted_counted_and_stopped_when_their_clients_hang_up(rec
             first.close()
             second.close()
             wait_for_health(client, in_progress=0, queue_depth=0)
-            stopped = [m for m in records.messages if m.startswith("Stopping a run nobody waits for")]
-            assert len(stopped) == 2, records.messages
+            stopped = [m for m in caplog.messages if m.startswith("Stopping a run nobody waits for")]
+            assert len(stopped) == 2, caplog.messages
 
             small = client.post("/render", files={"file": ("p.png", PHOTO)}, data={"size": "64"})
             assert small.status_code == 200 and small.content.startswith(b"\x89PNG")
@@ -107,8 +87,9 @@ from app.http import create_app
 from app.http.server import uvicorn_options
 from app.settings import Settings
 
-logging.getLogger("app.service").addHandler(logging.StreamHandler())
-logging.getLogger("app.service").setLevel(logging.INFO)
+for name in ("app.service", "app.cancel"):
+    logging.getLogger(name).addHandler(logging.StreamHandler())
+    logging.getLogger(name).setLevel(logging.INFO)
 settings = Settings(preset="tiny", device="cpu", api_key=None, jobs_dir=sys.argv[2], cache_dir=sys.argv[3])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[1]), log_level="info",
             **uvicorn_options(shutdown_grace_s=1.0))

@@ -21,27 +21,6 @@ from tests.http import hostile_inputs as h
 PHOTO = h.save(h.gradient(96, 64), "PNG")
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("app.jobs")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 @pytest.fixture
 def client(serve: Callable[[Any], LiveServer], tmp_path: Path) -> Iterator[httpx.Client]:
     settings = tiny_settings(jobs_dir=tmp_path / "jobs", cache_dir=tmp_path / "cache", jobs_max_queued=64)
@@ -69,8 +48,9 @@ def final(job: dict[str, Any]) -> bool:
 
 
 def test_a_burst_of_submit_then_cancel_always_ends_cancelled(client: httpx.Client, tmp_path: Path,
-                                                             records: Records) -> None:
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """Each job is cancelled as the idle worker takes it (it used to fail: its upload was deleted under it)."""
+    caplog.set_level(logging.INFO, logger="app.jobs")  # caplog sees the server thread's records too
     ids = []
     for _ in range(30):
         job = submit(client, "spz")
@@ -83,11 +63,12 @@ def test_a_burst_of_submit_then_cancel_always_ends_cancelled(client: httpx.Clien
     assert [(job["status"], job["error"]) for job in jobs] == [("cancelled", None)] * 30
     for job_id in ids:
         assert [p.name for p in (tmp_path / "jobs" / job_id).iterdir()] == ["job.json"]
-    assert not [r.getMessage() for r in records.records if r.levelno >= logging.WARNING]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_cancel_stops_a_job_at_the_next_frame_of_its_orbit(client: httpx.Client, tmp_path: Path,
-                                                          records: Records) -> None:
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="app.jobs")
     job = submit(client, "orbit")
     # A frame or more rendered (encode is the last 5 % of a job: 0.95 + 0.05 x frames / 60).
     wait_for(client, job["id"], lambda j: (j["stage"] == "encode" and j["progress"] > 0.9504) or final(j))
@@ -98,8 +79,8 @@ def test_cancel_stops_a_job_at_the_next_frame_of_its_orbit(client: httpx.Client,
 
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
     assert [p.name for p in (tmp_path / "jobs" / job["id"]).iterdir()] == ["job.json"]
-    stopped = [r.getMessage() for r in records.records if r.getMessage().startswith(f"Job {job['id']} stopped")]
-    assert len(stopped) == 1, [r.getMessage() for r in records.records]
+    stopped = [m for m in caplog.messages if m.startswith(f"Job {job['id']} stopped")]
+    assert len(stopped) == 1, caplog.messages
     # It stopped between two frames: the encode stage (the orbit, the only output) was under way, not done.
     match = re.search(r"during encode at (\d+)%", stopped[0])
     assert match and int(match.group(1)) < 100, stopped

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +29,9 @@ DAMAGED_STATES: dict[str, Callable[[dict[str, Any]], bytes]] = {
 }
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("app.jobs")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
 def test_damaged_jobs_are_set_aside_and_the_server_starts(serve: Callable[[Any], LiveServer], tmp_path: Path,
-                                                         records: Records) -> None:
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="app.jobs")  # caplog sees the server thread's records too
     root = tmp_path / "jobs"
     store = JobStore(root, ttl_s=3600, max_bytes=2**30)
     good = Job(id=new_job_id(), created_at=time.time(), outputs=["spz"], filename="photo.png")
@@ -74,10 +57,10 @@ def test_damaged_jobs_are_set_aside_and_the_server_starts(serve: Callable[[Any],
     names = sorted(path.name for path in root.iterdir())
     assert names == sorted([good.id, "notes", *(f".damaged-{job_id}" for job_id in damaged)])
     for job_id, kind in damaged.items():
-        assert any(job_id in m and "set aside" in m for m in records.messages), (kind, records.messages)
+        assert any(job_id in m and "set aside" in m for m in caplog.messages), (kind, caplog.messages)
 
-    records.messages.clear()  # a second start reads only the good job, quietly
+    caplog.clear()  # a second start reads only the good job, quietly
     again = serve(create_app(settings, predictor=predictor))
     with again.client() as client:
         assert client.get(f"/jobs/{good.id}").json()["status"] == "cancelled"
-    assert not [m for m in records.messages if "set aside" in m], records.messages
+    assert not [m for m in caplog.messages if "set aside" in m], caplog.messages

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from app.formats import read_ply
+from app.formats.sog import decode_sog
 from app.http import create_app
 from app.predictor import SharpPredictor
 from app.settings import Settings
@@ -118,3 +119,26 @@ def test_a_cancelled_clip_job_stops_and_keeps_nothing(client: httpx.Client, tmp_
     assert not (tmp_path / "jobs" / job["id"] / "sequence").exists()
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
     assert_error(client.get(f"/jobs/{job['id']}/manifest.json"), 409, "job_cancelled")
+
+
+def test_a_clip_job_with_a_budget_keeps_exactly_it_in_every_frame(client: httpx.Client) -> None:
+    response = submit(client, make_clip(2, fps=10), max_gaussians="1000", outputs="ply,sog")
+    assert response.status_code == 202, response.text
+    final = events(client, response.json()["id"])[-1]
+    assert final["status"] == "succeeded", final
+    assert final["metadata"]["num_gaussians"] == 1000 and final["metadata"]["total_gaussians"] == 131_072
+    manifest = orjson.loads(client.get(final["results"]["manifest.json"]).content)
+    assert [(r["num_gaussians"], r["num_predicted"]) for r in manifest["frames"]] == [(1000, 131_072)] * 2
+    for path in ("frames/000000.ply", "frames/000001.ply"):
+        got = client.get(final["results"][path])
+        assert read_ply(got.content).num_gaussians == 1000
+        assert (got.headers["x-sharp-num-gaussians"], got.headers["x-sharp-num-gaussians-predicted"]) == (
+            "1000", "131072")
+    assert decode_sog(client.get(final["results"]["frames/000001.sog"]).content).num_gaussians == 1000
+
+
+def test_a_bad_budget_for_a_clip_is_a_422_before_it_is_queued(client: httpx.Client, tmp_path: Path) -> None:
+    for value in ("131073", "0", "1.5", "nan", "many"):
+        error = assert_error(submit(client, make_clip(2), max_gaussians=value), 422, "validation_error")
+        assert "max_gaussians" in error["message"] and "fraction in (0, 1]" in error["message"], error
+    assert not any(path.is_dir() for path in (tmp_path / "jobs").glob("*"))  # no job was made

@@ -8,7 +8,7 @@ import io
 import av
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.video import (
     CorruptVideoError,
@@ -22,6 +22,7 @@ from app.video import (
     probe_video,
     read_frames,
 )
+from app.video.decode import display_orientation
 from tests.helpers import make_clip
 
 LIMITS = VideoLimits(max_duration_s=60.0, max_frames=50, max_pixels=1920 * 1080)
@@ -47,6 +48,49 @@ def test_the_rotation_metadata_makes_frames_upright() -> None:
     # 90 degrees counter-clockwise is what the display matrix says: the stored top row becomes the left column
     assert np.array_equal(turned, np.rot90(plain))
     assert turned.flags.c_contiguous
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_a_mirroring_display_matrix_flips_the_frame_after_its_turn(rotation: int) -> None:
+    plain = frames_of(make_clip(1, lossless=True))[0].rgb
+    mirrored = frames_of(make_clip(1, lossless=True, rotation=rotation, mirror=True))[0].rgb
+    turned = np.rot90(plain, k=rotation // 90)
+    # The same coded pictures (the matrix is container metadata), shown turned, then flipped left-right.
+    assert np.array_equal(mirrored, turned[:, ::-1])
+    assert not np.array_equal(mirrored, turned)
+    assert mirrored.flags.c_contiguous
+
+
+def first_display_matrix(data: bytes) -> tuple[int, ...] | None:
+    """The DISPLAYMATRIX side data of a clip's first decoded frame, read with PyAV directly."""
+    with av.open(io.BytesIO(data)) as container:
+        frame = next(container.decode(video=0))
+        side_data = frame.side_data.get("DISPLAYMATRIX")
+        return None if side_data is None else tuple(np.frombuffer(bytes(side_data), dtype=np.int32).tolist())
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_display_matrix_is_shown_as_the_exif_orientation_it_maps_to(rotation: int, mirror: bool) -> None:
+    clip = make_clip(1, lossless=True, rotation=rotation, mirror=mirror)
+    orientation = display_orientation(first_display_matrix(clip))
+    assert (orientation in (2, 4, 5, 7)) == mirror  # EXIF's mirrored orientations
+    # Pillow's own rule for that EXIF orientation, on the unturned frame, gives the frame decoded here.
+    photo = Image.fromarray(frames_of(make_clip(1, lossless=True))[0].rgb)
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG", exif=exif)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(buffer)))
+    assert np.array_equal(frames_of(clip)[0].rgb, upright)
+
+
+def test_turns_between_quarter_turns_are_rounded_and_odd_matrices_ignored() -> None:
+    assert first_display_matrix(make_clip(1)) is None and display_orientation(None) == 1
+    assert display_orientation([0] * 8 + [1 << 30]) == 1  # a degenerate matrix: shown as stored
+    for degrees, mirror, orientation in ((30, False, 1), (60, False, 8), (-100, True, 5), (190, True, 4)):
+        matrix = first_display_matrix(make_clip(1, rotation=degrees, mirror=mirror))
+        assert display_orientation(matrix) == orientation, (degrees, mirror, matrix)
 
 
 def test_sampling_fps_start_end_and_max_frames() -> None:

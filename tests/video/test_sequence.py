@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from app import pipeline
-from app.formats import read_ply
+from app.budget import BudgetError
+from app.formats import decode_spz, read_ply
 from app.predictor import SharpPredictor
 from app.sequence import run_sequence
 from app.sequence.align import ScaleChain, depth_grid, scale_step, scaled
 from app.video import Sampling, VideoLimits, read_frames
-from tests.helpers import make_clip, prediction_of, random_scene
+from tests.helpers import digest, make_clip, prediction_of, random_scene
 
 LIMITS = VideoLimits(max_duration_s=60.0, max_frames=20, max_pixels=1920 * 1080)
 
@@ -78,6 +79,42 @@ def test_the_manifest_and_the_preview(predictor: SharpPredictor) -> None:
         pictures = [frame.to_ndarray(format="rgb24") for frame in video.decode(video.streams.video[0])]
     assert len(pictures) == 2 and pictures[0].shape == (96, 320, 3)
     assert pictures[0][:, 160:].mean() > 5  # the render half is not empty
+
+
+def test_a_budget_keeps_exactly_its_count_in_every_frame_after_the_alignment(predictor: SharpPredictor) -> None:
+    clip = make_clip(2, shift_px=6)
+    manifest, files = sequence(predictor, clip, outputs={"ply": {}, "spz": {}}, align="scale", max_gaussians=0.25)
+    for index in (0, 1):
+        assert read_ply(files[f"frames/{index:06d}.ply"]).num_gaussians == 32_768
+        assert decode_spz(files[f"frames/{index:06d}.spz"]).num_gaussians == 32_768
+    assert [(r["num_gaussians"], r["num_predicted"]) for r in manifest["frames"]] == [(32_768, 131_072)] * 2
+    unbudgeted, _ = sequence(predictor, clip, align="scale")
+    assert [r["num_predicted"] for r in unbudgeted["frames"]] == [131_072] * 2
+    # The scale is fitted on every Gaussian predicted, before the budget: the same factors as without one.
+    assert [r["scale"] for r in manifest["frames"]] == [r["scale"] for r in unbudgeted["frames"]]
+
+
+def test_align_none_with_a_budget_gives_each_frames_budgeted_photo_prediction(predictor: SharpPredictor,
+                                                                               tmp_path: Path) -> None:
+    clip = make_clip(2, shift_px=6)
+    _, files = sequence(predictor, clip, outputs={"ply": {}, "sog": {}}, max_gaussians=5000)
+    for frame in read_frames(clip, Sampling(), LIMITS):
+        photo = tmp_path / f"{frame.index:06d}.png"
+        Image.fromarray(frame.rgb).save(photo)
+        single = pipeline.run(predictor, photo, {"ply": {}, "sog": {}}, max_gaussians=5000)
+        assert single.prediction.scene.num_gaussians == 5000
+        for name, suffix in (("ply", "ply"), ("sog", "sog")):
+            assert digest(files[f"frames/{frame.index:06d}.{suffix}"]) == digest(single.outputs[name].body)
+
+
+@pytest.mark.parametrize("budget", [131_073, 0, 1.5, float("nan")])
+def test_a_bad_budget_is_refused_before_any_frame_is_decoded(predictor: SharpPredictor, budget: float) -> None:
+    stages: list[str] = []
+    with pytest.raises(BudgetError, match=r"max_gaussians must be a count from 1 to 131,072 or a fraction in \(0, 1\]"):
+        # A truncated clip: decoding it would fail (`corrupt_video`), so the budget is checked first.
+        sequence(predictor, make_clip(3)[:500], max_gaussians=budget,
+                 progress=lambda frame, frames, stage, fraction: stages.append(stage))
+    assert stages == []
 
 
 def test_the_scale_rule() -> None:

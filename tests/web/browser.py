@@ -13,6 +13,8 @@ import io
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,13 @@ new MutationObserver((records) => {
   for (const record of records) if (record.target === document.body) push(record.oldValue);
   push(document.body && document.body.dataset.state);
 }).observe(document, {subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ["data-state"]});
+"""
+
+# Records the page's Content-Security-Policy violations (`window.__violations`: "directive blocked-URI").
+RECORD_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
 """
 
 
@@ -168,3 +177,42 @@ def without_jobs(page: Any) -> None:
         route.fulfill(response=response, json=info)
 
     page.route(lambda url: url.rstrip("/").count("/") == 2, handle)  # the server root
+
+
+def poll(page: Any, expression: str, done: Callable[[Any], bool]) -> Any:
+    """`page.evaluate(expression)` until `done(value)` (evaluate runs outside the page's policy; polling with
+    `wait_for_function` would not)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not done(value := page.evaluate(expression)):
+        assert time.monotonic() < deadline, value
+        time.sleep(0.05)
+    return value
+
+
+class Finger:
+    """Touches on the page's screen through the DevTools protocol (CSS pixels of the viewport)."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.cdp = page.context.new_cdp_session(page)
+
+    def _send(self, kind: str, points: list[tuple[float, float]]) -> None:
+        touch_points = [{"x": x, "y": y, "id": index} for index, (x, y) in enumerate(points)]
+        self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": touch_points})
+
+    def move(self, starts: list[tuple[float, float]], ends: list[tuple[float, float]], steps: int = 10) -> None:
+        """Fingers down at `starts`, moved in `steps` to `ends`, lifted."""
+        self._send("touchStart", starts)
+        for step in range(1, steps + 1):
+            t = step / steps
+            self._send("touchMove", [(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
+                                     for (x0, y0), (x1, y1) in zip(starts, ends, strict=True)])
+        self._send("touchEnd", [])
+
+    def double_tap(self, x: float, y: float) -> None:
+        """Two 50 ms taps 150 ms apart, as the screen times them (`timestamp`), however long the busy page
+        takes to take each event (software WebGL may be drawing a second-long frame meanwhile)."""
+        start = time.time()
+        for kind, at in (("touchStart", 0.0), ("touchEnd", 0.05), ("touchStart", 0.15), ("touchEnd", 0.2)):
+            points = [{"x": x, "y": y, "id": 0}] if kind == "touchStart" else []
+            self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points, "timestamp": start + at})

@@ -50,7 +50,7 @@ def skip_without_renderer() -> None:
         pytest.skip(f"the page's renderer files are missing in {web_page.VENDOR_DIR}: run `make web`")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # ended after the page tests: its event loop runs in the main thread
 def browser() -> Iterator[Any]:
     if sync_api is None:
         pytest.skip("playwright is not installed (pip install -e '.[test]'; never `playwright install` here)")

@@ -3,29 +3,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.helpers import LiveServer
-from tests.web.browser import RECORD_STATES, TIMEOUT_MS, VIEWPORT, canvas_pixels
-
-RECORD_VIOLATIONS = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
-"""
-
-
-def poll(page: Any, expression: str, done: Callable[[Any], bool]) -> Any:
-    """`page.evaluate(expression)` until `done(value)` (evaluate runs outside the page's policy; polling with
-    `wait_for_function` would not)."""
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while not done(value := page.evaluate(expression)):
-        assert time.monotonic() < deadline, value
-        time.sleep(0.05)
-    return value
+from tests.web.browser import RECORD_STATES, RECORD_VIOLATIONS, VIEWPORT, canvas_pixels, poll
 
 
 def test_the_page_works_under_its_content_security_policy(browser: Any, server: LiveServer, photo: Path) -> None:

@@ -16,7 +16,6 @@ draw (`dataset.rendering` cleared): the tests wait on those, never on time.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from tests.helpers import LiveServer
 from tests.web.browser import (
     RECORD_STATES,
     TIMEOUT_MS,
+    Finger,
     canvas_pixels,
     correlation,
     grey,
@@ -81,35 +81,6 @@ def phone(browser: Any) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------------------------------ touches
-
-
-class Finger:
-    """Touches on the page's screen through the DevTools protocol (CSS pixels of the viewport)."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.cdp = page.context.new_cdp_session(page)
-
-    def _send(self, kind: str, points: list[tuple[float, float]]) -> None:
-        touch_points = [{"x": x, "y": y, "id": index} for index, (x, y) in enumerate(points)]
-        self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": touch_points})
-
-    def move(self, starts: list[tuple[float, float]], ends: list[tuple[float, float]], steps: int = 10) -> None:
-        """Fingers down at `starts`, moved in `steps` to `ends`, lifted."""
-        self._send("touchStart", starts)
-        for step in range(1, steps + 1):
-            t = step / steps
-            self._send("touchMove", [(x0 + t * (x1 - x0), y0 + t * (y1 - y0))
-                                     for (x0, y0), (x1, y1) in zip(starts, ends, strict=True)])
-        self._send("touchEnd", [])
-
-    def double_tap(self, x: float, y: float) -> None:
-        """Two 50 ms taps 150 ms apart, as the screen times them (`timestamp`), however long the busy page
-        takes to take each event (software WebGL may be drawing a second-long frame meanwhile)."""
-        start = time.time()
-        for kind, at in (("touchStart", 0.0), ("touchEnd", 0.05), ("touchStart", 0.15), ("touchEnd", 0.2)):
-            points = [{"x": x, "y": y, "id": 0}] if kind == "touchStart" else []
-            self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points, "timestamp": start + at})
 
 
 def scroll_position(page: Any) -> dict[str, float]:

@@ -1,10 +1,11 @@
 // sharp-serve web page: a photo in, a 3D Gaussian splat scene out, rendered with Spark on three.js.
 //
-// Flow: the photo is uploaded at once (XMLHttpRequest, for upload progress); the server predicts; the
+// Flow: the photo (or clip) is uploaded at once (XMLHttpRequest, for upload progress); the server predicts; the
 // scene comes back (SPZ, or on a phone the smallest format the server offers: SOG when it has it) and is
 // rendered from the photo's own viewpoint, then the user can orbit.
 // Two transports: the jobs API (POST /jobs, then server-sent events, then GET the result) when the
 // server's JSON info lists `POST /jobs`, else one `POST /predict/<format>` request.
+// A clip always takes the jobs API; its job predicts a scene per frame, then clip.js shows them one at a time.
 // A job's scene can be reopened from its link (`?job=<id>`, put in the address bar once the job exists)
 // on any device while the job's results exist.
 //
@@ -15,37 +16,50 @@
 // dataset.rendering is "1" while frames are still to be drawn (a drag easing out, a sort just finished);
 // dataset.viewDegrees: the angle between the camera's view and the photo's, in the last frame.
 //
-// This entry module holds what the page does (a photo, a shared link, a local file) and wires the page up;
+// This entry module holds what the page does (a photo or a clip, a shared link, a local file) and wires the page up;
 // docs/page.md ("Code") lists the modules it imports and what each holds.
 
 import { $, ApiError, NARROW_SCREEN, Superseded, body, newRun, page, setState, showError, stopTicker } from "./state.js";
 import { setApiKey } from "./http.js";
-import { loadInfo } from "./server.js";
+import { loadInfo, offers, shownFormat } from "./server.js";
 import { shareFile, shareLink, showJobLink } from "./share.js";
 import { predictSync, predictWithJob, sharedJobScene } from "./transport.js";
 import { showResult } from "./result.js";
 import { backToPhoto, loadRenderer, showScene, shownSplats } from "./viewer.js";
 import { plyForSpark } from "./ply.js";
+import { hideClip, showClip, wireClip } from "./clip.js";
 
 const SCENE_EXTENSIONS = ["ply", "spz", "splat", "sog"];
+// Clips by name, when the browser gives no video/* type (the server recognises them by their bytes).
+const VIDEO_EXTENSIONS = ["mp4", "m4v", "mov", "qt", "webm", "mkv", "3gp", "3g2", "avi"];
 
 // ------------------------------------------------------------------------------------- prediction
 
-/** A photo: predicted on the server, then shown from its own viewpoint. */
+/** A photo: predicted on the server, then shown from its own viewpoint. A clip: a job that predicts each
+ * frame, then its first frame's scene with the frame slider (clip.js). */
 async function predict(file) {
   const run = newRun();
   const fPx = $("f-px").value.trim();
+  const clip = isClip(file);
   page.retry = () => predict(file);
   page.startedAt = performance.now();
   body.dataset.source = "upload";
   showJobLink(null);
+  hideClip();
   if (matchMedia(NARROW_SCREEN).matches) window.scrollTo(0, 0); // the stage, with the status over it
   try {
     await page.infoLoaded; // the transport depends on it: a photo may be chosen before it arrived
     run.check();
-    const result = page.jobs ? await predictWithJob(file, fPx, run) : await predictSync(file, fPx, run);
+    if (clip && !page.jobs) {
+      throw new ApiError(0, "clips_need_jobs", "This server does not offer its jobs API (POST /jobs) here, and only a job takes a video.");
+    }
+    const result = page.jobs ? await predictWithJob(file, fPx, run, clip ? clipFields() : null) : await predictSync(file, fPx, run);
     run.check();
     stopTicker();
+    if (result.clip) {
+      showResult(await showClip(result, run), file);
+      return;
+    }
     setState("loading-scene", "Preparing the 3D scene…", { progress: null });
     await showScene(result.bytes, result.format, result.camera, run, file.name || "photo");
     run.check();
@@ -67,12 +81,17 @@ async function openSharedJob(id) {
   page.retry = () => openSharedJob(id);
   page.startedAt = performance.now();
   body.dataset.source = "link";
+  hideClip();
   try {
     setState("queued", "Opening the shared scene…", { progress: null });
     await page.infoLoaded;
     run.check();
     const result = await sharedJobScene(id, run);
     run.check();
+    if (result.clip) {
+      showResult(await showClip(result, run), null);
+      return;
+    }
     setState("loading-scene", "Preparing the 3D scene…", { progress: null });
     await showScene(result.bytes, result.format, result.camera, run, result.fileStem);
     run.check();
@@ -91,6 +110,7 @@ async function openLocal(file) {
   page.startedAt = performance.now();
   body.dataset.source = "local";
   showJobLink(null);
+  hideClip();
   const extension = (file.name.split(".").pop() || "").toLowerCase();
   try {
     setState("loading-scene", `Reading ${file.name}…`, { progress: null });
@@ -110,7 +130,24 @@ async function openLocal(file) {
 
 // ------------------------------------------------------------------------------------------ input
 
-/** A chosen, dropped or pasted file: a scene file opens locally, anything else is a photo. */
+/** Whether a chosen file is a video (by its type, else its name; the server checks its bytes). */
+function isClip(file) {
+  const extension = (file.name || "").split(".").pop().toLowerCase();
+  return (file.type || "").startsWith("video/") || VIDEO_EXTENSIONS.includes(extension);
+}
+
+/** A clip's job fields: its frames in the scene format the page shows, and the options that were filled in. */
+function clipFields() {
+  const fields = { outputs: shownFormat(offers) };
+  for (const [id, name] of [["clip-fps", "fps"], ["clip-max-frames", "max_frames"]]) {
+    const value = $(id).value.trim();
+    if (value) fields[name] = value;
+  }
+  if ($("clip-align").checked) fields.align = "scale";
+  return fields;
+}
+
+/** A chosen, dropped or pasted file: a scene file opens locally, anything else is a photo or a clip. */
 function take(file) {
   if (!file) return;
   const extension = (file.name || "").split(".").pop().toLowerCase();
@@ -119,6 +156,7 @@ function take(file) {
 }
 
 function wire() {
+  wireClip();
   for (const input of [$("photo"), $("camera")]) {
     input.addEventListener("change", (event) => {
       take(event.target.files[0]);

@@ -35,7 +35,7 @@ export async function errorFromResponse(response) {
 }
 
 /** POST a form with XMLHttpRequest: upload progress, then (optionally) download progress. */
-export function postForm(url, form, run, { onUploaded, onHeaders, onDownload, responseType = "arraybuffer" } = {}) {
+export function postForm(url, form, run, { onUploaded, onHeaders, onDownload, responseType = "arraybuffer", noun = "photo" } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     run.track(xhr);
@@ -44,7 +44,7 @@ export function postForm(url, form, run, { onUploaded, onHeaders, onDownload, re
     for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (event) => {
       if (run.current() && event.lengthComputable) {
-        setState("uploading", "Uploading the photo…", {
+        setState("uploading", `Uploading the ${noun}…`, {
           progress: event.loaded / event.total,
           detail: `${Math.round((100 * event.loaded) / event.total)} % of ${mb(event.total)}`,
         });
@@ -67,7 +67,7 @@ export function postForm(url, form, run, { onUploaded, onHeaders, onDownload, re
     };
     xhr.onerror = () => reject(new ApiError(0, "network_error", "The server could not be reached (network error)."));
     xhr.onabort = () => reject(new Superseded());
-    if (run.current()) setState("uploading", "Uploading the photo…", { progress: 0 });
+    if (run.current()) setState("uploading", `Uploading the ${noun}…`, { progress: 0 });
     xhr.send(form);
   });
 }

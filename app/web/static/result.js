@@ -1,5 +1,5 @@
 // The result panel: the scene's metadata, the download buttons (the job's files, else a new one-request
-// prediction in that format) and the share buttons.
+// prediction in that format; a clip's: its zip, manifest, preview and the frame shown) and the share buttons.
 
 import { $, mb } from "./state.js";
 import { download, formFor, postForm } from "./http.js";
@@ -15,6 +15,7 @@ export function showResult(result, file) {
     const kept = meta.predicted && meta.predicted !== meta.gaussians ? ` of ${fmt(meta.predicted)} predicted` : "";
     rows.push(["Gaussians", `${fmt(meta.gaussians)}${kept}`]);
   }
+  if (meta.frames) rows.push(["Frames", `${meta.frames}, ${meta.align === "scale" ? "scales aligned" : "each as its own photo"}`]);
   if (meta.width) rows.push(["Image", `${meta.width} × ${meta.height} px`]);
   if (meta.fPx) rows.push(["f_px", `${fmt(meta.fPx, 1)}${meta.fPxSource ? ` (${meta.fPxSource})` : ""}`]);
   if (meta.model?.preset) rows.push(["Model", `${meta.model.preset}, ${meta.model.weights} weights`]);
@@ -28,7 +29,7 @@ export function showResult(result, file) {
     if (t.download !== null) parts.push(`download ${t.download.toFixed(2)} s (${mb(t.bytes)} ${result.format.toUpperCase()})`);
     rows.push(["This page", parts.join(", ")]);
   }
-  if (file) rows.unshift(["Photo", file.name || "photo"]);
+  if (file) rows.unshift([result.clip ? "Clip" : "Photo", file.name || (result.clip ? "clip" : "photo")]);
   else if (result.jobId) rows.unshift(["Job", `${result.jobId} (opened from its link)`]);
   if (result.local) rows.push(["File", `${result.local} (opened locally, not uploaded)`]);
   const dl = $("meta");
@@ -49,6 +50,10 @@ function showDownloads(result, file) {
   const box = $("downloads");
   box.replaceChildren();
   $("downloads-note").textContent = "";
+  if (result.files) {
+    showFiles(result.files);
+    return;
+  }
   if (!file && !result.results) return; // a local file: nothing to download
   // A job's files are those it made; a one-request prediction can make any format the server offers.
   const available = result.results ? (name) => Boolean(result.results[name]) : offers;
@@ -93,6 +98,34 @@ function showDownloads(result, file) {
   $("downloads-note").textContent = result.results
     ? "All formats were made by the same job."
     : `${result.format.toUpperCase()} is the scene shown here. The other formats run the model again on the same photo (same result).`;
+}
+
+/** A clip's files (`{ label, path, url(), filename() }`), each fetched (with the API key) when clicked. */
+function showFiles(files) {
+  for (const file of files) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = file.label;
+    button.dataset.file = file.path;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const run = { signal: undefined, track: () => {}, check: () => {}, current: () => false };
+        const { bytes } = await download(file.url(), run, (loaded, total) => {
+          button.textContent = `${file.label}: ${total ? `${Math.round((100 * loaded) / total)} %` : mb(loaded)}`;
+        });
+        saveBytes(bytes, file.filename());
+        button.textContent = file.label;
+      } catch (error) {
+        button.textContent = `${file.label}: failed`;
+        $("downloads-note").textContent = error.message || String(error);
+      } finally {
+        button.disabled = false;
+      }
+    });
+    $("downloads").append(button);
+  }
+  $("downloads-note").textContent = "The zip holds every frame's scene, the manifest and the preview video.";
 }
 
 function saveBytes(bytes, filename) {

@@ -1,5 +1,6 @@
 // The two transports of a prediction, each ending with the scene's bytes, its camera and its metadata:
-// (a) the jobs API: POST /jobs, its event stream (else polling) to the end, then GET the scene file;
+// (a) the jobs API: POST /jobs, its event stream (else polling) to the end, then GET the scene file (a
+//     clip's job ends with the job itself: clip.js shows its frames);
 // (b) one POST /predict/<format>, whose X-Sharp-* headers describe the camera and the model.
 
 import { $, ApiError, Superseded, body, mb, page, setState, startTicker, stopTicker } from "./state.js";
@@ -71,12 +72,14 @@ export async function predictSync(file, fPx, run) {
   };
 }
 
-/** Transport (a): POST /jobs, follow GET /jobs/{id}/events, then GET the scene file. */
-export async function predictWithJob(file, fPx, run) {
+/** Transport (a): POST /jobs, follow GET /jobs/{id}/events, then GET the scene file. A clip (`clip`: its
+ * form fields, `outputs` included) ends with its finished job instead (`clip.js` shows its frames). */
+export async function predictWithJob(file, fPx, run, clip = null) {
   const t0 = performance.now();
   let uploadedAt = 0;
-  const xhr = await postForm("jobs", formFor(file, fPx, { outputs: jobOutputs() }), run, {
+  const xhr = await postForm("jobs", formFor(file, fPx, clip || { outputs: jobOutputs() }), run, {
     responseType: "text",
+    noun: clip ? "clip" : "photo",
     onUploaded: () => {
       uploadedAt = performance.now();
       setState("queued", "Waiting for the server…", { progress: null });
@@ -85,10 +88,11 @@ export async function predictWithJob(file, fPx, run) {
   const job = JSON.parse(xhr.response);
   showJobLink(job.id);
   const result = await jobScene(job, new URL(xhr.getResponseHeader("Location") || `jobs/${job.id}`, location.href), run);
+  result.fileStem = (file.name || "scene").replace(/\.[^.]*$/, "");
+  if (result.clip) return result;
   const { transfer } = result.meta;
   transfer.upload = ((uploadedAt || transfer.waitedAt) - t0) / 1000;
   transfer.wait = uploadedAt ? (transfer.waitedAt - uploadedAt) / 1000 : null;
-  result.fileStem = (file.name || "scene").replace(/\.[^.]*$/, "");
   return result;
 }
 
@@ -100,8 +104,43 @@ export async function sharedJobScene(id, run) {
   return jobScene(await response.json(), jobUrl, run);
 }
 
-/** Follows a job (its events, else polling) to its end, then downloads the scene file it made. */
+/** Follows a job to its end, then downloads the scene file it made; a clip's job: `{ clip: job, jobUrl }`. */
 async function jobScene(job, jobUrl, run) {
+  job = await followJob(job, jobUrl, run);
+  if (job.model) showModel(job.model);
+  if (job.results?.["manifest.json"]) return { clip: job, jobUrl, jobId: job.id, results: job.results };
+  const waitedAt = performance.now();
+  const results = job.results || {};
+  if (results.preview) showPreview(new URL(results.preview, location.href), run);
+  const format = shownFormat((name) => Boolean(results[name]));
+  const { bytes, headers } = await download(new URL(results[format], location.href), run, downloadProgress(format));
+  const end = performance.now();
+  const m = job.metadata || {};
+  return {
+    bytes,
+    format,
+    camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
+    meta: {
+      gaussians: m.num_gaussians,
+      predicted: m.total_gaussians,
+      fPx: m.f_px,
+      fPxSource: m.f_px_source,
+      width: m.image_width,
+      height: m.image_height,
+      model: job.model || {},
+      timings: job.timings_ms || {},
+      transfer: { upload: null, wait: null, download: (end - waitedAt) / 1000, bytes: bytes.length, waitedAt },
+    },
+    sources: { [format]: bytes },
+    results,
+    jobId: job.id,
+    fileStem: filenameStem(headers.get("Content-Disposition"), null),
+  };
+}
+
+/** A job followed (its events, else polling) to a final status, its progress in the status line; the
+ * succeeded job, else its error. */
+async function followJob(job, jobUrl, run) {
   showJob(job);
   try {
     if (!isFinal(job)) {
@@ -127,34 +166,7 @@ async function jobScene(job, jobUrl, run) {
   if (job.status !== "succeeded") {
     throw new ApiError(0, job.error?.code || job.status, job.error?.message || `The job was ${job.status}.`, job.error?.request_id);
   }
-  const waitedAt = performance.now();
-  const results = job.results || {};
-  if (results.preview) showPreview(new URL(results.preview, location.href), run);
-  const format = shownFormat((name) => Boolean(results[name]));
-  const { bytes, headers } = await download(new URL(results[format], location.href), run, downloadProgress(format));
-  const end = performance.now();
-  const m = job.metadata || {};
-  if (job.model) showModel(job.model);
-  return {
-    bytes,
-    format,
-    camera: { fPx: m.f_px, width: m.image_width, height: m.image_height },
-    meta: {
-      gaussians: m.num_gaussians,
-      predicted: m.total_gaussians,
-      fPx: m.f_px,
-      fPxSource: m.f_px_source,
-      width: m.image_width,
-      height: m.image_height,
-      model: job.model || {},
-      timings: job.timings_ms || {},
-      transfer: { upload: null, wait: null, download: (end - waitedAt) / 1000, bytes: bytes.length, waitedAt },
-    },
-    sources: { [format]: bytes },
-    results,
-    jobId: job.id,
-    fileStem: filenameStem(headers.get("Content-Disposition"), null),
-  };
+  return job;
 }
 
 /** The server's render of the input view (PNG), shown until the 3D scene is ready; failures are harmless. */
@@ -183,9 +195,10 @@ function showJob(job) {
     });
   } else if (job.status === "running") {
     const progress = Number.isFinite(job.progress) ? job.progress : null;
-    setState("running", "Predicting the 3D scene…", {
+    const frame = job.frames ? `frame ${job.frame} of ${job.frames} · ` : ""; // a clip's job
+    setState("running", job.frames ? "Predicting a scene per frame…" : "Predicting the 3D scene…", {
       progress,
-      detail: `${job.stage || "running"}${progress === null ? "" : ` · ${Math.round(100 * progress)} %`}`,
+      detail: `${frame}${job.stage || "running"}${progress === null ? "" : ` · ${Math.round(100 * progress)} %`}`,
     });
   }
 }

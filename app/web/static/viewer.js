@@ -156,8 +156,9 @@ function frameHasSplats() {
 }
 
 /** Shows a scene file (`fileType`: ply, spz, splat or sog) from `camera` ({ fPx, width, height }, or null),
- * named `name` over the stage. */
-export async function showScene(bytes, fileType, camera, run, name) {
+ * named `name` over the stage; `keepView`: where the user has moved the camera to (a clip's next frame),
+ * else from the photo's viewpoint. */
+export async function showScene(bytes, fileType, camera, run, name, { keepView = false } = {}) {
   await loadRenderer();
   run.check();
   const { Spark } = viewer;
@@ -193,14 +194,16 @@ export async function showScene(bytes, fileType, camera, run, name) {
   viewer.controls.maxDistance = depth * 20;
   viewer.camera.near = 0.01;
   viewer.camera.far = Math.max(1000, depth * 200);
-  resetView();
+  if (!keepView) resetView();
   layout();
   $("reset-view").disabled = false;
   $("scene-name").textContent = name;
   $("scene-name").hidden = false;
   document.title = `${name} · sharp-serve`;
   setState("ready", `Ready: ${name}`, {
-    detail: `Shown from the photo's viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
+    detail: keepView
+      ? "Shown from the view you chose; Reset view goes back to the frame's viewpoint."
+      : `Shown from the photo's viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
   });
   requestRender();
 }

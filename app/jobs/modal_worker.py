@@ -1,0 +1,200 @@
+"""Jobs on Modal, the GPU side: `run_job` runs one stored job in its own GPU container; a clip job's frames
+are spread over more GPU containers (`predict_frames`, `ModalFrames`), then finished in the job's, in order.
+
+    job's container: run_job -> run_sequence          frame containers: predict_frames(job, first, count)
+      frames 0..7: predicted here                       reload; decode the clip; predict frames first..;
+      at frame 0: spawn chunks 1..P  ───────────────>   each one stashed as work/<frame>.npz; commit
+      frame 8: wait for chunk 1's call, reload, take
+        work/000008.npz -> align, budget, encode, preview (here, in frame order)
+      each chunk collected: spawn the next one
+      end: cancel what is still running; the work/ files go with the lifecycle's tidy
+
+Chunks are `SHARP_VIDEO_CHUNK_FRAMES` frames long and at most `SHARP_VIDEO_PARALLEL_CHUNKS` are out at once
+per job (each a GPU container of `modal_api.SharpFrameWorker`, which loads the model once per container).
+A chunk whose call fails (its container died, timed out, could not be spawned) or that stashed fewer
+frames than asked is predicted here instead: the files are the same, only slower. Since every frame's
+scene is made by `app.pipeline.run` from the same prediction, in the same order, the files are those of
+a serial run (`app.sequence.fanout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from app.cancel import run_cancellable
+from app.jobs import lifecycle, runner
+from app.jobs.base import Job, JobNotFoundError, check_job_id
+from app.jobs.modal import POLL_S, VolumeBusyError, commit, function_call, reload
+from app.jobs.store import JobStore
+from app.prediction import Prediction
+from app.sequence.fanout import Timings, load_prediction, predict_chunk, save_prediction
+from app.service import InferenceService
+from app.settings import Settings
+from app.video import VideoLimits
+from app.vocabulary import ProgressCallback
+
+LOGGER = logging.getLogger(__name__)
+
+CANCELLED_BY_USER = "Input was cancelled by user"
+"""What Modal's container passes to `Task.cancel` when the input's `FunctionCall` is cancelled."""
+
+SpawnFrames = Callable[[str, int, int], Awaitable[str]]
+"""`spawn_frames(job_id, first, count) -> call id`: queue `predict_frames` on the frame class
+(`modal_api.spawn_frames`)."""
+
+
+async def run_job(service: InferenceService, settings: Settings, store: JobStore, volume: Any, job_id: str,
+                  spawn_frames: SpawnFrames | None = None) -> dict[str, Any]:
+    """The GPU side of a job (`SharpJobWorker.run_job`): run it through `app.jobs.lifecycle`, commit its
+    results and state, and return that state (the web container uses it if its view of the Volume lags).
+    An interruption is re-raised once the job is back in the queue (Modal then runs the input again).
+    `spawn_frames`: where a clip's later frames go (None: all are predicted here)."""
+    await reload(volume)
+    job = await anyio.to_thread.run_sync(store.load, check_job_id(job_id))
+    if job is None:
+        raise JobNotFoundError(f"No job {job_id!r} on the jobs volume.")
+    if job.final:  # cancelled while it waited in Modal's queue
+        return job.to_dict()
+
+    async def record(job: Job) -> None:
+        await anyio.to_thread.run_sync(store.save, job)
+        await commit(volume)
+
+    async def cancelled(job: Job, interrupt: asyncio.CancelledError | None) -> bool:
+        if interrupt is not None and CANCELLED_BY_USER in map(str, interrupt.args):
+            return True
+        try:
+            await reload(volume)
+        except VolumeBusyError:
+            return False
+        latest = await anyio.to_thread.run_sync(store.load, job.id)
+        return latest is not None and latest.status == "cancelled"
+
+    frames = None
+    if job.sequence is not None and spawn_frames is not None and settings.video_parallel_chunks > 0:
+        frames = ModalFrames(job.id, store, volume, spawn_frames, chunk_frames=settings.video_chunk_frames,
+                             parallel=settings.video_parallel_chunks)
+    work = lifecycle.Runner(store=store, ttl_s=settings.job_ttl_s, record=record, cancelled=cancelled,
+                            rerun_interrupted=True)
+    try:
+        await lifecycle.run(job, lambda: runner.execute(service, store, job, _no_progress, elsewhere=frames), work)
+    finally:
+        if frames is not None:
+            await frames.close()
+    if await anyio.to_thread.run_sync(_sweep, store):
+        await commit(volume)
+    return job.to_dict()
+
+
+async def predict_frames(service: InferenceService, settings: Settings, store: JobStore, volume: Any,
+                         job_id: str, first: int, count: int) -> list[int]:
+    """A frame container's part of a clip job (`SharpFrameWorker.predict_frames`): predict its sampled frames
+    `first` .. `first + count - 1`, stash each on the Volume, commit; returns the frames stashed. Nothing
+    for a job that is gone or over. Cancelling the call stops it at the network's next block."""
+    await reload(volume)
+    job = await anyio.to_thread.run_sync(store.load, check_job_id(job_id))
+    if job is None or job.final or job.sequence is None:
+        return []
+    data = await anyio.to_thread.run_sync(store.read_input, job.id)
+    sampling, _ = runner.sequence_options(job)
+    predictor = service.require_predictor()
+
+    def stash(index: int, prediction: Prediction, timings: Timings) -> None:
+        store.write_stash(job.id, index, save_prediction(prediction, timings))
+
+    def work(check: ProgressCallback) -> list[int]:
+        return predict_chunk(predictor, data, range(first, first + count), sampling=sampling,
+                             limits=VideoLimits.from_settings(settings), f_px=job.f_px, stash=stash, progress=check)
+
+    done = await run_cancellable(work, limiter=anyio.CapacityLimiter(1))
+    await commit(volume)
+    return done
+
+
+class ModalFrames:
+    """The `FramePredictions` of a clip job on Modal (module docstring), called on the run's thread.
+
+    Args:
+        job_id, store, volume: the job and the jobs Volume as this container sees it.
+        spawn_frames: queues a chunk on the frame class.
+        chunk_frames: frames per chunk; chunk 0 is predicted here.
+        parallel: the most chunks out at once.
+    """
+
+    def __init__(self, job_id: str, store: JobStore, volume: Any, spawn_frames: SpawnFrames, *, chunk_frames: int,
+                 parallel: int) -> None:
+        self.job_id, self.store, self.volume, self.spawn_frames = job_id, store, volume, spawn_frames
+        self.chunk_frames, self.parallel = chunk_frames, parallel
+        self._out: dict[int, str] = {}
+        """Chunk -> its call's id, for the chunks spawned and not collected yet."""
+        self._stashed: dict[int, bool] = {}
+        """Chunk -> whether its frames were stashed (False: predict them here), once collected."""
+        self._next = 1
+        """The next chunk to spawn."""
+
+    def __call__(self, index: int, expected: int, waiting: Callable[[], None]) -> tuple[Prediction, Timings] | None:
+        chunk = index // self.chunk_frames
+        while (stashed := anyio.from_thread.run(self._collect, chunk, expected)) is None:
+            waiting()
+        body = self.store.take_stash(self.job_id, index) if stashed else None
+        return None if body is None else load_prediction(body)
+
+    async def close(self) -> None:
+        """Cancel the chunks still out (the job ended, failed or was cancelled before it needed them)."""
+        for chunk, call_id in list(self._out.items()):
+            try:
+                await function_call(call_id).cancel.aio()
+            except Exception as error:  # the job is over either way; the call ends at its timeout
+                LOGGER.warning("Job %s: cancelling chunk %d (%s) failed: %s", self.job_id, chunk, call_id, error)
+        self._out.clear()
+
+    async def _collect(self, chunk: int, expected: int) -> bool | None:
+        """Spawn the chunks due, then: whether `chunk`'s frames are stashed and visible here; None while its
+        call runs (after waiting up to `POLL_S` for it)."""
+        await self._spawn_due(expected)
+        if chunk in self._stashed:
+            return self._stashed[chunk]
+        call_id = self._out.get(chunk)
+        if call_id is None:  # chunk 0, or one not planned from the header's frame count
+            return False
+        try:
+            done = await function_call(call_id).get.aio(timeout=POLL_S)
+        except TimeoutError:  # Python's own: the call runs
+            return None
+        except Exception as error:
+            LOGGER.warning("Job %s: chunk %d failed in its GPU container (%s: %s); predicting it here",
+                           self.job_id, chunk, type(error).__name__, error)
+            done = []
+        del self._out[chunk]
+        if done:
+            await reload(self.volume)
+        self._stashed[chunk] = bool(done)
+        return bool(done)
+
+    async def _spawn_due(self, expected: int) -> None:
+        last = (expected - 1) // self.chunk_frames
+        while len(self._out) < self.parallel and self._next <= last:
+            chunk, self._next = self._next, self._next + 1
+            try:
+                self._out[chunk] = await self.spawn_frames(self.job_id, chunk * self.chunk_frames, self.chunk_frames)
+            except Exception as error:
+                LOGGER.warning("Job %s: chunk %d could not be spawned (%s: %s); predicting it here",
+                               self.job_id, chunk, type(error).__name__, error)
+                self._stashed[chunk] = False
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    """Progress on Modal is coarse (the Volume is committed at queued, running and done only)."""
+
+
+def _sweep(store: JobStore) -> bool:
+    expired, removed = store.sweep(store.load_all(), time.time())
+    return bool(expired or removed)
