@@ -4,9 +4,10 @@ The first parallel call of MKL's vector maths (VML) in a process (the composer's
 used to race with VML's CPU detection, and a thread that lost ran a less accurate kernel for its share
 of the tensor (`app.devices.prepare_cpu_maths`). Only that first call could go wrong, so each fresh
 process predicts twice: the second prediction is the reference for the first. Sixteen intra-op threads
-on a few cores make the race more likely, but it stays a matter of timing (from one process in ten to
-two in five lost it here before the fix), so each process also reports VML's cached CPU type, read
-from libtorch's symbol table: it must be set once the predictor is loaded, before any prediction.
+on a few cores make the race more likely, but it stays a matter of timing (before the fix, up to two
+processes in five lost it here, and none in eight on an idle machine), so each process also reports
+VML's cached CPU type, read from libtorch's symbol table: it must be set once the predictor is loaded,
+before any prediction.
 """
 
 from __future__ import annotations
