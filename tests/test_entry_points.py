@@ -29,8 +29,8 @@ def test_cli_http_and_jobs_give_the_same_bytes(tmp_path: Path, serve: Callable[.
     Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(photo)
     formats = ("ply_vertex", "spz")
 
-    # `predict` runs in this process, like the server: CPU forward passes in two processes can differ in
-    # the last bit (about one run in five here), and this compares bytes.
+    # `predict` runs in this process, beside the server: it saves a second interpreter's start (processes
+    # agree to the bit since `app.devices.prepare_cpu_maths`; tests/predictor/test_determinism.py).
     local = tmp_path / "local"
     for name in formats:
         assert main(["predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",

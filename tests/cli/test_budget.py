@@ -40,8 +40,8 @@ def photo(tmp_path: Path) -> Path:
 def test_predict_remote_and_http_keep_the_same_budget_in_sog(tmp_path: Path, photo: Path,
                                                               serve: Callable[..., LiveServer],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    # `predict` runs in this process, like the server: CPU forward passes in two processes can differ in
-    # the last bit (about one run in five here), and this compares bytes.
+    # `predict` runs in this process, beside the server: it saves a second interpreter's start (processes
+    # agree to the bit since `app.devices.prepare_cpu_maths`; tests/predictor/test_determinism.py).
     local = tmp_path / "local"
     assert main(["predict", "-i", str(photo), "-o", str(local), "--preset", "tiny", "--device", "cpu",
                  "--format", "sog", "--max-gaussians", "0.25"]) == 0
