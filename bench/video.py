@@ -1,14 +1,14 @@
 """Video benchmark on the CPU with the tiny preset: frames per second of a clip's sequence run, its overhead
 against the single-image pipeline on the same frames, and the peak RSS of a 1080p clip at two lengths.
 
-    python bench/video.py [--frames 6] [--repeats 2] [--rss-frames 4 8]
+    python bench/video.py [--frames 6] [--repeats 2] [--rss-frames 4 8 32]
 
 - Throughput: a clip of `--frames` frames (320x192, H.264, made from the conformance photo) through
   `run_sequence` (align none, PLY, no preview), against `pipeline.run` on each decoded frame saved as a PNG
   file (what a loop over the frames with the photo command does; writing the PNGs is not timed). The runs
   alternate, `--repeats` times, and the fastest of each counts. Overhead = sequence / single - 1.
 - The preview's cost per frame (render + side by side + H.264) is reported apart.
-- Peak RSS: a fresh process runs a 1920x1080 clip of each length in `--rss-frames` (PLY, align scale,
+- Peak RSS: a fresh process runs a 1920x1080 clip file of each length in `--rss-frames` (PLY, align scale,
   preview) and reports its `ru_maxrss`; equal figures mean memory does not grow with the clip's length.
 
 The last two lines are `sequence_overhead: X` (a fraction) and `peak_rss_mb_1080p: N` (the longest clip's).
@@ -87,20 +87,22 @@ def throughput(predictor: SharpPredictor, frames: int, repeats: int) -> float:
     return min(sequence_s) / min(single_s) - 1
 
 
-def peak_rss_child(frames: int) -> None:
-    """In a fresh process: a 1080p clip through the sequence; prints its peak RSS in MB."""
-    clip = make_clip(frames, 1920, 1080)
+def peak_rss_child(clip: Path) -> None:
+    """In a fresh process: the clip file through the sequence; prints its peak RSS in MB. (The clip is made
+    in the parent: x264's look-ahead while making it would count in this process's peak.)"""
     predictor = SharpPredictor.load("tiny", device="cpu")
-    run_sequence(predictor, clip, {"ply": {}}, sink=lambda path, body: None, limits=LIMITS, align="scale")
-    print(json.dumps({"frames": frames, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    manifest = run_sequence(predictor, clip, {"ply": {}}, sink=lambda path, body: None, limits=LIMITS,
+                            align="scale")
+    print(json.dumps({"frames": manifest["num_frames"],
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--rss-frames", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-frames", type=int, nargs="+", default=[4, 8, 32])
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         peak_rss_child(args.child)
@@ -111,8 +113,11 @@ def main() -> None:
     overhead = throughput(predictor, args.frames, args.repeats)
     peaks = []
     for frames in args.rss_frames:
-        out = subprocess.run([sys.executable, __file__, "--child", str(frames)], capture_output=True, text=True,
-                             check=True, cwd=REPO)
+        with tempfile.TemporaryDirectory() as folder:
+            clip = Path(folder) / "clip.mp4"
+            clip.write_bytes(make_clip(frames, 1920, 1080))
+            out = subprocess.run([sys.executable, __file__, "--child", str(clip)], capture_output=True, text=True,
+                                 check=True, cwd=REPO)
         peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
         peaks.append(peak)
         print(f"1080p clip of {frames} frames (PLY, align scale, preview): peak RSS {peak:.0f} MB")

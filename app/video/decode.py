@@ -145,6 +145,7 @@ def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -
         wanted = min(sampling.max_frames or limits.max_frames, limits.max_frames)
         taken, decoded, next_time = 0, 0, sampling.start
         frames = _decoded(container, stream)
+        orientation: int | None = None
         for frame in frames:
             decoded += 1
             time_s = (frame.time - offset) if frame.time is not None else (decoded - 1) / (info.frame_rate or 1.0)
@@ -160,7 +161,9 @@ def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -
                     break
                 raise VideoTooLargeError(f"The selection holds more than {limits.max_frames} frames "
                                          "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
-            yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame))
+            if orientation is None:  # the stream's, which FFmpeg attaches to every frame: read once (see _upright)
+                orientation = display_orientation(_display_matrix(frame))
+            yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame, orientation))
             taken += 1
             if sampling.fps is not None:
                 next_time = sampling.start + (math.floor((time_s - sampling.start) * sampling.fps + _EPS_S) + 1) \
@@ -295,10 +298,13 @@ def _display_matrix(frame: Any) -> tuple[int, ...] | None:
     return tuple(int(value) for value in values) if values.size == 9 else None
 
 
-def _upright(frame: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, C-contiguous, shown as its display matrix says (`display_orientation`)."""
+def _upright(frame: Any, orientation: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, C-contiguous, shown as EXIF `orientation` says (`display_orientation`).
+
+    The orientation is read from the first frame only: PyAV's side data of a frame and the frame refer to
+    each other, so reading it from every frame would keep each decoded frame (3 MB at 1080p) until the
+    garbage collector's next full pass, and memory would grow with the clip's length."""
     rgb = frame.to_ndarray(format="rgb24")
-    orientation = display_orientation(_display_matrix(frame))
     return rgb if orientation == 1 else np.ascontiguousarray(apply_orientation(rgb, orientation))
 
 
