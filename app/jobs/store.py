@@ -137,10 +137,7 @@ class JobStore:
 
     def read_result(self, job_id: str, format_name: str) -> bytes | None:
         """A result's bytes (None if the file is gone), read whole so that no file stays open."""
-        try:
-            return self.result_path(job_id, format_name).read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read_whole(self.result_path(job_id, format_name))
 
     def write_result(self, job_id: str, format_name: str, body: bytes) -> int:
         write_atomically(self.result_path(job_id, format_name), [body])
@@ -157,31 +154,20 @@ class JobStore:
 
     def write_file(self, job_id: str, path: str, body: bytes) -> int:
         """Write a clip job's file atomically; its size."""
-        target = self.file_path(job_id, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, [body])
-        return len(body)
+        return _write_into(self.file_path(job_id, path), body)
 
     def read_file(self, job_id: str, path: str) -> bytes | None:
         """A clip job's file (None if it is gone), read whole."""
-        try:
-            return self.file_path(job_id, path).read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read_whole(self.file_path(job_id, path))
 
     def write_stash(self, job_id: str, index: int, body: bytes) -> None:
         """Frame `index`'s prediction made in another container (`app.sequence.fanout.save_prediction`)."""
-        target = self.stash_path(job_id, index)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, [body])
+        _write_into(self.stash_path(job_id, index), body)
 
     def take_stash(self, job_id: str, index: int) -> bytes | None:
         """Frame `index`'s stashed prediction, read whole and deleted (None if there is none)."""
         path = self.stash_path(job_id, index)
-        try:
-            body = path.read_bytes()
-        except FileNotFoundError:
-            return None
+        body = _read_whole(path)
         path.unlink(missing_ok=True)
         return body
 
@@ -278,3 +264,18 @@ def _one_line(error: Exception) -> str:
 def stored_bytes(job: Job) -> int:
     """What a job's files take on disk (its results and its upload)."""
     return sum(job.results.values()) + job.input_bytes
+
+
+def _read_whole(path: Path) -> bytes | None:
+    """The file's bytes, read whole so that no file stays open; None if it is gone."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_into(path: Path, body: bytes) -> int:
+    """`body` written atomically at `path`, its folder made first if need be; its size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, [body])
+    return len(body)
