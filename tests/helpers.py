@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -158,3 +159,18 @@ def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (16
             output.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
         output.mux(stream.encode(None))
     return buffer.getvalue()
+
+
+def events(client: httpx.Client, job_id: str) -> list[dict]:
+    """Every `job` event of the job's event stream, until the server ends it."""
+    seen, data = [], []
+    with client.stream("GET", f"/jobs/{job_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data.append(line[6:])
+            elif not line and data:
+                seen.append(orjson.loads("\n".join(data)))
+                data = []
+    return seen

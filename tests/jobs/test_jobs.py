@@ -23,7 +23,7 @@ from app.http import create_app
 from app.http.schemas import JobResponse
 from app.predictor import SharpPredictor
 from app.settings import Settings
-from tests.helpers import LiveServer, assert_error
+from tests.helpers import LiveServer, assert_error, events
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GAUSSIANS = 131_072
@@ -73,21 +73,6 @@ def submit(client: httpx.Client, image: bytes | None = None, name: str = "photo.
     JobResponse.model_validate(job)
     assert response.headers["location"] == f"/jobs/{job['id']}"
     return job
-
-
-def events(client: httpx.Client, job_id: str) -> list[dict]:
-    """Every `job` event of the stream, until the server ends it."""
-    seen, data = [], []
-    with client.stream("GET", f"/jobs/{job_id}/events") as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                data.append(line[6:])
-            elif not line and data:
-                seen.append(orjson.loads("\n".join(data)))
-                data = []
-    return seen
 
 
 def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),

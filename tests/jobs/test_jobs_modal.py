@@ -35,7 +35,7 @@ from app.sequence import run_sequence
 from app.service import InferenceService
 from app.settings import Settings
 from app.video import Sampling, VideoLimits
-from tests.helpers import LiveServer, assert_error, digest, make_clip, tiny_settings
+from tests.helpers import LiveServer, assert_error, digest, events, make_clip, tiny_settings
 from tests.modal_wire import Container, ModalWire
 
 APP, WORKER, FRAMES = "sharp-serve", "run_job", "predict_frames"  # plain Functions here; modal_api's are Cls methods
@@ -193,11 +193,7 @@ def test_a_job_survives_its_polls_and_downloads_the_synchronous_bytes(modal_jobs
         assert polled["status"] in ("queued", "running"), polled
     jobs.gate.open()
 
-    seen = []
-    with jobs.client.stream("GET", f"/jobs/{job['id']}/events") as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data: "):
-                seen.append(orjson.loads(line[6:]))
+    seen = events(jobs.client, job["id"])
     assert seen[-1]["status"] == "succeeded" and seen[-1]["progress"] == 1.0
     spz = jobs.client.get(seen[-1]["results"]["spz"])
     assert spz.status_code == 200 and spz.headers["x-sharp-preset"] == "tiny"

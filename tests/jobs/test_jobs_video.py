@@ -20,7 +20,7 @@ from app.formats.sog import decode_sog
 from app.http import create_app
 from app.predictor import SharpPredictor
 from app.settings import Settings
-from tests.helpers import LiveServer, assert_error, make_clip
+from tests.helpers import LiveServer, assert_error, events, make_clip
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +38,6 @@ def client(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_pa
 
 def submit(client: httpx.Client, clip: bytes, **fields: str) -> httpx.Response:
     return client.post("/jobs", data=fields, files={"file": ("walk.mp4", clip, "video/mp4")})
-
-
-def events(client: httpx.Client, job_id: str) -> list[dict]:
-    seen, data = [], []
-    with client.stream("GET", f"/jobs/{job_id}/events") as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                data.append(line[6:])
-            elif not line and data:
-                seen.append(orjson.loads("\n".join(data)))
-                data = []
-    return seen
 
 
 def test_a_clip_job_makes_each_frames_files_a_manifest_a_preview_and_a_zip(client: httpx.Client) -> None:
