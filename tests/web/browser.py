@@ -9,12 +9,13 @@ reason, without it (CI installs it in .ci/run). Set SHARP_PAGE_SCREENSHOTS=<dir>
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,21 @@ class Finger:
         for kind, at in (("touchStart", 0.0), ("touchEnd", 0.05), ("touchStart", 0.15), ("touchEnd", 0.2)):
             points = [{"x": x, "y": y, "id": 0}] if kind == "touchStart" else []
             self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points, "timestamp": start + at})
+
+
+@contextlib.contextmanager
+def open_tab(browser: Any, *scripts: str, **context_options: Any) -> Iterator[Any]:
+    """A tab in a new browser context (`context_options`) that records the page's states (and runs `scripts`
+    first), waits at most `TIMEOUT_MS`, and fails the test if the page raised an uncaught error."""
+    context = browser.new_context(**context_options)
+    try:
+        tab = context.new_page()
+        for script in (RECORD_STATES, *scripts):
+            tab.add_init_script(script)
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.set_default_timeout(TIMEOUT_MS)
+        yield tab
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

@@ -18,9 +18,8 @@ from tests.web.browser import (
     API_KEY,
     CHROMIUM,
     CHROMIUM_ARGS,
-    RECORD_STATES,
-    TIMEOUT_MS,
     VIEWPORT,
+    open_tab,
     page_settings,
     sync_api,
 )
@@ -66,15 +65,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     # bypass_csp: wait_for_function evaluates strings, which the page's policy forbids (test_csp.py keeps it)
-    context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)
-    tab = context.new_page()
-    tab.add_init_script(RECORD_STATES)
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.set_default_timeout(TIMEOUT_MS)
-    yield tab
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with open_tab(browser, viewport=VIEWPORT, bypass_csp=True) as tab:
+        yield tab
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,12 @@ from PIL import Image
 
 from tests.helpers import LiveServer
 from tests.web.browser import (
-    RECORD_STATES,
     TIMEOUT_MS,
     Finger,
     canvas_pixels,
     correlation,
     grey,
+    open_tab,
     red_over_blue,
     redness,
     screenshot,
@@ -68,16 +68,8 @@ document.addEventListener("DOMContentLoaded", () => {
 
 @pytest.fixture
 def phone(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(**PHONE, bypass_csp=True)  # see conftest.page
-    tab = context.new_page()
-    tab.add_init_script(RECORD_STATES)
-    tab.add_init_script(RECORD_STATUS_AND_SHARES)
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.set_default_timeout(TIMEOUT_MS)
-    yield tab
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with open_tab(browser, RECORD_STATUS_AND_SHARES, **PHONE, bypass_csp=True) as tab:  # see conftest.page
+        yield tab
 
 
 # ------------------------------------------------------------------------------------------ touches
