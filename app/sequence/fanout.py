@@ -8,8 +8,9 @@ one chunk and hand every prediction back as a stash (`save_prediction`, an ``.np
 arrays, lossless). `run_sequence` then passes each frame's prediction, stashed or its own, through
 `app.pipeline.run` in frame order, so a clip spread over containers gives the bytes a serial run gives.
 
-A chunk decodes the clip from its start with the same sampling and skips the frames before its own (a
-decoder cannot start mid-GOP; decoding is a few ms a frame beside a forward pass of hundreds).
+A chunk decodes the clip from its start with the same sampling and skips the frames before its own
+without converting them to RGB (a decoder cannot start mid-GOP, and the sampling counts every frame;
+decoding is a few ms a frame beside a forward pass of hundreds).
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ def predict_chunk(predictor: SharpPredictor, source: bytes | Path, frames: range
     Raises: `VideoError` as `read_frames` does.
     """
     done: list[int] = []
-    for frame in read_frames(source, sampling, limits):
-        if frame.index < frames.start:
-            continue
+    for frame in read_frames(source, sampling, limits, first=frames.start):
         if frame.index >= frames.stop:
             break
         timings: Timings = {}

@@ -125,8 +125,11 @@ def probe_video(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -
         return _check_header(container, sampling.checked(), limits)
 
 
-def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -> Iterator[VideoFrame]:
-    """The frames `sampling` selects, decoded one at a time (module docstring for the rules).
+def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits, *, first: int = 0
+                ) -> Iterator[VideoFrame]:
+    """The frames `sampling` selects, decoded one at a time (module docstring for the rules); from index
+    `first` on (the frames before it are selected and counted, not converted to RGB: a chunk of a clip,
+    `app.sequence.fanout`).
 
     Raises (while iterating):
         UnsupportedVideoError: not a video, or no video stream.
@@ -163,7 +166,8 @@ def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits) -
                                          "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
             if orientation is None:  # the stream's, which FFmpeg attaches to every frame: read once (see _upright)
                 orientation = display_orientation(_display_matrix(frame))
-            yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame, orientation))
+            if taken >= first:
+                yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame, orientation))
             taken += 1
             if sampling.fps is not None:
                 next_time = sampling.start + (math.floor((time_s - sampling.start) * sampling.fps + _EPS_S) + 1) \

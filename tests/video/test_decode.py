@@ -190,3 +190,13 @@ def test_decoding_keeps_no_frame_behind() -> None:
     finally:
         gc.enable()
     assert alive <= 1, f"{alive} decoded frames still held"
+
+
+def test_reading_from_a_later_frame_gives_the_tail_of_the_same_selection() -> None:
+    clip, sampling = make_clip(6, fps=10), Sampling(fps=5, start=0.05)
+    every = list(read_frames(clip, sampling, LIMITS))
+    tail = list(read_frames(clip, sampling, LIMITS, first=1))
+    assert len(every) == 3 and [f.index for f in tail] == [1, 2]
+    for ours, theirs in zip(tail, every[1:], strict=True):
+        assert ours.time_s == theirs.time_s and np.array_equal(ours.rgb, theirs.rgb)
+    assert list(read_frames(clip, sampling, LIMITS, first=5)) == []  # past the selection's end: nothing, no error
