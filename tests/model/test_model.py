@@ -98,3 +98,16 @@ def test_activation_helpers() -> None:
 def test_unknown_preset_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         build_network("huge")
+
+
+def test_tiny_full_preset_gives_the_real_number_of_gaussians_from_the_real_input_size() -> None:
+    full, tiny_full = get_config("sharp"), get_config("tiny_full")
+    assert tiny_full.internal_resolution == full.internal_resolution == 1536
+    assert tiny_full.num_gaussians == full.num_gaussians == 1_179_648
+    assert tiny_full.encoder_dims == get_config("tiny").encoder_dims  # the tiny widths
+    network = build_network("tiny_full")
+    fill_synthetic_weights(network, seed=0)
+    image = torch.rand(1, 3, 1536, 1536, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        out = network(image, torch.tensor([1.0]))
+    assert out.means.shape == (1, 1_179_648, 3) and torch.isfinite(out.means).all()
