@@ -11,7 +11,7 @@ export const DOWNLOADS = [
   ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"], // = /predict/ply_vertex
   ["splat", ".splat", "predict/splat", {}, ".splat"],
   ["sog", "SOG (smallest)", "predict/sog", {}, ".sog"],
-  ["glb", "glTF (.glb, Khronos splats)", "predict/glb", {}, ".glb"],
+  ["glb", "glTF (.glb)", "predict/glb", {}, ".glb"],
 ];
 // The scene formats the renderer reads from the server, smallest file first: a phone takes the first one
 // the server offers, a wide screen SPZ (finer positions than SOG's).
