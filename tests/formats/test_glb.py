@@ -1,7 +1,7 @@
-"""Our binary glTF with KHR_gaussian_splatting: its layout, read back by a GLB parser of this test's own (which
-follows the JSON's accessors and buffer views, assuming nothing of our layout) equal to our PLY within the
-float32 roundings, Khronos's gltf-validator (npm, pinned in web/package-lock.json) on it, and PlayCanvas's
-splat-transform's ``.glb`` of the same PLY holding the same fields and numbers.
+"""Our binary glTF with KHR_gaussian_splatting: its layout, read back by the tests' own GLB reader
+(`tests/formats/gltf.py`, which follows the JSON's accessors and buffer views, assuming nothing of our layout)
+equal to our PLY within the float32 roundings, Khronos's gltf-validator (npm, pinned in web/package-lock.json)
+on it, and PlayCanvas's splat-transform's ``.glb`` of the same PLY holding the same fields and numbers.
 
 gltf-validator 2.0.0-dev.3.10 does not know the extension yet: it reports UNSUPPORTED_EXTENSION (an info) and one
 MESH_PRIMITIVE_INVALID_ATTRIBUTE error per ``KHR_gaussian_splatting:*`` attribute, exactly as on splat-transform's
