@@ -10,6 +10,8 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
 - ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
+- ``glb``: binary glTF 2.0 with Khronos's ``KHR_gaussian_splatting`` (float attributes, 60 bytes per Gaussian)
+  and the photo's camera as a camera node (glTF axes: +Y up, +Z forward).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); option ``encoding``.
 - ``preview`` (PNG), ``preview_jpeg`` (JPEG), ``orbit`` (MP4): renders of the scene by `app.render`, the
   input view or a short camera path around it; options ``size``, ``depth`` (stills), ``path`` and ``frames``
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.errors import InvalidRequestError, UnknownFormatError
+from app.formats.glb import encode_glb
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply
 from app.formats.sog import encode_sog
@@ -105,6 +108,10 @@ def _sog(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
     return encode_sog(prediction.scene)
 
 
+def _glb(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_glb(prediction.scene)
+
+
 def _json(prediction: Prediction, timings_ms: Mapping[str, float], **options: Any) -> bytes:
     return encode_prediction_json(prediction, timings_ms=timings_ms, **options)
 
@@ -144,6 +151,8 @@ FORMATS: dict[str, OutputFormat] = {
                      "PLY), RUB axes", _spz),
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
+        OutputFormat("glb", ".glb", "model/gltf-binary", "binary glTF 2.0 with KHR_gaussian_splatting (float "
+                     "attributes, 60 B/Gaussian) and the photo's camera as a camera node, glTF axes", _glb),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
                      "metadata", _json, frozenset({"encoding"})),
         OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "

@@ -36,6 +36,7 @@ from app.http.schemas import ApiInfo, HealthResponse, PredictResponse
 from app.outputs import FORMATS, SCENE_FORMATS
 from app.predictor import SharpPredictor
 from app.settings import Settings
+from tests.formats.gltf import Glb
 from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
 
 API_KEY = "test-key-0123456789"
@@ -306,6 +307,9 @@ def test_other_formats(client: httpx.Client, coffee: bytes, coffee_json: dict[st
         assert decoded.num_gaussians == TINY_GAUSSIANS
         in_file_order = positions[morton_order(quantize_positions(positions)[0])]
         np.testing.assert_allclose(decoded.positions, in_file_order, rtol=1e-3, atol=1e-4)
+    elif name == "glb":
+        stored = Glb(response.content).attributes()["POSITION"]  # glTF axes: (-x, -y, z)
+        np.testing.assert_array_equal(stored * np.float32([-1, -1, 1]), positions)
     else:
         decoded = decode_spz(response.content)
         assert decoded.num_gaussians == TINY_GAUSSIANS

@@ -123,7 +123,7 @@ def test_job_results_are_the_synchronous_bytes(client: httpx.Client) -> None:
     photo = image_bytes(1)
     job = submit(client, photo, name="garden.png")
     assert job["status"] in ("queued", "running")
-    assert job["outputs"] == ["ply", "ply_vertex", "splat", "spz", "sog", "json"]
+    assert job["outputs"] == ["ply", "ply_vertex", "splat", "spz", "sog", "glb", "json"]
     assert job["results"] == {} and job["error"] is None and job["created_at"].endswith("Z")
 
     seen = events(client, job["id"])
@@ -142,10 +142,12 @@ def test_job_results_are_the_synchronous_bytes(client: httpx.Client) -> None:
     jid = job["id"]
     assert final["results"] == {"ply": f"/jobs/{jid}/result.ply", "ply_vertex": f"/jobs/{jid}/result.vertex.ply",
                                 "splat": f"/jobs/{jid}/result.splat", "spz": f"/jobs/{jid}/result.spz",
-                                "sog": f"/jobs/{jid}/result.sog", "json": f"/jobs/{jid}/result.json"}
+                                "sog": f"/jobs/{jid}/result.sog", "glb": f"/jobs/{jid}/result.glb",
+                                "json": f"/jobs/{jid}/result.json"}
 
     upload = {"file": ("garden.png", photo, "image/png")}
-    for name, sync in (("ply", "/predict/ply"), ("splat", "/predict/splat"), ("spz", "/predict/spz")):
+    for name, sync in (("ply", "/predict/ply"), ("splat", "/predict/splat"), ("spz", "/predict/spz"),
+                       ("glb", "/predict/glb")):
         expected, got = client.post(sync, files=upload), client.get(final["results"][name])
         assert got.status_code == 200 and got.content == expected.content, name
         for header in ("content-type", "content-disposition", "x-sharp-preset", "x-sharp-weights", "x-sharp-f-px",

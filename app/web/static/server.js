@@ -11,6 +11,7 @@ export const DOWNLOADS = [
   ["ply_vertex", "PLY (vertex only, for viewers)", "predict/ply", { vertex_only: "true" }, ".vertex.ply"], // = /predict/ply_vertex
   ["splat", ".splat", "predict/splat", {}, ".splat"],
   ["sog", "SOG (smallest)", "predict/sog", {}, ".sog"],
+  ["glb", "glTF (.glb)", "predict/glb", {}, ".glb"],
 ];
 // The scene formats the renderer reads from the server, smallest file first: a phone takes the first one
 // the server offers, a wide screen SPZ (finer positions than SOG's).
@@ -36,10 +37,10 @@ export async function loadInfo() {
   }
 }
 
-/** Whether the server makes this format (its JSON info lists it); without the info, today's four. */
+/** Whether the server makes this format (its JSON info lists it); without the info, the first four. */
 export function offers(format) {
   const formats = page.info?.formats;
-  return Array.isArray(formats) ? formats.includes(format) : format !== "sog";
+  return Array.isArray(formats) ? formats.includes(format) : !["sog", "glb"].includes(format);
 }
 
 /** What a job makes: the scene files offered for download, plus the server's preview render. */
