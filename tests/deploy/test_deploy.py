@@ -17,8 +17,8 @@ import pytest
 
 from app.formats.ply import read_ply
 from deploy import config
-from deploy.front import Front, answer
-from tests.helpers import tiny_settings
+from deploy.front import Front, FrontService, answer
+from tests.helpers import assert_error, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_GAUSSIANS = 131_072
@@ -140,11 +140,13 @@ def png_bytes() -> bytes:
 
 def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Path) -> None:
     """The CPU front's split, over real HTTP: `/predict/ply` answered by the GPU side's app (here in-process,
-    as `SharpAPI.respond` runs it), `/health` by the front's own app; an oversized body is not forwarded."""
+    as `SharpAPI.respond` runs it), `/health` by the front's own app; every request the local app refuses
+    (no key, too large, a field twice, a budget over the count, an unknown option) is answered by the front
+    with the local app's own error and never forwarded."""
     from app.http import create_app
     from app.service import InferenceService, default_loader
 
-    settings = tiny_settings(cache_dir=tmp_path, max_upload_mb=1)
+    settings = tiny_settings(cache_dir=tmp_path, max_upload_mb=1, api_key="k")
     gpu_service = InferenceService(settings, default_loader(settings))
     gpu_app = create_app(settings, service=gpu_service)
     forwarded: list[str] = []
@@ -153,18 +155,66 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
         forwarded.append(request.target)
         return await answer(gpu_app, request)
 
-    front_app = create_app(settings, predictor=gpu_service.predictor)
-    server = serve(Front(front_app, forward, max_body_bytes=settings.max_upload_bytes + 1024 * 1024))
+    front_service = FrontService(settings)
+    server = serve(Front(create_app(settings, service=front_service), forward, front_service))
+    photo = {"file": ("p.png", png_bytes(), "image/png")}
+    key = {"Authorization": "Bearer k"}
     with httpx.Client(base_url=server.url, timeout=120) as client:
-        assert client.get("/health").status_code == 200
-        response = client.post("/predict/ply?f_px=600", files={"file": ("p.png", png_bytes(), "image/png")})
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["backend"] == "waiting", health.text
+        assert health.json()["preset"] == "tiny" and health.json()["num_gaussians"] == TINY_GAUSSIANS
+        assert_error(client.post("/predict/ply", files=photo), 401, "unauthorized")
+        big = client.post("/predict/ply", files={"file": ("p.png", b"\0" * (3 * 1024 * 1024), "image/png")},
+                          headers=key)
+        assert_error(big, 413, "upload_too_large")
+        twice = client.post("/predict/ply", files=photo, data={"f_px": ["600", "700"]}, headers=key)
+        assert_error(twice, 422, "validation_error")
+        assert_error(client.post("/predict", files=photo, data={"max_gaussians": str(TINY_GAUSSIANS + 1)},
+                                 headers=key), 422, "validation_error")
+        assert_error(client.post("/render", files=photo, data={"output": "gif"}, headers=key), 422,
+                     "validation_error")
+        assert_error(client.post("/predict/ply", data={"f_px": "600"}, headers=key), 422, "missing_file")
+        assert forwarded == []
+        assert client.get("/health").json()["backend"] == "waiting"
+
+        response = client.post("/predict/ply?f_px=600", files=photo, headers={**key, "X-Request-ID": "abc-1"})
         assert response.status_code == 200, response.text
         assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
-        assert response.headers["x-request-id"]
-        big = client.post("/predict/ply", files={"file": ("p.png", b"\0" * (3 * 1024 * 1024), "image/png")})
-        assert big.status_code == 413
+        assert response.headers["x-request-id"] == "abc-1"  # the GPU side kept the front's id
+        assert client.get("/health").json()["backend"] == "answered"
     assert forwarded == ["/predict/ply?f_px=600"]
     gpu_service.close()
+
+
+_NO_GPU_ENV = {"SHARP_PRESET": "tiny", "SHARP_API_KEY": "the-key", "SHARP_DEVICE": "cuda"}
+
+
+def test_the_deployed_front_calls_no_gpu_class(serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`modal_api.fastapi_app`'s own body, started with its lifespan and an API key, against Modal's wire:
+    `/health`, `/` and a key-less `/predict/ply` (401) make no Modal call at all (no GPU class is asked for
+    its model, none is started), and the model is described from the deploy's settings."""
+    from modal._utils.async_utils import synchronizer
+
+    import modal_api
+    from tests.modal_wire import ModalWire
+
+    for name in [name for name in os.environ if name.startswith("SHARP_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**_NO_GPU_ENV, "SHARP_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(name, value)
+    with ModalWire(tmp_path / "modal") as wire:
+        wire.container("web")
+        front = synchronizer._translate_in(modal_api.fastapi_app)._raw_f()
+        server = serve(front)
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            health = client.get("/health")
+            assert health.status_code == 200, health.text
+            assert health.json()["backend"] == "waiting" and health.json()["device"] == "cuda"
+            assert client.get("/", headers={"Accept": "application/json"}).json()["model"]["preset"] == "tiny"
+            refused = client.post("/predict/ply", files={"file": ("p.png", png_bytes(), "image/png")})
+            assert_error(refused, 401, "unauthorized")
+        server.stop()
+        assert wire.rpcs == []
 
 
 def test_modal_containers_install_no_signal_handler(tmp_path: Path) -> None:
