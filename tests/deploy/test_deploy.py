@@ -92,15 +92,39 @@ def test_deploy_check_command() -> None:
     assert "deploy check: ok" in result.stdout and config.torch_requirement() in result.stdout
 
 
-def test_every_setting_reaches_the_container_but_the_key() -> None:
+def test_deploy_check_refuses_settings_a_gpu_container_cannot_honour() -> None:
+    """Baked from the deploy shell: a device the GPU containers lack, a laptop's checkpoint path, a queue
+    shorter than the inputs one container takes; one `error:` line each, exit 1. A variable outside the
+    allow-list is ignored with a warning, and is no error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARP_")}
+    env.update({"SHARP_DEVICE": "mps", "SHARP_CHECKPOINT": "/Users/me/Downloads/sharp_2572gikvuh.pt",
+                "SHARP_MAX_QUEUE": "2", "SHARP_PORT": "8080"})
+    result = subprocess.run([sys.executable, "-m", "deploy", "check"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and "deploy check: ok" not in result.stdout, result.stdout
+    assert errors[0].startswith("error: SHARP_DEVICE='mps'") and "cuda" in errors[0]
+    assert errors[1].startswith("error: SHARP_CHECKPOINT=") and "/cache" in errors[1]
+    assert errors[2].startswith("error: SHARP_MAX_QUEUE=2")
+    assert "SHARP_PORT" in result.stderr and "SHARP_PORT" not in result.stdout
+
+
+def test_baked_settings_are_an_allow_list() -> None:
     from app.settings import Settings
 
     names = {f"SHARP_{name.upper()}" for name in Settings.model_fields}
-    assert set(config.settings_env_names()) == names
+    assert set(config.settings_env_names()) == names and set(config.BAKED_SETTINGS) <= names
     env = config.container_env(dict.fromkeys(names, "x") | dict.fromkeys(config.DEPLOY_SWITCHES, "y"))
-    assert "SHARP_API_KEY" not in env and env["SHARP_CACHE_DIR"] == "/cache"
-    assert names - {"SHARP_API_KEY", "SHARP_CACHE_DIR"} | set(config.DEPLOY_SWITCHES) <= set(env)
-    assert config.container_env({})["SHARP_DEVICE"] == "cuda"
+    assert set(env) == {*config.BAKED_SETTINGS, *config.DEPLOY_SWITCHES, "SHARP_CACHE_DIR"}
+    assert env["SHARP_CACHE_DIR"] == "/cache" and "SHARP_API_KEY" not in env and "SHARP_JOBS_DIR" not in env
+    assert config.ignored_env({"SHARP_HOST": "0.0.0.0", "SHARP_PRESET": "tiny", "SHARP_API_KEY": "k",
+                               "SHARP_CACHE_DIR": "/cache", "SHARP_GPU": "H100"}) == ["SHARP_HOST"]
+    defaults = config.container_env({})
+    assert defaults["SHARP_DEVICE"] == "cuda" and config.baked_problems(defaults) == []
+    assert config.baked_problems({**defaults, "SHARP_CHECKPOINT": "/cache/mine.pt", "SHARP_DEVICE": "auto"}) == []
+    (problem,) = config.baked_problems({**defaults, "SHARP_CHECKPOINT": "/cache/../etc/x.pt"})
+    assert problem.startswith("SHARP_CHECKPOINT=")
 
 
 def test_torch_pinned_once() -> None:
