@@ -56,6 +56,10 @@ MAX_CONCURRENT_INPUTS = 10
 TIMEOUT_S = 900
 """Per-input and container-startup limit: covers the first container's ~2.8 GB checkpoint download."""
 PYTHON_VERSION = "3.11"
+CLIP_FRAME_S = 5.0
+"""A generous time for one clip frame in a job's own GPU container (forward pass, outputs, preview; an
+estimate, not measured): a clip job's call must fit `SHARP_VIDEO_CHUNK_WAIT_S` plus all its frames made there
+within `TIMEOUT_S` (`baked_problems`)."""
 
 DEPLOY_SWITCHES = ("SHARP_GPU", "SHARP_SCALEDOWN_WINDOW", "SHARP_PROXY_AUTH", "SHARP_API_KEY_SECRET",
                    "SHARP_MEMORY_SNAPSHOT", "SHARP_MAX_CONTAINERS")
@@ -67,7 +71,7 @@ BAKED_SETTINGS = (
     "SHARP_UPLOAD_DEADLINE_S", "SHARP_CORS_ORIGINS", "SHARP_LOG_LEVEL",
     "SHARP_JOB_TTL_S", "SHARP_JOBS_MAX_BYTES",
     "SHARP_VIDEO_MAX_DURATION_S", "SHARP_VIDEO_MAX_FRAMES", "SHARP_VIDEO_MAX_PIXELS", "SHARP_VIDEO_CHUNK_FRAMES",
-    "SHARP_VIDEO_PARALLEL_CHUNKS",
+    "SHARP_VIDEO_PARALLEL_CHUNKS", "SHARP_VIDEO_CHUNK_WAIT_S",
 )
 """The service settings a deploy copies from its environment into the images (the allow-list, docs/modal.md).
 Left out on purpose: `SHARP_API_KEY` (a Secret), `SHARP_CACHE_DIR` (the Volume), `SHARP_JOBS_DIR` (the jobs
@@ -196,7 +200,8 @@ def baked_problems(env: Mapping[str, str]) -> list[str]:
     """What is wrong with a container environment (`container_env`'s) on Modal's GPU containers, one line per
     problem: a device other than `DEVICES_ON_MODAL`, a `SHARP_CHECKPOINT` outside the cache Volume's mount, a
     service queue that cannot hold the inputs Modal routes to one container at once (`MAX_CONCURRENT_INPUTS`),
-    and any other value `app.settings.Settings` refuses."""
+    clip limits a job's call cannot finish within its timeout (`CLIP_FRAME_S`), and any other value
+    `app.settings.Settings` refuses."""
     found: dict[str, str] = {}
     device = env.get("SHARP_DEVICE", "auto").strip().lower()
     if device not in DEVICES_ON_MODAL:
@@ -215,6 +220,17 @@ def baked_problems(env: Mapping[str, str]) -> list[str]:
             f"SHARP_MAX_QUEUE={queue}: a GPU container takes {MAX_CONCURRENT_INPUTS} inputs at once (1 predicting "
             f"+ {MAX_CONCURRENT_INPUTS - 1} waiting), so the last ones would get 503 queue_full; set it to "
             f"{MAX_CONCURRENT_INPUTS - 1} or more (or leave it unset)")
+    try:
+        frames = int(env.get("SHARP_VIDEO_MAX_FRAMES", "120"))
+        wait_s = float(env.get("SHARP_VIDEO_CHUNK_WAIT_S", "120"))
+    except ValueError:
+        pass  # named by the settings' own check below
+    else:
+        if wait_s + frames * CLIP_FRAME_S > TIMEOUT_S:
+            found["SHARP_VIDEO_CHUNK_WAIT_S"] = (
+                f"SHARP_VIDEO_CHUNK_WAIT_S={wait_s:g} + SHARP_VIDEO_MAX_FRAMES={frames} x {CLIP_FRAME_S:g} s: a clip "
+                f"job could outlive its call's timeout ({TIMEOUT_S} s) when its chunks wait in Modal's queue and "
+                "its frames are predicted in its own container; lower one of them")
     for name, message in _settings_errors(env):
         found.setdefault(name, f"{name}={env.get(name)!r}: {message}")
     return list(found.values())

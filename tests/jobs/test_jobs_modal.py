@@ -92,6 +92,8 @@ class ModalJobs:
     client: httpx.Client
     gate: Gate
     queue: ModalJobQueue
+    settings: Settings
+    """The settings every container here reads (a test may change them before it submits)."""
 
     def submit(self, **data: str) -> dict[str, Any]:
         response = self.client.post("/jobs", files={"file": ("photo.png", png_bytes(), "image/png")}, data=data)
@@ -195,7 +197,7 @@ def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any],
         try:
             with server.client(timeout=120) as client:
                 yield ModalJobs(wire, web, worker, frames, frames_predicted, broken_chunks, frames_gate, server,
-                                client, gate, queue)
+                                client, gate, queue, settings)
         finally:
             gate.open()
             frames_gate.open()
@@ -481,3 +483,25 @@ def test_cancelling_a_spread_clip_cancels_its_chunks_and_keeps_nothing(modal_job
     assert jobs.frames_predicted == []
     assert jobs.statuses(job_id)[-1] == "cancelled"
     assert not [name for name in jobs.wire.committed if name.startswith((f"{job_id}/work", f"{job_id}/sequence"))]
+
+
+def test_a_chunk_left_waiting_in_modals_queue_is_taken_back(modal_jobs: ModalJobs,
+                                                              serial_files: dict[str, bytes]) -> None:
+    """The frame containers never start the chunks (Modal's queue is full): past `SHARP_VIDEO_CHUNK_WAIT_S`
+    the job's container cancels the chunk it waits for, sends no more out, predicts every frame itself,
+    and the files are the serial ones."""
+    jobs = modal_jobs
+    jobs.frames_gate.opened.clear()  # the chunk calls never get going
+    jobs.settings.video_chunk_wait_s = 0.5
+    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", SPREAD_CLIP, "video/mp4")},
+                                data={"align": "scale", "outputs": "spz,ply"})
+    assert response.status_code == 202, response.text
+    job = jobs.wait_final(response.json()["id"])
+    assert job["status"] == "succeeded", job
+    chunks = [call for call in jobs.wire.calls.values() if call.function.endswith(FRAMES)]
+    assert sorted(call.args for call in chunks) == [(job["id"], 2, CHUNK_FRAMES), (job["id"], 4, CHUNK_FRAMES)]
+    for chunk in chunks:  # both were out at once; both taken back (cancelled), neither ran a frame
+        assert jobs.wire.wait(chunk.id).result.exception == "Input was cancelled by user"
+    assert jobs.frames_predicted == []
+    for path in ("frames/000002.spz", "frames/000004.ply", "preview.mp4"):
+        assert digest(jobs.client.get(job["results"][path]).content) == digest(serial_files[path])
