@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +29,46 @@ import json, modal_api, modal_app
 from deploy.check import describe
 print(json.dumps({"modal_api": describe(modal_api), "modal_app": describe(modal_app)}))
 """
+_IN_CONTAINER = """
+import modal
+from modal._runtime.task_lifecycle_manager import _TaskLifecycleManager
+from modal_proto import api_pb2
+
+_TaskLifecycleManager("ta-test", "fu-test", api_pb2.Function(), None, None)  # what Modal's container entrypoint makes
+assert not modal.is_local()
+import app, deploy
+assert {app.__file__, deploy.__file__} <= {str(p) for p in __import__("pathlib").Path.cwd().rglob("__init__.py")}
+""" + _DESCRIBE
 
 
-def describe_in_subprocess(environ: dict[str, str]) -> dict[str, Any]:
+def image_tree(destination: Path) -> Path:
+    """What the image ships of this checkout, as a container's /root holds it: `app/` and `deploy/` as
+    `add_local_python_source` adds them (`deploy.images._not_shipped` leaves the rest out) and the deploy
+    files Modal mounts. No pyproject.toml, no web/, no tests."""
+    from deploy.images import _not_shipped
+
+    for package in ("app", "deploy"):
+        for path in (ROOT / package).rglob("*"):
+            relative = path.relative_to(ROOT)
+            if path.is_file() and "__pycache__" not in relative.parts and not _not_shipped(relative):
+                (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination / relative)
+    for name in ("modal_api.py", "modal_app.py"):
+        shutil.copy2(ROOT / name, destination / name)
+    return destination
+
+
+def describe_in_subprocess(environ: dict[str, str], container: Path | None = None) -> dict[str, Any]:
     """Both apps' definitions (`deploy.check.describe`) imported in a fresh interpreter with only `environ`'s
-    SHARP_* and MODAL_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_"))}
+    SHARP_* and MODAL_* variables: in this checkout as `modal deploy` does, or (`container`: an `image_tree`)
+    as a container does, from the image's files only and with `modal.is_local()` false through the runtime's
+    own switch (the task's lifecycle manager exists before the deploy file is imported)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARP_", "MODAL_")) and k != "PYTHONPATH"}
     env.update(environ)
-    result = subprocess.run([sys.executable, "-c", _DESCRIBE], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    if container is not None:
+        env["PYTHONPATH"] = str(container)
+    result = subprocess.run([sys.executable, "-c", _IN_CONTAINER if container else _DESCRIBE],
+                            cwd=container or ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -47,13 +79,14 @@ DEPLOY_ENV = {"SHARP_GPU": "H100", "SHARP_API_KEY_SECRET": "sharp-api-key", "SHA
 
 
 @pytest.mark.parametrize("deploy_env", [{}, DEPLOY_ENV], ids=["defaults", "switches"])
-def test_container_import_defines_what_the_deploy_did(deploy_env: dict[str, str]) -> None:
+def test_container_import_defines_what_the_deploy_did(deploy_env: dict[str, str], tmp_path: Path) -> None:
     """A container sees the image's environment (not the laptop's) plus Modal's markers, and the Secret's
-    variables; Modal refuses to start a container whose classes have other dependencies than deployed."""
+    variables, and imports the image's files with `modal.is_local()` false; Modal refuses to start a container
+    whose classes have other dependencies than deployed."""
     deployed = describe_in_subprocess(deploy_env)
     container_env = {**config.container_env(deploy_env), "MODAL_IS_REMOTE": "1", "MODAL_TASK_ID": "ta-test",
                      **({"SHARP_API_KEY": "from-the-secret"} if "SHARP_API_KEY_SECRET" in deploy_env else {})}
-    in_container = describe_in_subprocess(container_env)
+    in_container = describe_in_subprocess(container_env, container=image_tree(tmp_path / "root"))
     assert in_container == deployed
     classes = {**deployed["modal_api"], **deployed["modal_app"]}
     assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "fastapi_app"}
