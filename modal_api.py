@@ -19,6 +19,7 @@ Every GPU class shares one lifecycle (`deploy.container.ModelContainer`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import modal
@@ -41,7 +42,8 @@ WEB_LABEL = f"{APP_NAME}-fastapi-app"
 FRONT_MAX_INPUTS = 100
 """Requests one CPU container takes at once (polls and event streams mostly wait)."""
 FRONT_MEMORY_MB = (2048, 8192)
-"""Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) and results (~70 MB each) pass through memory."""
+"""Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) pass through memory; results stream through in
+pieces of 4 MiB (`deploy.front.FORWARD_CHUNK_BYTES`; `bench/front_memory.py`)."""
 
 app = modal.App(APP_NAME)
 
@@ -52,14 +54,16 @@ class SharpAPI(ModelContainer):
     """A GPU container: one model answering the requests the CPU container forwards, up to 10 at once."""
 
     @modal.method()
-    async def respond(self, request: ForwardedRequest) -> ForwardedResponse:
-        """Answer one forwarded `/predict*` or `/render` request with the local server's app."""
+    async def respond(self, request: ForwardedRequest) -> AsyncIterator[ForwardedResponse | bytes]:
+        """Answer one forwarded `/predict*` or `/render` request with the local server's app: a generator of
+        its head, then its body in pieces (`deploy.front.answer`), so no result is pickled whole."""
         from app.http import create_app
         from deploy.front import answer
 
         if not hasattr(self, "web_app"):  # no lifespan: the service runs already, and no signal handler
             self.web_app = create_app(self.settings, service=self.service)
-        return await answer(self.web_app, request)
+        async for piece in answer(self.web_app, request):
+            yield piece
 
 
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
@@ -108,7 +112,7 @@ def fastapi_app() -> Any:
     service = FrontService(settings)
     jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
     local: FastAPI = create_app(settings, service=service, job_queue=jobs)
-    return Front(local, forward=SharpAPI().respond.remote.aio, service=service)
+    return Front(local, forward=SharpAPI().respond.remote_gen.aio, service=service)
 
 
 async def spawn_job(job_id: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +56,18 @@ class ForwardedRequest:
 
 @dataclass(frozen=True)
 class ForwardedResponse:
+    """A forwarded response's status and headers (`content-length` included); its body follows in pieces."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
-    body: bytes
 
 
-Forward = Callable[[ForwardedRequest], Awaitable[ForwardedResponse]]
+FORWARD_CHUNK_BYTES = 4 * 1024 * 1024
+"""A forwarded response's body travels in pieces of at most this size (the outputs of `SharpAPI.respond`, a
+Modal generator), so the front holds a piece or two of each answer, never a whole 193 MB JSON or 70 MB PLY."""
+
+Forward = Callable[[ForwardedRequest], AsyncIterator["ForwardedResponse | bytes"]]
+"""`forward(request)`: the response's head (`ForwardedResponse`), then its body's pieces (`bytes`)."""
 
 
 def is_forwarded(path: str) -> bool:
@@ -185,30 +191,37 @@ class Front:
             return
         query = scope.get("query_string", b"").decode("latin-1")
         target = scope.get("raw_path", scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
-        try:
-            response = await self.forward(ForwardedRequest(scope["method"], target, headers, b"".join(chunks)))
-        except Exception as error:  # the GPU call failed (container lost, timeout): the service's error shape
-            response = unavailable(request_id, error)
-        else:
-            self.service.gpu_answered()
+        pieces = self.forward(ForwardedRequest(scope["method"], target, headers, b"".join(chunks)))
         chunks.clear()
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": [*response.headers, (b"content-length", str(len(response.body)).encode())]})
-        await send({"type": "http.response.body", "body": response.body})
+        try:
+            head = await anext(pieces)
+            assert isinstance(head, ForwardedResponse), "a forwarded answer starts with its head"
+        except Exception as error:  # the GPU call failed (container lost, timeout): the service's error shape
+            head, body = unavailable(request_id, error)
+            await send({"type": "http.response.start", "status": head.status, "headers": head.headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.service.gpu_answered()
+        await send({"type": "http.response.start", "status": head.status, "headers": head.headers})
+        async for piece in pieces:  # a failure now cuts the body short (its content-length tells the client)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
-def unavailable(request_id: str, error: BaseException) -> ForwardedResponse:
-    """503 `gpu_unavailable`, in the shape of every error of the service."""
+def unavailable(request_id: str, error: BaseException) -> tuple[ForwardedResponse, bytes]:
+    """503 `gpu_unavailable`, in the shape of every error of the service: its head and body."""
     import orjson
 
     body = orjson.dumps({"error": {"code": "gpu_unavailable", "request_id": request_id,
                                    "message": f"the GPU container did not answer ({type(error).__name__}); retry"}})
-    return ForwardedResponse(503, [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode()),
-                                   (b"retry-after", b"5")], body)
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode()), (b"retry-after", b"5"),
+               (b"content-length", str(len(body)).encode())]
+    return ForwardedResponse(503, headers), body
 
 
-async def answer(app: ASGIApp, request: ForwardedRequest) -> ForwardedResponse:
-    """Run a forwarded request through `app` in-process (the GPU side); the response's bytes as sent."""
+async def answer(app: ASGIApp, request: ForwardedRequest) -> AsyncIterator[ForwardedResponse | bytes]:
+    """Run a forwarded request through `app` in-process (the GPU side): the response's head, then its body's
+    bytes as sent, in pieces of `FORWARD_CHUNK_BYTES`."""
     import httpx
 
     transport = httpx.ASGITransport(app=app)
@@ -219,4 +232,7 @@ async def answer(app: ASGIApp, request: ForwardedRequest) -> ForwardedResponse:
         body = b"".join([chunk async for chunk in response.aiter_raw()])
         await response.aclose()
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
-    return ForwardedResponse(response.status_code, headers, body)
+    yield ForwardedResponse(response.status_code, [*headers, (b"content-length", str(len(body)).encode())])
+    view = memoryview(body)
+    for start in range(0, len(body), FORWARD_CHUNK_BYTES):
+        yield bytes(view[start:start + FORWARD_CHUNK_BYTES])

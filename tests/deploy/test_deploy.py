@@ -18,7 +18,7 @@ import pytest
 
 from app.formats.ply import read_ply
 from deploy import config
-from deploy.front import Front, FrontService, answer
+from deploy.front import FORWARD_CHUNK_BYTES, Front, FrontService, answer
 from tests.helpers import assert_error, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,10 +207,13 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
     gpu_service = InferenceService(settings, default_loader(settings))
     gpu_app = create_app(settings, service=gpu_service)
     forwarded: list[str] = []
+    pieces: list[int] = []
 
-    async def forward(request: Any) -> Any:
+    async def forward(request: Any) -> Any:  # as `SharpAPI.respond.remote_gen` hands them over
         forwarded.append(request.target)
-        return await answer(gpu_app, request)
+        async for piece in answer(gpu_app, request):
+            pieces.append(len(piece) if isinstance(piece, bytes) else -1)
+            yield piece
 
     front_service = FrontService(settings)
     server = serve(Front(create_app(settings, service=front_service), forward, front_service))
@@ -238,6 +241,8 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
         assert response.status_code == 200, response.text
         assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
         assert response.headers["x-request-id"] == "abc-1"  # the GPU side kept the front's id
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert pieces[0] == -1 and max(pieces) <= FORWARD_CHUNK_BYTES and len(pieces) > 2  # head, then pieces
         assert client.get("/health").json()["backend"] == "answered"
     assert forwarded == ["/predict/ply?f_px=600"]
     gpu_service.close()
