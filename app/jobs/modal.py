@@ -139,6 +139,7 @@ class ModalJobQueue:
         store: the job directories on the mounted Volume.
         volume: that `modal.Volume` (`reload` to see other containers' commits, `commit` to publish ours).
         spawn: queues a job on the GPU class, returns the call's id.
+        lock_timeout_s: the longest wait for a job's lock, or a forced reload, before a 503 (`locked`).
     """
 
     def __init__(self, settings: Settings, store: JobStore, volume: Any, spawn: Spawn, *,

@@ -248,6 +248,26 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
     gpu_service.close()
 
 
+def test_front_answers_503_when_the_gpu_call_fails(serve: Any, tmp_path: Path) -> None:
+    """The Modal call fails before any answer (container lost, no GPU): 503 `gpu_unavailable` with
+    Retry-After, in the service's error shape, and `/health` still says no GPU container has answered."""
+    from app.http import create_app
+
+    settings = tiny_settings(cache_dir=tmp_path)
+
+    async def forward(request: Any) -> Any:
+        raise ConnectionError("the GPU container was lost")
+        yield  # a generator, as `SharpAPI.respond.remote_gen`
+
+    service = FrontService(settings)
+    server = serve(Front(create_app(settings, service=service), forward, service))
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        failed = client.post("/predict/spz", files={"file": ("p.png", png_bytes(), "image/png")})
+        error = assert_error(failed, 503, "gpu_unavailable")
+        assert "ConnectionError" in error["message"] and failed.headers["retry-after"] == "5"
+        assert client.get("/health").json()["backend"] == "waiting"
+
+
 _NO_GPU_ENV = {"SHARP_PRESET": "tiny", "SHARP_API_KEY": "the-key", "SHARP_DEVICE": "cuda"}
 
 
