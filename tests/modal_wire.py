@@ -14,7 +14,8 @@ What it models, and nothing more:
 * Volumes: `Volume.from_name(name)` (VolumeGetOrCreate), `reload()` and `commit()` (VolumeReload,
   VolumeCommit). Every container has its own view (a directory); `commit` publishes the files that
   container changed since its last reload, `reload` first commits (as Modal may) and then replaces
-  the view with the committed state. `reload` fails with Modal's FAILED_PRECONDITION "open files"
+  the view with the committed state (each file replaced whole: a reader sees the old or the new bytes).
+  `reload` fails with Modal's FAILED_PRECONDITION "open files"
   error while the calling container has any file of its view open (read from /proc/self/fd), and the
   SDK's `commit()` reloads afterwards, so it fails then too (after its changes were committed).
   `fail_next("VolumeCommit", ...)` makes the next call of an RPC fail with a gRPC status, `hold_next(...)`
@@ -375,8 +376,10 @@ class ModalWire:
         for relative, data in self.committed.items():
             path = caller.mount / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.is_file() or path.read_bytes() != data:
-                path.write_bytes(data)
+            if not path.is_file() or path.read_bytes() != data:  # replaced whole: a reader sees old or new
+                staged = path.with_name(f".reload-{path.name}")
+                staged.write_bytes(data)
+                os.replace(staged, path)
         for directory in sorted(caller.mount.rglob("*"), reverse=True):
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()

@@ -371,17 +371,17 @@ class ModalJobQueue:
 
     async def _reload(self, force: bool = False) -> None:
         """See other containers' commits: a reload of the Volume at most every `POLL_S`, shared by the requests
-        that ask while it runs (the SDK runs one reload or commit of a Volume at a time). Unless `force`d (a
-        file that must be there, a state about to be replaced), a reload held up behind a slow commit is
-        waited for `POLL_S` at most, then the request goes on with this container's view (a job's state is
-        also polled from its call); a forced one waits `lock_timeout_s`, then 503 `volume_busy`."""
+        that ask while it runs (the SDK runs one reload or commit of a Volume at a time). A reload held up
+        behind a slow commit is waited for `lock_timeout_s`; then a request that must see a fresh view
+        (`force`: a file that must be there, a state about to be replaced) gets 503 `volume_busy`, and any
+        other goes on with this container's view (a job's state is also polled from its call)."""
         if self._reloading is None:
             if not force and time.monotonic() - self._reloaded_at < POLL_S:
                 return
             self._reloading = asyncio.ensure_future(self._reload_now())
             self._reloading.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen by all
         try:
-            async with asyncio.timeout(self.lock_timeout_s if force else POLL_S):
+            async with asyncio.timeout(self.lock_timeout_s):
                 await asyncio.shield(self._reloading)
         except TimeoutError:
             if force:
