@@ -5,9 +5,10 @@
     modal serve modal_api.py                        # a temporary dev URL that live-reloads on edits
 
 The URL is served by a CPU container (`fastapi_app`, `deploy/front.py`): the page, `/health`, `/`, and the
-jobs with their polls and event streams. `/predict*` and `/render` are forwarded, one Modal call each, to
-the GPU class `SharpAPI`, which answers them with the same FastAPI app in-process: watching jobs never holds
-a GPU. Requests longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/modal.md).
+jobs with their polls and event streams. `/predict*` and `/render` are checked there (key, size, form) and
+forwarded, one Modal call each, to the GPU class `SharpAPI`, which answers them with the same FastAPI app
+in-process: watching jobs never holds a GPU, and nothing starts one but a prediction or a job. Requests
+longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/modal.md).
 
 Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
 `.spawn()`s `SharpJobWorker.run_job`, one job per GPU container at a time, up to `SHARP_MAX_CONTAINERS`
@@ -18,19 +19,19 @@ Every GPU class shares one lifecycle (`deploy.container.ModelContainer`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import modal
 
 from deploy import config
 from deploy.container import ModelContainer, container_settings, gpu_cls_options, job_store, secrets
-from deploy.front import BODY_SLACK_BYTES, ForwardedRequest, ForwardedResponse
 from deploy.images import gpu_image, jobs_volume
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from app.prediction import ModelInfo
+    from deploy.front import ForwardedRequest, ForwardedResponse
 
 if modal.is_local():
     config.require_vendor_files()
@@ -41,7 +42,8 @@ WEB_LABEL = f"{APP_NAME}-fastapi-app"
 FRONT_MAX_INPUTS = 100
 """Requests one CPU container takes at once (polls and event streams mostly wait)."""
 FRONT_MEMORY_MB = (2048, 8192)
-"""Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) and results (~70 MB each) pass through memory."""
+"""Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) pass through memory; results stream through in
+pieces of 4 MiB (`deploy.front.FORWARD_CHUNK_BYTES`; `bench/front_memory.py`)."""
 
 app = modal.App(APP_NAME)
 
@@ -52,19 +54,16 @@ class SharpAPI(ModelContainer):
     """A GPU container: one model answering the requests the CPU container forwards, up to 10 at once."""
 
     @modal.method()
-    async def respond(self, request: ForwardedRequest) -> ForwardedResponse:
-        """Answer one forwarded `/predict*` or `/render` request with the local server's app."""
+    async def respond(self, request: ForwardedRequest) -> AsyncIterator[ForwardedResponse | bytes]:
+        """Answer one forwarded `/predict*` or `/render` request with the local server's app: a generator of
+        its head, then its body in pieces (`deploy.front.answer`), so no result is pickled whole."""
         from app.http import create_app
         from deploy.front import answer
 
         if not hasattr(self, "web_app"):  # no lifespan: the service runs already, and no signal handler
             self.web_app = create_app(self.settings, service=self.service)
-        return await answer(self.web_app, request)
-
-    @modal.method()
-    def model_info(self) -> ModelInfo:
-        """The loaded model's description (`/health` and `/` of the CPU container)."""
-        return self.predictor.info
+        async for piece in answer(self.web_app, request):
+            yield piece
 
 
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
@@ -102,18 +101,18 @@ class SharpFrameWorker(ModelContainer):
 @modal.concurrent(max_inputs=FRONT_MAX_INPUTS)
 @modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=config.proxy_auth())
 def fastapi_app() -> Any:
-    """The CPU container's app (`deploy.front.Front`): `create_app` with the Modal job queue and the GPU
-    class's model description, predictions forwarded to `SharpAPI`."""
+    """The CPU container's app (`deploy.front.Front`): `create_app` with the Modal job queue and the deploy's
+    model description (no GPU call at start-up, nor for `/health`, `/`, `/jobs*`); predictions it admits are
+    forwarded to `SharpAPI`."""
     from app.http import create_app
     from app.jobs.modal import ModalJobQueue
-    from deploy.front import Front, RemoteModel
+    from deploy.front import Front, FrontService
 
     settings = container_settings()
+    service = FrontService(settings)
     jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
-    local: FastAPI = create_app(settings, loader=lambda _: RemoteModel(SharpAPI().model_info.remote()),
-                                job_queue=jobs)
-    return Front(local, forward=SharpAPI().respond.remote.aio,
-                 max_body_bytes=settings.max_upload_bytes + BODY_SLACK_BYTES)
+    local: FastAPI = create_app(settings, service=service, job_queue=jobs)
+    return Front(local, forward=SharpAPI().respond.remote_gen.aio, service=service)
 
 
 async def spawn_job(job_id: str) -> str:

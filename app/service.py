@@ -204,6 +204,13 @@ class InferenceService:
         return self._predictor
 
     @property
+    def backend(self) -> str | None:
+        """Where predictions run when not here: None, they run here. A front that forwards them (Modal's CPU
+        container, `deploy.front.FrontService`) says `waiting` until a GPU container has answered, then
+        `answered`."""
+        return None
+
+    @property
     def queue_depth(self) -> int:
         """Requests admitted and waiting (decoding, or waiting for the model or the renderer)."""
         with self._lock:

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     job's own container predicts the first run. A clip of at most this many frames stays in one container."""
     video_parallel_chunks: int = Field(default=4, ge=0)
     """On Modal: the most runs of a clip job's frames predicted in other GPU containers at once (0: none)."""
+    video_chunk_wait_s: float = Field(default=120.0, gt=0)
+    """On Modal: the longest a run of frames sent to another GPU container may take, in seconds from when it
+    was queued (Modal's queue included); past it the job's container takes it back (cancels the call),
+    predicts its frames itself and sends no more runs out."""
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -1,9 +1,11 @@
 """`python -m deploy check`: what a deploy needs, checked offline (no token, no network, no GPU).
 
 Builds both apps' definitions (imports `modal_api.py` and `modal_app.py` as `modal deploy` does) and checks:
-torch pinned in the GPU image, the page's vendor files built and shipped with `app/`, every `SHARP_*`
-setting (bar the key and the cache dir) reaching the containers' environment, and each class and function
-described from the Modal objects themselves (`describe`, also used by the parity test).
+torch pinned in the GPU image, the page's vendor files built and shipped with `app/`, every allowed `SHARP_*`
+setting (`deploy.config.BAKED_SETTINGS`) reaching the containers' environment, each value baked from this
+shell valid in a GPU container (`deploy.config.baked_problems`: the device, the checkpoint's path, the
+queue against the concurrency), and each class and function described from the Modal objects themselves
+(`describe`, also used by the parity test). Refuses (exit 1) with one `error:` line per problem.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -63,8 +66,9 @@ def describe(module: ModuleType) -> dict[str, dict[str, Any]]:
     return described
 
 
-def problems() -> list[str]:
-    """What would make a deploy fail or ship something broken; empty when all is well."""
+def problems(environ: Mapping[str, str] | None = None) -> list[str]:
+    """What would make a deploy from `environ` (default: this process's environment) fail or ship something
+    broken, one line each; empty when all is well."""
     found: list[str] = []
     try:
         torch = config.torch_requirement()
@@ -91,15 +95,16 @@ def problems() -> list[str]:
     if set(config.settings_env_names()) != fields:
         differ = sorted(fields ^ set(config.settings_env_names()))
         found.append(f"deploy reads other settings than Settings has: {differ}")
-    for name in sorted(fields - set(config.NOT_PASSED)):
+    unknown = sorted(set(config.BAKED_SETTINGS) - fields)
+    if unknown:
+        found.append(f"deploy.config.BAKED_SETTINGS names settings that do not exist: {unknown}")
+    for name in (*config.BAKED_SETTINGS, *config.DEPLOY_SWITCHES):
         if config.container_env({name: "1"}).get(name) != "1":
             found.append(f"{name} set at deploy time does not reach the containers")
-    for name in config.DEPLOY_SWITCHES:
-        if config.container_env({name: "1"}).get(name) != "1":
-            found.append(f"the switch {name} does not reach the containers (their import would differ)")
     leaked = [name for name in config.NOT_PASSED if config.container_env({name: "/x"}).get(name) == "/x"]
     if leaked:
         found.append(f"baked into the image though it must not be: {leaked}")
+    found += config.baked_problems(config.container_env(environ))
 
     for module_name in APP_MODULES:
         try:

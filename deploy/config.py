@@ -10,11 +10,15 @@ Deploy-time switches, read by `modal deploy` / `modal run` / `modal serve` from 
 * `SHARP_MAX_CONTAINERS` - most GPU containers running jobs at once, and most predicting clips' frames
   (default 10 each; `modal_api.SharpJobWorker`, `modal_api.SharpFrameWorker`).
 
-Every `Settings` field (`SHARP_<FIELD>`, read from `app/settings.py` itself) set at deploy time is copied
-into the image's environment, except the API key (a Secret) and the cache dir (the Volume). The switches
-above are copied too: a container re-imports the deploy file, and must build the same classes with the
-same dependencies as the deploy did, or Modal refuses to start it (`ExecutionError` on a dependency
-count mismatch) - so the container reads the switches from the image, not from a laptop it cannot see.
+Service settings baked into the image: only those of `BAKED_SETTINGS` (an allow-list: the model, its device
+and dtype, the service's limits, jobs' time to live and size, the video limits), copied from the deploy
+environment when set there. Any other `SHARP_*` variable in the deploy shell (a laptop's `SHARP_HOST`,
+`SHARP_JOBS_DIR`, ...) is ignored with a warning: it means nothing in a container, or is the deploy's own
+(the cache dir is the Volume, the API key a Secret). The switches above are copied too: a container
+re-imports the deploy file, and must build the same classes with the same dependencies as the deploy did,
+or Modal refuses to start it (`ExecutionError` on a dependency count mismatch) - so the container reads
+the switches from the image, not from a laptop it cannot see. `python -m deploy check` checks each baked
+value against the container (`baked_problems`).
 
 Cheap to import (no torch, no pydantic): the CPU-only functions import it on an image without them.
 """
@@ -22,10 +26,12 @@ Cheap to import (no torch, no pydantic): the CPU-only functions import it on an 
 from __future__ import annotations
 
 import ast
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 SETTINGS_SOURCE = ROOT / "app" / "settings.py"
@@ -50,12 +56,31 @@ MAX_CONCURRENT_INPUTS = 10
 TIMEOUT_S = 900
 """Per-input and container-startup limit: covers the first container's ~2.8 GB checkpoint download."""
 PYTHON_VERSION = "3.11"
+CLIP_FRAME_S = 5.0
+"""A generous time for one clip frame in a job's own GPU container (forward pass, outputs, preview; an
+estimate, not measured): a clip job's call must fit `SHARP_VIDEO_CHUNK_WAIT_S` plus all its frames made there
+within `TIMEOUT_S` (`baked_problems`)."""
 
 DEPLOY_SWITCHES = ("SHARP_GPU", "SHARP_SCALEDOWN_WINDOW", "SHARP_PROXY_AUTH", "SHARP_API_KEY_SECRET",
                    "SHARP_MEMORY_SNAPSHOT", "SHARP_MAX_CONTAINERS")
 """Read when the deploy files are imported (`modal deploy` and every container), baked into the image."""
+BAKED_SETTINGS = (
+    "SHARP_PRESET", "SHARP_CHECKPOINT", "SHARP_CHECKPOINT_URL", "SHARP_CHECKPOINT_SHA256", "SHARP_OFFLINE",
+    "SHARP_DEVICE", "SHARP_DTYPE",
+    "SHARP_MAX_UPLOAD_MB", "SHARP_MAX_PIXELS", "SHARP_MAX_QUEUE", "SHARP_UPLOAD_TIMEOUT_S",
+    "SHARP_UPLOAD_DEADLINE_S", "SHARP_CORS_ORIGINS", "SHARP_LOG_LEVEL",
+    "SHARP_JOB_TTL_S", "SHARP_JOBS_MAX_BYTES",
+    "SHARP_VIDEO_MAX_DURATION_S", "SHARP_VIDEO_MAX_FRAMES", "SHARP_VIDEO_MAX_PIXELS", "SHARP_VIDEO_CHUNK_FRAMES",
+    "SHARP_VIDEO_PARALLEL_CHUNKS", "SHARP_VIDEO_CHUNK_WAIT_S",
+)
+"""The service settings a deploy copies from its environment into the images (the allow-list, docs/modal.md).
+Left out on purpose: `SHARP_API_KEY` (a Secret), `SHARP_CACHE_DIR` (the Volume), `SHARP_JOBS_DIR` (the jobs
+Volume), `SHARP_HOST` / `SHARP_PORT` (Modal serves the app), `SHARP_JOBS_MAX_QUEUED` (jobs wait in Modal's queue)."""
 NOT_PASSED = ("SHARP_API_KEY", "SHARP_CACHE_DIR")
-"""Settings never copied from the deploy environment: a key belongs in a Secret, the cache is the Volume."""
+"""Settings a container has that never come from the deploy environment: the key from a Secret, the cache dir
+is the Volume (`CACHE_MOUNT`)."""
+DEVICES_ON_MODAL = ("cuda", "auto")
+"""`SHARP_DEVICE` values a GPU container can honour (it has CUDA; no `mps`, and `cpu` would idle the GPU)."""
 
 CONTAINER_DEFAULTS: dict[str, str] = {
     "SHARP_DEVICE": "cuda",
@@ -136,18 +161,101 @@ def settings_env_names(source: Path = SETTINGS_SOURCE) -> tuple[str, ...]:
     return tuple(f"{prefix}{name}".upper() for name in fields)
 
 
+def ignored_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `SHARP_*` variables set in `environ` that a deploy does not bake (neither a switch nor in
+    `BAKED_SETTINGS`); a container's own (its key from the Secret, its cache dir) are not listed."""
+    environ = _env(environ)
+    known = {*BAKED_SETTINGS, *DEPLOY_SWITCHES, "SHARP_API_KEY"}
+    return sorted(name for name, value in environ.items()
+                  if name.upper().startswith("SHARP_") and name.upper() not in known and value.strip()
+                  and not (name.upper() == "SHARP_CACHE_DIR" and value == str(CACHE_MOUNT)))
+
+
+_WARNED: set[str] = set()
+"""The ignored variables warned about already (the images are built more than once per import)."""
+
+
 def container_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The `SHARP_*` environment baked into the images: defaults, then every setting and switch set (and
-    non-empty) in `environ`, then the cache dir. In a container, `environ` already is this mapping, so the
-    container's import rebuilds the same image definition as the deploy."""
+    """The `SHARP_*` environment baked into the images: defaults, then every allowed setting and switch set
+    (and non-empty) in `environ`, then the cache dir. In a container, `environ` already is this mapping, so
+    the container's import rebuilds the same image definition as the deploy. Read from the process's own
+    environment, other `SHARP_*` variables are ignored with a warning (`ignored_env`)."""
+    if environ is None:
+        ignored = [name for name in ignored_env() if name not in _WARNED]
+        _WARNED.update(ignored)
+        if ignored:
+            LOGGER.warning("Not baked into the Modal image (not in deploy.config.BAKED_SETTINGS, docs/modal.md): "
+                           "%s", ", ".join(ignored))
     environ = _env(environ)
     env = dict(CONTAINER_DEFAULTS)
-    for name in (*settings_env_names(), *DEPLOY_SWITCHES):
+    for name in (*BAKED_SETTINGS, *DEPLOY_SWITCHES):
         value = environ.get(name)
-        if name not in NOT_PASSED and value is not None and value.strip():
+        if value is not None and value.strip():
             env[name] = value
     env["SHARP_CACHE_DIR"] = str(CACHE_MOUNT)
     return env
+
+
+def baked_problems(env: Mapping[str, str]) -> list[str]:
+    """What is wrong with a container environment (`container_env`'s) on Modal's GPU containers, one line per
+    problem: a device other than `DEVICES_ON_MODAL`, a `SHARP_CHECKPOINT` outside the cache Volume's mount, a
+    service queue that cannot hold the inputs Modal routes to one container at once (`MAX_CONCURRENT_INPUTS`),
+    clip limits a job's call cannot finish within its timeout (`CLIP_FRAME_S`), and any other value
+    `app.settings.Settings` refuses."""
+    found: dict[str, str] = {}
+    device = env.get("SHARP_DEVICE", "auto").strip().lower()
+    if device not in DEVICES_ON_MODAL:
+        found["SHARP_DEVICE"] = (f"SHARP_DEVICE={device!r}: Modal's GPU containers run CUDA; use one of "
+                                 f"{', '.join(DEVICES_ON_MODAL)} (or leave it unset: cuda)")
+    checkpoint = env.get("SHARP_CHECKPOINT", "").strip()
+    path = PurePosixPath(checkpoint)
+    if checkpoint and (not path.is_relative_to(CACHE_MOUNT) or path == CACHE_MOUNT or ".." in path.parts):
+        found["SHARP_CHECKPOINT"] = (
+            f"SHARP_CHECKPOINT={checkpoint!r}: not on the cache Volume (mounted at {CACHE_MOUNT}); upload it "
+            f"(`modal volume put {CACHE_VOLUME_NAME} my.pt /my.pt`) and set SHARP_CHECKPOINT={CACHE_MOUNT}/my.pt, "
+            "or set SHARP_CHECKPOINT_URL")
+    queue = env.get("SHARP_MAX_QUEUE", "").strip()
+    if queue.isdigit() and int(queue) + 1 < MAX_CONCURRENT_INPUTS:
+        found["SHARP_MAX_QUEUE"] = (
+            f"SHARP_MAX_QUEUE={queue}: a GPU container takes {MAX_CONCURRENT_INPUTS} inputs at once (1 predicting "
+            f"+ {MAX_CONCURRENT_INPUTS - 1} waiting), so the last ones would get 503 queue_full; set it to "
+            f"{MAX_CONCURRENT_INPUTS - 1} or more (or leave it unset)")
+    try:
+        frames = int(env.get("SHARP_VIDEO_MAX_FRAMES", "120"))
+        wait_s = float(env.get("SHARP_VIDEO_CHUNK_WAIT_S", "120"))
+    except ValueError:
+        pass  # named by the settings' own check below
+    else:
+        if wait_s + frames * CLIP_FRAME_S > TIMEOUT_S:
+            found["SHARP_VIDEO_CHUNK_WAIT_S"] = (
+                f"SHARP_VIDEO_CHUNK_WAIT_S={wait_s:g} + SHARP_VIDEO_MAX_FRAMES={frames} x {CLIP_FRAME_S:g} s: a clip "
+                f"job could outlive its call's timeout ({TIMEOUT_S} s) when its chunks wait in Modal's queue and "
+                "its frames are predicted in its own container; lower one of them")
+    for name, message in _settings_errors(env):
+        found.setdefault(name, f"{name}={env.get(name)!r}: {message}")
+    return list(found.values())
+
+
+def _settings_errors(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, message) for each value of `env` that `app.settings.Settings`, reading it as a container
+    does (from its environment), refuses."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    saved = {name: value for name, value in os.environ.items() if name.upper().startswith("SHARP_")}
+    try:
+        for name in saved:
+            del os.environ[name]
+        os.environ.update(env)
+        Settings()
+    except ValidationError as error:
+        return [(f"SHARP_{str(item['loc'][0]).upper()}", item["msg"]) for item in error.errors()]
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+    return []
 
 
 def torch_requirement(pyproject: Path = PYPROJECT) -> str:

@@ -14,10 +14,14 @@ What it models, and nothing more:
 * Volumes: `Volume.from_name(name)` (VolumeGetOrCreate), `reload()` and `commit()` (VolumeReload,
   VolumeCommit). Every container has its own view (a directory); `commit` publishes the files that
   container changed since its last reload, `reload` first commits (as Modal may) and then replaces
-  the view with the committed state. `reload` fails with Modal's FAILED_PRECONDITION "open files"
+  the view with the committed state (each file replaced whole: a reader sees the old or the new bytes).
+  `reload` fails with Modal's FAILED_PRECONDITION "open files"
   error while the calling container has any file of its view open (read from /proc/self/fd), and the
   SDK's `commit()` reloads afterwards, so it fails then too (after its changes were committed).
-  `fail_next("VolumeCommit", ...)` makes the next call of an RPC fail with a gRPC status.
+  `fail_next("VolumeCommit", ...)` makes the next call of an RPC fail with a gRPC status, `hold_next(...)`
+  keeps the next one waiting until released (a slow commit).
+* Lost inputs: `lose(call_id, status)` ends an input with one of the SDK's own `GenericStatus` values
+  (terminated, internal failure, an eviction) and does not run it again.
 
 Which container calls is told by its client's token id (`x-modal-token-id`): each `Container` has its
 own `modal.Client`, and the default client (`Client.from_env()`, used by `FunctionCall.from_id`) is the
@@ -125,6 +129,7 @@ class ModalWire:
         self.commits: list[tuple[str, dict[str, bytes | None]]] = []
         """(container, the files it changed: path -> new bytes, None if deleted) of every commit that changed any."""
         self._failures: dict[str, list[tuple[Status, str]]] = {}
+        self._holds: dict[str, list[threading.Event]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._saved_env: dict[str, str | None] = {}
@@ -183,6 +188,11 @@ class ModalWire:
         """The next `times` requests of `rpc` fail with `status`."""
         self._failures.setdefault(rpc, []).extend([(status, message)] * times)
 
+    def clear_failures(self) -> None:
+        """Answer every RPC again (the failures `fail_next` queued and not used yet are dropped)."""
+        with self._lock:
+            self._failures.clear()
+
     def wait(self, call_id: str, timeout: float = 120) -> Call:
         """The call, once its input has finished running (its output set)."""
         call = self.calls[call_id]
@@ -203,6 +213,24 @@ class ModalWire:
         if call.task is not None:
             call.container.loop.call_soon_threadsafe(call.task.cancel)
         call.done.set()
+
+    def lose(self, call_id: str, status: int = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
+             message: str = "container lost") -> None:
+        """The input ends without a result and is not run again, with one of the SDK's own `GenericStatus`
+        values: `GENERIC_STATUS_TERMINATED` (its container was stopped: a preemption Modal did not reschedule,
+        a host lost), `GENERIC_STATUS_INTERNAL_FAILURE` (Modal's own failure), or an eviction
+        (`GENERIC_STATUS_KERNEL_OOM_KILL`, ...). Its task is stopped without a message."""
+        call = self.calls[call_id]
+        call.result = api_pb2.GenericResult(status=status, exception=message)  # type: ignore[arg-type]
+        if call.task is not None:
+            call.container.loop.call_soon_threadsafe(call.task.cancel)
+        call.done.set()
+
+    def hold_next(self, rpc: str) -> threading.Event:
+        """The next request of `rpc` waits, unanswered, until the returned event is set (a slow commit)."""
+        release = threading.Event()
+        self._holds.setdefault(rpc, []).append(release)
+        return release
 
     def preempt(self, call_id: str) -> None:
         """The container running the input is preempted: its task is cancelled the way Modal's SIGINT
@@ -268,6 +296,9 @@ class ModalWire:
             with self._lock:
                 self.rpcs.append((caller, name))
                 failure = self._failures.get(name, []).pop(0) if self._failures.get(name) else None
+                hold = self._holds.get(name, []).pop(0) if self._holds.get(name) else None
+            if hold is not None:
+                await asyncio.to_thread(hold.wait, 60)
             if failure is not None:
                 raise GRPCError(*failure)
             await stream.send_message(answer(request, self.containers.get(caller)))
@@ -345,8 +376,10 @@ class ModalWire:
         for relative, data in self.committed.items():
             path = caller.mount / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.is_file() or path.read_bytes() != data:
-                path.write_bytes(data)
+            if not path.is_file() or path.read_bytes() != data:  # replaced whole: a reader sees old or new
+                staged = path.with_name(f".reload-{path.name}")
+                staged.write_bytes(data)
+                os.replace(staged, path)
         for directory in sorted(caller.mount.rglob("*"), reverse=True):
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()

@@ -86,6 +86,9 @@ class HealthResponse(BaseModel):
     queue_depth: int = Field(description="Requests (predictions and renders) admitted and waiting.")
     in_progress: int = Field(description="Runs in the model or the renderer now (0 to 2; jobs included).")
     max_queue: int = Field(description="Waiting requests allowed before 503 `queue_full`.")
+    backend: Literal["waiting", "answered"] | None = Field(
+        default=None, description="Only on a front that forwards predictions to GPU containers (Modal): `waiting` "
+        "until one has answered a prediction, then `answered`. The model fields then describe the deploy's model.")
 
 
 class Base64Array(BaseModel):

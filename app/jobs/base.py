@@ -184,6 +184,9 @@ class Job:
     frames: int | None = None
     call_id: str | None = None
     """The Modal function call running it (`app.jobs.modal`)."""
+    requeues: int = 0
+    """Times its Modal call was lost (terminated, Modal's internal failure, an eviction) and the job queued
+    again on a new call (`app.jobs.modal`); 0 elsewhere."""
     queue_position: int | None = None
     """Jobs ahead of this one (0: next); None unless queued. Computed by the queue, not stored."""
 

@@ -12,7 +12,10 @@ are spread over more GPU containers (`predict_frames`, `ModalFrames`), then fini
 Chunks are `SHARP_VIDEO_CHUNK_FRAMES` frames long and at most `SHARP_VIDEO_PARALLEL_CHUNKS` are out at once
 per job (each a GPU container of `modal_api.SharpFrameWorker`, which loads the model once per container).
 A chunk whose call fails (its container died, timed out, could not be spawned) or that stashed fewer
-frames than asked is predicted here instead: the files are the same, only slower. Since every frame's
+frames than asked is predicted here instead: the files are the same, only slower. So is a chunk still
+unfinished `SHARP_VIDEO_CHUNK_WAIT_S` after its spawn (waiting in Modal's queue under load, or on a slow
+container): its call is cancelled, and no more chunks are sent out, so the job's own call (its timeout)
+covers at most that wait plus its clip's frames predicted here. Since every frame's
 scene is made by `app.pipeline.run` from the same prediction, in the same order, the files are those of
 a serial run (`app.sequence.fanout`).
 """
@@ -81,7 +84,7 @@ async def run_job(service: InferenceService, settings: Settings, store: JobStore
     frames = None
     if job.sequence is not None and spawn_frames is not None and settings.video_parallel_chunks > 0:
         frames = ModalFrames(job.id, store, volume, spawn_frames, chunk_frames=settings.video_chunk_frames,
-                             parallel=settings.video_parallel_chunks)
+                             parallel=settings.video_parallel_chunks, wait_s=settings.video_chunk_wait_s)
     work = lifecycle.Runner(store=store, ttl_s=settings.job_ttl_s, record=record, cancelled=cancelled,
                             rerun_interrupted=True)
     try:
@@ -127,14 +130,21 @@ class ModalFrames:
         spawn_frames: queues a chunk on the frame class.
         chunk_frames: frames per chunk; chunk 0 is predicted here.
         parallel: the most chunks out at once.
+        wait_s: the longest a chunk may take from its spawn (Modal's queue included): past it, it is taken
+            back (its call cancelled, its frames predicted here) and no more chunks are spawned (Modal's queue
+            is full). So a job waits at most about `wait_s` for other containers, whatever the clip's length.
     """
 
     def __init__(self, job_id: str, store: JobStore, volume: Any, spawn_frames: SpawnFrames, *, chunk_frames: int,
-                 parallel: int) -> None:
+                 parallel: int, wait_s: float) -> None:
         self.job_id, self.store, self.volume, self.spawn_frames = job_id, store, volume, spawn_frames
-        self.chunk_frames, self.parallel = chunk_frames, parallel
+        self.chunk_frames, self.parallel, self.wait_s = chunk_frames, parallel, wait_s
         self._out: dict[int, str] = {}
         """Chunk -> its call's id, for the chunks spawned and not collected yet."""
+        self._spawned_at: dict[int, float] = {}
+        """Chunk -> when its call was spawned (`time.monotonic()`)."""
+        self._taken_back = False
+        """Whether a chunk was taken back for waiting too long (then no more are spawned)."""
         self._stashed: dict[int, bool] = {}
         """Chunk -> whether its frames were stashed (False: predict them here), once collected."""
         self._next = 1
@@ -158,17 +168,27 @@ class ModalFrames:
 
     async def _collect(self, chunk: int, expected: int) -> bool | None:
         """Spawn the chunks due, then: whether `chunk`'s frames are stashed and visible here; None while its
-        call runs (after waiting up to `POLL_S` for it)."""
+        call runs or waits, within `wait_s` of its spawn (after waiting up to `POLL_S` for it); False once it
+        failed or was taken back (predict its frames here)."""
         await self._spawn_due(expected)
         if chunk in self._stashed:
             return self._stashed[chunk]
         call_id = self._out.get(chunk)
-        if call_id is None:  # chunk 0, or one not planned from the header's frame count
+        if call_id is None:  # chunk 0, one not planned from the header's frame count, or not sent out
             return False
         try:
             done = await function_call(call_id).get.aio(timeout=POLL_S)
-        except TimeoutError:  # Python's own: the call runs
-            return None
+        except TimeoutError:  # Python's own: the call waits in Modal's queue, or runs
+            if time.monotonic() - self._spawned_at[chunk] <= self.wait_s:
+                return None
+            LOGGER.warning("Job %s: chunk %d (%s) did not finish within %g s of its spawn; taking it back, and "
+                           "predicting the rest of the clip here", self.job_id, chunk, call_id, self.wait_s)
+            try:
+                await function_call(call_id).cancel.aio()
+            except Exception as error:  # it ends at its timeout; its stashes go with the job's tidy
+                LOGGER.warning("Job %s: cancelling chunk %d failed: %s", self.job_id, chunk, error)
+            self._taken_back = True
+            done = []
         except Exception as error:
             LOGGER.warning("Job %s: chunk %d failed in its GPU container (%s: %s); predicting it here",
                            self.job_id, chunk, type(error).__name__, error)
@@ -181,10 +201,11 @@ class ModalFrames:
 
     async def _spawn_due(self, expected: int) -> None:
         last = (expected - 1) // self.chunk_frames
-        while len(self._out) < self.parallel and self._next <= last:
+        while len(self._out) < self.parallel and self._next <= last and not self._taken_back:
             chunk, self._next = self._next, self._next + 1
             try:
                 self._out[chunk] = await self.spawn_frames(self.job_id, chunk * self.chunk_frames, self.chunk_frames)
+                self._spawned_at[chunk] = time.monotonic()
             except Exception as error:
                 LOGGER.warning("Job %s: chunk %d could not be spawned (%s: %s); predicting it here",
                                self.job_id, chunk, type(error).__name__, error)

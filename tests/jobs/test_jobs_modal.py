@@ -23,11 +23,12 @@ import numpy as np
 import orjson
 import pytest
 from grpclib import Status
+from modal_proto import api_pb2
 from PIL import Image
 
 from app.formats import decode_spz
 from app.http import create_app
-from app.jobs.modal import ModalJobQueue
+from app.jobs.modal import MAX_REQUEUES, POLL_ATTEMPTS, ModalJobQueue
 from app.jobs.modal_worker import predict_frames, run_job
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
@@ -90,6 +91,9 @@ class ModalJobs:
     server: LiveServer
     client: httpx.Client
     gate: Gate
+    queue: ModalJobQueue
+    settings: Settings
+    """The settings every container here reads (a test may change them before it submits)."""
 
     def submit(self, **data: str) -> dict[str, Any]:
         response = self.client.post("/jobs", files={"file": ("photo.png", png_bytes(), "image/png")}, data=data)
@@ -98,8 +102,26 @@ class ModalJobs:
 
     def call_id(self, job_id: str) -> str:
         """The function call spawned for the job."""
-        (call,) = [call.id for call in self.wire.calls.values() if call.args == (job_id,)]
+        (call,) = self.call_ids(job_id)
         return call
+
+    def call_ids(self, job_id: str) -> list[str]:
+        """Every function call spawned for the job, in order (a lost call's job is queued on a new one)."""
+        return [call.id for call in self.wire.calls.values() if call.args == (job_id,)]
+
+    def stopped(self, call_id: str) -> None:
+        """Wait until the call's input has stopped running (its task ended, its last commit made)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            task = self.wire.calls[call_id].task
+            if task is not None and task.done():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"call {call_id} still runs")
+
+    def stored(self, job_id: str) -> dict[str, Any]:
+        """The job's state as last committed to the Volume."""
+        return orjson.loads(self.wire.committed[f"{job_id}/job.json"])
 
     def statuses(self, job_id: str, container: str = "worker") -> list[str]:
         """The job's status in every commit of `container` that wrote its state, in order."""
@@ -175,7 +197,7 @@ def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any],
         try:
             with server.client(timeout=120) as client:
                 yield ModalJobs(wire, web, worker, frames, frames_predicted, broken_chunks, frames_gate, server,
-                                client, gate)
+                                client, gate, queue, settings)
         finally:
             gate.open()
             frames_gate.open()
@@ -235,6 +257,96 @@ def test_a_preempted_job_goes_back_to_the_queue_and_the_rerun_completes_it(modal
     assert final["status"] == "succeeded", final
     assert jobs.wire.calls[call].runs == 2
     assert jobs.client.get(final["results"]["spz"]).status_code == 200
+
+
+def test_a_lost_call_is_queued_again_on_a_new_call_and_then_completes(modal_jobs: ModalJobs) -> None:
+    """Modal ends the input `GENERIC_STATUS_TERMINATED` and does not run it again (a preemption it did not
+    reschedule, a lost host): the next poll queues the job on a new call, which completes it."""
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    lost = jobs.call_id(job["id"])
+    jobs.wire.lose(lost, api_pb2.GenericResult.GENERIC_STATUS_TERMINATED)
+    jobs.stopped(lost)
+    polled = jobs.client.get(f"/jobs/{job['id']}").json()
+    assert polled["status"] == "queued", polled
+    first, second = jobs.call_ids(job["id"])
+    assert first == lost and jobs.stored(job["id"])["requeues"] == 1
+    jobs.gate.wait_entered()  # the new call reached the prediction
+    jobs.gate.open()
+    final = jobs.wait_final(job["id"])
+    assert final["status"] == "succeeded", final
+    assert jobs.wire.calls[second].runs == 1 and jobs.stored(job["id"])["requeues"] == 1
+    assert jobs.client.get(final["results"]["spz"]).status_code == 200
+
+
+def test_a_job_whose_calls_keep_failing_is_requeued_a_bounded_number_of_times(modal_jobs: ModalJobs) -> None:
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz")
+    for attempt in range(MAX_REQUEUES + 1):
+        jobs.gate.wait_entered()
+        call = jobs.call_ids(job["id"])[-1]
+        jobs.wire.lose(call, api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE, "worker lost")
+        jobs.stopped(call)
+        polled = jobs.client.get(f"/jobs/{job['id']}").json()
+        assert polled["status"] == ("queued" if attempt < MAX_REQUEUES else "failed"), polled
+    assert polled["error"]["code"] == "worker_failed" and "lost 4 times" in polled["error"]["message"], polled
+    assert "InternalFailure" in polled["error"]["message"]
+    assert len(jobs.call_ids(job["id"])) == MAX_REQUEUES + 1
+
+
+def test_transient_poll_errors_fail_no_job(modal_jobs: ModalJobs) -> None:
+    """Every FunctionGetOutputs answers UNAVAILABLE, past the SDK's own retries: the poll is retried, then
+    the job is answered as stored; once Modal answers again the job completes on its one call."""
+    jobs = modal_jobs
+    job = jobs.submit(outputs="spz")
+    jobs.gate.wait_entered()
+    jobs.wire.fail_next("FunctionGetOutputs", Status.UNAVAILABLE, "upstream connect error", times=1000)
+    before = jobs.wire.rpcs.count(("web", "FunctionGetOutputs"))
+    polled = jobs.client.get(f"/jobs/{job['id']}")
+    assert polled.status_code == 200 and polled.json()["status"] in ("queued", "running"), polled.text
+    assert jobs.wire.rpcs.count(("web", "FunctionGetOutputs")) - before > POLL_ATTEMPTS  # the SDK's and ours
+    jobs.wire.clear_failures()
+    jobs.gate.open()
+    final = jobs.wait_final(job["id"])
+    assert final["status"] == "succeeded", final
+    assert jobs.call_ids(job["id"]) == [jobs.call_id(job["id"])] and jobs.stored(job["id"])["requeues"] == 0
+
+
+def test_a_slow_commit_holds_up_only_its_own_job(modal_jobs: ModalJobs) -> None:
+    """The web container's commit of one job hangs: that job's next request waits for its lock, then gets a
+    retryable 503 with Retry-After; another job's requests are answered meanwhile."""
+    jobs = modal_jobs
+    jobs.gate.open()
+    slow, other = jobs.submit(outputs="spz"), jobs.submit(outputs="spz")
+    for job in (slow, other):
+        assert jobs.wait_final(job["id"])["status"] == "succeeded"
+    jobs.queue.lock_timeout_s = 0.5
+    release = jobs.wire.hold_next("VolumeCommit")
+    commits = jobs.wire.rpcs.count(("web", "VolumeCommit"))
+    deleted: list[httpx.Response] = []
+
+    def delete() -> None:
+        with jobs.server.client(timeout=120) as client:
+            deleted.append(client.delete(f"/jobs/{slow['id']}"))
+
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    try:
+        deadline = time.monotonic() + 60
+        while jobs.wire.rpcs.count(("web", "VolumeCommit")) == commits:  # the delete's commit is held
+            assert time.monotonic() < deadline, "the delete never committed"
+            time.sleep(0.05)
+        busy = jobs.client.get(f"/jobs/{slow['id']}")
+        assert_error(busy, 503, "volume_busy")
+        assert busy.headers["retry-after"] == "2"
+        answered = jobs.client.get(f"/jobs/{other['id']}")
+        assert answered.status_code == 200 and answered.json()["status"] == "succeeded", answered.text
+    finally:
+        release.set()
+        deleting.join(timeout=60)
+    assert deleted[0].status_code == 200, deleted[0].text
+    assert jobs.client.get(f"/jobs/{slow['id']}").status_code == 404
 
 
 def test_cancel_a_running_job(modal_jobs: ModalJobs) -> None:
@@ -371,3 +483,25 @@ def test_cancelling_a_spread_clip_cancels_its_chunks_and_keeps_nothing(modal_job
     assert jobs.frames_predicted == []
     assert jobs.statuses(job_id)[-1] == "cancelled"
     assert not [name for name in jobs.wire.committed if name.startswith((f"{job_id}/work", f"{job_id}/sequence"))]
+
+
+def test_a_chunk_left_waiting_in_modals_queue_is_taken_back(modal_jobs: ModalJobs,
+                                                              serial_files: dict[str, bytes]) -> None:
+    """The frame containers never start the chunks (Modal's queue is full): past `SHARP_VIDEO_CHUNK_WAIT_S`
+    the job's container cancels the chunk it waits for, sends no more out, predicts every frame itself,
+    and the files are the serial ones."""
+    jobs = modal_jobs
+    jobs.frames_gate.opened.clear()  # the chunk calls never get going
+    jobs.settings.video_chunk_wait_s = 0.5
+    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", SPREAD_CLIP, "video/mp4")},
+                                data={"align": "scale", "outputs": "spz,ply"})
+    assert response.status_code == 202, response.text
+    job = jobs.wait_final(response.json()["id"])
+    assert job["status"] == "succeeded", job
+    chunks = [call for call in jobs.wire.calls.values() if call.function.endswith(FRAMES)]
+    assert sorted(call.args for call in chunks) == [(job["id"], 2, CHUNK_FRAMES), (job["id"], 4, CHUNK_FRAMES)]
+    for chunk in chunks:  # both were out at once; both taken back (cancelled), neither ran a frame
+        assert jobs.wire.wait(chunk.id).result.exception == "Input was cancelled by user"
+    assert jobs.frames_predicted == []
+    for path in ("frames/000002.spz", "frames/000004.ply", "preview.mp4"):
+        assert digest(jobs.client.get(job["results"][path]).content) == digest(serial_files[path])

@@ -68,6 +68,7 @@ async def health(service: Service) -> JSONResponse:
         version=__version__,
         uptime_s=round(time.monotonic() - service.started_at, 3),
         queue_depth=service.queue_depth, in_progress=service.in_progress, max_queue=service.settings.max_queue,
+        backend=service.backend,
         **(model_info_response(predictor.info).model_dump(exclude={"checkpoint"}) if predictor else {}),
     )
     ready = body.status is ModelState.READY
