@@ -99,13 +99,12 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`),
     then the job's projected size against the store's cap (413 `job_too_large`, `app.jobs.size`)."""
     names = parse_outputs(outputs)
-    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding},
-                                get_config(service.settings.preset).num_gaussians)
+    num_gaussians = get_config(service.settings.preset).num_gaussians
+    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding}, num_gaussians)
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
     clip = sequences.clip_options(fps, start, end, max_frames, align)
-    num_gaussians = get_config(service.settings.preset).num_gaussians
     if sequences.is_clip(data):
         sequence, names, frames = await sequences.check_clip(data, clip, names if outputs else None,
                                                              service.settings)
