@@ -1,5 +1,6 @@
 """Jobs on disk: one directory per job under `SHARP_JOBS_DIR`, bounded in time and in size.
 
+    <jobs dir>/.lock, .holder              the server that owns the folder (`claim`; local servers only)
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
     <jobs dir>/<job id>/input              the upload, until the job has run
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
