@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +31,12 @@ def digest(data: bytes) -> str:
 
 
 def tiny_settings(**overrides: Any) -> Settings:
+    """The tiny preset's settings, with a fresh jobs folder unless one is given (a server holds its jobs folder
+    for its life: two test servers, or two test runs, must not share one)."""
     values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
                               "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
+    if "jobs_dir" not in overrides:
+        values["jobs_dir"] = Path(tempfile.mkdtemp(prefix="sharp-test-jobs-"))
     return Settings(**{**values, **overrides})
 
 

@@ -95,12 +95,33 @@ def prediction_response(result: RunResult, format_name: str, *, attachment: bool
 class RangeFileResponse(FileResponse):
     """A file download whose `Range` errors have the API's JSON error shape: 400 `bad_range` (malformed, e.g.
     ``bytes=5-1``) and 416 `range_not_satisfiable` (past the end, with ``Content-Range: bytes */<size>``);
-    Starlette's own answer is plain text. Valid ranges are Starlette's."""
+    Starlette's own answer is plain text. Valid ranges are Starlette's. A file deleted before its first byte
+    is sent (a job's files expired or evicted meanwhile) is a 410 `job_expired`, not a 500."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def send_started(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._send_file(scope, receive, send_started)
+        except FileNotFoundError:
+            if started:
+                raise
+            await error_response(410, "job_expired", "The file was deleted (expired, or evicted to keep the job "
+                                 "store under its size limit) before it could be sent.",
+                                 request_id_of(scope))(scope, receive, send)
+
+    async def _send_file(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stat_result is None:  # Starlette's own stat turns a missing file into a RuntimeError
+            self.stat_result = await anyio.to_thread.run_sync(os.stat, self.path)
+            self.set_stat_headers(self.stat_result)
         http_range = Headers(scope=scope).get("range")
         if http_range is not None and scope["method"] in ("GET", "HEAD"):
-            size = (await anyio.to_thread.run_sync(os.stat, self.path)).st_size
+            size = self.stat_result.st_size
             refusal = None
             try:
                 self._parse_range_header(http_range, size)

@@ -67,8 +67,10 @@ RESULT_FORMATS = {result_name(name): name for name in FORMATS}
 
 DEFAULT_OUTPUTS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
 """What a job makes when it names no outputs: every scene format (renders cost more: ask for them)."""
-DEFAULT_SEQUENCE_OUTPUTS = ["ply"]
-"""What a clip's job makes for each frame when it names no outputs (a file per frame and format adds up)."""
+DEFAULT_SEQUENCE_OUTPUTS = ["spz"]
+"""What a clip's job makes for each frame when it names no outputs: the compact format (about 16 B a Gaussian,
+a quarter of the PLY), so that a clip of the real model's size fits the store's default cap; the manifest and
+the preview come with every clip."""
 SEQUENCE_ZIP = "sequence.zip"
 """A clip job's files in one archive (the same paths inside), made once every frame is done."""
 SEQUENCE_FILE_PATTERN = re.compile(r"frames/[0-9]{6}(\.[a-z0-9]+){1,2}|manifest\.json|preview\.mp4|sequence\.zip")
@@ -139,6 +141,21 @@ class JobQueueFullError(SharpError):
     retryable = True
 
 
+class JobTooLargeError(SharpError):
+    """A job whose projected files do not fit the store's cap (`app.jobs.size`)."""
+
+    code = "job_too_large"
+    status = 413
+
+
+class JobStoreFullError(SharpError):
+    """A job that fits the cap, but not beside the room the unfinished jobs reserve: retry once they are done."""
+
+    code = "store_full"
+    status = 503
+    retryable = True
+
+
 class JobCancelledError(Exception):
     """Raised from a job's progress callback to stop its prediction at the next block boundary."""
 
@@ -174,6 +191,9 @@ class Job:
     """Format -> size in bytes of its stored file (only a succeeded job has them)."""
     input_bytes: int = 0
     """Size of the stored upload (kept until the job has run)."""
+    projected_bytes: int = 0
+    """The size its files are expected to reach (`app.jobs.size.projected_bytes`), the upload's excluded: the
+    room it reserves in the store while it is unfinished."""
     expired: str | None = None
     """Why the results are gone: `expired` (time to live) or `evicted` (size cap); None while they are there."""
     sequence: dict[str, Any] | None = None
@@ -239,11 +259,21 @@ def check_live(job: Job) -> None:
 
 
 def check_result(job: Job, format_name: str) -> None:
-    """That `job` has a file for `format_name`: 404 if it was not asked for, 409 while unfinished or if it
-    did not succeed."""
+    """That `job` has a file for `format_name`: 404 if it is a clip's job (its files are per frame) or if
+    it was not asked for, 409 while unfinished or if it did not succeed."""
+    if job.sequence is not None:
+        raise JobNotFoundError(f"Job {job.id} is a clip's job: it has no {result_name(format_name)}; its files "
+                               f"are frames/000000{FORMATS[format_name].suffix}, ... (one per frame: see the job's "
+                               f"`results`), manifest.json, preview.mp4 and {SEQUENCE_ZIP}, under /jobs/{job.id}/.",
+                               code="clip_job_files")
     if format_name not in job.outputs:
         raise JobNotFoundError(f"Job {job.id} was not asked for {format_name} (its outputs: "
                                f"{', '.join(job.outputs)}).", code="result_not_requested")
+    check_finished(job)
+
+
+def check_finished(job: Job) -> None:
+    """409 unless `job` succeeded: `job_not_finished` while it runs, `job_failed` / `job_cancelled` after."""
     if job.status != "succeeded":
         if job.final:
             raise JobNotFinishedError(f"Job {job.id} {job.status}; it has no results.", code=f"job_{job.status}")
@@ -255,7 +285,7 @@ def check_file(job: Job, path: str) -> None:
     if job.sequence is None or not SEQUENCE_FILE_PATTERN.fullmatch(path):
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
     if job.status != "succeeded":
-        check_result(job, job.outputs[0])  # the same 409s as a photo's result
+        check_finished(job)
     if path not in job.results:
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
 
@@ -274,9 +304,11 @@ class JobQueue(Protocol):
         """Stop the workers; unfinished jobs end as failed `interrupted`."""
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
-                     options: dict[str, Any], sequence: dict[str, Any] | None = None) -> Job:
-        """Store a checked upload and queue it (`sequence`: a clip's options, see `Job.sequence`);
-        `JobQueueFullError` when too many wait."""
+                     options: dict[str, Any], sequence: dict[str, Any] | None = None,
+                     projected_bytes: int = 0) -> Job:
+        """Store a checked upload and queue it (`sequence`: a clip's options, see `Job.sequence`;
+        `projected_bytes`: the room its files will take, `app.jobs.size`); `JobQueueFullError` when too many
+        wait. A submission that fails leaves nothing stored."""
 
     async def get(self, job_id: str) -> Job:
         """The job; `JobNotFoundError` (unknown or malformed id), `JobExpiredError`."""

@@ -11,6 +11,11 @@ frame; the job then ends `cancelled`, whatever step it was in.
 All job state is changed on the event loop; watchers (`watch`) wake on every change. The state files
 make finished jobs survive a restart; a job that was queued or running when the process stopped is
 `failed` with the error code `interrupted`, at shutdown or, after a crash, at the next start.
+
+The queue owns its folder for its whole life (`claim`, `JobStore.claim`): a second server on the same
+folder stops before it reads a job. A submission reserves its projected bytes (`Job.projected_bytes`); one
+that does not fit beside the reservations of the unfinished jobs is refused (503 `store_full`), and older
+finished jobs are evicted to make room for it at once (`JobStore.sweep`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -34,11 +41,13 @@ from app.jobs.base import (
     JobCancelledError,
     JobNotFoundError,
     JobQueueFullError,
+    JobStoreFullError,
     ResultFile,
     check_file,
     check_job_id,
     check_live,
     check_result,
+    iso_time,
     new_job_id,
     overall_progress,
 )
@@ -78,7 +87,20 @@ class LocalJobQueue:
 
     # ------------------------------------------------------------------------------------- lifecycle
 
+    def claim(self) -> None:
+        """Take the jobs folder for this server's life (`JobStore.claim`); `JobsFolderBusyError` if another
+        holds it. `start` does it too; `python -m app serve` calls it first, to stop with one line."""
+        settings = self.settings
+        self.store.claim(f"pid {os.getpid()} on {socket.gethostname()}, http://{settings.host}:{settings.port}, "
+                         f"since {iso_time(time.time())}")
+
+    def release(self) -> None:
+        """Let go of the jobs folder (`close` does it last)."""
+        self.store.release()
+
     async def start(self) -> None:
+        await anyio.to_thread.run_sync(self.claim)
+        await anyio.to_thread.run_sync(self.store.remove_orphans)
         jobs = await anyio.to_thread.run_sync(self.store.load_all)
         now = time.time()
         for job in jobs:
@@ -105,19 +127,33 @@ class LocalJobQueue:
                 self._fail(job, INTERRUPTED, now)
                 self._publish(job)
         self._pending.clear()
+        self.release()
 
     # ---------------------------------------------------------------------------------------- the API
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
-                     options: dict[str, Any], sequence: dict[str, Any] | None = None) -> Job:
+                     options: dict[str, Any], sequence: dict[str, Any] | None = None,
+                     projected_bytes: int = 0) -> Job:
+        wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
+        retry_after_s = max(1, min(wait, MAX_RETRY_AFTER_S))
         if len(self._pending) >= self.settings.jobs_max_queued:
-            wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
             raise JobQueueFullError(f"{len(self._pending)} jobs are queued (SHARP_JOBS_MAX_QUEUED); retry later.",
-                                    retry_after_s=max(1, min(wait, MAX_RETRY_AFTER_S)))
+                                    retry_after_s=retry_after_s)
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
-                  options=options, input_bytes=len(data), sequence=sequence)
-        await anyio.to_thread.run_sync(self._store_new, job, data)
-        self._jobs[job.id] = job
+                  options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes)
+        reserved = self.store.reserved_bytes(self._jobs.values())
+        if reserved + job.input_bytes + projected_bytes > self.store.max_bytes:
+            raise JobStoreFullError(
+                f"This job needs about {_mb(job.input_bytes + projected_bytes)} in the job store, and the jobs "
+                f"queued or running reserve {_mb(reserved)} of its {_mb(self.store.max_bytes)} "
+                "(SHARP_JOBS_MAX_BYTES); retry once they are done.", retry_after_s=retry_after_s)
+        self._jobs[job.id] = job  # its reservation counts from now, also for a submission made meanwhile
+        try:
+            await anyio.to_thread.run_sync(self._store_new, job, data)
+        except BaseException:
+            del self._jobs[job.id]
+            raise
+        await self._sweep(spare_last=False)  # make its room now: the oldest finished jobs go first
         self._pending.append(job.id)
         job.queue_position = len(self._pending) - 1
         self._wakeup.set()
@@ -248,8 +284,13 @@ class LocalJobQueue:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _store_new(self, job: Job, data: bytes) -> None:
-        self.store.write_input(job.id, data)
-        self.store.save(job)
+        """The state file first (atomically), then the upload; a failure of either leaves no directory."""
+        try:
+            self.store.save(job)
+            self.store.write_input(job.id, data)
+        except BaseException:
+            self.store.remove(job.id)
+            raise
 
     def _delete_and_save(self, job: Job) -> None:
         self.store.delete_files(job)
@@ -283,8 +324,9 @@ class LocalJobQueue:
                 job.queue_position = position
                 self._publish(job)
 
-    async def _sweep(self) -> None:
-        expired, removed = await anyio.to_thread.run_sync(self.store.sweep, list(self._jobs.values()), time.time())
+    async def _sweep(self, *, spare_last: bool = True) -> None:
+        expired, removed = await anyio.to_thread.run_sync(
+            lambda: self.store.sweep(list(self._jobs.values()), time.time(), spare_last=spare_last))
         for job in removed:
             self._jobs.pop(job.id, None)
         for job in [*expired, *removed]:
@@ -297,3 +339,7 @@ class LocalJobQueue:
                 await self._sweep()
             except Exception:
                 LOGGER.exception("Sweeping the jobs directory failed")
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:,.1f} MB"

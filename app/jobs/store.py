@@ -1,5 +1,6 @@
 """Jobs on disk: one directory per job under `SHARP_JOBS_DIR`, bounded in time and in size.
 
+    <jobs dir>/.lock, .holder              the server that owns the folder (`claim`; local servers only)
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
     <jobs dir>/<job id>/input              the upload, until the job has run
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
@@ -14,10 +15,20 @@ Every file is written atomically (`write_atomically`: a temporary file renamed i
 leaves either the old file or the new one, never half of one. Job ids are checked against
 `JOB_ID_PATTERN` before any path is built from them.
 
-Limits (`sweep`): a finished job's files are deleted `SHARP_JOB_TTL_S` after it finished; and when the
-stored files pass `SHARP_JOBS_MAX_BYTES`, the oldest finished jobs' files go first. Either way the
-state file stays behind (`expired` set), so that the job's URLs answer 410 rather than 404, for one
-more time to live; then the directory goes too.
+Limits (`sweep`): a finished job's files are deleted `SHARP_JOB_TTL_S` after it finished. The size cap
+`SHARP_JOBS_MAX_BYTES` counts what every job holds or reserves (`held_bytes`: a finished job's files; an
+unfinished job's upload plus its projected files, or what it has written if that is more); when the sum
+passes the cap, finished jobs' files go, the oldest finished first. A submission makes its room at once
+(any finished job may go); any other sweep (after a job finishes, periodically) spares the job that finished
+last, so that a job never loses its files to its own end (see `app.jobs.size`). Either way the state file
+stays behind (`expired` set), so that the job's URLs answer 410 rather than 404, for one more time to live;
+then the directory goes too.
+
+One server per folder (`claim`): a server holds `<jobs dir>/.lock` (an exclusive `filelock` lock) for its
+whole life and writes who it is to `<jobs dir>/.holder`; a second server finds the lock taken and stops
+before it reads any job (`JobsFolderBusyError`). Start-up work (marking interrupted jobs, `remove_orphans`:
+directories without a state file, older than `ORPHAN_AGE_S`, left by a crash mid-submission) runs only
+under the lock.
 
 A directory whose state file is damaged (not JSON, a field of the wrong type, an id not its name) is set
 aside at start-up as `.damaged-<name>` with an error in the log; the server starts without it.
@@ -29,12 +40,14 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import orjson
+from filelock import FileLock, Timeout
 from pydantic import TypeAdapter, ValidationError
 
 from app.files import write_atomically
@@ -53,6 +66,15 @@ INPUT_FILE = "input"
 CALL_FILE = "call"
 SEQUENCE_DIR = "sequence"
 WORK_DIR = "work"
+LOCK_FILE = ".lock"
+HOLDER_FILE = ".holder"
+ORPHAN_AGE_S = 60.0
+"""A job directory without a state file older than this is a submission that never finished (removed at
+start-up); a younger one may be a submission being written by this server."""
+
+
+class JobsFolderBusyError(RuntimeError):
+    """Another server holds the jobs folder (the message names the folder and the holder)."""
 
 
 class JobStore:
@@ -62,6 +84,61 @@ class JobStore:
         self.root = Path(root)
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
+        self._lock: FileLock | None = None
+
+    # ------------------------------------------------------------------------------------------ owner
+
+    def claim(self, holder: str) -> None:
+        """Hold the folder's lock until `release` (a second call is a no-op); `holder` (who is asking: pid,
+        address) is written to `HOLDER_FILE` for whoever finds the lock taken.
+
+        Raises:
+            JobsFolderBusyError: another process holds it; its message names the folder and that holder.
+        """
+        if self._lock is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / LOCK_FILE, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                other = (self.root / HOLDER_FILE).read_text().strip() or "unknown"
+            except OSError:
+                other = "unknown"
+            raise JobsFolderBusyError(f"the jobs folder {self.root} is in use by another server ({other}); "
+                                      "stop it, or give this one its own SHARP_JOBS_DIR") from None
+        self._lock = lock
+        write_atomically(self.root / HOLDER_FILE, [holder.encode()])
+
+    def release(self) -> None:
+        """Let go of the folder's lock (taken by `claim`)."""
+        if self._lock is not None:
+            (self.root / HOLDER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+
+    def remove_orphans(self, now: float | None = None) -> list[str]:
+        """Delete job directories that have no state file and are older than `ORPHAN_AGE_S` (a submission
+        cut short); the names removed. Run it only while holding the folder (`claim`)."""
+        now = time.time() if now is None else now
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for directory in self.root.iterdir():
+            if directory.name.startswith(".") or not directory.is_dir() or (directory / STATE_FILE).exists():
+                continue
+            try:
+                check_job_id(directory.name)
+                age = now - directory.stat().st_mtime
+            except (JobNotFoundError, OSError):
+                continue
+            if age >= ORPHAN_AGE_S:
+                LOGGER.warning("Removing %s: a job directory without %s, %.0f s old (a submission cut short)",
+                               directory, STATE_FILE, age)
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory.name)
+        return removed
 
     def directory(self, job_id: str) -> Path:
         return self.root / check_job_id(job_id)
@@ -218,8 +295,10 @@ class JobStore:
 
     # ---------------------------------------------------------------------------------------- limits
 
-    def sweep(self, jobs: Iterable[Job], now: float) -> tuple[list[Job], list[Job]]:
+    def sweep(self, jobs: Iterable[Job], now: float, *, spare_last: bool = True) -> tuple[list[Job], list[Job]]:
         """Apply the time to live and the size cap to `jobs` (all of them, as the caller knows them).
+        `spare_last`: keep the files of the job that finished last (module docstring); False when the room
+        is made for a job just submitted, which is newer than all of them.
 
         Returns (jobs whose files were deleted, their state saved with `expired` set; jobs removed for
         good, state file included). Unfinished jobs are never touched.
@@ -237,16 +316,26 @@ class JobStore:
                 expired.append(job)
         gone = {job.id for job in removed}
         live = [job for job in jobs if job.id not in gone]
-        total = sum(stored_bytes(job) for job in live)
-        for job in sorted((j for j in live if j.final and stored_bytes(j)), key=lambda j: j.finished_at or 0):
+        total = sum(held_bytes(job) for job in live)
+        finished = sorted((j for j in live if j.final and j.expired is None), key=lambda j: j.finished_at or 0)
+        for job in finished[:-1] if spare_last else finished:
             if total <= self.max_bytes:
                 break
+            if not stored_bytes(job):
+                continue
             total -= stored_bytes(job)
             LOGGER.info("Evicting the results of job %s (%d bytes) to stay under SHARP_JOBS_MAX_BYTES=%d",
                         job.id, stored_bytes(job), self.max_bytes)
             self._expire(job, "evicted", now)
             expired.append(job)
+        if total > self.max_bytes:
+            LOGGER.warning("The job store holds or reserves %d bytes, over SHARP_JOBS_MAX_BYTES=%d, with nothing "
+                           "left to evict", total, self.max_bytes)
         return expired, removed
+
+    def reserved_bytes(self, jobs: Iterable[Job]) -> int:
+        """What the unfinished ones of `jobs` hold or reserve (`held_bytes`): room no eviction can make."""
+        return sum(held_bytes(job) for job in jobs if not job.final)
 
     def _expire(self, job: Job, reason: str, now: float) -> None:
         self.delete_files(job)
@@ -264,6 +353,14 @@ def _one_line(error: Exception) -> str:
 def stored_bytes(job: Job) -> int:
     """What a job's files take on disk (its results and its upload)."""
     return sum(job.results.values()) + job.input_bytes
+
+
+def held_bytes(job: Job) -> int:
+    """What a job counts against the cap: a finished job's files; an unfinished job's upload plus its
+    projected files, or what it has stored if that is more."""
+    if job.final:
+        return stored_bytes(job)
+    return max(stored_bytes(job), job.input_bytes + job.projected_bytes)
 
 
 def _read_whole(path: Path) -> bytes | None:

@@ -89,7 +89,8 @@ class VideoLimits:
 @dataclass(frozen=True)
 class VideoInfo:
     """What a clip's header says. `width`, `height`: as stored, in pixels (before the rotation, which the
-    frames carry); `duration_s`, `frame_rate`: None when the container does not say."""
+    frames carry); `duration_s`, `frame_rate`: None when the container does not say; `frames`: about how many
+    frames the sampling takes (from the span and the rates), None when the header cannot tell."""
 
     width: int
     height: int
@@ -97,6 +98,7 @@ class VideoInfo:
     frame_rate: float | None
     codec: str
     container: str
+    frames: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,6 +220,7 @@ def _check_header(container: Any, sampling: Sampling, limits: VideoLimits) -> Vi
         raise CorruptVideoError("The clip is zero seconds long; it holds no frame.")
     if duration is not None and sampling.start >= duration:
         raise VideoSelectionError(f"start={sampling.start:g} s is past the clip's end ({duration:.3g} s).")
+    estimate: int | None = None
     span = (min(sampling.end, duration) if sampling.end is not None and duration is not None
             else sampling.end if sampling.end is not None else duration)
     if span is not None:
@@ -236,7 +239,7 @@ def _check_header(container: Any, sampling: Sampling, limits: VideoLimits) -> Vi
                 raise VideoTooLargeError(f"The selection holds about {estimate} frames, more than {limits.max_frames} "
                                          "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
     return VideoInfo(width=width, height=height, duration_s=duration, frame_rate=rate,
-                     codec=stream.codec_context.name, container=container.format.name)
+                     codec=stream.codec_context.name, container=container.format.name, frames=estimate)
 
 
 def _duration_s(container: Any, stream: Any) -> float | None:

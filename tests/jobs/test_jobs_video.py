@@ -97,7 +97,7 @@ def test_a_cancelled_clip_job_stops_and_keeps_nothing(client: httpx.Client, tmp_
         if state["frame"] == 2:  # the first frame's files are written
             break
         time.sleep(0.05)
-    assert (tmp_path / "jobs" / job["id"] / "sequence" / "frames" / "000000.ply").is_file()
+    assert (tmp_path / "jobs" / job["id"] / "sequence" / "frames" / "000000.spz").is_file()  # the default
     cancelled = client.delete(f"/jobs/{job['id']}").json()
     assert cancelled["status"] == "cancelled"
     deadline = time.monotonic() + 60

@@ -42,6 +42,7 @@ from app.jobs.base import (
     iso_time,
     parse_outputs,
 )
+from app.jobs.size import check_fits
 from app.model.presets import get_config
 from app.outputs import FORMATS
 from app.vocabulary import ModelState
@@ -95,23 +96,28 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
                      end: sequences.End = None, max_frames: sequences.MaxFrames = None,
                      align: sequences.Align = None) -> JSONResponse:
     """Queue a photo, or a clip (a scene per frame, `app.http.routes.sequences`); answers 202 with the job
-    and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`)."""
+    and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`),
+    then the job's projected size against the store's cap (413 `job_too_large`, `app.jobs.size`)."""
     names = parse_outputs(outputs)
-    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding},
-                                get_config(service.settings.preset).num_gaussians)
+    num_gaussians = get_config(service.settings.preset).num_gaussians
+    options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding}, num_gaussians)
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
     data = await read_upload(file, service)
     clip = sequences.clip_options(fps, start, end, max_frames, align)
     if sequences.is_clip(data):
-        sequence, names = await sequences.check_clip(data, clip, names if outputs else None, service.settings)
+        sequence, names, frames = await sequences.check_clip(data, clip, names if outputs else None,
+                                                             service.settings)
+        projected = check_fits(names, options, num_gaussians, frames, len(data), service.settings.jobs_max_bytes)
         job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
-                                sequence=sequence)
+                                sequence=sequence, projected_bytes=projected)
         return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
     sequences.refuse_for_photo(clip)
     # The header only (format, size, pixel limit: the same 4xx as /predict); the worker decodes it, once.
     await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
-    job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options)
+    projected = check_fits(names, options, num_gaussians, None, len(data), service.settings.jobs_max_bytes)
+    job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
+                            projected_bytes=projected)
     return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
 

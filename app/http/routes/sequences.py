@@ -56,16 +56,20 @@ def refuse_for_photo(options: dict[str, Any]) -> None:
 
 
 async def check_clip(data: bytes, options: dict[str, Any], outputs: list[str] | None, settings: Settings
-                     ) -> tuple[dict[str, Any], list[str]]:
-    """The clip job's `sequence` options and outputs, after checking the clip's header against them
-    (`VideoError`: 4xx)."""
+                     ) -> tuple[dict[str, Any], list[str], int]:
+    """The clip job's `sequence` options, its outputs (`DEFAULT_SEQUENCE_OUTPUTS` when none were named) and
+    the most frames it takes (the header's estimate, else the limits), after checking the clip's header
+    against them (`VideoError`: 4xx)."""
     sampling = Sampling(fps=options.get("fps"), start=options.get("start", 0.0), end=options.get("end"),
                         max_frames=options.get("max_frames"))
     limits = VideoLimits.from_settings(settings)
-    await anyio.to_thread.run_sync(lambda: probe_video(data, sampling, limits))
+    info = await anyio.to_thread.run_sync(lambda: probe_video(data, sampling, limits))
     sequence = {"fps": sampling.fps, "start": sampling.start, "end": sampling.end, "max_frames": sampling.max_frames,
                 "align": options.get("align", "none")}
-    return sequence, outputs or list(DEFAULT_SEQUENCE_OUTPUTS)
+    frames = min(sampling.max_frames or limits.max_frames, limits.max_frames)
+    if info.frames is not None:
+        frames = min(frames, info.frames)
+    return sequence, outputs or list(DEFAULT_SEQUENCE_OUTPUTS), frames
 
 
 router = APIRouter(tags=["jobs"])
