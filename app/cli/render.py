@@ -142,12 +142,11 @@ class FrameProgress:
     def __init__(self, label: str) -> None:
         self.label = label
         self.tty = sys.stderr.isatty()
-        self.progress: Progress | None = None
+        self.progress = Progress(1)  # the clock starts here; the frame count comes with the first update
         self.drawn = False
 
     def update(self, done: int, total: int) -> None:
-        if self.progress is None:
-            self.progress = Progress(total)
+        self.progress.total = max(1, total)
         if not self.tty:
             if self.progress.plain_line(done):
                 print(f"{self.label}: frame {self.progress.status(done, total)}", file=sys.stderr, flush=True)
