@@ -13,7 +13,7 @@ in a fresh process, after evicting the file from the page cache (POSIX_FADV_DONT
 Times are wall-clock
 seconds, excluding interpreter start and imports; memory is in GB (10^9 bytes): anonymous (private
 copies), file-backed (mapped checkpoint pages) and the process's peak RSS. The file is deleted at
-the end. Run: `.venv/bin/python bench/cold_load.py`.
+the end. Run: `.venv/bin/python -m bench.cold_load`.
 """
 
 from __future__ import annotations

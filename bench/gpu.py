@@ -1,6 +1,6 @@
 """Forward speed and accuracy on CUDA for each precision mode, on the conformance case.
 
-    python bench/gpu.py [--repeats 5] [--compile]
+    python -m bench.gpu [--repeats 5] [--compile]
 
 For float32 (PyTorch's defaults, as the reference runs: cuDNN TF32 on, matmul TF32 off), strict
 float32 (all TF32 off), tf32, bfloat16 and float16 (autocast), prints the median forward time,

@@ -14,7 +14,7 @@ Clients stop sending at the deadline; requests in flight then are still answered
 wall time exceeds `--duration` by up to the queue's length times a prediction.
 
 Every loop is bounded in time (`--duration`) and in count (`--max-requests`). Nothing leaves 127.0.0.1.
-Run: `nice -n 5 .venv/bin/python bench/load.py [--clients 8] [--duration 20] [--max-queue 2]`.
+Run: `nice -n 5 .venv/bin/python -m bench.load [--clients 8] [--duration 20] [--max-queue 2]`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Peak memory: of decoding + preprocessing N concurrent "decompression bomb" PNGs, old path against new; and of
 ``python -m app render`` on hostile scene files and on long videos.
 
-    python bench/memory.py [--side 7000] [--size 1536] [--concurrency 1 6]
-    python bench/memory.py --cases scenes renders [--before /tmp/main-checkout] [--cap-mb 4000]
+    python -m bench.memory [--side 7000] [--size 1536] [--concurrency 1 6]
+    python -m bench.memory --cases scenes renders [--before /tmp/main-checkout] [--cap-mb 4000]
 
 Scene and render cases (`--cases scenes renders`): each runs ``python -m app render`` in a fresh process, from
 this checkout and, with `--before`, from another one (e.g. main's code, ``git archive main | tar -x -C DIR``),

@@ -1,6 +1,6 @@
 """Benchmark of the web page: from dropping a photo to the first frame with splats, and the bytes moved.
 
-    .venv/bin/python bench/page.py [--photo PHOTO] [--preset tiny] [--repeat 3]
+    .venv/bin/python -m bench.page [--photo PHOTO] [--preset tiny] [--repeat 3]
 
 Starts the server on loopback (the `tiny` preset by default: its network is fast, so the figures are
 mostly the page's own costs) and Debian's `chromium` with software WebGL (SwiftShader) through
@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT,):  # not tests/: its `http` package would hide the standard library's
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(ROOT) not in sys.path:  # `python bench/page.py` works too; not tests/: its `http` package hides the stdlib's
+    sys.path.insert(0, str(ROOT))
 
 import uvicorn  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
@@ -57,7 +56,7 @@ new MutationObserver(() => {
   if (state && (!last || last[0] !== state)) window.__states.push([state, performance.now()]);
 }).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state"]});
 """
-DEFAULT_PHOTO = ROOT.parent / "shared" / "conformance" / "coffee.png"
+DEFAULT_PHOTO = ROOT / "tests" / "data" / "conformance" / "coffee.png"
 
 
 def start_server(preset: str) -> tuple[uvicorn.Server, threading.Thread, str]:

@@ -1,6 +1,6 @@
 """Speed and error of each precision mode on the conformance case, in one process.
 
-    python bench/precision.py [--device auto|cpu|cuda] [--float16] [--ablate] [--repeats N]
+    python -m bench.precision [--device auto|cpu|cuda] [--float16] [--ablate] [--repeats N]
 
 Runs the full-size network (the conformance kit's seed-0 weights, coffee.png, f_px = 500) once
 per mode: float32, bfloat16 autocast around the whole network, the recommended mixed bfloat16

@@ -1,6 +1,6 @@
 """Render time of a full-size SHARP scene on this machine's CPU, against the forward pass that made it.
 
-    python bench/render.py [--image PATH] [--size 512] [--repeats 5] [--threads N] [--docs DIR]
+    python -m bench.render [--image PATH] [--size 512] [--repeats 5] [--threads N] [--docs DIR]
 
 Runs the full network once with synthetic weights on the photo (timing its forward), then renders the
 1,179,648-Gaussian scene from the input view at SIZE x SIZE several times (after one warm-up) and prints

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/sizes.py` works too
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.budget import budget_count, keep_most_important
 from app.formats.ply import encode_ply, read_ply

@@ -1,7 +1,7 @@
 """Video benchmark on the CPU with the tiny preset: frames per second of a clip's sequence run, its overhead
 against the single-image pipeline on the same frames, and the peak RSS of a 1080p clip at two lengths.
 
-    python bench/video.py [--frames 6] [--repeats 2] [--rss-frames 4 8 32]
+    python -m bench.video [--frames 6] [--repeats 2] [--rss-frames 4 8 32]
 
 - Throughput: a clip of `--frames` frames (320x192, H.264, made from the conformance photo) through
   `run_sequence` (align none, PLY, no preview), against `pipeline.run` on each decoded frame saved as a PNG

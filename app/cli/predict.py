@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from app.cli import video
-from app.cli.common import UsageError, f_px_option, gaussians_kept, max_gaussians_option, settings_with
+from app.cli.common import (
+    UsageError,
+    f_px_option,
+    gaussians_kept,
+    max_gaussians_option,
+    output_folder,
+    settings_with,
+)
 from app.errors import SharpError
 from app.files import write_atomically
 from app.model.presets import PRESETS
@@ -28,7 +34,8 @@ from app.vocabulary import DeviceName, DTypeName, choices
 def add_parser(commands: Any) -> None:
     presets = ", ".join(f"'{p.name}': {p.description}" for p in PRESETS.values())
     predict = commands.add_parser("predict", help="predict Gaussians for images and write splat files")
-    predict.add_argument("-i", "--input", type=Path, required=True, help="an image file or a directory of images")
+    predict.add_argument("-i", "--input", type=Path, required=True,
+                         help="an image file, a directory of images, or a video clip (a scene per frame)")
     predict.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     predict.add_argument("-c", "--checkpoint", type=Path, help="checkpoint file (default: cached/downloaded official)")
     predict.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
@@ -41,8 +48,11 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
                          help="a splat budget for every output (the preview too): keep only the N Gaussians (or "
                               "the fraction F in (0, 1]) that matter most to the image; default: all")
-    predict.add_argument("--preview", action="store_true", help="also render the scene from the photo's viewpoint "
-                         "into OUT_DIR/<stem>.png (our PyTorch renderer; no CUDA needed)")
+    predict.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
+                         help="a photo: also render the scene from its viewpoint into OUT_DIR/<stem>.png (our "
+                              "PyTorch renderer; no CUDA needed); default off. A clip: write OUT_DIR/preview.mp4 "
+                              "(each frame beside its scene); default on a GPU, off on a CPU, where that render "
+                              "costs more than the frame's forward pass")
     video.add_arguments(predict)
     predict.set_defaults(run=run)
 
@@ -55,39 +65,33 @@ def _output_format(args: argparse.Namespace) -> str:
     return "ply_vertex"
 
 
-def _output_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"-o {path} is a file; give a directory to write the outputs into")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the output directory {path}: {error.strerror or error}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"the output directory {path} is not writable")
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
-    from app import pipeline
-    from app.budget import budget_count
-    from app.imaging import find_images
-    from app.predictor import SharpPredictor
-
+    """The `predict` command; a failed run leaves no output folder it made (`output_folder`)."""
     format_name = _output_format(args)
-    outputs: dict[str, dict[str, Any]] = {format_name: {}}
-    if args.preview:
-        outputs["preview"] = {}
     clip = args.input.is_file() and video.is_video_path(args.input)
     if not clip and video.photo_flags_used(args):
-        raise UsageError(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
+        flags = video.photo_flags_used(args)
+        raise UsageError(f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} to a video input")
     try:
+        from app.imaging import find_images
+
         images = [args.input] if clip else find_images(args.input)
     except (SharpError, OSError, ValueError) as error:
         raise UsageError(str(error)) from None
     if not images:
         raise UsageError(f"no supported images found under {args.input}")
-    output_dir = _output_dir(args.output)
+    with output_folder(args.output) as output_dir:
+        return _run(args, format_name, clip, images, output_dir)
 
+
+def _run(args: argparse.Namespace, format_name: str, clip: bool, images: list[Path], output_dir: Path) -> int:
+    from app import pipeline
+    from app.budget import budget_count
+    from app.predictor import SharpPredictor
+
+    outputs: dict[str, dict[str, Any]] = {format_name: {}}
+    if args.preview and not clip:
+        outputs["preview"] = {}
     settings = settings_with(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, preset=args.preset)
     start = time.perf_counter()
     try:

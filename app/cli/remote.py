@@ -33,7 +33,7 @@ from httpx_sse import connect_sse
 
 from app.budget import budget_count
 from app.cli import video
-from app.cli.common import f_px_option, gaussians_kept, max_gaussians_option
+from app.cli.common import UsageError, f_px_option, gaussians_kept, max_gaussians_option, output_folder, settings_with
 from app.errors import SharpError
 from app.files import write_atomically
 from app.outputs import FORMATS
@@ -51,7 +51,8 @@ class RemoteError(Exception):
 def add_parser(commands: Any) -> None:
     """Add the `remote` command to `commands`."""
     remote = commands.add_parser("remote", help="predict on a sharp-serve server (jobs API) and download")
-    remote.add_argument("-i", "--input", type=Path, required=True, help="an image file or a directory of images")
+    remote.add_argument("-i", "--input", type=Path, required=True,
+                        help="an image file, a directory of images, or a video clip (a scene per frame)")
     remote.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     remote.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     remote.add_argument("--api-key", default=os.environ.get("SHARP_API_KEY") or None,
@@ -90,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         return _usage(f"--url must start with http:// or https://, got {args.url!r}")
     clip = args.input.is_file() and video.is_video_path(args.input)
     if not clip and video.photo_flags_used(args):
-        return _usage(f"{', '.join(video.photo_flags_used(args))} only apply to a video input")
+        flags = video.photo_flags_used(args)
+        return _usage(f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} to a video input")
     try:
         images = [args.input] if clip else find_images(args.input)
     except (OSError, ValueError) as error:
@@ -98,10 +100,15 @@ def _run(args: argparse.Namespace) -> int:
     if not images:
         return _usage(f"no supported images found under {args.input}")
     try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        return _usage(f"cannot create the output directory {args.output}: {error.strerror or error}")
+        clip_fields = video.form_fields(args, settings_with()) if clip else {}
+        with output_folder(args.output):  # a run that fails before writing a file leaves no folder
+            return _run_jobs(args, formats, images, clip_fields)
+    except UsageError as error:
+        return _usage(str(error))
 
+
+def _run_jobs(args: argparse.Namespace, formats: list[str], images: list[Path], clip_fields: dict[str, str]) -> int:
+    """Submit every image (or the clip, with `clip_fields`), follow the jobs, download their files."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     timeout = httpx.Timeout(60.0, connect=10.0)
     # Modal answers a request still running after 150 s with a 303 to where its result will be.
@@ -117,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs: list[tuple[Path, str | None, str]] = []
         for path in images:
             try:
-                fields = {**video.form_fields(args), **({"max_gaussians": str(args.max_gaussians)}
+                fields = {**clip_fields, **({"max_gaussians": str(args.max_gaussians)}
                                                         if args.max_gaussians is not None else {})}
                 jobs.append((path, _submit(client, path, formats, args.f_px, fields), ""))
             except RemoteError as error:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import gaussians_kept, max_gaussians_option
+from app.cli.common import Progress, gaussians_kept, max_gaussians_option
 from app.errors import SharpError
 from app.render.errors import RenderError
 
@@ -44,7 +44,7 @@ def add_parser(commands: Any) -> None:
     """Add the ``render`` command to `commands`."""
     parser = commands.add_parser("render", help="render a splat file to an image or a video (no CUDA needed)",
                                    description=__doc__.splitlines()[0])
-    parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat or .spz file")
+    parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat, .spz or .sog file")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output file: .png or .jpg (input view), .mp4 or .gif (camera path)")
     parser.add_argument("--f-px", type=float, default=None,
@@ -135,18 +135,23 @@ def _check_output_folder(output: Path) -> None:
 
 
 class FrameProgress:
-    """``label: [#####     ] 12/60 frames, 0:42 left`` on stderr, redrawn in place, only on a terminal."""
+    """A video's progress on stderr: on a terminal ``label: [#####     ] 12/60 frames, 0:42 left``, redrawn in
+    place; elsewhere (a log, a pipe) a plain line at every tenth of the frames and at least once a minute:
+    ``label: frame 12/60, 0:10 elapsed, 0:42 left``."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
+        self.progress = Progress(1)  # the clock starts here; the frame count comes with the first update
         self.drawn = False
 
     def update(self, done: int, total: int) -> None:
+        self.progress.total = max(1, total)
         if not self.tty:
+            if self.progress.plain_line(done):
+                print(f"{self.label}: frame {self.progress.status(done, total)}", file=sys.stderr, flush=True)
             return
-        elapsed = time.monotonic() - self.start
+        elapsed = time.monotonic() - self.progress.start
         left = int(elapsed / done * (total - done))
         bar = "#" * (30 * done // total)
         sys.stderr.write(f"\r{self.label}: [{bar:<30}] {done}/{total} frames, {left // 60}:{left % 60:02d} left\033[K")

@@ -2,9 +2,11 @@
 -> a scene per frame on this machine, through `app.sequence.run_sequence` (docs/video.md).
 
 `predict` hands a clip here when its input is a video file (by suffix or content, `app.video.is_video_path`).
-It writes OUT_DIR/frames/000000<suffix>, ..., OUT_DIR/preview.mp4 and OUT_DIR/manifest.json (each file
-atomically, as it is made) and prints one line per frame. A clip that is not usable prints one `error:` line
-and exits 2; a failure after some frames were written leaves those frames (complete files) and no manifest.
+It writes OUT_DIR/frames/000000<suffix>, ..., OUT_DIR/manifest.json and, with the preview, OUT_DIR/preview.mp4
+(each file atomically, as it is made) and prints one line per frame: `[frame k/n]`, the time elapsed and the
+time left. Without `--fps` it takes `default_fps` frames a second (1 with the default limits: a clip of up to
+two minutes fits the 120-frame limit). A clip that is not usable prints one `error:` line and exits 2; a
+failure after some frames were written leaves those frames (complete files) and no manifest.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import UsageError, gaussians_kept
+from app.cli.common import Progress, UsageError, gaussians_kept
 from app.errors import SharpError
 from app.files import write_atomically
 from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP
@@ -32,7 +34,9 @@ SAMPLING_FLAGS = ("fps", "start", "end", "max_frames", "align")
 def add_arguments(predict: argparse.ArgumentParser) -> None:
     """The clip options of `predict`."""
     clip = predict.add_argument_group("video input (-i a clip: MP4, MOV, WebM, ...; see docs/video.md)")
-    clip.add_argument("--fps", type=float, help="frames taken per second (default: every frame)")
+    clip.add_argument("--fps", type=_fps_option, help="frames taken per second, or 'all' for every frame (default: "
+                      "1, with the default limits: SHARP_VIDEO_MAX_FRAMES / SHARP_VIDEO_MAX_DURATION_S, so that "
+                      "any clip short enough is taken whole; a minute of phone video is 60 frames)")
     clip.add_argument("--start", type=float, help="first second taken (default: 0)")
     clip.add_argument("--end", type=float, help="seconds: take frames before this time (default: the clip's end)")
     clip.add_argument("--max-frames", type=int, help="take at most this many frames")
@@ -40,9 +44,37 @@ def add_arguments(predict: argparse.ArgumentParser) -> None:
                       "agree with the previous frame's; none (default): each frame as its own photo")
 
 
-def form_fields(args: argparse.Namespace) -> dict[str, str]:
-    """The clip options given, as `POST /jobs` form fields (`remote`)."""
-    return {name: str(getattr(args, name)) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None}
+EVERY_FRAME = "all"
+"""`--fps all`: take every frame of the clip."""
+
+
+def _fps_option(text: str) -> float | str:
+    if text.strip().lower() == EVERY_FRAME:
+        return EVERY_FRAME
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frames per second or 'all', got {text!r}") from None
+
+
+def default_fps(settings: Settings) -> float:
+    """The frame rate taken when `--fps` is not given: the longest clip allowed fills the frame limit."""
+    return settings.video_max_frames / settings.video_max_duration_s
+
+
+def sampling_fps(args: argparse.Namespace, settings: Settings) -> float | None:
+    """The frames per second to take (None: every frame), from `--fps` or `default_fps`."""
+    if args.fps == EVERY_FRAME:
+        return None
+    return default_fps(settings) if args.fps is None else args.fps
+
+
+def form_fields(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """The clip options, as `POST /jobs` form fields (`remote`); `fps` is the CLI's default when not given."""
+    fields = {name: str(getattr(args, name)) for name in SAMPLING_FLAGS if getattr(args, name, None) is not None}
+    fields.pop("fps", None)
+    fps = sampling_fps(args, settings)
+    return fields if fps is None else {"fps": f"{fps:g}", **fields}
 
 
 def is_clip_file(path: str) -> bool:
@@ -57,11 +89,21 @@ def photo_flags_used(args: argparse.Namespace) -> list[str]:
 
 def run_clip(args: argparse.Namespace, predictor: Any, settings: Settings, outputs: dict[str, dict[str, Any]],
              output_dir: Path) -> int:
-    """Predict every sampled frame of the clip `args.input` into `output_dir`; 0, or 2 for an unusable clip."""
+    """Predict every sampled frame of the clip `args.input` into `output_dir`; 0, or 2 for an unusable clip.
+
+    The preview (`preview.mp4`) is made with `--preview`, left out with `--no-preview`, and by default made on
+    a GPU and left out on a CPU, where its render per frame costs more than the tiny networks' forward pass."""
     from app.sequence import run_sequence
 
-    sampling = Sampling(fps=args.fps, start=args.start or 0.0, end=args.end, max_frames=args.max_frames)
+    sampling = Sampling(fps=sampling_fps(args, settings), start=args.start or 0.0, end=args.end,
+                        max_frames=args.max_frames)
+    preview = args.preview if args.preview is not None else not str(predictor.info.device).startswith("cpu")
     started = time.perf_counter()
+    progress = Progress(1)
+    frames_seen: list[int] = [1]  # the expected count, from run_sequence's progress calls
+
+    def on_progress(frame: int, frames: int, stage: str, fraction: float) -> None:
+        frames_seen[0] = frames
 
     def write(path: str, body: bytes) -> None:
         target = output_dir / path
@@ -71,18 +113,21 @@ def run_clip(args: argparse.Namespace, predictor: Any, settings: Settings, outpu
     def frame_line(record: dict[str, Any]) -> None:
         timing = " ".join(f"{name}={ms / 1000:.2f}s" for name, ms in record["timings_ms"].items())
         gaussians = gaussians_kept(record["num_gaussians"], record["num_predicted"])
-        print(f"[frame {record['index'] + 1}] t={record['time_s']:.3f}s f_px={record['f_px']:.1f} "
+        status = progress.status(record["index"] + 1, frames_seen[0])
+        print(f"[frame {status}] t={record['time_s']:.3f}s f_px={record['f_px']:.1f} "
               f"({record['f_px_source']}) scale={record['scale']:.4f} {gaussians} "
               f"-> {', '.join(record['files'].values())} [{timing}]", flush=True)
 
     try:
         manifest = run_sequence(predictor, args.input, outputs, sink=write, limits=VideoLimits.from_settings(settings),
                                 sampling=sampling, f_px=args.f_px, align=args.align or "none",
-                                max_gaussians=args.max_gaussians, on_frame=frame_line)
+                                max_gaussians=args.max_gaussians, on_frame=frame_line, preview=preview,
+                                progress=on_progress)
     except SharpError as error:
         raise UsageError(f"{args.input}: {error.message}") from None
     except OSError as error:
         raise UsageError(f"{args.input}: {error.strerror or error}") from None
-    print(f"{manifest['num_frames']} frames in {time.perf_counter() - started:.1f}s -> {output_dir / 'manifest.json'}, "
-          f"{output_dir / 'preview.mp4'}", file=sys.stdout)
+    made = [output_dir / "manifest.json"] + ([output_dir / "preview.mp4"] if preview else [])
+    print(f"{manifest['num_frames']} frames in {time.perf_counter() - started:.1f}s -> "
+          f"{', '.join(str(path) for path in made)}", file=sys.stdout)
     return 0

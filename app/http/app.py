@@ -35,9 +35,11 @@ from app.web import mount_page
 DESCRIPTION = """\
 One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
 
-* `POST /predict/ply` (also `/predict/ply_vertex`, `/predict/splat`, `/predict/spz`): a file to download.
+* `POST /predict/ply` (also `/predict/ply_vertex`, `/predict/splat`, `/predict/spz`, `/predict/sog`): a file
+  to download. These take one photo; a video clip is a 415 that points to `POST /jobs`.
 * `POST /jobs`: the same, asynchronously: follow `GET /jobs/{id}` or its server-sent `/events` (with
-  progress), then download `GET /jobs/{id}/result.<ext>`.
+  progress), then download `GET /jobs/{id}/result.<ext>`. A video clip in the same `file` field makes a
+  sequence job: a scene per frame, a manifest and a preview video (`fps`, `start`, `end`, `max_frames`, `align`).
 * `POST /render`: a picture of the predicted scene: the photo's view (PNG/JPEG, or its depth map) or an MP4
   orbit, drawn by our PyTorch splat renderer.
 * `GET /viewer` (or `/` from a browser): a web page to drop a photo into and orbit its scene.
@@ -49,7 +51,8 @@ One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
   the response, `X-Sharp-Num-Gaussians-Predicted` how many were predicted.
 
 Every prediction names its model in `X-Sharp-Preset` / `X-Sharp-Weights` (`synthetic` means a test
-model, not SHARP). Every error is `{"error": {"code": ..., "message": ..., "request_id": ...}}`.
+model, not SHARP). The code is Apache-2.0; SHARP's weights are Apple's, for research use only (`licence` in
+`GET /` and `/health`). Every error is `{"error": {"code": ..., "message": ..., "request_id": ...}}`.
 When the server has an API key, the prediction endpoints need `Authorization: Bearer <key>`.
 """
 

@@ -12,11 +12,12 @@ from pydantic import AfterValidator
 
 from app.budget import ACCEPTED, parse_max_gaussians
 from app.budget import MaxGaussians as Budget
-from app.errors import SharpError
+from app.errors import SharpError, UnsupportedInputError
 from app.focal import F_PX_MAX, F_PX_MIN, check_f_px
 from app.formats.json import Encoding
 from app.http.middleware import too_large_message
 from app.service import InferenceService
+from app.video import HEAD_BYTES, looks_like_video
 
 
 def get_service(request: Request) -> InferenceService:
@@ -89,4 +90,15 @@ async def read_upload(file: UploadFile, service: InferenceService) -> bytes:
         raise SharpError(too_large_message(limit), code="upload_too_large", status=413)
     if not data:
         raise SharpError("The uploaded file is empty (0 bytes); expected an image.", code="empty_file", status=400)
+    return data
+
+
+async def read_photo(file: UploadFile, service: InferenceService) -> bytes:
+    """The uploaded photo's bytes (`read_upload`); a video clip is refused with a 415 that names `POST /jobs`,
+    the one route that takes a clip (a scene per frame)."""
+    data = await read_upload(file, service)
+    if looks_like_video(data[:HEAD_BYTES]):
+        raise UnsupportedInputError(
+            "This upload is a video clip; this route takes one photo. Send a clip to POST /jobs (the same `file` "
+            "field): it becomes a sequence job with a scene per frame (docs/video.md).", code="video_not_accepted")
     return data

@@ -30,7 +30,7 @@ _ERROR_STATUS_TEXT = {
     409: "The job has not finished",
     410: "The job's results have expired",
     413: "Upload or image too large",
-    415: "Not an image, or an unsupported image format",
+    415: "Not an image, an unsupported image format, or a video clip (clips go to POST /jobs)",
     422: "Invalid form field (missing file, f_px out of range, bad max_gaussians, encoding or option)",
     503: "Model loading or failed to load, or queue full; see Retry-After",
 }

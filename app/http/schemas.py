@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app import CODE_LICENCE
 from app.formats.json import Encoding
+from app.model.presets import WEIGHTS_LICENCE
 from app.vocabulary import FINAL_JOB_STATUSES, FocalSource, JobStatus, ModelState, WeightsSource
 
 
@@ -29,6 +31,17 @@ class ErrorResponse(BaseModel):
     """Every non-2xx response has this shape."""
 
     error: ErrorDetail
+
+
+class LicenceInfo(BaseModel):
+    """The licences that apply to what this server runs (README, Licence; LICENSE and NOTICE)."""
+
+    code: str = Field(default=CODE_LICENCE, description="SPDX identifier of this server's code licence.")
+    weights_name: str = Field(default=WEIGHTS_LICENCE.name, description="The licence of Apple's SHARP weights "
+                              "(preset `sharp`): research use only. Read it before using the predictions.")
+    weights_url: str = Field(default=WEIGHTS_LICENCE.url, description="Where that licence is published.")
+    weights_note: str = Field(default="Applies to the official SHARP weights (preset sharp); the tiny presets' "
+                              "synthetic weights are generated locally and are not Apple's.")
 
 
 class ModelSummary(BaseModel):
@@ -65,6 +78,7 @@ class ApiInfo(BaseModel):
     page_url: str = Field(default="/viewer", description="The web page: drop a photo, orbit the 3D scene.")
     job_final_statuses: list[JobStatus] = Field(default_factory=lambda: sorted(FINAL_JOB_STATUSES),
                                                 description="Job statuses after which a job no longer changes.")
+    licence: LicenceInfo = Field(default_factory=LicenceInfo)
 
 
 class HealthResponse(BaseModel):
@@ -89,6 +103,7 @@ class HealthResponse(BaseModel):
     backend: Literal["waiting", "answered"] | None = Field(
         default=None, description="Only on a front that forwards predictions to GPU containers (Modal): `waiting` "
         "until one has answered a prediction, then `answered`. The model fields then describe the deploy's model.")
+    licence: LicenceInfo = Field(default_factory=LicenceInfo)
 
 
 class Base64Array(BaseModel):

@@ -15,6 +15,22 @@ PresetName = Literal["sharp", "tiny", "tiny_full"]
 
 
 @dataclass(frozen=True)
+class Licence:
+    """A licence by name and where its text is published (we cite it; we do not copy it)."""
+
+    name: str
+    url: str
+
+
+WEIGHTS_LICENCE = Licence(
+    name="Apple Machine Learning Research Model License Agreement",
+    url="https://github.com/apple/ml-sharp/blob/main/LICENSE_MODEL",
+)
+"""The licence of Apple's SHARP weights (research use only): apple/ml-sharp's LICENSE_MODEL. The code of this
+project is under Apache-2.0 (`app.CODE_LICENCE`); the weights are never shipped with it."""
+
+
+@dataclass(frozen=True)
 class Preset:
     """A named network and its weights.
 
@@ -24,6 +40,7 @@ class Preset:
         description: one line for help texts.
         checkpoint_url: the official checkpoint, or None when the preset runs on synthetic weights.
         checkpoint_sha256: its SHA-256 when published (Apple publishes none for SHARP), else None.
+        weights_licence: the official weights' licence, or None for synthetic weights (generated locally).
     """
 
     name: PresetName
@@ -31,6 +48,7 @@ class Preset:
     description: str
     checkpoint_url: str | None = None
     checkpoint_sha256: str | None = None
+    weights_licence: Licence | None = None
 
 
 SHARP = Preset(
@@ -38,6 +56,7 @@ SHARP = Preset(
     config=SharpConfig(name="sharp"),
     description="the SHARP network (702M parameters, 1536 px input, 1,179,648 Gaussians)",
     checkpoint_url="https://ml-site.cdn-apple.com/models/sharp/sharp_2572gikvuh.pt",
+    weights_licence=WEIGHTS_LICENCE,
 )
 
 TINY = Preset(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,87 @@ def test_bad_arguments_are_clear_messages(tmp_path: Path) -> None:
              "HOME": str(tmp_path)},
     )
     assert offline.returncode == 2
+
+
+def test_every_usage_error_is_one_line(tmp_path: Path) -> None:
+    """argparse's own errors too: one `error:` line naming the command's --help, exit 2, no usage block."""
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30)).save(photo)
+    cases = [
+        ["predict", "-i", str(photo), "-o", str(tmp_path / "o"), "--max-gaussians", "1.5"],
+        ["predict", "-i", str(photo)],  # no -o
+        ["predict", "-i", str(photo), "-o", str(tmp_path / "o"), "--fps", "fast"],
+        ["render", str(photo)],
+        ["remote", "-i", str(photo), "-o", str(tmp_path / "o")],  # no --url
+        ["serve", "--port", "eighty"],
+        ["nonsense"],
+        [],
+    ]
+    for args in cases:
+        run = run_cli(*args)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, run.stderr)
+        assert "--help" in lines[0] and run.stdout == ""
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_or_failed_run_leaves_no_output_folder(tmp_path: Path) -> None:
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(photo)
+    out = tmp_path / "new" / "out"
+    refused = run_cli("predict", "-i", str(photo), "-o", str(out), "--preset", "tiny", "--max-gaussians", "131073")
+    assert refused.returncode == 2 and "error: --max-gaussians:" in refused.stderr
+    assert not (tmp_path / "new").exists()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    failed = run_cli("predict", "-i", str(broken), "-o", str(out), "--preset", "tiny")
+    assert failed.returncode == 1 and "skipped" in failed.stderr and not (tmp_path / "new").exists()
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    unreachable = run_cli("remote", "-i", str(photo), "-o", str(out), "--url", url)
+    assert unreachable.returncode == 1 and "error: cannot reach" in unreachable.stderr
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    run_cli("predict", "-i", str(broken), "-o", str(kept), "--preset", "tiny")
+    assert kept.is_dir()  # a folder that was there before is never removed
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path: Path) -> None:
+    from tests.helpers import make_clip
+
+    clip = tmp_path / "long.mp4"
+    clip.write_bytes(make_clip(40, fps=10))
+    process = subprocess.Popen([sys.executable, "-m", "app", "predict", "-i", str(clip), "-o", str(tmp_path / "out"),
+                                "--preset", "tiny", "--device", "cpu", "--fps", "all"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        while first and not first.startswith("[frame"):  # wait until a frame is done
+            first = process.stdout.readline()
+        assert first.startswith("[frame 1/40, "), first
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: interrupted")
+    assert [line for line in stderr.splitlines() if "interrupted" in line or "error" in line] == \
+        [stderr.strip().splitlines()[-1]]
+    assert (tmp_path / "out" / "frames" / "000000.ply").is_file()  # complete frames stay
+
+
+def test_a_video_render_to_a_log_prints_plain_progress_lines(tmp_path: Path) -> None:
+    from app.formats.ply import encode_ply
+    from tests.helpers import random_scene
+
+    scene = tmp_path / "scene.ply"
+    scene.write_bytes(encode_ply(random_scene(500)))
+    run = subprocess.run([sys.executable, "-m", "app", "render", str(scene), "-o", str(tmp_path / "orbit.mp4"),
+                          "--path", "orbit", "--frames", "20", "--size", "64", "--device", "cpu"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "scene.ply -> orbit.mp4: frame " in line]
+    assert "\r" not in run.stderr and len(lines) == 10, run.stderr  # one at every tenth of the frames
+    assert lines[0].endswith(("left",)) and "2/20, " in lines[0] and "20/20, " in lines[-1]

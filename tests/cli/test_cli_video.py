@@ -26,9 +26,11 @@ def test_a_clip_becomes_a_folder_of_frames(tmp_path: Path) -> None:
     clip.write_bytes(make_clip(3, fps=10))
     out = tmp_path / "out"
     run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu",
-                  "--max-frames", "2", "--align", "scale", "--start", "0.1")
+                  "--max-frames", "2", "--align", "scale", "--start", "0.1", "--fps", "all", "--preview")
     assert run.returncode == 0, run.stderr
-    assert "[frame 1] t=0.100s" in run.stdout and "[frame 2] t=0.200s" in run.stdout
+    lines = [line for line in run.stdout.splitlines() if line.startswith("[frame")]
+    assert len(lines) == 2 and lines[0].startswith("[frame 1/2, ") and lines[1].startswith("[frame 2/2, ")
+    assert "t=0.100s" in lines[0] and "t=0.200s" in lines[1] and "elapsed" in lines[0] and " left]" in lines[0]
     assert "131,072 Gaussians -> frames/000000.ply" in run.stdout
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "frames/000000.ply", "frames/000001.ply", "manifest.json", "preview.mp4"]
@@ -59,7 +61,21 @@ def test_bad_clips_and_options_are_one_error_line(tmp_path: Path) -> None:
     photo = tmp_path / "p.png"
     Image.new("RGB", (40, 30)).save(photo)
     run = run_cli("predict", "-i", str(photo), "-o", out, "--preset", "tiny", "--fps", "2")
-    assert run.returncode == 2 and "--fps only apply to a video input" in run.stderr
+    assert run.returncode == 2 and "--fps only applies to a video input" in run.stderr
+
+
+def test_a_clip_is_taken_at_one_frame_a_second_by_default_and_without_a_preview_on_a_cpu(tmp_path: Path) -> None:
+    """The default frame rate lets the longest clip allowed (120 s) fit the frame limit (120); the preview,
+    which costs more than the tiny forward pass on a CPU, is made only when asked for there."""
+    clip = tmp_path / "walk.mp4"
+    clip.write_bytes(make_clip(25, fps=10))  # 2.5 s
+    out = tmp_path / "out"
+    run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["sampling"]["fps"] == 1.0 and manifest["preview"] is None
+    assert [frame["time_s"] for frame in manifest["frames"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert "[frame 3/3, " in run.stdout and not (out / "preview.mp4").exists()
 
 
 def test_a_clip_with_a_budget_keeps_exactly_it_in_every_frame(tmp_path: Path) -> None:
@@ -67,7 +83,7 @@ def test_a_clip_with_a_budget_keeps_exactly_it_in_every_frame(tmp_path: Path) ->
     clip.write_bytes(make_clip(2, fps=10))
     out = tmp_path / "out"
     run = run_cli("predict", "-i", str(clip), "-o", str(out), "--preset", "tiny", "--device", "cpu",
-                  "--max-gaussians", "0.25", "--format", "spz")
+                  "--max-gaussians", "0.25", "--format", "spz", "--fps", "all")
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("32,768 of 131,072 Gaussians -> frames/") == 2
     manifest = orjson.loads((out / "manifest.json").read_bytes())
@@ -83,4 +99,4 @@ def test_a_clip_with_a_budget_the_model_cannot_keep_is_one_error_line(tmp_path: 
                   "--max-gaussians", "131073")
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert "error: --max-gaussians: max_gaussians must be a count from 1 to 131,072" in run.stderr
-    assert not (out / "frames").exists() and "[frame" not in run.stdout
+    assert not out.exists() and "[frame" not in run.stdout  # a refused run leaves no folder

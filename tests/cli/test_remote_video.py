@@ -36,7 +36,8 @@ def server_and_clip(serve: Callable[[Any], LiveServer], tmp_path: Path, frames: 
 def test_remote_sends_a_clip_and_downloads_its_folder(serve: Callable[[Any], LiveServer], tmp_path: Path) -> None:
     server, clip = server_and_clip(serve, tmp_path, 3)
     out = tmp_path / "out"
-    run = remote(clip, out, server.url, "--max-frames", "2", "--align", "scale", "--format", "ply")
+    run = remote(clip, out, server.url, "--max-frames", "2", "--align", "scale", "--format", "ply",
+                 "--fps", "all")
     assert run.returncode == 0, run.stderr
     assert "frame 1/2" in run.stderr and "frame 2/2" in run.stderr
     assert f"walk.mp4: 2 frames of 160x96 px, 131,072 Gaussians -> {out / 'walk'}" in run.stdout
@@ -47,13 +48,13 @@ def test_remote_sends_a_clip_and_downloads_its_folder(serve: Callable[[Any], Liv
     photo_flags = subprocess.run([sys.executable, "-m", "app", "remote", "-i", str(tmp_path), "-o", str(out),
                                   "--url", server.url, "--fps", "2"], cwd=REPO, capture_output=True, text=True,
                                  timeout=120)
-    assert photo_flags.returncode == 2 and "--fps only apply to a video input" in photo_flags.stderr
+    assert photo_flags.returncode == 2 and "--fps only applies to a video input" in photo_flags.stderr
 
 
 def test_remote_sends_a_clips_budget(serve: Callable[[Any], LiveServer], tmp_path: Path) -> None:
     server, clip = server_and_clip(serve, tmp_path, 2)
     out = tmp_path / "out"
-    run = remote(clip, out, server.url, "--max-gaussians", "1000", "--format", "ply")
+    run = remote(clip, out, server.url, "--max-gaussians", "1000", "--format", "ply", "--fps", "all")
     assert run.returncode == 0, run.stderr
     assert f"walk.mp4: 2 frames of 160x96 px, 1,000 of 131,072 Gaussians -> {out / 'walk'}" in run.stdout
     manifest = orjson.loads((out / "walk" / "manifest.json").read_bytes())

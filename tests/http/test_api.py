@@ -37,7 +37,7 @@ from app.outputs import FORMATS, SCENE_FORMATS
 from app.predictor import SharpPredictor
 from app.settings import Settings
 from tests.formats.gltf import Glb
-from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
+from tests.helpers import LiveServer, assert_error, make_clip, multipart, tiny_settings
 
 API_KEY = "test-key-0123456789"
 ALLOWED_ORIGIN = "https://viewer.example"
@@ -168,6 +168,26 @@ def test_health_when_ready(client: httpx.Client) -> None:
     assert model == ("tiny", "synthetic", "cpu", "float32")
     assert health.num_gaussians == TINY_GAUSSIANS
     assert (health.queue_depth, health.in_progress, health.max_queue) == (0, 0, 8)
+
+
+def test_root_and_health_name_the_licences(client: httpx.Client) -> None:
+    """A deployed API says under which licence its code is, and which licence the SHARP weights carry."""
+    for path in ("/", "/health"):
+        licence = client.get(path).json()["licence"]
+        assert licence["code"] == "Apache-2.0"
+        assert licence["weights_name"] == "Apple Machine Learning Research Model License Agreement"
+        assert licence["weights_url"] == "https://github.com/apple/ml-sharp/blob/main/LICENSE_MODEL"
+    root = Path(__file__).resolve().parents[2]
+    assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+    notice = (root / "NOTICE").read_text()
+    assert licence["weights_name"] in notice and licence["weights_url"] in notice
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/ply", "/predict/sog", "/render"])
+def test_a_clip_sent_to_a_photo_route_is_pointed_to_jobs(client: httpx.Client, path: str) -> None:
+    response = client.post(path, files={"file": ("clip.mp4", make_clip(2), "video/mp4")})
+    body = assert_error(response, 415, "video_not_accepted")
+    assert "POST /jobs" in body["message"]
 
 
 def test_openapi_documents_responses(client: httpx.Client) -> None:

@@ -22,7 +22,7 @@ from app.http.deps import (
     MaxGaussians,
     Service,
     VertexOnly,
-    read_upload,
+    read_photo,
 )
 from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, file_responses, prediction_response
@@ -44,7 +44,7 @@ async def predict_json(request: Request, service: Service, file: ImageUpload, f_
     No cap by default: the full SHARP scene is ~1.18M Gaussians (hundreds of MB as lists); use
     `max_gaussians` and/or `encoding=base64` for large scenes.
     """
-    data = await read_upload(file, service)
+    data = await read_photo(file, service)
     result = await until_disconnect(request, service.run(
         data, filename=file.filename, f_px=f_px, max_gaussians=max_gaussians, outputs={"json": {"encoding": encoding}}))
     return prediction_response(result, "json", attachment=False)
@@ -58,7 +58,7 @@ async def predict_ply(request: Request, service: Service, file: ImageUpload, f_p
                       vertex_only: VertexOnly = False, max_gaussians: MaxGaussians = None) -> Response:
     """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
     name = "ply_vertex" if vertex_only else "ply"
-    data = await read_upload(file, service)
+    data = await read_photo(file, service)
     result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
                                                          max_gaussians=max_gaussians, outputs={name: {}}))
     return prediction_response(result, name)
@@ -67,7 +67,7 @@ async def predict_ply(request: Request, service: Service, file: ImageUpload, f_p
 def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
     async def predict_format(request: Request, service: Service, file: ImageUpload,
                              f_px: FocalPx = None, max_gaussians: MaxGaussians = None) -> Response:
-        data = await read_upload(file, service)
+        data = await read_photo(file, service)
         result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
                                                              max_gaussians=max_gaussians, outputs={fmt.name: {}}))
         return prediction_response(result, fmt.name)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
+from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_photo
 from app.http.disconnect import until_disconnect
 from app.http.responses import error_responses, prediction_response
 
@@ -52,7 +52,7 @@ async def render(request: Request, service: Service, file: ImageUpload, f_px: Fo
         options.update(path=path, frames=frames)
     else:
         options["depth"] = depth
-    data = await read_upload(file, service)
+    data = await read_photo(file, service)
     result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
                                                          max_gaussians=max_gaussians,
                                                          outputs={_FORMAT[output]: options}))

@@ -124,7 +124,7 @@ async function showWanted(first) {
       let sceneBytes = bytes;
       if (current.format === "ply") sceneBytes = plyForSpark(bytes).bytes; // Spark reads the splats alone
       const name = `${current.stem} · frame ${index + 1} of ${count}`;
-      await showScene(sceneBytes, current.format, current.camera, current.run, name, { keepView: current.shown !== null });
+      await showScene(sceneBytes, current.format, current.camera, current.run, name, { keepView: current.shown !== null, source: "frame" });
       current.shown = index;
       body.dataset.clipFrame = String(index);
       if (index + 1 < count) frameBytes(current, index + 1, false).catch(() => {}); // the likely next one

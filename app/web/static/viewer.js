@@ -22,6 +22,7 @@ const viewer = {
   frames: 0,
   visible: false,
   last: null, // the camera's { quaternion, position } at the last frame
+  moved: false, // whether the user has moved the camera since the scene's own viewpoint was set
 };
 
 /** Spark's SPZ reader keeps the file's coordinates. SPZ stores RUB axes (x right, y up, z back), the
@@ -56,6 +57,7 @@ export async function loadRenderer() {
       onChange: requestRender,
       onReset: () => viewer.mesh && resetView(),
     });
+    controls.addEventListener("start", () => { viewer.moved = true; }); // a drag, pinch or wheel by the user
     Object.assign(viewer, { renderer, scene, camera, controls });
     new ResizeObserver(layout).observe($("stage"));
     layout();
@@ -157,8 +159,8 @@ function frameHasSplats() {
 
 /** Shows a scene file (`fileType`: ply, spz, splat or sog) from `camera` ({ fPx, width, height }, or null),
  * named `name` over the stage; `keepView`: where the user has moved the camera to (a clip's next frame),
- * else from the photo's viewpoint. */
-export async function showScene(bytes, fileType, camera, run, name, { keepView = false } = {}) {
+ * else from the viewpoint of its `source` (`photo`, or a clip's `frame`). */
+export async function showScene(bytes, fileType, camera, run, name, { keepView = false, source = "photo" } = {}) {
   await loadRenderer();
   run.check();
   const { Spark } = viewer;
@@ -194,16 +196,19 @@ export async function showScene(bytes, fileType, camera, run, name, { keepView =
   viewer.controls.maxDistance = depth * 20;
   viewer.camera.near = 0.01;
   viewer.camera.far = Math.max(1000, depth * 200);
-  if (!keepView) resetView();
+  if (viewer.view) body.style.setProperty("--scene-aspect", (viewer.view.x / viewer.view.y).toFixed(4));
+  else body.style.removeProperty("--scene-aspect");
+  const chosenView = keepView && viewer.moved;
+  if (!chosenView) resetView();
   layout();
   $("reset-view").disabled = false;
   $("scene-name").textContent = name;
   $("scene-name").hidden = false;
   document.title = `${name} · sharp-serve`;
   setState("ready", `Ready: ${name}`, {
-    detail: keepView
-      ? "Shown from the view you chose; Reset view goes back to the frame's viewpoint."
-      : `Shown from the photo's viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
+    detail: chosenView
+      ? `Shown from the view you chose; Reset view goes back to the ${source}'s viewpoint.`
+      : `Shown from the ${source}'s viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
   });
   requestRender();
 }
@@ -255,6 +260,7 @@ function resetView() {
   controls.target.set(0, 0, -viewer.home.depth);
   controls.update();
   controls.enableDamping = damping;
+  viewer.moved = false;
   requestRender();
 }
 
