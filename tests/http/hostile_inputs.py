@@ -3,11 +3,13 @@ bombs, odd pixel modes, abused EXIF and polyglots. Each builder returns the byte
 
 from __future__ import annotations
 
+import fractions
 import io
 import struct
 import zipfile
 import zlib
 
+import av
 import numpy as np
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
@@ -382,3 +384,52 @@ def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra:
 def sog_zip_bomb(zero_bytes: int = 64 << 20) -> bytes:
     """A valid small .sog plus a deflated member of `zero_bytes` zeros (a zip bomb)."""
     return sog_bundle(16, extra={"padding.bin": b"\x00" * zero_bytes}, compression=zipfile.ZIP_DEFLATED)
+
+
+# ------------------------------------------------------------------------------------------- clips
+
+
+def solid_jpeg(width: int, height: int) -> bytes:
+    """A real baseline grayscale JPEG of `width` x `height` grey pixels, built without them: every 8x8 block is
+    'DC difference 0, end of block' (6 bits in the standard tables), so 16,000 x 16,000 is a 3 MB file."""
+    data = bytearray(save(Image.new("L", (8, 8), 128), "JPEG", quality=50))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    sos = data.index(b"\xff\xda")
+    scan_start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    blocks = -(-width // 8) * -(-height // 8)
+    whole, rest = divmod(blocks, 4)
+    bits = "001010" * rest
+    bits += "1" * (-len(bits) % 8)  # padding with ones, as JPEG wants
+    tail = int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    return bytes(data[:scan_start]) + b"\x28\xa2\x8a" * whole + tail + b"\xff\xd9"
+
+
+def mjpeg_clip(sizes: list[tuple[int, int]], fps: int = 10) -> bytes:
+    """An AVI of MJPEG frames of the given (width, height) each (`solid_jpeg`); its header says the first's
+    size, but an MJPEG frame carries its own."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="avi") as output:
+        stream = output.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = *sizes[0], "yuvj420p"
+        for index, (width, height) in enumerate(sizes):
+            packet = av.Packet(solid_jpeg(width, height))
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            packet.time_base, packet.is_keyframe = fractions.Fraction(1, fps), True
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def clip_unknown_codec() -> bytes:
+    """An MJPEG AVI whose codec tag is changed to one FFmpeg has no decoder for."""
+    return mjpeg_clip([(16, 16)] * 3).replace(b"MJPG", b"ZQXW")
+
+
+def clip_without_duration(clip: bytes) -> bytes:
+    """A Matroska clip (from `tests.helpers.make_clip(container="matroska")`) whose Duration element is made
+    a Void one: FFmpeg then knows no duration."""
+    data = bytearray(clip)
+    at = data.index(b"\x44\x89")  # Duration, in Info
+    size = data[at + 2] & 0x7F
+    data[at : at + 2] = b"\xec" + bytes([0x80 | (size + 1)])  # Void, one byte longer to cover the ID's second
+    return bytes(data)
