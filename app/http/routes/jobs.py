@@ -105,6 +105,7 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     clip = sequences.clip_options(fps, start, end, max_frames, align)
     if sequences.is_clip(data):
         sequence, names = await sequences.check_clip(data, clip, names if outputs else None, service.settings)
+        options = check_job_options(names, options, get_config(service.settings.preset).num_gaussians)
         job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
                                 sequence=sequence)
         return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
