@@ -433,3 +433,19 @@ def clip_without_duration(clip: bytes) -> bytes:
     size = data[at + 2] & 0x7F
     data[at : at + 2] = b"\xec" + bytes([0x80 | (size + 1)])  # Void, one byte longer to cover the ID's second
     return bytes(data)
+
+
+# ------------------------------------------------------------------------------------- renderer work
+
+
+def splat_one_tile_row(count: int = 262_144) -> bytes:
+    """A .splat of `count` faint Gaussians on the middle row of the default 1024 x 768 view (z = 2 m), each
+    1 px high and as wide as the picture: every pair lies in one 4-px row of tiles (`count` x 256 pairs)."""
+    records = np.zeros(count, dtype=[("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)),
+                                     ("rotation", "u1", (4,))])
+    records["position"] = (0.0, 0.0, 2.0)
+    records["position"][:, 2] += np.arange(count, dtype=np.float32) * 1e-6
+    records["scale"] = (10.0, 1e-4, 1e-4)
+    records["rgba"] = (200, 100, 50, 3)
+    records["rotation"] = (255, 128, 128, 128)
+    return records.tobytes()
