@@ -362,23 +362,42 @@ def _webp(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
-               compression: int = zipfile.ZIP_STORED) -> bytes:
-    """A .sog zip whose meta.json claims `count` Gaussians (written as is: `"1e999"` overflows), with five
-    blank lossless WebP images of `image_size` and the `extra` members."""
-    files = {"means_l.webp": _webp(*image_size), "means_u.webp": _webp(*image_size),
-             "quats.webp": _webp(*image_size), "scales.webp": _webp(*image_size), "sh0.webp": _webp(*image_size)}
+def sog_meta(count: int | str) -> str:
+    """A meta.json claiming `count` Gaussians (written as is: `"1e999"` overflows)."""
     codebook = ", ".join(["0.0"] * 256)
-    meta = (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
+    return (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
             f'"files": ["means_l.webp", "means_u.webp"]}}, "scales": {{"codebook": [{codebook}], '
             f'"files": ["scales.webp"]}}, "quats": {{"files": ["quats.webp"]}}, '
             f'"sh0": {{"codebook": [{codebook}], "files": ["sh0.webp"]}}}}')
+
+
+def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
+               compression: int = zipfile.ZIP_STORED, meta: str | bytes | None = None) -> bytes:
+    """A .sog zip whose meta.json (`meta`, else `sog_meta(count)`) claims `count` Gaussians, with five blank
+    lossless WebP images of `image_size` and the `extra` members (which replace those of the same name)."""
+    image = _webp(*image_size)
+    files = {name: image for name in ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp")}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as bundle:
-        bundle.writestr("meta.json", meta)
+        bundle.writestr("meta.json", sog_meta(count) if meta is None else meta)
         for name, data in {**files, **(extra or {})}.items():
             bundle.writestr(name, data)
     return buffer.getvalue()
+
+
+def sog_flagged(flag_bits: int = 0, method: int | None = None) -> bytes:
+    """A valid small .sog whose members are all marked with general-purpose `flag_bits` (1: encrypted) and, if
+    given, compression `method` (99: AES, which zipfile does not read), in both zip headers."""
+    data = bytearray(sog_bundle(16))
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(signature)
+        while at >= 0:
+            flags = int.from_bytes(data[at + flags_at : at + flags_at + 2], "little") | flag_bits
+            data[at + flags_at : at + flags_at + 2] = flags.to_bytes(2, "little")
+            if method is not None:
+                data[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    return bytes(data)
 
 
 def sog_zip_bomb(zero_bytes: int = 64 << 20) -> bytes:
