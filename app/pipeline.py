@@ -43,7 +43,8 @@ class Slots:
     CLI, one photo at a time); the HTTP service passes its own (see `app.service`).
 
     Attributes:
-        decode: around decoding the photo (bounds how many decoded photos are in memory at once).
+        decode: from decoding the photo until its turn in the model (bounds how many decoded photos are in
+            memory at once: these, and the one in the model).
         model: around the prediction (one forward pass at a time on the model).
         render: around encoding an output of kind ``render`` (renders use every core).
     """
@@ -129,15 +130,20 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Predicti
         prediction = source
     else:
         report("decode", 0.0)
-        if isinstance(source, LoadedImage):
-            image = source
-        else:
-            with slots.decode(), _timed(timings, "decode"):
-                image = decode(source, filename=filename, max_pixels=max_pixels)
-        report("decode", 1.0)
-        with slots.model():
-            prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
-        del image
+        with contextlib.ExitStack() as decoding:
+            if isinstance(source, LoadedImage):
+                image = source
+            else:
+                decoding.enter_context(slots.decode())
+                with _timed(timings, "decode"):
+                    image = decode(source, filename=filename, max_pixels=max_pixels)
+            report("decode", 1.0)
+            with slots.model():
+                # The decode slot is held until the model's turn: a decoded photo waits in it, so that the
+                # photos in memory are at most the decode slots' plus the one predicted (not every upload).
+                decoding.close()
+                prediction = predictor.predict(image, f_px=f_px, progress=progress, timings_ms=timings)
+            del image
     if adjust is not None:
         prediction = adjust(prediction)
     if max_gaussians is not None:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     job_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     jobs_max_bytes: int = Field(default=2 * 1024**3, gt=0)
     jobs_max_queued: int = Field(default=100, ge=1)
+    job_max_run_s: float = Field(default=3600.0, gt=0)
+    """Longest time, in seconds, one job may run (from its start; the worker's CPU or GPU is its own meanwhile):
+    past it the job fails `job_too_long` at its next step (a network block, a frame, a render's frame)."""
 
     # Video (`app.video`, `app.sequence`): a clip's limits; the defaults finish in minutes on 2 CPU cores
     # with the tiny preset (about 3 s a frame).

@@ -3,6 +3,15 @@
 
     python -m bench.memory [--side 7000] [--size 1536] [--concurrency 1 6]
     python -m bench.memory --cases scenes renders [--before /tmp/main-checkout] [--cap-mb 4000]
+    python -m bench.memory --cases server [--before /tmp/main-checkout] [--side 7000] [--concurrency 6]
+
+Server case (`--cases server`): a tiny-preset server (`python -m app serve`, a fresh process per source
+tree) takes N concurrent `POST /predict/ply` of a side x side flat PNG; its RSS is sampled every 20 ms and
+printed before (after one small warm-up prediction), at its peak (the sampled maximum and the kernel's
+VmHWM) and 2 s after the last answer. This tree's run must stay under `SERVER_CEILING_MB` at the peak and
+within `SERVER_KEPT_MB` of the start after (exit status 1 otherwise): six 7000 x 7000 uploads hold at
+most three decoded photos (`app.service.DECODE_CONCURRENCY` + the one predicted) and give their memory
+back (`app.service.fix_mmap_threshold`).
 
 Scene and render cases (`--cases scenes renders`): each runs ``python -m app render`` in a fresh process, from
 this checkout and, with `--before`, from another one (e.g. main's code, ``git archive main | tar -x -C DIR``),
@@ -212,9 +221,92 @@ def run_render_cases(cases: list[str], trees: dict[str, Path], cap_mb: float) ->
             print(row, *notes, sep="\n", flush=True)
 
 
+SERVER_CEILING_MB = 1400.0
+"""Peak server RSS allowed for six concurrent 7000 x 7000 PNG uploads to the tiny server (measured: 1,178 MB
+on the loaded 2-core development machine, from 469 MB at rest; 1,670-2,440 MB before issue 28)."""
+SERVER_KEPT_MB = 150.0
+"""RSS the server may keep above its start once those uploads are answered (measured: 38 MB; 1,233 MB before)."""
+
+
+def run_server_case(root: Path, side: int, concurrency: int) -> tuple[float, float, float, list[int]]:
+    """Start the tiny server from source tree `root`, send `concurrency` uploads of a side x side flat PNG at
+    once; (RSS before, peak, 2 s after) in MB, and the answers' statuses."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "SHARP_PRESET": "tiny", "SHARP_DEVICE": "cpu", "SHARP_CACHE_DIR": cache}
+        server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=root, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+
+        def rss() -> tuple[float, float]:
+            with open(f"/proc/{server.pid}/status") as status:
+                fields = dict(line.split(":", 1) for line in status)
+            return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the server in {root} did not start")
+                time.sleep(0.5)
+            httpx.post(f"{url}/predict/ply", files={"file": ("warm.png", make_png(64, (1, 2, 3)))}, timeout=300)
+            png = make_png(side, (200, 120, 40))
+            with open(f"/proc/{server.pid}/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # VmHWM from here
+            before, peak, statuses = rss()[0], [0.0], []
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss()[0])
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            with ThreadPoolExecutor(concurrency) as pool:
+                statuses = list(pool.map(lambda i: httpx.post(f"{url}/predict/ply", timeout=900, files={
+                    "file": (f"big{i}.png", png)}).status_code, range(concurrency)))
+            done.set()
+            sampler.join()
+            time.sleep(2.0)
+            after, high_water = rss()
+            return before, max(peak[0], high_water), after, statuses
+        finally:
+            server.terminate()
+            server.wait(60)
+
+
+def run_server_cases(trees: dict[str, Path], side: int, concurrency: int) -> bool:
+    """Print the server case for each tree; whether this tree's run stayed within the ceilings."""
+    print(f"{concurrency} concurrent {side}x{side} PNG uploads to the tiny server: server RSS (MB)")
+    print(f"{'tree':<8}  {'before':>7}  {'peak':>7}  {'after':>7}  statuses")
+    within = True
+    for tree, root in trees.items():
+        before, peak, after, statuses = run_server_case(root, side, concurrency)
+        print(f"{tree:<8}  {before:>7.0f}  {peak:>7.0f}  {after:>7.0f}  {statuses}", flush=True)
+        if tree == "now":
+            within = peak <= SERVER_CEILING_MB and after - before <= SERVER_KEPT_MB
+            print(f"ceiling: peak <= {SERVER_CEILING_MB:.0f} MB and kept <= {SERVER_KEPT_MB:.0f} MB: "
+                  f"{'held' if within else 'EXCEEDED'}")
+    return within
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=["png", "scenes", "renders"], default=["png"])
+    parser.add_argument("--cases", nargs="+", choices=["png", "scenes", "renders", "server"], default=["png"])
     parser.add_argument("--before", type=Path, default=None, help="another checkout to compare with (scenes, renders)")
     parser.add_argument("--cap-mb", type=float, default=4000, help="kill a render child whose RSS passes this")
     parser.add_argument("--side", type=int, default=7000, help="bomb width and height in pixels")
@@ -226,10 +318,13 @@ def main() -> None:
         path, bomb, concurrency = args.child
         measure(path, Path(bomb), int(concurrency), args.size)
         return
-    render_cases = [case for case in args.cases if case != "png"]
+    trees = {"before": args.before.resolve()} if args.before else {}
+    trees["now"] = Path(__file__).resolve().parents[1]
+    render_cases = [case for case in args.cases if case in ("scenes", "renders")]
     if render_cases:
-        trees = {"before": args.before.resolve()} if args.before else {}
-        run_render_cases(render_cases, {**trees, "now": Path(__file__).resolve().parents[1]}, args.cap_mb)
+        run_render_cases(render_cases, trees, args.cap_mb)
+    if "server" in args.cases and not run_server_cases(trees, args.side, max(args.concurrency)):
+        sys.exit(1)
     if "png" not in args.cases:
         return
 

@@ -116,7 +116,8 @@ def test_a_budget_the_model_cannot_keep_fails_before_anything_is_decoded(tiny: S
 
 
 def test_run_enters_each_slot_around_its_step(tiny: SharpPredictor) -> None:
-    """decode in the decode slot, the prediction's stages in the model slot, a render (only) in the render slot."""
+    """decode in the decode slot, held until the model's turn (a decoded photo waits in it: issue 28), the
+    prediction's stages in the model slot, a render (only) in the render slot."""
     events: list[str] = []
 
     def slot(name: str) -> pipeline.Slot:
@@ -133,7 +134,7 @@ def test_run_enters_each_slot_around_its_step(tiny: SharpPredictor) -> None:
 
     slots = pipeline.Slots(decode=slot("decode"), model=slot("model"), render=slot("render"))
     pipeline.run(tiny, photo(), {"spz": {}, "preview": {"size": 32}}, slots=slots, progress=progress)
-    assert events == ["enter decode", "leave decode", "decode done", "enter model", "preprocess done",
+    assert events == ["enter decode", "decode done", "enter model", "leave decode", "preprocess done",
                       "forward done", "postprocess done", "leave model", "enter render", "leave render"]
 
 

@@ -27,9 +27,11 @@ def check_gaussian_count(count: int, what: str, max_gaussians: int | None = None
         raise SceneTooLargeError(f"{what} claims {count:,} Gaussians (limit {limit:,})")
 
 
-MAX_DEFLATE_RATIO = 8
+MAX_DEFLATE_RATIO = 3
 """A compressed scene may claim at most this many decompressed bytes per byte of file (plus 64 KiB). Real
-.spz files deflate by 1.2-2x (quantised positions and colours are noisy); gzip of zeros reaches 1,000x."""
+.spz files deflate by 1.2-2x (quantised positions and colours are noisy); gzip of zeros reaches 1,000x. At 3,
+a 10 MB .spz holds at most 1.5 M points (20 bytes each), which render in under 1 GB (docs/reliability.md);
+at 8 it could claim 4 M, and 3 M of them took 1.33 GB."""
 
 
 def check_deflate_ratio(claimed_bytes: int, file_bytes: int, what: str) -> None:

@@ -6,8 +6,11 @@ results) are filled in; its status is the caller's business."""
 
 from __future__ import annotations
 
+import time
+
 import anyio.to_thread
 
+from app.errors import SharpError
 from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
@@ -21,7 +24,9 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
                   elsewhere: FramePredictions | None = None) -> None:
     """Make every output of `job`. `progress(stage, fraction)` is called on the run's worker thread; an
     exception it raises (a cancellation) stops the job there. `elsewhere`: a clip's frames predicted in
-    other containers (`app.sequence.fanout`). Errors: `ImageError`, `SharpError`, whatever `progress` raises."""
+    other containers (`app.sequence.fanout`). Errors: `ImageError`, `SharpError`, whatever `progress` raises;
+    `JobTooLongError` at the first step past `SHARP_JOB_MAX_RUN_S`."""
+    progress = _bounded(progress, job, service.settings.job_max_run_s)
     if job.sequence is not None:
         await execute_sequence(service, store, job, progress, elsewhere=elsewhere)
         return
@@ -78,6 +83,26 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
     job.results.update(written)
     job.timings_ms = {stage: sum(frame["timings_ms"].get(stage, 0.0) for frame in manifest["frames"])
                       for stage in first["timings_ms"]}
+
+
+class JobTooLongError(SharpError):
+    """A job ran longer than `SHARP_JOB_MAX_RUN_S` allows."""
+
+    code = "job_too_long"
+    status = 413
+
+
+def _bounded(progress: ProgressCallback, job: Job, limit_s: float) -> ProgressCallback:
+    """`progress`, then `JobTooLongError` once `job` has run (since `job.started_at`) more than `limit_s`."""
+    started = job.started_at if job.started_at is not None else time.time()
+
+    def check(stage: str, fraction: float) -> None:
+        progress(stage, fraction)
+        if time.time() - started > limit_s:
+            raise JobTooLongError(f"The job ran longer than {limit_s:g} s (SHARP_JOB_MAX_RUN_S) and was stopped "
+                                  f"during {stage}; ask for fewer frames or outputs, or a smaller clip.")
+
+    return check
 
 
 def sequence_options(job: Job) -> tuple[Sampling, AlignMode]:

@@ -159,13 +159,20 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
         RenderError: ``too_large`` when the whole frame needs more than `MAX_PAIRS` pairs.
     """
     bands = _bands(projected, tile_size, band_pairs)
-    if len(bands) == 1:
+    if len(bands) == 1 and bands[0][1] - bands[0][0] > tile_size:
         return _rasterize(projected, background, tile_size=tile_size, pass_size=pass_size,
                           max_elements=max_elements)
-    parts = [_rasterize(_band(projected, top, bottom), background, tile_size=tile_size, pass_size=pass_size,
-                        max_elements=max_elements) for top, bottom in bands]
-    return RenderOutput(color=torch.cat([p.color for p in parts]), depth=torch.cat([p.depth for p in parts]),
-                        alpha=torch.cat([p.alpha for p in parts]))
+    rows = []
+    for top, bottom in bands:
+        band = _band(projected, top, bottom)
+        parts = [_rasterize(_band(band, 0, band.height, left, right), background, tile_size=tile_size,
+                            pass_size=pass_size, max_elements=max_elements)
+                 for left, right in _columns(band, tile_size, band_pairs)]
+        rows.append(RenderOutput(color=torch.cat([p.color for p in parts], dim=1),
+                                 depth=torch.cat([p.depth for p in parts], dim=1),
+                                 alpha=torch.cat([p.alpha for p in parts], dim=1)))
+    return RenderOutput(color=torch.cat([r.color for r in rows]), depth=torch.cat([r.depth for r in rows]),
+                        alpha=torch.cat([r.alpha for r in rows]))
 
 
 def _bands(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> list[tuple[int, int]]:
@@ -181,27 +188,53 @@ def _bands(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> li
     if total > MAX_PAIRS:
         raise RenderError("too_large", f"the frame needs {total:,} tile-Gaussian pairs (limit {MAX_PAIRS:,}): "
                                        "too many large Gaussians for this image size")
-    bands: list[tuple[int, int]] = []
-    top_row, pairs = 0, 0
-    for row, count in enumerate(per_row):
-        if pairs and pairs + count > band_pairs:
-            bands.append((top_row, row))
-            top_row, pairs = row, 0
-        pairs += count
-    bands.append((top_row, tiles_y))
-    return [(top * tile_size, min(bottom * tile_size, projected.height)) for top, bottom in bands]
+    return [(top * tile_size, min(bottom * tile_size, projected.height))
+            for top, bottom in _groups(per_row, band_pairs)]
 
 
-def _band(projected: ProjectedGaussians, top: int, bottom: int) -> ProjectedGaussians:
-    """The pixel rows [top, bottom) as an image of their own: the Gaussians whose box meets them, moved up by
-    `top`, boxes clipped to the band (still in depth order)."""
+def _columns(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> list[tuple[int, int]]:
+    """Pixel column ranges [left, right) of whole tile columns of a band, each needing at most `band_pairs`
+    pairs (or one tile column): a band of one tile row can need more (every Gaussian of a scene in one row)."""
+    tiles_x = -(-projected.width // tile_size)
+    boxes = projected.boxes // tile_size
+    span_y = boxes[:, 3] - boxes[:, 2] + 1
+    change = torch.zeros(tiles_x + 1, dtype=torch.int64, device=boxes.device)
+    change.index_add_(0, boxes[:, 0], span_y)
+    change.index_add_(0, boxes[:, 1] + 1, -span_y)
+    per_column = torch.cumsum(change[:-1], 0).tolist()  # pairs each tile column of the band needs
+    return [(left * tile_size, min(right * tile_size, projected.width))
+            for left, right in _groups(per_column, band_pairs)]
+
+
+def _groups(counts: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges [first, end) of `counts`, each summing to at most `budget` (or of one index)."""
+    groups: list[tuple[int, int]] = []
+    first, total = 0, 0
+    for index, count in enumerate(counts):
+        if total and total + count > budget:
+            groups.append((first, index))
+            first, total = index, 0
+        total += count
+    groups.append((first, len(counts)))
+    return groups
+
+
+def _band(projected: ProjectedGaussians, top: int, bottom: int, left: int = 0, right: int | None = None
+          ) -> ProjectedGaussians:
+    """The pixel rows [top, bottom) and columns [left, right) (None: the width) as an image of their own: the
+    Gaussians whose box meets them, moved by (-left, -top), boxes clipped to it (still in depth order). `top`
+    and `left` are on the tile grid, so every pixel keeps its tile's Gaussians."""
+    right = projected.width if right is None else right
     boxes = projected.boxes
-    keep = torch.nonzero((boxes[:, 2] < bottom) & (boxes[:, 3] >= top)).squeeze(1)
+    keep = torch.nonzero((boxes[:, 2] < bottom) & (boxes[:, 3] >= top)
+                         & (boxes[:, 0] < right) & (boxes[:, 1] >= left)).squeeze(1)
     params = projected.params.index_select(0, keep)
+    params[:, MEAN_X] -= left
     params[:, MEAN_Y] -= top
     band_boxes = boxes.index_select(0, keep)
+    band_boxes[:, :2] = band_boxes[:, :2].clamp(left, right - 1) - left
     band_boxes[:, 2:] = band_boxes[:, 2:].clamp(top, bottom - 1) - top
-    return ProjectedGaussians(params=params, boxes=band_boxes, width=projected.width, height=bottom - top)
+    return ProjectedGaussians(params=params, boxes=band_boxes, width=right - left, height=bottom - top)
 
 
 def _rasterize(projected: ProjectedGaussians, background: tuple[float, float, float], *, tile_size: int,
@@ -230,20 +263,24 @@ def _rasterize(projected: ProjectedGaussians, background: tuple[float, float, fl
     carried = inside.float()
     accum = torch.zeros(num_tiles, 5, pixels, device=device)  # Σ w (r, g, b, z, 1)
 
-    k = pass_size
-    slot = torch.arange(k, device=device)
-    chunk = max(1, max_elements // (k * pixels))
     total_pairs = lists.gaussians.numel()
     params = projected.params
     alpha_floor, t_floor = _below(ALPHA_MIN), _below(T_MIN)
     # Host copies of the list lengths and of which tiles have stopped everywhere, to plan the passes.
     host_counts = counts.cpu()
+    longest = int(host_counts[0]) if num_tiles else 0
     done = (carried < T_MIN).all(1).cpu()
     start = 0
     while total_pairs:
         num_active = int((host_counts > start).sum())
         if num_active == 0:
             break
+        # K entries a pass: `pass_size`, or more while few tiles have entries left (a few long lists, as when
+        # a whole scene lies in a few tiles), so that a pass holds up to `max_elements` values: the passes,
+        # each a fixed cost, are then at most about pairs x pixels / max_elements, not longest / pass_size.
+        k = max(pass_size, min(max_elements // (num_active * pixels), longest - start))
+        slot = torch.arange(k, device=device)
+        chunk = max(1, max_elements // (k * pixels))
         for first in range(0, num_active, chunk):
             last = min(first + chunk, num_active)
             if bool(done[first:last].all()):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.focal import F_PX_MAX, F_PX_MIN
 from app.formats import decode_sog, decode_splat, decode_spz, read_ply
 from app.formats.limits import MAX_GAUSSIANS, SceneTooLargeError, check_gaussian_count
 from app.formats.ply import VERTEX_PROPERTIES
@@ -154,10 +155,12 @@ def with_camera(scene: GaussianScene, *, f_px: float | None = None,
     """`scene` with its camera completed: given values first, then the scene's own, then the defaults.
 
     A new `size` without `f_px` for a scene that has a camera scales its focal length like `input_camera`.
+    `f_px` must be in [F_PX_MIN, F_PX_MAX] (`app.focal`, as a prediction's); a file's outside it is ignored.
     """
-    if f_px is not None and not (0 < f_px < float("inf")):
-        raise RenderError("bad_camera", f"f_px must be a finite number > 0, got {f_px}")
-    has_camera = 0 < scene.f_px < float("inf") and scene.image_width > 0 and scene.image_height > 0
+    if f_px is not None and not (F_PX_MIN <= f_px <= F_PX_MAX):
+        raise RenderError("bad_camera", f"f_px must be a number of pixels in [{F_PX_MIN:g}, {F_PX_MAX:g}], got {f_px}")
+    # A file's camera is used when it is one a caller could give (a focal length of 1e-300 px overflows).
+    has_camera = F_PX_MIN <= scene.f_px <= F_PX_MAX and scene.image_width > 0 and scene.image_height > 0
     if size is not None:
         check_size(*size)
         width, height = size

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,18 @@ class FrameRecord:
     files: dict[str, str]
 
 
+CLIP_REFUSED_OUTPUTS = {"orbit": "it renders a video of 60 frames for each frame of the clip; ask for preview or "
+                                 "preview_jpeg (one picture a frame), or render one frame's scene with POST /render"}
+"""Outputs not made for a clip, and why: work that multiplies with the clip's length far past its prediction."""
+
+
+def check_clip_outputs(names: Iterable[str]) -> None:
+    """`InvalidRequestError` naming the first of `names` a clip does not make (`CLIP_REFUSED_OUTPUTS`)."""
+    for name in names:
+        if name in CLIP_REFUSED_OUTPUTS:
+            raise InvalidRequestError(f"The {name} output is not made for a clip: {CLIP_REFUSED_OUTPUTS[name]}.")
+
+
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
@@ -88,13 +100,15 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
 
     Raises:
         VideoError: the clip is not usable (`app.video`), before or while its frames are read.
-        UnknownFormatError, InvalidRequestError: an output or option, before any frame is decoded.
+        UnknownFormatError, InvalidRequestError: an output or option (`check_clip_outputs`), before any frame
+            is decoded.
         BudgetError: a budget the model's count does not allow, before any frame is decoded.
         Whatever `progress` raises.
     """
     sampling, slots = sampling or Sampling(), slots or Slots()
     if align not in ALIGN_MODES:
         raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
+    check_clip_outputs(outputs)
     for name, options in outputs.items():
         check_options(name, options)
     if max_gaussians is not None:

@@ -7,7 +7,17 @@
 * `app.video.errors`: `VideoError` and its subclasses, each with a `code` and an HTTP `status`.
 """
 
-from app.video.decode import MAX_SAMPLING_FPS, Sampling, VideoFrame, VideoInfo, VideoLimits, probe_video, read_frames
+from app.video.decode import (
+    MAX_SAMPLING_FPS,
+    MAX_SAMPLING_FRAMES,
+    MAX_TIME_S,
+    Sampling,
+    VideoFrame,
+    VideoInfo,
+    VideoLimits,
+    probe_video,
+    read_frames,
+)
 from app.video.detect import HEAD_BYTES, VIDEO_EXTENSIONS, is_video_path, looks_like_video
 from app.video.errors import (
     CorruptVideoError,
@@ -20,6 +30,8 @@ from app.video.errors import (
 __all__ = [
     "HEAD_BYTES",
     "MAX_SAMPLING_FPS",
+    "MAX_SAMPLING_FRAMES",
+    "MAX_TIME_S",
     "VIDEO_EXTENSIONS",
     "CorruptVideoError",
     "Sampling",

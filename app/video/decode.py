@@ -15,7 +15,12 @@
   `max_frames`. Decoding seeks to the keyframe before `start`, then reads forward.
 * Limits (`VideoLimits`, from the `SHARP_VIDEO_*` settings): the selected span's length, the number of
   frames taken and the pixels of a frame; a clip over a limit is refused before any frame is decoded
-  when its header says so, else as soon as decoding passes the limit.
+  when its header says so, else as soon as decoding passes the limit. A clip's header does not bind its
+  frames (an MJPEG frame carries its own size): FFmpeg is given the pixel limit (its `max_pixels`, checked
+  before it allocates a frame), and each decoded frame is checked again before it is converted to RGB.
+* A size that changes mid-clip: a later frame of the first frame's aspect ratio (within 2 %) is scaled to
+  the first frame's size, so that every frame of a clip, and every scene, has one size; a frame of another
+  shape is refused at that frame (`CorruptVideoError`; the frames before it were taken).
 * Failures raise `VideoError` subclasses (`app.video.errors`), never a raw PyAV error.
 """
 
@@ -38,6 +43,12 @@ from app.video.errors import CorruptVideoError, UnsupportedVideoError, VideoSele
 
 MAX_SAMPLING_FPS = 240.0
 """The highest `fps` a caller may ask for (no phone records faster)."""
+MAX_TIME_S = 7 * 24 * 3600.0
+"""The latest `start` or `end` a caller may ask for, in seconds (a week: longer than any recording)."""
+MAX_SAMPLING_FRAMES = 1_000_000
+"""The largest `max_frames` a caller may ask for (the limit, `SHARP_VIDEO_MAX_FRAMES`, caps what is taken)."""
+_ASPECT_SLACK = 0.02
+"""How far (relative) a later frame's aspect ratio may differ from the first's and still be scaled to its size."""
 _STILL_DEMUXERS = frozenset({"image2", "gif", "apng", "webp", "tiff", "bmp"})
 """FFmpeg demuxers of still images (besides the `*_pipe` ones): photos, which `app.imaging` reads, not clips."""
 _EPS_S = 1e-6
@@ -62,12 +73,15 @@ class Sampling:
         """This sampling, if every field is in range; else `VideoSelectionError`."""
         if self.fps is not None and not (math.isfinite(self.fps) and 0 < self.fps <= MAX_SAMPLING_FPS):
             raise VideoSelectionError(f"fps must be a number above 0 and at most {MAX_SAMPLING_FPS:g}, got {self.fps}.")
-        if not (math.isfinite(self.start) and self.start >= 0):
-            raise VideoSelectionError(f"start must be a number of seconds, 0 or more, got {self.start}.")
-        if self.end is not None and not (math.isfinite(self.end) and self.end > self.start):
-            raise VideoSelectionError(f"end must be a number of seconds after start ({self.start:g}), got {self.end}.")
-        if self.max_frames is not None and (isinstance(self.max_frames, bool) or self.max_frames < 1):
-            raise VideoSelectionError(f"max_frames must be 1 or more, got {self.max_frames}.")
+        if not (math.isfinite(self.start) and 0 <= self.start <= MAX_TIME_S):
+            raise VideoSelectionError(f"start must be a number of seconds from 0 to {MAX_TIME_S:g}, got {self.start}.")
+        if self.end is not None and not (math.isfinite(self.end) and self.start < self.end <= MAX_TIME_S):
+            raise VideoSelectionError(f"end must be a number of seconds after start ({self.start:g}) and at most "
+                                      f"{MAX_TIME_S:g}, got {self.end}.")
+        if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
+                                            or not 1 <= self.max_frames <= MAX_SAMPLING_FRAMES):
+            raise VideoSelectionError(f"max_frames must be a whole number from 1 to {MAX_SAMPLING_FRAMES:,}, got "
+                                      f"{self.max_frames}.")
         return self
 
 
@@ -144,13 +158,17 @@ def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits, *
         info = _check_header(container, sampling, limits)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        # FFmpeg's own bound, checked before it allocates a frame: a frame larger than the header's (an MJPEG
+        # clip's frames each carry their size) fails to decode instead of taking gigabytes.
+        stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(limits.max_pixels)}
         offset = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         if sampling.start > 0:
             _seek(container, stream, offset + sampling.start)
         wanted = min(sampling.max_frames or limits.max_frames, limits.max_frames)
         taken, decoded, next_time = 0, 0, sampling.start
-        frames = _decoded(container, stream)
+        frames = _decoded(container, stream, limits)
         orientation: int | None = None
+        first_size: tuple[int, int] | None = None  # the first decoded frame's (width, height), as stored
         for frame in frames:
             decoded += 1
             time_s = (frame.time - offset) if frame.time is not None else (decoded - 1) / (info.frame_rate or 1.0)
@@ -166,10 +184,11 @@ def read_frames(source: bytes | Path, sampling: Sampling, limits: VideoLimits, *
                     break
                 raise VideoTooLargeError(f"The selection holds more than {limits.max_frames} frames "
                                          "(SHARP_VIDEO_MAX_FRAMES); lower fps, set max_frames or shorten it.")
+            first_size = _checked_size(frame, first_size, limits, decoded)
             if orientation is None:  # the stream's, which FFmpeg attaches to every frame: read once (see _upright)
                 orientation = display_orientation(_display_matrix(frame))
             if taken >= first:
-                yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame, orientation))
+                yield VideoFrame(index=taken, time_s=max(0.0, time_s), rgb=_upright(frame, orientation, first_size))
             taken += 1
             if sampling.fps is not None:
                 next_time = sampling.start + (math.floor((time_s - sampling.start) * sampling.fps + _EPS_S) + 1) \
@@ -208,6 +227,9 @@ def _check_header(container: Any, sampling: Sampling, limits: VideoLimits) -> Vi
     if not container.streams.video:
         raise UnsupportedVideoError(f"The {container.format.name} file has no video stream.")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg knows no decoder of the stream's codec
+        raise UnsupportedVideoError(f"The {container.format.name} file's video codec is unknown to this server's "
+                                    "FFmpeg; re-encode the clip as H.264 (MP4).")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
         raise CorruptVideoError(f"The video stream has an invalid frame size of {width}x{height} pixels.")
@@ -253,12 +275,15 @@ def _duration_s(container: Any, stream: Any) -> float | None:
 def _seek(container: Any, stream: Any, time_s: float) -> None:
     try:
         container.seek(int(time_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except (OverflowError, ZeroDivisionError) as error:  # a time past what the stream's time base can say
+        raise VideoSelectionError(f"start={time_s:g} s lies past what the clip can hold.") from error
     except av.FFmpegError as error:
         raise CorruptVideoError(f"The clip could not be searched to {time_s:g} s ({_reason(error)}).") from error
 
 
-def _decoded(container: Any, stream: Any) -> Iterator[Any]:
-    """The stream's frames in order; a decoding failure is a `CorruptVideoError`."""
+def _decoded(container: Any, stream: Any, limits: VideoLimits) -> Iterator[Any]:
+    """The stream's frames in order; a decoding failure is a `CorruptVideoError`, but FFmpeg's refusal of a
+    frame over `max_pixels` (EINVAL; FFmpeg does not say more) a `VideoTooLargeError`."""
     frames = container.decode(stream)
     while True:
         try:
@@ -267,6 +292,10 @@ def _decoded(container: Any, stream: Any) -> Iterator[Any]:
             return
         except MemoryError:
             raise
+        except av.ArgumentError as error:
+            raise VideoTooLargeError(f"A frame of the clip could not be decoded within the limit of "
+                                     f"{limits.max_pixels:,} pixels (SHARP_VIDEO_MAX_PIXELS): it is larger than the "
+                                     f"clip's header says, or corrupt ({_reason(error)}).") from error
         except (av.FFmpegError, ValueError) as error:
             raise CorruptVideoError(f"The clip could not be decoded; it is truncated or corrupt "
                                     f"({_reason(error)}).") from error
@@ -305,12 +334,35 @@ def _display_matrix(frame: Any) -> tuple[int, ...] | None:
     return tuple(int(value) for value in values) if values.size == 9 else None
 
 
-def _upright(frame: Any, orientation: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, C-contiguous, shown as EXIF `orientation` says (`display_orientation`).
+def _checked_size(frame: Any, first_size: tuple[int, int] | None, limits: VideoLimits, position: int
+                  ) -> tuple[int, int]:
+    """The first frame's (width, height), stored: `frame`'s own if it is the first. A decoded frame is checked
+    before it is converted: within `limits.max_pixels`, and, after the first, of the first's aspect ratio (it is
+    then scaled to the first's size by `_upright`); else `VideoTooLargeError`, `CorruptVideoError`. `position`:
+    the frame's place in the stream (1 for its first decoded frame)."""
+    width, height = frame.width, frame.height
+    if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+        raise VideoTooLargeError(f"Frame {position} (counting from 1) of the clip is {width}x{height} pixels, more "
+                                 f"than the limit of {limits.max_pixels:,} (SHARP_VIDEO_MAX_PIXELS) or empty.")
+    if first_size is None:
+        return width, height
+    if (width, height) != first_size and \
+            abs(width * first_size[1] / (height * first_size[0]) - 1.0) > _ASPECT_SLACK:
+        raise CorruptVideoError(f"Frame {position} (counting from 1) of the clip is {width}x{height} pixels, another "
+                                f"shape than the first frame's {first_size[0]}x{first_size[1]}; a clip's frames must "
+                                "keep one shape (a change of size alone is scaled to the first frame's).")
+    return first_size
+
+
+def _upright(frame: Any, orientation: int, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, C-contiguous, shown as EXIF `orientation` says (`display_orientation`), from
+    `frame` scaled to `size` (width, height, as stored) if it is another size (a clip whose size changes).
 
     The orientation is read from the first frame only: PyAV's side data of a frame and the frame refer to
     each other, so reading it from every frame would keep each decoded frame (3 MB at 1080p) until the
     garbage collector's next full pass, and memory would grow with the clip's length."""
+    if (frame.width, frame.height) != size:
+        frame = frame.reformat(width=size[0], height=size[1], interpolation="AREA")
     rgb = frame.to_ndarray(format="rgb24")
     return rgb if orientation == 1 else np.ascontiguousarray(apply_orientation(rgb, orientation))
 

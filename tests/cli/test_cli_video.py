@@ -100,3 +100,25 @@ def test_a_clip_with_a_budget_the_model_cannot_keep_is_one_error_line(tmp_path: 
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert "error: --max-gaussians: max_gaussians must be a count from 1 to 131,072" in run.stderr
     assert not out.exists() and "[frame" not in run.stdout  # a refused run leaves no folder
+
+
+def test_clips_that_lie_are_one_error_line(tmp_path: Path) -> None:
+    """Issue 28: a frame far larger than the header's (the CLI reached 3 GB, then a traceback), an unknown codec,
+    a frame of another shape, absurd sampling: each one `error:` line, exit 2."""
+    from tests.http import hostile_inputs as h
+
+    out = str(tmp_path / "out")
+    cases = [
+        (h.mjpeg_clip([(16, 16), (16_000, 16_000)]), [], "SHARP_VIDEO_MAX_PIXELS"),
+        (h.clip_unknown_codec(), [], "codec is unknown"),
+        (h.mjpeg_clip([(16, 16), (32, 16)]), [], "another shape"),
+        (make_clip(2), ["--max-frames", str(10**20)], "max_frames must be"),
+        (make_clip(2), ["--start", "1e300"], "start must be"),
+    ]
+    for index, (data, flags, message) in enumerate(cases):
+        clip = tmp_path / f"clip{index}.avi"
+        clip.write_bytes(data)
+        run = run_cli("predict", "-i", str(clip), "-o", out, "--preset", "tiny", *flags)
+        lines = [line for line in run.stderr.strip().splitlines() if not line.startswith("warning: synthetic")]
+        assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (message, run.stderr)
+        assert message in lines[0], (message, run.stderr)

@@ -3,11 +3,13 @@ bombs, odd pixel modes, abused EXIF and polyglots. Each builder returns the byte
 
 from __future__ import annotations
 
+import fractions
 import io
 import struct
 import zipfile
 import zlib
 
+import av
 import numpy as np
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
@@ -360,25 +362,109 @@ def _webp(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
-               compression: int = zipfile.ZIP_STORED) -> bytes:
-    """A .sog zip whose meta.json claims `count` Gaussians (written as is: `"1e999"` overflows), with five
-    blank lossless WebP images of `image_size` and the `extra` members."""
-    files = {"means_l.webp": _webp(*image_size), "means_u.webp": _webp(*image_size),
-             "quats.webp": _webp(*image_size), "scales.webp": _webp(*image_size), "sh0.webp": _webp(*image_size)}
+def sog_meta(count: int | str) -> str:
+    """A meta.json claiming `count` Gaussians (written as is: `"1e999"` overflows)."""
     codebook = ", ".join(["0.0"] * 256)
-    meta = (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
+    return (f'{{"version": 2, "count": {count}, "means": {{"mins": [0, 0, 0], "maxs": [1, 1, 1], '
             f'"files": ["means_l.webp", "means_u.webp"]}}, "scales": {{"codebook": [{codebook}], '
             f'"files": ["scales.webp"]}}, "quats": {{"files": ["quats.webp"]}}, '
             f'"sh0": {{"codebook": [{codebook}], "files": ["sh0.webp"]}}}}')
+
+
+def sog_bundle(count: int | str, *, image_size: tuple[int, int] = (4, 4), extra: dict[str, bytes] | None = None,
+               compression: int = zipfile.ZIP_STORED, meta: str | bytes | None = None) -> bytes:
+    """A .sog zip whose meta.json (`meta`, else `sog_meta(count)`) claims `count` Gaussians, with five blank
+    lossless WebP images of `image_size` and the `extra` members (which replace those of the same name)."""
+    image = _webp(*image_size)
+    files = {name: image for name in ("means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp")}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as bundle:
-        bundle.writestr("meta.json", meta)
+        bundle.writestr("meta.json", sog_meta(count) if meta is None else meta)
         for name, data in {**files, **(extra or {})}.items():
             bundle.writestr(name, data)
     return buffer.getvalue()
 
 
+def sog_flagged(flag_bits: int = 0, method: int | None = None) -> bytes:
+    """A valid small .sog whose members are all marked with general-purpose `flag_bits` (1: encrypted) and, if
+    given, compression `method` (99: AES, which zipfile does not read), in both zip headers."""
+    data = bytearray(sog_bundle(16))
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(signature)
+        while at >= 0:
+            flags = int.from_bytes(data[at + flags_at : at + flags_at + 2], "little") | flag_bits
+            data[at + flags_at : at + flags_at + 2] = flags.to_bytes(2, "little")
+            if method is not None:
+                data[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    return bytes(data)
+
+
 def sog_zip_bomb(zero_bytes: int = 64 << 20) -> bytes:
     """A valid small .sog plus a deflated member of `zero_bytes` zeros (a zip bomb)."""
     return sog_bundle(16, extra={"padding.bin": b"\x00" * zero_bytes}, compression=zipfile.ZIP_DEFLATED)
+
+
+# ------------------------------------------------------------------------------------------- clips
+
+
+def solid_jpeg(width: int, height: int) -> bytes:
+    """A real baseline grayscale JPEG of `width` x `height` grey pixels, built without them: every 8x8 block is
+    'DC difference 0, end of block' (6 bits in the standard tables), so 16,000 x 16,000 is a 3 MB file."""
+    data = bytearray(save(Image.new("L", (8, 8), 128), "JPEG", quality=50))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    sos = data.index(b"\xff\xda")
+    scan_start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    blocks = -(-width // 8) * -(-height // 8)
+    whole, rest = divmod(blocks, 4)
+    bits = "001010" * rest
+    bits += "1" * (-len(bits) % 8)  # padding with ones, as JPEG wants
+    tail = int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    return bytes(data[:scan_start]) + b"\x28\xa2\x8a" * whole + tail + b"\xff\xd9"
+
+
+def mjpeg_clip(sizes: list[tuple[int, int]], fps: int = 10) -> bytes:
+    """An AVI of MJPEG frames of the given (width, height) each (`solid_jpeg`); its header says the first's
+    size, but an MJPEG frame carries its own."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="avi") as output:
+        stream = output.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = *sizes[0], "yuvj420p"
+        for index, (width, height) in enumerate(sizes):
+            packet = av.Packet(solid_jpeg(width, height))
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            packet.time_base, packet.is_keyframe = fractions.Fraction(1, fps), True
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def clip_unknown_codec() -> bytes:
+    """An MJPEG AVI whose codec tag is changed to one FFmpeg has no decoder for."""
+    return mjpeg_clip([(16, 16)] * 3).replace(b"MJPG", b"ZQXW")
+
+
+def clip_without_duration(clip: bytes) -> bytes:
+    """A Matroska clip (from `tests.helpers.make_clip(container="matroska")`) whose Duration element is made
+    a Void one: FFmpeg then knows no duration."""
+    data = bytearray(clip)
+    at = data.index(b"\x44\x89")  # Duration, in Info
+    size = data[at + 2] & 0x7F
+    data[at : at + 2] = b"\xec" + bytes([0x80 | (size + 1)])  # Void, one byte longer to cover the ID's second
+    return bytes(data)
+
+
+# ------------------------------------------------------------------------------------- renderer work
+
+
+def splat_one_tile_row(count: int = 262_144) -> bytes:
+    """A .splat of `count` faint Gaussians on the middle row of the default 1024 x 768 view (z = 2 m), each
+    1 px high and as wide as the picture: every pair lies in one 4-px row of tiles (`count` x 256 pairs)."""
+    records = np.zeros(count, dtype=[("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)),
+                                     ("rotation", "u1", (4,))])
+    records["position"] = (0.0, 0.0, 2.0)
+    records["position"][:, 2] += np.arange(count, dtype=np.float32) * 1e-6
+    records["scale"] = (10.0, 1e-4, 1e-4)
+    records["rgba"] = (200, 100, 50, 3)
+    records["rotation"] = (255, 128, 128, 128)
+    return records.tobytes()

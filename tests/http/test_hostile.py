@@ -29,12 +29,13 @@ from app.focal import F_PX_MAX, F_PX_MIN
 from app.http import create_app
 from app.http.server import uvicorn_options
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, assert_error, multipart, tiny_settings
+from tests.helpers import LiveServer, assert_error, make_clip, multipart, tiny_settings
 from tests.http import hostile_inputs as h
 
 ORIGIN = "https://viewer.example"
 MAX_UPLOAD_MB = 1
 MAX_PIXELS = 4_000_000
+VIDEO_MAX_PIXELS = 1_000_000
 UPLOAD_TIMEOUT_S = 2.0
 UPLOAD_DEADLINE_S = 6.0
 HEAD_TIMEOUT_S = 2.0
@@ -72,7 +73,8 @@ def error_log() -> Iterator[ErrorLog]:
 @pytest.fixture(scope="module")
 def server(error_log: ErrorLog) -> Iterator[LiveServer]:
     settings = tiny_settings(max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, cors_origins=[ORIGIN],
-                             upload_timeout_s=UPLOAD_TIMEOUT_S, upload_deadline_s=UPLOAD_DEADLINE_S)
+                             upload_timeout_s=UPLOAD_TIMEOUT_S, upload_deadline_s=UPLOAD_DEADLINE_S,
+                             video_max_pixels=VIDEO_MAX_PIXELS)
     live = LiveServer.start(create_app(settings, predictor=SharpPredictor.load("tiny", device="cpu")),
                             **uvicorn_options(head_timeout_s=HEAD_TIMEOUT_S))
     yield live
@@ -637,6 +639,88 @@ def test_docs_load_nothing_from_another_origin(client: httpx.Client) -> None:
         asset = client.get(url)
         assert asset.status_code == 200 and len(asset.content) > 100, url
     assert client.get("/redoc").status_code == 404
+
+
+# ------------------------------------------------------------------- clips that lie (issue 28, harden3)
+
+
+def clip_job(client: httpx.Client, clip: bytes, **fields: str) -> httpx.Response:
+    return client.post("/jobs", files={"file": ("clip.mp4", clip)}, data={"max_gaussians": str(KEPT), **fields})
+
+
+def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+REJECTED_CLIP_FIELDS = [
+    *[(f"max_frames={value}", "max_frames", value) for value in ("1e20", str(10**20), str(2**63), "0", "-1")],
+    *[(f"start={value}", "start", value) for value in ("1e300", "inf", "nan", "-1")],
+    *[(f"end={value}", "end", value) for value in ("1e300", "-inf", "0")],
+    *[(f"fps={value}", "fps", value) for value in ("1e9", "0", "nan")],
+]
+
+
+@pytest.mark.parametrize(("name", "value"), [case[1:] for case in REJECTED_CLIP_FIELDS],
+                         ids=[case[0] for case in REJECTED_CLIP_FIELDS])
+def test_a_clip_field_out_of_range_is_a_422_naming_it(client: httpx.Client, name: str, value: str) -> None:
+    """max_frames=10^20 passed the form and failed writing the job (500); each field's range is the form's."""
+    error = assert_error(clip_job(client, make_clip(2), **{name: value}), 422, "validation_error")
+    assert [detail["loc"] for detail in error["details"]] == [["body", name]], error
+
+
+REJECTED_CLIPS: list[tuple[str, Callable[[], bytes], dict[str, str], int, str, str]] = [
+    # (id, builder, fields, status, code, part of the message)
+    ("unknown-codec", h.clip_unknown_codec, {}, 415, "unsupported_video", "codec is unknown"),
+    ("orbit-per-frame", make_clip, {"outputs": "ply,orbit"}, 422, "validation_error", "orbit output is not made"),
+    ("base64-without-json", make_clip, {"encoding": "base64"}, 422, "validation_error", "only applies to the json"),
+]
+
+
+@pytest.mark.parametrize(("builder", "fields", "status", "code", "message"), [case[1:] for case in REJECTED_CLIPS],
+                         ids=[case[0] for case in REJECTED_CLIPS])
+def test_a_bad_clip_is_refused_at_submission(client: httpx.Client, builder: Callable[[], bytes],
+                                             fields: dict[str, str], status: int, code: str, message: str) -> None:
+    error = assert_error(clip_job(client, builder(), **fields), status, code)
+    assert message in error["message"]
+
+
+FAILED_CLIPS: list[tuple[str, Callable[[], bytes], str, str]] = [
+    # (id, builder, the job's error code, part of its message): the header passes, a frame does not
+    ("frame-larger-than-its-header", lambda: h.mjpeg_clip([(16, 16), (2000, 2000)]), "video_too_large",
+     "SHARP_VIDEO_MAX_PIXELS"),
+    ("frame-of-another-shape", lambda: h.mjpeg_clip([(16, 16), (32, 16)]), "corrupt_video", "another shape"),
+]
+
+
+@pytest.mark.parametrize(("builder", "code", "message"), [case[1:] for case in FAILED_CLIPS],
+                         ids=[case[0] for case in FAILED_CLIPS])
+def test_a_clip_whose_frames_lie_fails_its_job_with_the_frames_error(client: httpx.Client,
+                                                                     builder: Callable[[], bytes], code: str,
+                                                                     message: str) -> None:
+    response = clip_job(client, builder())
+    assert response.status_code == 202, response.text
+    job = finished(client, response.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == code and message in job["error"]["message"], job
+
+
+def test_head_and_range_on_a_clips_files(client: httpx.Client) -> None:
+    """HEAD on a clip's frame files answered 405; it answers as GET does, without the body."""
+    response = clip_job(client, h.mjpeg_clip([(16, 16), (32, 16 * 2)]), outputs="ply,preview")
+    assert response.status_code == 202, response.text
+    job = finished(client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert "frames/000001.png" in job["results"]
+    for url in job["results"].values():
+        whole = client.get(url)
+        head = client.head(url)
+        assert head.status_code == 200 and head.content == b"", url
+        assert int(head.headers["content-length"]) == len(whole.content)
+        assert head.headers["content-type"] == whole.headers["content-type"]
+        assert client.get(url, headers={"Range": "bytes=0-3"}).content == whole.content[:4]
 
 
 # ----------------------------------------------------------------------------------------------- the end

@@ -80,7 +80,7 @@ def photo() -> bytes:
 
 def test_bad_clips_and_options_are_4xx_json(client: httpx.Client) -> None:
     assert_error(submit(client, make_clip(4)[:600]), 400, "corrupt_video")
-    assert_error(submit(client, make_clip(2), fps="0"), 422, "invalid_video_selection")
+    assert_error(submit(client, make_clip(2), fps="0"), 422, "validation_error")  # the form's range
     assert_error(submit(client, make_clip(2), start="50"), 422, "invalid_video_selection")
     assert_error(submit(client, make_clip(2), start="0.2", end="0.1"), 422, "invalid_video_selection")
     assert_error(submit(client, make_clip(2), align="wobble"), 422, "validation_error")
@@ -130,3 +130,18 @@ def test_a_bad_budget_for_a_clip_is_a_422_before_it_is_queued(client: httpx.Clie
         error = assert_error(submit(client, make_clip(2), max_gaussians=value), 422, "validation_error")
         assert "max_gaussians" in error["message"] and "fraction in (0, 1]" in error["message"], error
     assert not any(path.is_dir() for path in (tmp_path / "jobs").glob("*"))  # no job was made
+
+
+def test_a_job_past_its_run_time_fails_at_its_next_step(serve: Callable[[Any], LiveServer], predictor: SharpPredictor,
+                                                       tmp_path: Path) -> None:
+    """Issue 28: nothing bounded a job's time (a clip with a render per frame ran for hours). With
+    SHARP_JOB_MAX_RUN_S, the job stops at its first step past it and fails `job_too_long`; the server goes on."""
+    settings = Settings(preset="tiny", device="cpu", api_key=None, cors_origins=[], jobs_dir=tmp_path / "jobs",
+                        cache_dir=tmp_path / "cache", job_max_run_s=0.5)
+    with serve(create_app(settings, predictor=predictor)).client(timeout=60) as client:
+        response = submit(client, make_clip(6, fps=10))
+        assert response.status_code == 202, response.text
+        final = events(client, response.json()["id"])[-1]
+        assert final["status"] == "failed" and final["error"]["code"] == "job_too_long", final
+        assert "SHARP_JOB_MAX_RUN_S" in final["error"]["message"] and (final["frame"] or 0) < 6
+        assert client.get("/health").json()["in_progress"] == 0

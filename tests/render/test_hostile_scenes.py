@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,38 @@ HOSTILE_SCENES: list[tuple[str, Callable[[], bytes], str, str, str]] = [
      extra={"noise.bin": np.random.default_rng(0).bytes(64)}), "wide.sog", "not_a_splat", "2048x2048"),
     ("sog-count-overflows", lambda: h.sog_bundle("1e999"), "inf.sog", "not_a_splat", "OverflowError"),
     ("sog-negative-count", lambda: h.sog_bundle(-3), "neg.sog", "not_a_splat", "count must be >= 0"),
+    # issue 28: meta.json bounded before it is parsed, its types checked, WebP members only, no zip surprises
+    ("sog-meta-json-2mb", lambda: h.sog_bundle(16, meta=h.sog_meta(16) + " " * (2 << 20)), "meta.sog", "too_large",
+     "meta.json is 2,099,"),
+    ("sog-meta-json-1.2gb-deflated", lambda: h.sog_bundle(16, meta=h.sog_meta(16) + " " * (1200 << 20),
+     compression=zipfile.ZIP_DEFLATED), "meta.sog", "too_large", "inflate to 1,258,"),
+    ("sog-meta-json-nested", lambda: h.sog_bundle(16, meta="[" * 400_000 + "]" * 400_000), "deep.sog", "not_a_splat",
+     "nests too deep"),
+    ("sog-meta-json-not-json", lambda: h.sog_bundle(16, meta="version: 2"), "yaml.sog", "not_a_splat", "meta.json"),
+    ("sog-count-a-string", lambda: h.sog_bundle('"16"'), "str.sog", "not_a_splat", "count must be a number"),
+    ("sog-count-a-list", lambda: h.sog_bundle("[16]"), "list.sog", "not_a_splat", "count must be a number"),
+    ("sog-means-a-string", lambda: h.sog_bundle(16, meta='{"version": 2, "count": 16, "means": "x"}'), "means.sog",
+     "not_a_splat", "bad SOG bundle"),
+    ("sog-codebook-of-strings", lambda: h.sog_bundle(16, meta=h.sog_meta(16).replace(
+        '"codebook": [0.0', '"codebook": ["a"', 1)), "book.sog", "not_a_splat", "could not convert"),
+    ("sog-codebook-short", lambda: h.sog_bundle(16, meta=h.sog_meta(16).replace("0.0, ", "", 10)), "book.sog",
+     "not_a_splat", "256 numbers"),
+    ("sog-file-name-a-number", lambda: h.sog_bundle(16, meta=h.sog_meta(16).replace('"quats.webp"', "7")),
+     "name.sog", "not_a_splat", "not a .webp member"),
+    ("sog-eps-as-webp", lambda: h.sog_bundle(16, extra={"means_l.webp": h.EPS}), "eps.sog", "not_a_splat",
+     "not a WebP image"),
+    ("sog-png-as-webp", lambda: h.sog_bundle(16, extra={"means_l.webp": h.save(h.gradient(4, 4), "PNG")}),
+     "png.sog", "not_a_splat", "not a WebP image"),
+    ("sog-eps-member-named", lambda: h.sog_bundle(16, meta=h.sog_meta(16).replace('"sh0.webp"', '"sh0.eps"'),
+     extra={"sh0.eps": h.EPS}), "eps.sog", "not_a_splat", "'sh0.eps' is not a .webp member"),
+    ("sog-webp-16383px", lambda: h.sog_bundle(16, extra={"means_l.webp": h.webp_vp8l_bomb()}), "wide.sog",
+     "too_large", "268435456 pixels"),
+    ("sog-encrypted", lambda: h.sog_flagged(flag_bits=1), "secret.sog", "not_a_splat", "encrypted"),
+    ("sog-aes-method", lambda: h.sog_flagged(method=99), "aes.sog", "not_a_splat", "compression method"),
+    ("sog-claims-4m-in-8mb", lambda: h.sog_bundle(4_000_000, extra={"pad.bin": np.random.default_rng(1).bytes(
+        8_000_000)}), "many.sog", "too_large", "at least 8 bytes each"),
+    ("spz-claims-3m-in-7.5mb", lambda: h.spz_bomb(3_000_000, 60_000_000) + np.random.default_rng(2).bytes(
+        7_500_000), "many.spz", "too_large", "more than 3x"),
 ]
 
 
@@ -73,6 +106,17 @@ def test_hostile_scene_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("f_px", ["1e-300", "0.5", "1e300", "nan", "-inf"])
+def test_an_absurd_focal_length_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   f_px: str) -> None:
+    """--f-px 1e-300 overflowed the projection (a traceback); the range is a prediction's, [1, 10^6] px."""
+    scene = tmp_path / "s.ply"
+    scene.write_bytes(h.ply_header(5) + h.ply_vertices(5))
+    assert main(["render", str(scene), "-o", str(tmp_path / "out.png"), f"--f-px={f_px}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: f_px must be a number of pixels in [1, 1e+06]"), lines
 
 
 def test_gzip_bomb_in_a_subprocess_is_one_error_line(tmp_path: Path) -> None:
@@ -224,3 +268,25 @@ def test_compositing_in_bands_gives_the_same_image() -> None:
     for name in ("color", "depth", "alpha"):
         np.testing.assert_allclose(getattr(banded, name).numpy(), getattr(whole, name).numpy(), atol=1e-5)
     assert float(whole.alpha.mean()) > 0.3
+
+
+def test_a_tile_row_over_the_pair_budget_is_split_by_columns_into_the_same_image() -> None:
+    """Issue 28: 262k Gaussians in one row of tiles (an 8.4 MB .splat) took 4.29 GB for one PNG, since bands of
+    tile rows cannot split a row. A row over the budget is now composited in blocks of tile columns, and the
+    passes take more list entries when few tiles have any left: same pixels."""
+    from app.render import input_camera, prepare_scene
+    from app.render.projection import project
+    from app.render.rasterizer import _bands, _columns, rasterize
+
+    scene = load_scene(h.splat_one_tile_row(300), name="row.splat", size=(96, 64))
+    projected = project(prepare_scene(scene), input_camera(scene))
+    rows = projected.boxes[:, 2:] // 4
+    assert int(rows.min()) >= int(rows.max()) - 1  # every Gaussian in one or two rows of tiles
+    assert len(_bands(projected, 4, 1000)) >= 2 and len(_columns(projected, 4, 1000)) > 3
+    whole = rasterize(projected, (0.2, 0.3, 0.4))
+    for band_pairs, pass_size in ((1000, 32), (300, 8), (1 << 30, 4)):
+        split = rasterize(projected, (0.2, 0.3, 0.4), band_pairs=band_pairs, pass_size=pass_size)
+        for name in ("color", "depth", "alpha"):
+            np.testing.assert_allclose(getattr(split, name).numpy(), getattr(whole, name).numpy(), atol=1e-5)
+    assert float(whole.alpha.max()) > 0.5
+

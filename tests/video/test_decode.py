@@ -24,6 +24,7 @@ from app.video import (
 )
 from app.video.decode import display_orientation
 from tests.helpers import make_clip
+from tests.http import hostile_inputs as h
 
 LIMITS = VideoLimits(max_duration_s=60.0, max_frames=50, max_pixels=1920 * 1080)
 
@@ -200,3 +201,57 @@ def test_reading_from_a_later_frame_gives_the_tail_of_the_same_selection() -> No
     for ours, theirs in zip(tail, every[1:], strict=True):
         assert ours.time_s == theirs.time_s and np.array_equal(ours.rgb, theirs.rgb)
     assert list(read_frames(clip, sampling, LIMITS, first=5)) == []  # past the selection's end: nothing, no error
+
+
+# ---------------------------------------------------- clips that lie (issue 28): checked from the frames too
+
+
+def test_a_frame_larger_than_the_header_says_is_refused_before_it_is_allocated() -> None:
+    """An MJPEG clip whose header says 16x16 and whose second frame is 16,000 x 16,000 (a real, 3 MB frame):
+    FFmpeg is given the limit, so the frame is refused (413) without its 256 MB of pixels, let alone 768 MB of RGB."""
+    import resource
+
+    clip = h.mjpeg_clip([(16, 16), (16_000, 16_000), (16, 16)])
+    assert probe_video(clip, Sampling(), LIMITS).width == 16  # the header passes
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    taken = []
+    with pytest.raises(VideoTooLargeError, match="SHARP_VIDEO_MAX_PIXELS") as caught:
+        for frame in read_frames(clip, Sampling(), LIMITS):
+            taken.append(frame.index)
+    assert caught.value.status == 413 and taken == [0]
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, grown_mb  # the frame alone would be 256 MB
+
+
+def test_a_frame_over_the_limit_within_ffmpegs_is_refused_before_its_conversion() -> None:
+    limits = VideoLimits(60.0, 50, 64 * 64)
+    with pytest.raises(VideoTooLargeError, match="SHARP_VIDEO_MAX_PIXELS"):
+        frames_of(h.mjpeg_clip([(16, 16), (80, 80)]), limits=limits)
+
+
+def test_a_size_change_mid_clip_is_scaled_to_the_first_frames_size_or_refused_for_another_shape() -> None:
+    frames = frames_of(h.mjpeg_clip([(32, 16), (64, 32), (16, 8)]))
+    assert [frame.rgb.shape for frame in frames] == [(16, 32, 3)] * 3
+    with pytest.raises(CorruptVideoError, match=r"Frame 3 .* another shape than the first frame's 32x16") as caught:
+        frames_of(h.mjpeg_clip([(32, 16), (64, 32), (16, 16)]))
+    assert caught.value.status == 400
+
+
+def test_an_unknown_codec_is_unsupported_from_the_header() -> None:
+    with pytest.raises(UnsupportedVideoError, match="codec is unknown") as caught:
+        probe_video(h.clip_unknown_codec(), Sampling(), LIMITS)
+    assert caught.value.status == 415
+
+
+@pytest.mark.parametrize("sampling", [Sampling(start=1e300), Sampling(start=1e20), Sampling(end=1e300),
+                                      Sampling(max_frames=10**20), Sampling(max_frames=2**63)])
+def test_times_and_counts_past_any_clip_are_refused(sampling: Sampling) -> None:
+    with pytest.raises(VideoSelectionError):
+        frames_of(h.clip_without_duration(make_clip(3, container="matroska")), sampling)
+
+
+def test_a_late_start_in_a_clip_without_a_duration_selects_nothing() -> None:
+    clip = h.clip_without_duration(make_clip(3, container="matroska"))
+    assert probe_video(clip, Sampling(), LIMITS).duration_s is None
+    with pytest.raises(VideoSelectionError, match="No frame"):
+        frames_of(clip, Sampling(start=600_000.0))

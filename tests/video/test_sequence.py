@@ -21,6 +21,7 @@ from app.sequence import run_sequence
 from app.sequence.align import ScaleChain, depth_grid, scale_step, scaled
 from app.video import Sampling, VideoLimits, read_frames
 from tests.helpers import digest, make_clip, prediction_of, random_scene
+from tests.http import hostile_inputs as h
 
 LIMITS = VideoLimits(max_duration_s=60.0, max_frames=20, max_pixels=1920 * 1080)
 
@@ -127,3 +128,21 @@ def test_the_scale_rule() -> None:
     assert chain.step(depth_grid(far)) == pytest.approx(0.5)  # the far copy is brought back to the first
     assert chain.step(depth_grid(far)) == pytest.approx(0.5)  # and stays there
     assert scale_step(depth_grid(scene), depth_grid(scene)) == 1.0
+
+
+@pytest.mark.parametrize(("clip", "half"), [
+    (lambda: h.mjpeg_clip([(4, 4), (4, 4)]), (8, 8)),
+    (lambda: h.mjpeg_clip([(2400, 8), (2400, 8)]), (1920, 8)),
+    (lambda: h.mjpeg_clip([(8, 1000), (8, 1000)]), (8, 360)),
+    (lambda: h.mjpeg_clip([(32, 16), (64, 32), (16, 8)]), (32, 16)),
+], ids=["4x4", "2400x8", "8x1000", "size-changes"])
+def test_tiny_extreme_and_changing_frames_make_every_file_and_the_preview(predictor: SharpPredictor, clip,
+                                                                          half: tuple[int, int]) -> None:
+    """Issue 28: a side under 8 px or an extreme aspect failed at the preview after a frame was predicted; a
+    size change mid-clip crashed it after every frame. Now each half of the preview fits the renderer, and a
+    later frame of the first's aspect is scaled to the first's size."""
+    manifest, files = sequence(predictor, clip(), preview=True, max_gaussians=64)
+    assert manifest["num_frames"] == len([name for name in files if name.startswith("frames/")])
+    with av.open(io.BytesIO(files["preview.mp4"])) as video:
+        pictures = [frame.to_ndarray(format="rgb24") for frame in video.decode(video.streams.video[0])]
+    assert len(pictures) == manifest["num_frames"] and pictures[0].shape == (half[1], 2 * half[0], 3)

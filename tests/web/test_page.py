@@ -312,6 +312,21 @@ def test_error_is_shown_then_the_page_recovers(page: Any, server: LiveServer, ph
     assert not page.is_visible("#error")
 
 
+@pytest.mark.parametrize("job", ["..", "%2E%2E", "abc", "../health", "0123456789abcdef0123456789abcdef/.."])
+def test_a_link_whose_job_id_cannot_be_one_is_refused_before_any_request(page: Any, server: LiveServer,
+                                                                         job: str) -> None:
+    """Issue 28: `?job=..` made the page request `/`, take the API's description for a job and poll it once a
+    second for ever. An id that cannot be a job's is an error before any request about it."""
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{server.url}/viewer?job={job}")
+    assert wait_state(page, "error", "ready") == "error"
+    assert "not one of this server's" in page.text_content("#error-message")
+    assert page.get_attribute("body", "data-error-code") == "bad_job_link"
+    assert not [url for url in requests if "/jobs" in url], requests
+    assert sum(url.rstrip("/") == server.url for url in requests) <= 1, requests  # the API's info, once
+
+
 def test_upload_over_the_limit_is_explained(page: Any, tiny_predictor: SharpPredictor) -> None:
     """The server refuses the body before reading it (413); the browser still gets the JSON message."""
     live = LiveServer.start(create_app(page_settings(max_upload_mb=0.1), predictor=tiny_predictor))

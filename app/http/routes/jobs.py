@@ -108,6 +108,7 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     if sequences.is_clip(data):
         sequence, names, frames = await sequences.check_clip(data, clip, names if outputs else None,
                                                              service.settings)
+        options = check_job_options(names, options, num_gaussians)
         projected = check_fits(names, options, num_gaussians, frames, len(data), service.settings.jobs_max_bytes)
         job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
                                 sequence=sequence, projected_bytes=projected)

@@ -22,17 +22,33 @@ from app.errors import InvalidRequestError
 from app.http.responses import RangeFileResponse, content_disposition, error_responses, sharp_headers
 from app.jobs.base import DEFAULT_SEQUENCE_OUTPUTS, SEQUENCE_ZIP, JobExpiredError, JobQueue
 from app.outputs import FORMATS
+from app.sequence.run import check_clip_outputs
 from app.settings import Settings
-from app.video import HEAD_BYTES, Sampling, VideoLimits, looks_like_video, probe_video
+from app.video import (
+    HEAD_BYTES,
+    MAX_SAMPLING_FPS,
+    MAX_SAMPLING_FRAMES,
+    MAX_TIME_S,
+    Sampling,
+    VideoLimits,
+    looks_like_video,
+    probe_video,
+)
 from app.vocabulary import AlignMode
 
 MEDIA_TYPES = {".json": "application/json", ".mp4": "video/mp4", ".zip": "application/zip"}
 """Media types of a clip's own files; a frame's file has its output's (`app.outputs`)."""
 
-Fps = Annotated[float | None, Form(description="A clip: frames taken per second (default: every frame).")]
-Start = Annotated[float | None, Form(description="A clip: the first second taken (default: 0).")]
-End = Annotated[float | None, Form(description="A clip: frames before this second are taken (default: its end).")]
-MaxFrames = Annotated[int | None, Form(description="A clip: take at most this many frames.")]
+# Each field's range is checked with the form (a 422 `validation_error` naming it), as `Sampling.checked`
+# would: a value past 64 bits never reaches the job store.
+Fps = Annotated[float | None, Form(description="A clip: frames taken per second (default: every frame).",
+                                   gt=0, le=MAX_SAMPLING_FPS, allow_inf_nan=False)]
+Start = Annotated[float | None, Form(description="A clip: the first second taken (default: 0).", ge=0, le=MAX_TIME_S,
+                                     allow_inf_nan=False)]
+End = Annotated[float | None, Form(description="A clip: frames before this second are taken (default: its end).",
+                                   gt=0, le=MAX_TIME_S, allow_inf_nan=False)]
+MaxFrames = Annotated[int | None, Form(description="A clip: take at most this many frames.", ge=1,
+                                       le=MAX_SAMPLING_FRAMES)]
 Align = Annotated[AlignMode | None, Form(description="A clip: `none` (default): each frame as its own photo; "
                                                      "`scale`: scale each frame's scene to agree with the "
                                                      "previous frame's depths (docs/video.md).")]
@@ -57,9 +73,11 @@ def refuse_for_photo(options: dict[str, Any]) -> None:
 
 async def check_clip(data: bytes, options: dict[str, Any], outputs: list[str] | None, settings: Settings
                      ) -> tuple[dict[str, Any], list[str], int]:
-    """The clip job's `sequence` options, its outputs (`DEFAULT_SEQUENCE_OUTPUTS` when none were named) and
-    the most frames it takes (the header's estimate, else the limits), after checking the clip's header
-    against them (`VideoError`: 4xx)."""
+    """The clip job's `sequence` options, its outputs (`DEFAULT_SEQUENCE_OUTPUTS` when none were named; checked
+    by `check_clip_outputs`) and the most frames it takes (the header's estimate, else the limits), after
+    checking the clip's header against them (`VideoError`: 4xx)."""
+    outputs = outputs or list(DEFAULT_SEQUENCE_OUTPUTS)
+    check_clip_outputs(outputs)
     sampling = Sampling(fps=options.get("fps"), start=options.get("start", 0.0), end=options.get("end"),
                         max_frames=options.get("max_frames"))
     limits = VideoLimits.from_settings(settings)
@@ -69,7 +87,7 @@ async def check_clip(data: bytes, options: dict[str, Any], outputs: list[str] | 
     frames = min(sampling.max_frames or limits.max_frames, limits.max_frames)
     if info.frames is not None:
         frames = min(frames, info.frames)
-    return sequence, outputs or list(DEFAULT_SEQUENCE_OUTPUTS), frames
+    return sequence, outputs, frames
 
 
 router = APIRouter(tags=["jobs"])
@@ -105,11 +123,16 @@ _FILE = {200: {"description": "The file", "content": {"application/octet-stream"
          **error_responses(401, 404, 409, 410)}
 
 
-@router.get("/jobs/{job_id}/frames/{name}", summary="A clip job's frame file", response_class=Response,
-            responses=_FILE)
 async def clip_frame(job_id: str, name: str, jobs: Jobs) -> Response:
     """One output of one frame (`000000.ply`, ...), as its photo's file would be."""
     return await _file(job_id, f"frames/{name}", jobs)
+
+
+router.add_api_route("/jobs/{job_id}/frames/{name}", clip_frame, methods=["GET"], response_class=Response,
+                     summary="A clip job's frame file", responses=_FILE)
+# HEAD: the same headers without the body (download managers probe with it), as a photo job's results.
+router.add_api_route("/jobs/{job_id}/frames/{name}", clip_frame, methods=["HEAD"], response_class=Response,
+                     include_in_schema=False)
 
 
 def _named_route(path: str, summary: str) -> None:
@@ -120,6 +143,8 @@ def _named_route(path: str, summary: str) -> None:
     clip_file.__doc__ = summary
     router.add_api_route(f"/jobs/{{job_id}}/{path}", clip_file, methods=["GET"], response_class=Response,
                          summary=summary, responses=_FILE)
+    router.add_api_route(f"/jobs/{{job_id}}/{path}", clip_file, methods=["HEAD"], response_class=Response,
+                         include_in_schema=False)
 
 
 _named_route("manifest.json", "A clip job's manifest (frames, times, f_px, scale factors, timings)")

@@ -96,12 +96,29 @@ export async function predictWithJob(file, fPx, run, clip = null) {
   return result;
 }
 
-/** A job's scene from its id (a shared link, `?job=<id>`): the job as it is now, followed to its end. */
+/** What a job id of this server looks like (`app.jobs.base.JOB_ID_PATTERN`). */
+const JOB_ID = /^[A-Za-z0-9_-]{32}$/;
+
+/** A job's scene from its id (a shared link, `?job=<id>`): the job as it is now, followed to its end. An id
+ * that cannot be a job's is refused before any request (`..` would make the job's URL the API's own). */
 export async function sharedJobScene(id, run) {
-  const jobUrl = new URL(`jobs/${encodeURIComponent(id)}`, location.href);
+  if (!JOB_ID.test(id)) {
+    throw new ApiError(0, "bad_job_link", `This link's job id (“${id.slice(0, 40)}”) is not one of this server's: ` +
+      "a job id is 32 letters, digits, “-” or “_”. Check that the whole link was copied.");
+  }
+  const jobUrl = new URL(`jobs/${id}`, location.href);
   const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
   if (!response.ok) throw await errorFromResponse(response);
-  return jobScene(await response.json(), jobUrl, run);
+  return jobScene(asJob(await response.json(), id), jobUrl, run);
+}
+
+/** `value` if it is the job `id` as the server describes jobs, else an error (never followed or polled). */
+function asJob(value, id) {
+  const known = ["queued", "running", ...page.info.job_final_statuses];
+  if (!value || typeof value !== "object" || value.id !== id || !known.includes(value.status)) {
+    throw new ApiError(0, "not_a_job", `The server's answer for job ${id} is not a job; the page stopped following it.`);
+  }
+  return value;
 }
 
 /** Follows a job to its end, then downloads the scene file it made; a clip's job: `{ clip: job, jobUrl }`. */
@@ -146,7 +163,7 @@ async function followJob(job, jobUrl, run) {
     if (!isFinal(job)) {
       for await (const event of jobEvents(new URL(`${jobUrl.pathname.replace(/\/$/, "")}/events`, location.href), run)) {
         run.check();
-        job = event;
+        job = asJob(event, job.id);
         showJob(job);
         if (isFinal(job)) break;
       }
@@ -160,7 +177,7 @@ async function followJob(job, jobUrl, run) {
     run.check();
     const response = await fetch(jobUrl, { headers: { Accept: "application/json", ...authHeaders() }, signal: run.signal });
     if (!response.ok) throw await errorFromResponse(response);
-    job = await response.json();
+    job = asJob(await response.json(), job.id);
     showJob(job);
   }
   if (job.status !== "succeeded") {
