@@ -37,7 +37,7 @@ import json
 import math
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,10 @@ WEBP_SETTINGS: dict[str, tuple[int, int]] = {
     "sh0.webp": (0, 1),
 }
 """Each image's lossless WebP (`quality`, `method`): libwebp's effort (0-100) and method (0-6), chosen by
-measurement on a full-size prediction (docs/formats.md): the fastest that stays within 0.3 % of the size at
-Pillow's default effort (quality 70 / method 4 took 4-5x longer in all). The low bytes of the positions are
-noise that no effort compresses; the high bytes need LZ77 effort; the others only the predictors."""
+measurement on a full-size prediction (docs/formats.md): 0.9 % larger in all than quality 70 / method 4 for
+every image, in less than half its CPU time (method 0 for all would be 10 % larger). The low bytes of the
+positions are noise that no effort compresses; the high bytes need LZ77 effort; the others only the
+predictors."""
 FILES = {"means": ["means_l.webp", "means_u.webp"], "scales": ["scales.webp"], "quats": ["quats.webp"],
          "sh0": ["sh0.webp"]}
 
@@ -269,8 +270,9 @@ def _image(columns: np.ndarray, width: int, height: int) -> np.ndarray:
 def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
     """The scene as a bundled ``.sog`` (a zip of ``meta.json`` and five WebP images; see the module docstring).
 
-    After the Morton order, each image is made and encoded by its own task (the codebooks' k-means inside
-    theirs), the five on `workers` threads: numpy and Pillow release the GIL for the heavy parts.
+    Each image is made and encoded by its own task (the codebooks' k-means inside theirs), beside the Morton
+    order's, on `workers` threads (at least 2: an image waits for the order): numpy and Pillow release the GIL
+    for the heavy parts.
 
     Args:
         scene: the Gaussians (OpenCV axes, kept as in the PLY).
@@ -278,35 +280,45 @@ def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
     """
     n = scene.num_gaussians
     width, height = image_size(n)
-    codes, mins, maxs = quantize_positions(scene.positions)
-    order = morton_order(codes)
-    codes = codes[order]
 
-    def scales() -> tuple[bytes, np.ndarray]:
+    def morton() -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
+        codes, mins, maxs = quantize_positions(scene.positions)
+        order = morton_order(codes)
+        return order, codes[order], mins, maxs
+
+    def scales(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_scales = np.log(np.asarray(scene.scales[order], dtype=np.float64))
+            log_scales = np.log(np.asarray(scene.scales, dtype=np.float64))
         codebook, labels = kmeans_1d(log_scales)
-        return _webp("scales.webp", _image(labels, width, height)), codebook
+        return _webp("scales.webp", _image(labels[ordered.result()[0]], width, height)), codebook
 
-    def sh0() -> tuple[bytes, np.ndarray]:
-        f_dc = (linear_to_srgb(scene.colors[order]).astype(np.float64) - 0.5) / SH_C0
+    def sh0(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
+        f_dc = (linear_to_srgb(scene.colors).astype(np.float64) - 0.5) / SH_C0
         codebook, labels = kmeans_1d(f_dc)
-        opacity = np.clip(np.rint(_finite(scene.opacities[order]) * 255.0), 0, 255).astype(np.uint8)
-        return _webp("sh0.webp", _image(np.concatenate([labels, opacity[:, None]], axis=1), width, height)), codebook
+        opacity = np.clip(np.rint(_finite(scene.opacities) * 255.0), 0, 255).astype(np.uint8)
+        pixels = np.concatenate([labels, opacity[:, None]], axis=1)[ordered.result()[0]]
+        return _webp("sh0.webp", _image(pixels, width, height)), codebook
 
-    def image(name: str, make: Callable[[], np.ndarray]) -> Callable[[], tuple[bytes, None]]:
-        return lambda: (_webp(name, _image(make(), width, height)), None)
+    def quats(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, None]:
+        packed = pack_quaternions(scene.rotations)
+        return _webp("quats.webp", _image(packed[ordered.result()[0]], width, height)), None
 
-    tasks: dict[str, Callable[[], tuple[bytes, np.ndarray | None]]] = {  # the longest first
-        "sh0.webp": sh0,
-        "scales.webp": scales,
-        "means_u.webp": image("means_u.webp", lambda: (codes >> 8).astype(np.uint8)),
-        "quats.webp": image("quats.webp", lambda: pack_quaternions(scene.rotations[order])),
-        "means_l.webp": image("means_l.webp", lambda: (codes & 0xFF).astype(np.uint8)),
+    def means(byte: int) -> Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, None]]:
+        name = FILES["means"][byte]
+        return lambda ordered: (_webp(name, _image((ordered.result()[1] >> (8 * byte)).astype(np.uint8), width,
+                                                   height)), None)
+
+    # The Morton order first; meanwhile each image's own work (k-means, packing), in the original order, then
+    # its values put in Morton order (uint8 gathers) and encoded. The longest tasks first.
+    tasks: dict[str, Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, np.ndarray | None]]] = {
+        "sh0.webp": sh0, "scales.webp": scales, "means_u.webp": means(1), "quats.webp": quats,
+        "means_l.webp": means(0),
     }
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {name: pool.submit(task) for name, task in tasks.items()}
+    with ThreadPoolExecutor(max_workers=max(2, workers)) as pool:
+        ordered = pool.submit(morton)
+        futures = {name: pool.submit(task, ordered) for name, task in tasks.items()}
         results = {name: future.result() for name, future in futures.items()}
+        mins, maxs = ordered.result()[2:]
     encoded = {name: results[name][0] for name in ("means_l.webp", "means_u.webp", "scales.webp", "quats.webp",
                                                    "sh0.webp")}
     scale_codebook, color_codebook = (np.asarray(results[name][1]) for name in ("scales.webp", "sh0.webp"))
