@@ -106,12 +106,18 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 def quantize_positions(positions: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
     """(N, 3) metres -> (N, 3) uint16 codes and the per-axis log-domain mins and maxs."""
-    logs = log_transform(_finite(positions)).reshape(-1, 3)
+    finite = _finite(positions).reshape(-1, 3)
+    logs = np.abs(finite)  # `log_transform`, in place
+    np.log1p(logs, out=logs)
+    logs *= np.sign(finite)
     mins = logs.min(axis=0) if logs.size else np.zeros(3)
     maxs = logs.max(axis=0) if logs.size else np.zeros(3)
     span = np.where(maxs > mins, maxs - mins, 1.0)
-    codes = np.rint((logs - mins) / span * 65535.0)
-    return np.clip(codes, 0, 65535).astype(np.uint16), mins.tolist(), maxs.tolist()
+    logs -= mins
+    logs /= span
+    logs *= 65535.0
+    np.rint(logs, out=logs)
+    return np.clip(logs, 0, 65535, out=logs).astype(np.uint16), mins.tolist(), maxs.tolist()
 
 
 def _spread_bits(values: np.ndarray) -> np.ndarray:
@@ -202,10 +208,12 @@ def pack_quaternions(rotations: np.ndarray) -> np.ndarray:
     Column by column (no per-row gathers): the index of the largest magnitude (the first of equals), then the
     three others of each row picked by it.
     """
-    q = np.asarray(rotations, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=1)
+    columns = np.array(np.asarray(rotations).T, dtype=np.float64, order="C")  # (4, N)
+    norm = columns[0] * columns[0]  # summed in the order of np.linalg.norm's, so the same bits
+    for column in columns[1:]:
+        norm += column * column
+    np.sqrt(norm, out=norm)
     good = np.isfinite(norm) & (norm > 0)
-    columns = np.ascontiguousarray(q.T)
     with np.errstate(divide="ignore", invalid="ignore"):
         columns /= norm
     if not good.all():
