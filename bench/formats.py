@@ -1,10 +1,13 @@
-"""Benchmark of the output formats on a full-size SHARP-like scene (1,179,648 Gaussians).
+"""Benchmark of the output formats on a full-size scene (1,179,648 Gaussians).
 
-    .venv/bin/python bench/formats.py [--ply REAL.ply] [--repeat 3] [--size 768]
+    .venv/bin/python bench/formats.py [--preset tiny_full | --ply REAL.ply] [--repeat 3] [--size 768]
 
 Builds a realistic scene (2 layers x 768 x 768 per-pixel Gaussians, colours from the conformance photo,
 a smooth synthetic depth, small scales, opacities ~0.45 +- 0.07, near-identity rotations with noise), or
-reads a real PLY with ``--ply``, then times every encoder (best of ``--repeat``) and prints its size.
+predicts one with ``--preset`` (the network at that preset, synthetic weights, on the conformance photo,
+f_px 500: ``tiny_full`` gives the real count in seconds), or reads a real PLY with ``--ply``, then times
+every encoder (best of ``--repeat``) and prints its size. With ``--preset`` the postprocess (unprojection
+and covariance decomposition of the network's output, `unproject_to_camera`) is timed the same way.
 
 Baselines, both built on plyfile and writing the same bytes as our `write_ply`
 (`app.formats.ply.iter_ply_chunks` written atomically):
@@ -12,10 +15,13 @@ Baselines, both built on plyfile and writing the same bytes as our `write_ply`
 ``save_ply`` does (the writer this project replaces), and ``write_ply_plyfile_columnwise`` fills it column
 by column (a fairer plyfile writer, printed for reference).
 
-The last two lines are always::
+The last lines are always (each ratio measured in this run)::
 
-    ply_speedup_vs_plyfile: X     (write_ply_plyfile seconds / write_ply seconds, same run)
+    ply_speedup_vs_plyfile: X     (write_ply_plyfile seconds / write_ply seconds)
     spz_bytes_over_ply: Y         (.spz bytes / .ply bytes)
+    spz_over_ply_encode: Z        (encode_spz seconds / encode_ply seconds)
+    sog_over_ply_encode: W        (encode_sog seconds / encode_ply seconds)
+    postprocess_over_ply_encode: V  (with --preset only)
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ from app.formats.ply import (  # noqa: E402
     iter_ply_chunks,
     read_ply,
 )
+from app.formats.sog import encode_sog  # noqa: E402
 from app.formats.splat import encode_splat  # noqa: E402
-from app.formats.spz import encode_spz  # noqa: E402
+from app.formats.spz import GZIP_LEVEL, encode_spz  # noqa: E402
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "conformance" / "coffee.png"
@@ -103,6 +110,29 @@ def make_realistic_scene(
         image_width=width,
         image_height=height,
     )
+
+
+def predicted_scene(preset: str) -> Callable[[], GaussianScene]:
+    """The postprocess of `preset`'s prediction of the conformance photo (synthetic weights, f_px 500): a call
+    that unprojects the network's output (kept) to the scene, as `SharpPredictor.predict` does."""
+    import torch
+
+    from app.imaging import load_image
+    from app.predictor import SharpPredictor
+    from app.predictor.unproject import network_disparity_factor, unproject_to_camera
+
+    predictor = SharpPredictor.load(preset, device="cpu", progress=False)
+    image = load_image(PHOTO)
+    f_px = 500.0
+    factor, depth_scale = network_disparity_factor(f_px, image.width)
+    with torch.inference_mode():
+        gaussians = predictor.network(predictor.preprocess(image), torch.tensor([factor]))
+
+    def postprocess() -> GaussianScene:
+        with torch.inference_mode():
+            return unproject_to_camera(gaussians, f_px, image.width, image.height, depth_scale=depth_scale)
+
+    return postprocess
 
 
 def _vertex_columns(scene: GaussianScene) -> np.ndarray:
@@ -188,13 +218,20 @@ def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ply", type=Path, help="measure on this PLY instead of the synthetic scene")
+    parser.add_argument("--preset", help="measure on this preset's prediction of the conformance photo (tiny_full)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best counts")
     parser.add_argument("--size", type=int, default=768, help="grid side of the synthetic scene")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    scene = read_ply(args.ply) if args.ply else make_realistic_scene(args.size)
-    source = str(args.ply) if args.ply else f"synthetic {args.size}x{args.size}x2 from {PHOTO.name}"
+    postprocess: Callable[[], GaussianScene] | None = None
+    if args.preset:
+        postprocess = predicted_scene(args.preset)
+        scene = postprocess()
+        source = f"{args.preset} prediction of {PHOTO.name}"
+    else:
+        scene = read_ply(args.ply) if args.ply else make_realistic_scene(args.size)
+        source = str(args.ply) if args.ply else f"synthetic {args.size}x{args.size}x2 from {PHOTO.name}"
     built = time.perf_counter() - start
     print(f"scene: {source}, {scene.num_gaussians:,} Gaussians (built in {built:.2f} s)")
 
@@ -203,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         write_ply_plyfile(tiny, Path(tmp) / "warm.ply")
     encode_spz(tiny)
+    encode_sog(tiny)
 
     rows: list[tuple[str, float, int]] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         t_ours, _ = best_time(lambda: write_ply(scene, out / "ours.ply"), args.repeat)
         rows.append(("ply write_ply (file)", t_ours, (out / "ours.ply").stat().st_size))
-        t, data = best_time(lambda: encode_ply(scene), args.repeat)
+        t_ply, data = best_time(lambda: encode_ply(scene), args.repeat)
         ply_bytes = len(data)
-        rows.append(("ply encode_ply (bytes)", t, ply_bytes))
+        rows.append(("ply encode_ply (bytes)", t_ply, ply_bytes))
         t_cols, _ = best_time(lambda: write_ply_plyfile_columnwise(scene, out / "cols.ply"), args.repeat)
         rows.append(("ply plyfile column-wise (file)", t_cols, (out / "cols.ply").stat().st_size))
         t_base, _ = best_time(lambda: write_ply_plyfile(scene, out / "base.ply"), args.repeat)
@@ -220,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     del data
     t, data = best_time(lambda: encode_splat(scene), args.repeat)
     rows.append(("splat (sorted)", t, len(data)))
-    spz_bytes = 0
-    for version, level in ((3, 6), (3, 1), (2, 6)):
+    spz_bytes, t_spz = 0, 0.0
+    for version, level in ((3, GZIP_LEVEL), (3, 1), (3, 3), (2, GZIP_LEVEL)):
         t, data = best_time(lambda v=version, lv=level: encode_spz(scene, version=v, compresslevel=lv),
                             args.repeat)
-        rows.append((f"spz v{version} gzip level {level}", t, len(data)))
-        if (version, level) == (3, 6):
-            spz_bytes = len(data)
+        rows.append((f"spz v{version} ISA-L level {level}", t, len(data)))
+        if (version, level) == (3, GZIP_LEVEL):
+            spz_bytes, t_spz = len(data), t
+    t_sog, data = best_time(lambda: encode_sog(scene), args.repeat)
+    rows.append(("sog", t_sog, len(data)))
+    t_post = best_time(postprocess, args.repeat)[0] if postprocess else 0.0
     for encoding in ("list", "base64"):
         t, data = best_time(lambda e=encoding: encode_json(scene, {"bench": True}, encoding=e), args.repeat)
         rows.append((f"json {encoding}", t, len(data)))
@@ -240,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plyfile baselines write identical bytes: {same}")
     print(f"ply_speedup_vs_plyfile_columnwise: {t_cols / t_ours:.2f}")
     print(f"ply_speedup_vs_plyfile: {t_base / t_ours:.2f}")
+    if postprocess:
+        print(f"postprocess (unproject_to_camera)       {t_post * 1000:9.1f} ms")
     print(f"spz_bytes_over_ply: {spz_bytes / ply_bytes:.3f}")
+    print(f"spz_over_ply_encode: {t_spz / t_ply:.2f}")
+    print(f"sog_over_ply_encode: {t_sog / t_ply:.2f}")
+    if postprocess:
+        print(f"postprocess_over_ply_encode: {t_post / t_ply:.2f}")
     return 0
 
 

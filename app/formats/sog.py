@@ -37,7 +37,7 @@ import json
 import math
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -51,9 +51,15 @@ MEDIA_TYPE = "application/zip"
 CODEBOOK_SIZE = 256
 MAX_IMAGE_SIDE = 16383
 """WebP's largest width or height."""
-WEBP_EFFORT = 70
-"""Pillow's lossless `quality` (encoder effort 0-100); libwebp's simple lossless API uses 70 as well."""
-WEBP_METHOD = 4
+WEBP_SETTINGS: dict[str, tuple[int, int]] = {
+    "means_l.webp": (0, 0), "means_u.webp": (30, 1), "scales.webp": (0, 1), "quats.webp": (25, 2),
+    "sh0.webp": (0, 1),
+}
+"""Each image's lossless WebP (`quality`, `method`): libwebp's effort (0-100) and method (0-6), chosen by
+measurement on a full-size prediction (docs/formats.md): 0.9 % larger in all than quality 70 / method 4 for
+every image, in less than half its CPU time (method 0 for all would be 10 % larger). The low bytes of the
+positions are noise that no effort compresses; the high bytes need LZ77 effort; the others only the
+predictors."""
 FILES = {"means": ["means_l.webp", "means_u.webp"], "scales": ["scales.webp"], "quats": ["quats.webp"],
          "sh0": ["sh0.webp"]}
 
@@ -100,12 +106,18 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 def quantize_positions(positions: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
     """(N, 3) metres -> (N, 3) uint16 codes and the per-axis log-domain mins and maxs."""
-    logs = log_transform(_finite(positions)).reshape(-1, 3)
+    finite = _finite(positions).reshape(-1, 3)
+    logs = np.abs(finite)  # `log_transform`, in place
+    np.log1p(logs, out=logs)
+    logs *= np.sign(finite)
     mins = logs.min(axis=0) if logs.size else np.zeros(3)
     maxs = logs.max(axis=0) if logs.size else np.zeros(3)
     span = np.where(maxs > mins, maxs - mins, 1.0)
-    codes = np.rint((logs - mins) / span * 65535.0)
-    return np.clip(codes, 0, 65535).astype(np.uint16), mins.tolist(), maxs.tolist()
+    logs -= mins
+    logs /= span
+    logs *= 65535.0
+    np.rint(logs, out=logs)
+    return np.clip(logs, 0, 65535, out=logs).astype(np.uint16), mins.tolist(), maxs.tolist()
 
 
 def _spread_bits(values: np.ndarray) -> np.ndarray:
@@ -124,12 +136,19 @@ def morton_order(codes: np.ndarray) -> np.ndarray:
 
 
 def _lloyd(codebook: np.ndarray, centers: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """Lloyd's iterations of a sorted 1-D codebook on weighted points: (codebook, weighted squared error)."""
+    """Lloyd's iterations of a sorted 1-D codebook on sorted weighted points: (codebook, weighted squared error).
+
+    Each cell is a run of the sorted points (those up to the midpoint after its entry), so its mass and moment
+    are differences of prefix sums: an iteration costs O(codebook size), not O(points).
+    """
+    mass = np.concatenate([[0.0], np.cumsum(weights)])
+    moment = np.concatenate([[0.0], np.cumsum(weights * centers)])
     for _ in range(_LLOYD_ITERATIONS):
-        labels = np.searchsorted((codebook[1:] + codebook[:-1]) / 2, centers)
-        mass = np.bincount(labels, weights=weights, minlength=codebook.size)
-        moments = np.bincount(labels, weights=weights * centers, minlength=codebook.size)
-        updated = np.sort(np.where(mass > 0, moments / np.where(mass > 0, mass, 1), codebook))
+        ends = np.searchsorted(centers, (codebook[1:] + codebook[:-1]) / 2, side="right")
+        bounds = np.concatenate([[0], ends, [centers.size]])
+        cell_mass = mass[bounds[1:]] - mass[bounds[:-1]]
+        cell_moment = moment[bounds[1:]] - moment[bounds[:-1]]
+        updated = np.sort(np.where(cell_mass > 0, cell_moment / np.where(cell_mass > 0, cell_mass, 1), codebook))
         converged = np.array_equal(updated, codebook)
         codebook = updated
         if converged:
@@ -144,7 +163,10 @@ def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray
     Lloyd's algorithm on a histogram of 65,536 equal bins over the finite range (each bin represented by
     the mean of its values), started both at equally spaced quantiles of the density to the power 1/3 (the
     asymptotically optimal spacing for squared error) and evenly over the range (better for a few far
-    outliers); the start with the smaller error wins. Non-finite values get the nearest end.
+    outliers); the start with the smaller error wins. Non-finite values get the nearest end. The labels come
+    from each value's bin (a bin that no midpoint between entries crosses has one label for all its values);
+    only the values of the few bins that a midpoint crosses are searched for, so each value gets its nearest
+    entry exactly, in a few passes over the values.
 
     Returns:
         (size,) float32 ascending codebook, and uint8 labels shaped like `values`.
@@ -155,7 +177,8 @@ def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray
     low, high = float(flat.min()), float(flat.max())
     if high <= low:
         return np.full(size, low, dtype=np.float32), np.zeros(np.shape(values), dtype=np.uint8)
-    bins = np.minimum(((flat - low) * (_HISTOGRAM_BINS / (high - low))).astype(np.int64), _HISTOGRAM_BINS - 1)
+    bins = ((flat - low) * (_HISTOGRAM_BINS / (high - low))).astype(np.int32)
+    np.minimum(bins, _HISTOGRAM_BINS - 1, out=bins)
     counts = np.bincount(bins, minlength=_HISTOGRAM_BINS).astype(np.float64)
     sums = np.bincount(bins, weights=flat, minlength=_HISTOGRAM_BINS)
     occupied = counts > 0
@@ -167,22 +190,57 @@ def kmeans_1d(values: np.ndarray, size: int = CODEBOOK_SIZE) -> tuple[np.ndarray
     codebook = min((_lloyd(start, centers, weights) for start in starts), key=lambda result: result[1])[0]
     codebook32 = codebook.astype(np.float32)
     midpoints = (codebook32[1:].astype(np.float64) + codebook32[:-1]) / 2
-    labels = np.searchsorted(midpoints, flat).astype(np.uint8)
+    # A bin's values lie in its nominal interval, give or take the rounding of their bin number (~1e-11 of a
+    # bin): where no midpoint falls within a millionth of a bin of it, they all share one label.
+    width = (high - low) / _HISTOGRAM_BINS
+    edges = low + np.arange(_HISTOGRAM_BINS + 1) * width
+    first = np.searchsorted(midpoints, edges[:-1] - 1e-6 * width)
+    crossed_bins = first != np.searchsorted(midpoints, edges[1:] + 1e-6 * width)
+    labels = first.astype(np.uint8)[bins]
+    crossed = crossed_bins[bins]
+    labels[crossed] = np.searchsorted(midpoints, flat[crossed])
     return codebook32, labels.reshape(np.shape(values))
 
 
 def pack_quaternions(rotations: np.ndarray) -> np.ndarray:
-    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 "smallest three" (degenerate rows: identity)."""
-    q = np.asarray(rotations, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
+    """(N, 4) quaternions (w, x, y, z) -> (N, 4) uint8 "smallest three" (degenerate rows: identity).
+
+    Column by column (no per-row gathers): the index of the largest magnitude (the first of equals), then the
+    three others of each row picked by it.
+    """
+    columns = np.array(np.asarray(rotations).T, dtype=np.float64, order="C")  # (4, N)
+    norm = columns[0] * columns[0]  # summed in the order of np.linalg.norm's, so the same bits
+    for column in columns[1:]:
+        norm += column * column
+    np.sqrt(norm, out=norm)
     good = np.isfinite(norm) & (norm > 0)
-    q = np.where(good, q / np.where(good, norm, 1.0), np.array([1.0, 0.0, 0.0, 0.0]))
-    largest = np.argmax(np.abs(q), axis=1)
-    sign = np.where(np.take_along_axis(q, largest[:, None], axis=1) < 0, -1.0, 1.0)
-    kept = np.take_along_axis(q * sign, _KEPT_COMPONENTS[largest], axis=1)
-    out = np.empty((q.shape[0], 4), dtype=np.uint8)
-    out[:, :3] = np.clip(np.rint(255.0 * (kept * (_QUAT_SCALE / 2) + 0.5)), 0, 255)
-    out[:, 3] = 252 + largest
+    with np.errstate(divide="ignore", invalid="ignore"):
+        columns /= norm
+    if not good.all():
+        columns[:, ~good] = np.array([[1.0], [0.0], [0.0], [0.0]])
+    magnitudes = np.abs(columns)
+    largest = np.zeros(columns.shape[1], dtype=np.uint8)
+    negative = columns[0] < 0  # the sign of the largest
+    best = magnitudes[0].copy()
+    for index in (1, 2, 3):
+        better = magnitudes[index] > best
+        np.putmask(largest, better, np.uint8(index))
+        np.putmask(negative, better, columns[index] < 0)
+        np.maximum(best, magnitudes[index], out=best)
+    sign = np.where(negative, -1.0, 1.0)
+    out = np.empty((columns.shape[1], 4), dtype=np.uint8)
+    # Kept columns, in increasing order, for largest = 0, 1, 2, 3: (1 2 3), (0 2 3), (0 1 3), (0 1 2).
+    kept = (np.where(largest == 0, columns[1], columns[0]), np.where(largest <= 1, columns[2], columns[1]),
+            np.where(largest == 3, columns[2], columns[3]))
+    for slot, component in enumerate(kept):
+        component *= sign
+        component *= _QUAT_SCALE / 2
+        component += 0.5
+        component *= 255.0
+        np.rint(component, out=component)
+        np.clip(component, 0, 255, out=component)
+        out[:, slot] = component
+    out[:, 3] = largest + 252
     return out
 
 
@@ -200,11 +258,13 @@ def unpack_quaternions(packed: np.ndarray) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _webp(pixels: np.ndarray) -> bytes:
-    """(H, W, 3 or 4) uint8 -> lossless WebP bytes (`exact`: colours under alpha 0 are kept too)."""
+def _webp(name: str, pixels: np.ndarray) -> bytes:
+    """(H, W, 3 or 4) uint8 -> lossless WebP bytes at image `name`'s `WEBP_SETTINGS` (`exact`: colours under
+    alpha 0 are kept too)."""
+    quality, method = WEBP_SETTINGS[name]
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(
-        buffer, "WEBP", lossless=True, quality=WEBP_EFFORT, method=WEBP_METHOD, exact=True)
+        buffer, "WEBP", lossless=True, quality=quality, method=method, exact=True)
     return buffer.getvalue()
 
 
@@ -218,31 +278,58 @@ def _image(columns: np.ndarray, width: int, height: int) -> np.ndarray:
 def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
     """The scene as a bundled ``.sog`` (a zip of ``meta.json`` and five WebP images; see the module docstring).
 
+    Each image is made and encoded by its own task (the codebooks' k-means inside theirs), beside the Morton
+    order's, on `workers` threads (at least 2: an image waits for the order): numpy and Pillow release the GIL
+    for the heavy parts.
+
     Args:
         scene: the Gaussians (OpenCV axes, kept as in the PLY).
-        workers: threads encoding the WebP images (Pillow releases the GIL while encoding).
+        workers: threads making and encoding the images.
     """
     n = scene.num_gaussians
     width, height = image_size(n)
-    codes, mins, maxs = quantize_positions(scene.positions)
-    order = morton_order(codes)
-    codes = codes[order]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_scales = np.log(np.asarray(scene.scales[order], dtype=np.float64))
-    scale_codebook, scale_labels = kmeans_1d(log_scales)
-    f_dc = (linear_to_srgb(scene.colors[order]).astype(np.float64) - 0.5) / SH_C0
-    color_codebook, color_labels = kmeans_1d(f_dc)
-    opacity = np.clip(np.rint(_finite(scene.opacities[order]) * 255.0), 0, 255).astype(np.uint8)
 
-    images: dict[str, Callable[[], np.ndarray]] = {
-        "means_l.webp": lambda: _image((codes & 0xFF).astype(np.uint8), width, height),
-        "means_u.webp": lambda: _image((codes >> 8).astype(np.uint8), width, height),
-        "scales.webp": lambda: _image(scale_labels, width, height),
-        "quats.webp": lambda: _image(pack_quaternions(scene.rotations[order]), width, height),
-        "sh0.webp": lambda: _image(np.concatenate([color_labels, opacity[:, None]], axis=1), width, height),
+    def morton() -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
+        codes, mins, maxs = quantize_positions(scene.positions)
+        order = morton_order(codes)
+        return order, codes[order], mins, maxs
+
+    def scales(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_scales = np.log(np.asarray(scene.scales, dtype=np.float64))
+        codebook, labels = kmeans_1d(log_scales)
+        return _webp("scales.webp", _image(labels[ordered.result()[0]], width, height)), codebook
+
+    def sh0(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
+        f_dc = (linear_to_srgb(scene.colors).astype(np.float64) - 0.5) / SH_C0
+        codebook, labels = kmeans_1d(f_dc)
+        opacity = np.clip(np.rint(_finite(scene.opacities) * 255.0), 0, 255).astype(np.uint8)
+        pixels = np.concatenate([labels, opacity[:, None]], axis=1)[ordered.result()[0]]
+        return _webp("sh0.webp", _image(pixels, width, height)), codebook
+
+    def quats(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, None]:
+        packed = pack_quaternions(scene.rotations)
+        return _webp("quats.webp", _image(packed[ordered.result()[0]], width, height)), None
+
+    def means(byte: int) -> Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, None]]:
+        name = FILES["means"][byte]
+        return lambda ordered: (_webp(name, _image((ordered.result()[1] >> (8 * byte)).astype(np.uint8), width,
+                                                   height)), None)
+
+    # The Morton order first; meanwhile each image's own work (k-means, packing), in the original order, then
+    # its values put in Morton order (uint8 gathers) and encoded. The longest tasks first.
+    tasks: dict[str, Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, np.ndarray | None]]] = {
+        "sh0.webp": sh0, "scales.webp": scales, "means_u.webp": means(1), "quats.webp": quats,
+        "means_l.webp": means(0),
     }
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        encoded = dict(zip(images, pool.map(lambda make: _webp(make()), images.values()), strict=True))
+    with ThreadPoolExecutor(max_workers=max(2, workers)) as pool:
+        ordered = pool.submit(morton)
+        futures = {name: pool.submit(task, ordered) for name, task in tasks.items()}
+        results = {name: future.result() for name, future in futures.items()}
+        mins, maxs = ordered.result()[2:]
+    encoded = {name: results[name][0] for name in ("means_l.webp", "means_u.webp", "scales.webp", "quats.webp",
+                                                   "sh0.webp")}
+    scale_codebook, color_codebook = (np.asarray(results[name][1]) for name in ("scales.webp", "sh0.webp"))
     meta: dict[str, Any] = {
         "version": SOG_VERSION,
         "asset": {"generator": "sharp-serve"},

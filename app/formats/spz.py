@@ -35,13 +35,15 @@ which is then up to ~0.1 off when small (covariances within ~25 %), hence versio
 
 from __future__ import annotations
 
-import io
 import math
+import os
 import struct
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
-from zlib_ng import gzip_ng_threaded
+from isal import isal_zlib
 
 from app.formats.limits import check_deflate_ratio, check_gaussian_count, gunzip_exactly, gunzip_head
 from app.formats.splat import quantize_uint8
@@ -79,24 +81,30 @@ class SpzHeader(NamedTuple):
 
 def choose_fractional_bits(positions: np.ndarray) -> int:
     """12, or fewer when the largest finite |coordinate| (metres) would not fit in 24 signed bits."""
-    finite = np.abs(positions[np.isfinite(positions)])
-    largest = float(finite.max()) if finite.size else 0.0
+    low, high = (float(positions.min()), float(positions.max())) if positions.size else (0.0, 0.0)
+    if math.isfinite(low) and math.isfinite(high):  # the usual case, without a pass to find the finite ones
+        largest = max(-low, high)
+    else:
+        finite = np.abs(positions[np.isfinite(positions)])
+        largest = float(finite.max()) if finite.size else 0.0
     if largest * (1 << DEFAULT_FRACTIONAL_BITS) <= _FIXED_MAX:
         return DEFAULT_FRACTIONAL_BITS
     return max(1, min(DEFAULT_FRACTIONAL_BITS, math.floor(math.log2(_FIXED_MAX / largest))))
 
 
-def _pack_positions(positions: np.ndarray, fractional_bits: int) -> np.ndarray:
-    """(N, 3) metres, RUB -> (N, 9) uint8, three 24-bit little-endian fixed-point numbers per row.
+def _pack_positions(positions: np.ndarray, fractional_bits: int, out: np.ndarray) -> None:
+    """(N, 3) metres, RUB -> `out`, (N, 9) uint8: three 24-bit little-endian fixed-point numbers per row.
 
     Scaling by a power of two is exact in float32 and so is adding 0.5 below 2**23, the clipping range.
     """
-    scaled = np.asarray(positions, dtype=np.float32) * np.float32(1 << fractional_bits)
+    scaled = np.multiply(positions, np.float32(1 << fractional_bits), dtype=np.float32)
     if not np.isfinite(scaled).all():
         scaled = np.nan_to_num(scaled, nan=0.0, posinf=_FIXED_MAX, neginf=-_FIXED_MAX - 1)
-    fixed = np.ascontiguousarray(np.clip(np.floor(scaled + np.float32(0.5)), -_FIXED_MAX - 1, _FIXED_MAX),
-                                 dtype="<i4")
-    return fixed.view(np.uint8).reshape(-1, 3, 4)[:, :, :3].reshape(-1, 9)
+    scaled += np.float32(0.5)
+    np.floor(scaled, out=scaled)
+    np.clip(scaled, -_FIXED_MAX - 1, _FIXED_MAX, out=scaled)
+    fixed = np.ascontiguousarray(scaled, dtype="<i4")
+    out.reshape(-1, 3, 3)[:] = fixed.view(np.uint8).reshape(-1, 3, 4)[:, :, :3]
 
 
 def _unpack_positions(packed: np.ndarray, fractional_bits: int) -> np.ndarray:
@@ -118,17 +126,34 @@ def _unit_quaternions_xyzw(rotations_wxyz: np.ndarray) -> np.ndarray:
 
 
 def _pack_smallest_three(q: np.ndarray) -> np.ndarray:
-    """(N, 4) unit (x, y, z, w) -> (N, 4) uint8, the version-3 "smallest three" encoding."""
-    n = q.shape[0]
-    largest = np.argmax(np.abs(q), axis=1)  # the first of equal magnitudes, as the reference loop does
-    negate = np.take_along_axis(q, largest[:, None], axis=1) < 0
-    kept = np.take_along_axis(q, _KEPT_COLUMNS[largest], axis=1)  # (N, 3), increasing column order
-    negbit = ((kept < 0) ^ negate).astype(np.uint32)
-    mag = np.floor(np.float32(_MAG_MAX) * (np.abs(kept) / _SQRT1_2) + np.float32(0.5))
-    fields = (negbit << np.uint32(9)) | np.minimum(mag, _MAG_MAX).astype(np.uint32)
-    comp = (largest.astype(np.uint32) << np.uint32(30)) | (fields[:, 0] << np.uint32(20))
-    comp |= (fields[:, 1] << np.uint32(10)) | fields[:, 2]
-    return np.ascontiguousarray(comp, dtype="<u4").view(np.uint8).reshape(n, 4)
+    """(N, 4) unit (x, y, z, w) -> (N, 4) uint8, the version-3 "smallest three" encoding.
+
+    Column by column (no per-row gathers): each component's 10-bit field (sign bit, 9-bit magnitude) is made
+    for all four, then the three kept ones of each row are picked by the index of the largest.
+    """
+    columns = np.ascontiguousarray(q.T)  # (4, N)
+    magnitudes = np.abs(columns)
+    largest = np.zeros(columns.shape[1], dtype=np.uint32)  # the first of equal magnitudes, as the reference
+    negate = columns[0] < 0  # the sign of the largest
+    best = magnitudes[0].copy()
+    for index in (1, 2, 3):
+        better = magnitudes[index] > best
+        np.putmask(largest, better, np.uint32(index))
+        np.putmask(negate, better, columns[index] < 0)
+        np.maximum(best, magnitudes[index], out=best)
+    scaled = magnitudes / _SQRT1_2
+    scaled *= np.float32(_MAG_MAX)
+    scaled += np.float32(0.5)
+    np.floor(scaled, out=scaled)
+    np.minimum(scaled, _MAG_MAX, out=scaled)
+    fields = scaled.astype(np.uint32)
+    fields |= ((columns < 0) ^ negate).astype(np.uint32) << np.uint32(9)
+    # Kept columns, in increasing order, for largest = 0, 1, 2, 3: (1 2 3), (0 2 3), (0 1 3), (0 1 2).
+    comp = largest << np.uint32(30)
+    comp |= np.where(largest == 0, fields[1], fields[0]) << np.uint32(20)
+    comp |= np.where(largest <= 1, fields[2], fields[1]) << np.uint32(10)
+    comp |= np.where(largest == 3, fields[2], fields[3])
+    return comp.astype("<u4", copy=False).view(np.uint8).reshape(-1, 4)
 
 
 def _unpack_smallest_three(packed: np.ndarray) -> np.ndarray:
@@ -158,68 +183,108 @@ def _unpack_first_three(packed: np.ndarray) -> np.ndarray:
     return np.concatenate([xyz, w], axis=1).astype(np.float32)
 
 
-def spz_payload(scene: GaussianScene, *, version: int = 3, fractional_bits: int | None = None) -> np.ndarray:
-    """The uncompressed SPZ stream (header and sections) for `scene`: (20 or 19) * N + 16 uint8."""
+def _payload_sections(scene: GaussianScene, version: int, fractional_bits: int | None
+                      ) -> tuple[np.ndarray, list[tuple[slice, Callable[[], None]]]]:
+    """The uncompressed stream's buffer, its header written, and for each section (the header's slice includes
+    the positions) its slice and the call that fills it (the calls are independent: any order, any thread)."""
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"SPZ version {version} cannot be written (use one of {SUPPORTED_VERSIONS})")
     n = scene.num_gaussians
-    positions = np.asarray(scene.positions, dtype=np.float32) * _FLIP_POSITION
+    positions = np.multiply(scene.positions, _FLIP_POSITION, dtype=np.float32)
     bits = choose_fractional_bits(positions) if fractional_bits is None else int(fractional_bits)
     if not 1 <= bits <= 23:
         raise ValueError(f"fractional_bits must be in [1, 23], got {bits}")
     rotation_bytes = 4 if version >= 3 else 3
-    sizes = [9 * n, n, 3 * n, 3 * n, rotation_bytes * n]
-    out = np.empty(HEADER_BYTES + sum(sizes), dtype=np.uint8)
+    ends = np.cumsum([HEADER_BYTES + 9 * n, n, 3 * n, 3 * n, rotation_bytes * n]).tolist()
+    out = np.empty(ends[-1], dtype=np.uint8)
     out[:HEADER_BYTES] = np.frombuffer(HEADER_STRUCT.pack(SPZ_MAGIC, version, n, 0, bits, 0, 0), np.uint8)
-    sections = np.split(out[HEADER_BYTES:], np.cumsum(sizes)[:-1])
+    slices = [slice(start, stop) for start, stop in zip([0, *ends[:-1]], ends, strict=True)]
+    sections = [out[HEADER_BYTES:ends[0]], *(out[piece] for piece in slices[1:])]
 
-    sections[0][:] = _pack_positions(positions, bits).reshape(-1)
-    sections[1][:] = quantize_uint8(np.asarray(scene.opacities, dtype=np.float32) * np.float32(255))
-    f_dc = (linear_to_srgb(scene.colors) - np.float32(0.5)) / np.float32(SH_C0)
-    sections[2][:] = quantize_uint8(f_dc * np.float32(COLOR_SCALE * 255) + np.float32(127.5)).reshape(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_scales = np.log(np.asarray(scene.scales, dtype=np.float32))
-    sections[3][:] = quantize_uint8((log_scales + np.float32(10)) * np.float32(16)).reshape(-1)
-    q = _unit_quaternions_xyzw(scene.rotations) * _FLIP_QUATERNION_XYZW
-    packed_rotations = _pack_smallest_three(q) if version >= 3 else _pack_first_three(q)
-    sections[4][:] = packed_rotations.reshape(-1)
+    def alphas() -> None:
+        sections[1][:] = quantize_uint8(np.multiply(scene.opacities, np.float32(255), dtype=np.float32))
+
+    def colors() -> None:
+        f_dc = (linear_to_srgb(scene.colors) - np.float32(0.5)) / np.float32(SH_C0)
+        sections[2][:] = quantize_uint8(f_dc * np.float32(COLOR_SCALE * 255) + np.float32(127.5)).reshape(-1)
+
+    def scales() -> None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_scales = np.log(np.asarray(scene.scales, dtype=np.float32))
+        sections[3][:] = quantize_uint8((log_scales + np.float32(10)) * np.float32(16)).reshape(-1)
+
+    def rotations() -> None:
+        q = _unit_quaternions_xyzw(scene.rotations) * _FLIP_QUATERNION_XYZW
+        sections[4][:] = (_pack_smallest_three(q) if version >= 3 else _pack_first_three(q)).reshape(-1)
+
+    fills = [lambda: _pack_positions(positions, bits, sections[0].reshape(n, 9)), alphas, colors, scales, rotations]
+    return out, list(zip(slices, fills, strict=True))
+
+
+def spz_payload(scene: GaussianScene, *, version: int = 3, fractional_bits: int | None = None) -> np.ndarray:
+    """The uncompressed SPZ stream (header and sections) for `scene`: (20 or 19) * N + 16 uint8."""
+    out, sections = _payload_sections(scene, version, fractional_bits)
+    for _, fill in sections:
+        fill()
     return out
 
 
-def gzip_parallel(data: bytes | bytearray | memoryview | np.ndarray, compresslevel: int = 6,
-                  workers: int | None = None) -> bytes:
-    """One gzip member (RFC 1952, mtime 0) of `data`, compressed on several threads by zlib-ng.
+GZIP_LEVEL = 2
+"""ISA-L's deflate level (0-3) of our .spz files. Measured on a full-size prediction (docs/formats.md): level 2
+is 0.7 % larger than zlib's level 6 (Niantic's writer's) and several times faster; level 1 is 1.5 % larger."""
 
-    `gzip_ng_threaded` deflates 1 MiB blocks in parallel, each primed with the previous block's last
-    32 KiB (as pigz does), so the bytes do not depend on the thread count.
+DEFLATE_BLOCK = 1 << 20
+"""Bytes of the stream deflated as one piece (on its own thread, from an empty window): 1 MiB costs ~0.1 % in size."""
 
-    Args:
-        data: the bytes to compress.
-        compresslevel: zlib level 0-9.
-        workers: threads; None uses every CPU this process may run on.
-    """
-    buffer = io.BytesIO()
-    with gzip_ng_threaded.open(buffer, "wb", compresslevel=compresslevel, threads=workers or -1) as stream:
-        stream.write(memoryview(data).cast("B"))
-    return buffer.getvalue()
+_GZIP_HEADER = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF])  # deflate, no flags, mtime 0, OS unknown
+
+
+def _deflate(block: memoryview, level: int, last: bool) -> bytes:
+    """Raw deflate of `block`, ending on a byte boundary (a sync flush) or, for the `last`, the final block."""
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    return compressor.compress(block) + compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH)
+
+
+def _gzip_sections(data: np.ndarray, sections: list[tuple[slice, Callable[[], None]]], level: int,
+                   workers: int | None) -> bytes:
+    """One gzip member (RFC 1952, mtime 0) of `data`, each section filled (its call) and then deflated in
+    `DEFLATE_BLOCK` pieces, all on `workers` threads (None: every CPU this process may use), filling and
+    deflating overlapping. The pieces depend only on the sections, so the bytes do not depend on the threads."""
+    view = memoryview(data).cast("B")
+    total = len(view)
+    threads = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        filled = [pool.submit(fill) for _, fill in sections]
+        pieces: list[Future[bytes]] = []
+        for (section, _), done in zip(sections, filled, strict=True):
+            done.result()
+            for start in range(section.start, section.stop, DEFLATE_BLOCK):
+                stop = min(start + DEFLATE_BLOCK, section.stop)
+                pieces.append(pool.submit(_deflate, view[start:stop], level, stop == total))
+        body = [piece.result() for piece in pieces]
+    trailer = struct.pack("<II", isal_zlib.crc32(view), total & 0xFFFFFFFF)
+    return b"".join([_GZIP_HEADER, *body, trailer])
 
 
 def encode_spz(
-    scene: GaussianScene, *, version: int = 3, compresslevel: int = 6, fractional_bits: int | None = None,
+    scene: GaussianScene, *, version: int = 3, compresslevel: int = GZIP_LEVEL, fractional_bits: int | None = None,
     workers: int | None = None,
 ) -> bytes:
-    """The scene as a .spz file: `spz_payload` in one gzip member (mtime 0, so the bytes are reproducible).
+    """The scene as a .spz file: `spz_payload` in one gzip member (mtime 0, so the bytes are reproducible), each
+    section deflated as soon as it is made, on `workers` threads.
 
     Args:
         scene: the Gaussians (OpenCV axes; converted to SPZ's RUB).
         version: 3 (smallest-three rotations, the default) or 2 (x, y, z bytes; older readers).
-        compresslevel: gzip level 0-9; 6 is zlib's default, as Niantic's writer uses.
+        compresslevel: ISA-L deflate level 0-3 (`GZIP_LEVEL`).
         fractional_bits: fixed-point fraction bits of positions; None picks 12 or fewer (see the module
             docstring).
-        workers: compression threads (see `gzip_parallel`); None uses every CPU.
+        workers: threads; None uses every CPU.
     """
-    payload = spz_payload(scene, version=version, fractional_bits=fractional_bits)
-    return gzip_parallel(payload, compresslevel, workers)
+    if not 0 <= compresslevel <= 3:
+        raise ValueError(f"compresslevel must be an ISA-L level 0-3, got {compresslevel}")
+    payload, sections = _payload_sections(scene, version, fractional_bits)
+    return _gzip_sections(payload, sections, compresslevel, workers)
 
 
 def decode_spz(

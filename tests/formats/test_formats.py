@@ -25,7 +25,7 @@ from app.formats.ply import (
     read_ply,
 )
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
-from app.formats.spz import HEADER_BYTES, HEADER_STRUCT, SpzHeader, decode_spz, encode_spz, gzip_parallel, spz_payload
+from app.formats.spz import HEADER_BYTES, HEADER_STRUCT, SpzHeader, decode_spz, encode_spz, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
 from tests.conformance import ply_problems
 from tests.helpers import random_scene
@@ -461,14 +461,18 @@ def test_spz_wide_scenes_use_fewer_fractional_bits() -> None:
 
 
 def test_spz_is_deterministic_whatever_the_thread_count() -> None:
-    scene = random_scene(150_000, seed=7)
-    payload = spz_payload(scene)  # 3 MB: several of the compressor's 1 MiB blocks
-    one = gzip_parallel(payload, 6, workers=1)
-    assert one == gzip_parallel(payload, 6, workers=4)
-    assert gzip.decompress(one) == payload.tobytes()
+    scene = random_scene(150_000, seed=7)  # 3 MB: several of the compressor's 1 MiB pieces
+    one = encode_spz(scene, workers=1)
+    assert one == encode_spz(scene, workers=4) == encode_spz(scene)
+    assert gzip.decompress(one) == spz_payload(scene).tobytes()
     assert one[:8] == bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0])  # gzip, deflate, no optional fields, mtime 0
-    assert encode_spz(scene) == encode_spz(scene)
-    assert gzip.decompress(gzip_parallel(b"", 6)) == b""
+    for level in range(4):
+        assert gzip.decompress(encode_spz(scene, compresslevel=level)) == spz_payload(scene).tobytes()
+    with pytest.raises(ValueError, match="ISA-L level"):
+        encode_spz(scene, compresslevel=6)
+    empty = scene.select(np.arange(0))
+    assert gzip.decompress(encode_spz(empty)) == spz_payload(empty).tobytes()
+    assert decode_spz(encode_spz(empty)).num_gaussians == 0
 
 
 def test_spz_rejects_other_streams() -> None:
