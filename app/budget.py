@@ -6,9 +6,9 @@ Two rules, both vectorised (numpy; no loop over Gaussians):
 Gaussians on a square grid over the photo, ``layers x side x side`` (2 x 768 x 768 at full size, 2 x 256 x
 256 for `tiny`), stored layer by layer, row by row (index = (layer * side + row) * side + column).
 `grid_of` recognises that layout from the count and from the centres (each projects near its cell at the
-input view). First the hidden Gaussians go: those whose importance (below) is under ``HIDDEN`` x the mean,
-least important first, at most as many as the budget removes (mostly the second layer where the first
-hides it: dropping them costs the image almost nothing, merging them would smear them into what is seen).
+input view). First the least important go: those whose importance (below) is under ``DROP_BELOW`` x the
+mean, least important first, at most as many as the budget removes (the second layer where the first hides
+it, and faint ones: dropping them costs the image little, merging them would smear them into what is seen).
 Then the budget climbs a pyramid of that grid: at level l the cells are blocks of 2^l x 2^l grid
 cells, one layer at a time. In a block, the Gaussians (of the level below) are sorted by depth and split
 where a depth gap exceeds ``SLOPE x 2^l x pitch / f_px`` of the depth (pitch: a grid cell in pixels),
@@ -72,9 +72,9 @@ SLOPE = 2.0
 """Depth gap that splits a block before merging, in units of the block's width at that depth: at level l
 a gap over ``SLOPE x 2^l x pitch / f_px`` of the depth (measured, docs/formats.md)."""
 
-HIDDEN = 0.5
+DROP_BELOW = 1.0
 """Gaussians whose importance is under this fraction of the mean are dropped before any merge (at most as
-many as the budget removes): mostly SHARP's second layer where the first hides it (measured,
+many as the budget removes): SHARP's second layer where the first hides it, and faint ones (measured,
 docs/formats.md)."""
 
 GRID_LAYERS = (2, 1)
@@ -317,13 +317,16 @@ def merge_moments(weights: np.ndarray, positions: np.ndarray, covariance: np.nda
     return total, means, mean(second), mean(colors)
 
 
-def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tuple[int, int]) -> GaussianScene:
+def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tuple[int, int], *,
+                    drop_below: float = DROP_BELOW) -> GaussianScene:
     """The scene merged up its grid's pyramid to exactly `budget_count` Gaussians (module docstring).
 
     Args:
         scene: the Gaussians, laid out as `grid` says (`grid_of`).
         max_gaussians: the budget.
         grid: (layers, side).
+        drop_below: those under this fraction of the mean importance are dropped first (0: only merges, but
+            for the last few).
 
     Raises:
         BudgetError: a budget outside the accepted range (see `budget_count`).
@@ -346,11 +349,11 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
         "first": np.arange(n),  # the first (lowest) index of the Gaussians merged into it: the output order
         "source": np.arange(n),  # its index in `scene` if it is one of its Gaussians unchanged, else -1
     }
-    # The hidden ones first (the least important, under HIDDEN x the mean), then merges.
+    # The least important first (under drop_below x the mean), then merges.
     importance_all = nodes["importance"]
-    hidden = min(n - target, int(np.count_nonzero(importance_all < HIDDEN * importance_all.mean())))
-    if hidden:
-        visible = np.sort(np.argsort(importance_all, kind="stable")[hidden:])
+    dropped = min(n - target, int(np.count_nonzero(importance_all < drop_below * importance_all.mean())))
+    if dropped:
+        visible = np.sort(np.argsort(importance_all, kind="stable")[dropped:])
         nodes = {name: values[visible] for name, values in nodes.items()}
     index = nodes["first"]
     layer, row, column = index // (side * side), (index // side) % side, index % side

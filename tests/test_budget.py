@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from app.budget import (
-    HIDDEN,
     UPPER,
     BudgetError,
     apply_budget,
@@ -24,6 +23,7 @@ from app.budget import (
     importance,
     keep_most_important,
     merge_moments,
+    merge_to_budget,
     parse_max_gaussians,
     projected_areas,
 )
@@ -196,12 +196,11 @@ def test_merging_keeps_the_weighted_moments_of_each_group() -> None:
 
 
 def test_a_merged_wall_keeps_its_moments_and_its_coverage() -> None:
-    # A 4 x 4 wall at 2 m, on its grid: a budget of 4 merges each 2 x 2 block into one Gaussian.
+    # A 4 x 4 wall at 2 m, on its grid: a budget of 4 merges each 2 x 2 block into one Gaussian (none
+    # dropped first: drop_below=0).
     scene = wall(4, np.full((4, 4), 2.0))
     assert grid_of(scene) == (1, 4)
-    scores = importance(scene)
-    assert scores.min() > HIDDEN * scores.mean()  # all in view: none dropped as hidden, all merged
-    merged = apply_budget(scene, 4)
+    merged = merge_to_budget(scene, 4, (1, 4), drop_below=0.0)
     assert merged.num_gaussians == 4
     before, after = moments(scene), moments(merged)
     for name in before:  # float32 storage of the merged values: agreement to about 1e-6
@@ -222,11 +221,11 @@ def test_a_depth_edge_is_not_merged_across() -> None:
     # Left half at 1 m, right half at 5 m: a budget of half merges neighbours on each side, never across.
     depths = np.where(np.arange(4)[None, :] < 2, 1.0, 5.0).repeat(4, axis=0)
     scene = wall(4, depths)
-    merged = apply_budget(scene, 8)
+    merged = merge_to_budget(scene, 8, (1, 4), drop_below=0.0)
     assert merged.num_gaussians == 8
     np.testing.assert_allclose(np.sort(merged.positions[:, 2]), [1.0] * 4 + [5.0] * 4, rtol=1e-6)
     # At 2 the pyramid's top level merges what is left (each side into one).
-    top = apply_budget(scene, 2)
+    top = merge_to_budget(scene, 2, (1, 4), drop_below=0.0)
     np.testing.assert_allclose(np.sort(top.positions[:, 2]), [1.0, 5.0], rtol=1e-6)
 
 
