@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.budget import MaxGaussians, budget_count, keep_most_important
+from app.budget import MaxGaussians, apply_budget, budget_count
 from app.imaging import LoadedImage, load_image
 from app.outputs import check_options
 from app.prediction import Prediction
@@ -103,8 +103,9 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Predicti
         outputs: see `Outputs`; every name and option is checked before anything is decoded.
         filename: the upload's name when `source` is bytes (the outputs' file stem).
         f_px: focal length in pixels of the photo (checked by the caller); None: EXIF, else 30 mm equivalent.
-        max_gaussians: the budget, a count or a fraction (`app.budget`); every output, renders included, is
-            made from the Gaussians kept, and `result.prediction.num_predicted` says how many there were.
+        max_gaussians: the budget, a count or a fraction (`app.budget.apply_budget`: neighbours merged on the
+            prediction's grid); every output, renders included, is made from the Gaussians kept, and
+            `result.prediction.num_predicted` says how many there were.
             None: all of them.
         max_pixels: the largest photo accepted (width x height).
         progress: `progress(stage, fraction)` as the stages go (see `ProgressCallback`).
@@ -148,7 +149,7 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Predicti
         prediction = adjust(prediction)
     if max_gaussians is not None:
         with _timed(timings, "budget"):
-            prediction = replace(prediction, scene=keep_most_important(prediction.scene, max_gaussians),
+            prediction = replace(prediction, scene=apply_budget(prediction.scene, max_gaussians),
                                  num_predicted=prediction.num_predicted)
     encoded: dict[str, EncodedOutput] = {}
     encode_ms_total = 0.0

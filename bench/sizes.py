@@ -1,14 +1,17 @@
 """Size against quality of the scene files, and the splat budget, against PlayCanvas's splat-transform.
 
-One full-size scene (the network with the conformance kit's seed-0 weights, on the conformance photo,
-f_px given) is written as PLY (float32, the reference), SPZ, our SOG and splat-transform's SOG made from
-our PLY. For each: bytes, encode seconds, and the PSNR of our renderer's image of the decoded file against
-the float32 PLY's, at the input view and four orbit views (`camera_path(scene, "orbit", 5)`; PSNR over
-the five views is that of their mean squared error, colours in [0, 1]). Then the budget curve at 50 %,
-25 % and 10 %: our `keep_most_important` against splat-transform's ``--decimate`` and
-``--decimate-adaptive`` to the same counts, at the same five views.
+One full-size scene (1,179,648 Gaussians: by default the `tiny_full` preset with its synthetic weights,
+predicted in seconds; ``--preset sharp``: the full network with the conformance kit's seed-0 weights,
+minutes; both on the conformance photo, f_px given) is written as PLY (float32, the reference), SPZ, our
+SOG and splat-transform's SOG made from our PLY. For each: bytes, encode seconds, and the PSNR of our
+renderer's image of the decoded file against the float32 PLY's, at the input view and four orbit views
+(`camera_path(scene, "orbit", 5)`; PSNR over the five views is that of their mean squared error, colours
+in [0, 1]). Then the budget curve at 50 %, 25 % and 10 %: our `apply_budget` (merging on the grid) and
+`keep_most_important` (dropping) against splat-transform's ``--decimate`` and ``--decimate-adaptive`` to
+the same counts, at the same five views.
 
-The predicted scene is cached (``--cache``, a PLY) between runs: the forward pass takes minutes on a CPU.
+The predicted scene is cached (``--cache``, a PLY) between runs (the `sharp` forward pass takes minutes on
+a CPU).
 splat-transform runs with ``-g cpu`` (no GPU here). Run: ``nice python -m bench.sizes``.
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/sizes.py` works too
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.budget import budget_count, keep_most_important
+from app.budget import apply_budget, budget_count, keep_most_important
 from app.formats.ply import encode_ply, read_ply
 from app.formats.sog import decode_sog, encode_sog
 from app.formats.spz import decode_spz, encode_spz
@@ -42,8 +45,9 @@ F_PX = 500.0
 BUDGETS = (0.5, 0.25, 0.1)
 
 
-def predict_scene(cache: Path) -> GaussianScene:
-    """The full-size prediction (seed-0 conformance weights, coffee.png, f_px 500), cached as our PLY."""
+def predict_scene(cache: Path, preset: str) -> GaussianScene:
+    """The full-size prediction of `preset` (``tiny_full``: synthetic weights; ``sharp``: seed-0 conformance
+    weights) on coffee.png at f_px 500, cached as our PLY."""
     if cache.is_file():
         return read_ply(cache)
     from app.files import write_atomically
@@ -52,7 +56,10 @@ def predict_scene(cache: Path) -> GaussianScene:
     from app.predictor import SharpPredictor
     from bench.common import conformance_network
 
-    predictor = SharpPredictor(conformance_network(), weights="file", device="cpu")
+    if preset == "sharp":
+        predictor = SharpPredictor(conformance_network(), weights="file", device="cpu")
+    else:
+        predictor = SharpPredictor.load(preset, device="cpu", progress=False, synthetic=True)
     scene = predictor.predict(load_image(PHOTO), f_px=F_PX).scene
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(cache, iter_ply_chunks(scene))
@@ -96,11 +103,15 @@ def row(name: str, size: int | str, seconds: float, psnr: tuple[float, list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sharp-serve" / "bench_sizes.ply")
+    parser.add_argument("--preset", choices=["tiny_full", "sharp"], default="tiny_full",
+                        help="the network that predicts the scene (default tiny_full; sharp: conformance weights)")
+    parser.add_argument("--cache", type=Path, help="the predicted scene's PLY (default "
+                        "~/.cache/sharp-serve/bench_sizes_<preset>.ply)")
     parser.add_argument("--size", type=int, default=600, help="longest side of the rendered views, pixels")
     args = parser.parse_args()
 
-    scene = predict_scene(args.cache)
+    cache = args.cache or Path.home() / ".cache" / "sharp-serve" / f"bench_sizes_{args.preset}.ply"
+    scene = predict_scene(cache, args.preset)
     n = scene.num_gaussians
     views = Views(scene, args.size)
     print(f"scene: {n:,} Gaussians, {scene.image_width}x{scene.image_height} px, f_px {scene.f_px}; "
@@ -130,29 +141,39 @@ def main() -> None:
         row("SOG (splat-transform, from our PLY)", len(theirs), theirs_seconds, theirs_psnr)
 
         budget_psnr: dict[float, tuple[float, float]] = {}
+        budget_seconds: dict[float, tuple[float, float]] = {}
         for fraction in BUDGETS:
             count = budget_count(fraction, n)
             start = time.perf_counter()
-            kept = keep_most_important(scene, fraction)
+            merged = apply_budget(scene, fraction)
             seconds = time.perf_counter() - start
-            ours = views.psnr(kept)
-            row(f"budget {fraction:.0%}: ours", count, seconds, ours)
-            best = -np.inf
+            ours = views.psnr(merged)
+            row(f"budget {fraction:.0%}: ours (merge)", merged.num_gaussians, seconds, ours)
+            start = time.perf_counter()
+            kept = keep_most_important(scene, fraction)
+            row(f"budget {fraction:.0%}: ours, dropping only", count, time.perf_counter() - start, views.psnr(kept))
+            best, decimate_seconds = -np.inf, 0.0
             for flag in ("--decimate", "--decimate-adaptive"):
                 out = folder / f"decimated{flag}.ply"
-                seconds = splat_transform(str(folder / "scene.ply"), str(out), flag, str(count))
+                flag_seconds = splat_transform(str(folder / "scene.ply"), str(out), flag, str(count))
+                decimate_seconds = decimate_seconds or flag_seconds
                 decimated = read_ply(out)
                 result = views.psnr(decimated)
-                row(f"budget {fraction:.0%}: splat-transform {flag}", decimated.num_gaussians, seconds, result)
+                row(f"budget {fraction:.0%}: splat-transform {flag}", decimated.num_gaussians, flag_seconds, result)
                 best = max(best, result[0])
             budget_psnr[fraction] = (ours[0], best)
+            budget_seconds[fraction] = (seconds, decimate_seconds)
 
     print(f"sog_encode_seconds: {sog_seconds:.2f} (splat-transform {theirs_seconds:.2f}, including node's start)")
     print(f"sog_bytes_vs_splat_transform: {len(sog) / len(theirs):.4f}")
     print(f"sog_psnr_db: {sog_psnr[0]:.2f}")
     print(f"splat_transform_sog_psnr_db: {theirs_psnr[0]:.2f}")
-    print(f"budget25_psnr_db: {budget_psnr[0.25][0]:.2f}")
-    print(f"splat_transform_budget25_psnr_db: {budget_psnr[0.25][1]:.2f}")
+    for fraction in BUDGETS:
+        percent = round(fraction * 100)
+        print(f"budget{percent}_psnr_db: {budget_psnr[fraction][0]:.2f}")
+        print(f"splat_transform_budget{percent}_psnr_db: {budget_psnr[fraction][1]:.2f}")
+        print(f"budget{percent}_seconds: {budget_seconds[fraction][0]:.2f} (splat-transform --decimate "
+              f"{budget_seconds[fraction][1]:.2f}, including node's start)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The splat budget (`app.budget`): the accepted range, exact counts, the rule on a constructed scene, and the
-image it leaves at the input view of a real tiny-preset scene, against keeping the most opaque."""
+"""The splat budget (`app.budget`): the accepted range, exact counts, the dropping rule and the merging rule on
+constructed scenes (moments kept, depth edges not merged), and the images they leave of a real tiny-preset
+scene: merging closer to the full scene than dropping, dropping closer than keeping the most opaque."""
 
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ import numpy as np
 import pytest
 
 from app.budget import (
+    UPPER,
     BudgetError,
+    apply_budget,
     budget_count,
     check_max_gaussians,
+    covariances,
+    full_matrices,
+    grid_of,
     importance,
     keep_most_important,
+    merge_moments,
+    merge_to_budget,
     parse_max_gaussians,
+    projected_areas,
 )
 from app.errors import InvalidRequestError
+from app.formats import read_ply
 from app.gaussians import GaussianScene
 from app.outputs import encode
-from app.render import input_camera, render
+from app.render import camera_path, input_camera, render
 from app.render.camera import scaled_size
 from tests.helpers import prediction_of
 
@@ -132,3 +142,127 @@ def test_a_quarter_looks_better_than_the_most_opaque_quarter(tiny_photo_scene: G
     ours = psnr(image(keep_most_important(tiny_photo_scene, 0.25)), full)
     opacity_only = psnr(image(tiny_photo_scene.select(most_opaque)), full)
     assert ours > opacity_only + 0.5, (ours, opacity_only)
+
+
+def wall(side: int, depths: np.ndarray, seed: int = 0) -> GaussianScene:
+    """One layer of `side` x `side` Gaussians on the grid of a 600 x 400 photo (f_px 500), each at the depth
+    `depths[row, column]` in metres, with random colours, opacities in [0.3, 0.6] and random shapes of about a
+    third of a grid cell."""
+    rng = np.random.default_rng(seed)
+    row, column = np.divmod(np.arange(side * side), side)
+    z = depths.reshape(-1).astype(np.float64)
+    u, v = (column + 0.5) * 600 / side - 300, (row + 0.5) * 400 / side - 200
+    positions = np.stack([u * z / 500, v * z / 500, z], axis=1)
+    rotations = rng.normal(size=(side * side, 4))
+    return GaussianScene(
+        positions=positions.astype(np.float32),
+        scales=(np.sort(rng.uniform(0.2, 0.4, (side * side, 3)), axis=1)[:, ::-1] * (400 / side) * z[:, None] / 500
+                ).astype(np.float32),
+        rotations=(rotations / np.linalg.norm(rotations, axis=1, keepdims=True)).astype(np.float32),
+        colors=rng.uniform(0, 1, (side * side, 3)).astype(np.float32),
+        opacities=rng.uniform(0.3, 0.6, side * side).astype(np.float32), f_px=500.0, image_width=600,
+        image_height=400,
+    )
+
+
+def moments(scene: GaussianScene) -> dict[str, np.ndarray]:
+    """The totals a merge keeps: sum w, sum w mean, sum w colour, sum w (covariance + mean mean^T), with
+    w = opacity x projected area at the input view."""
+    w = scene.opacities.astype(np.float64) * projected_areas(scene)
+    mean = scene.positions.astype(np.float64)
+    second = full_matrices(covariances(scene)) + mean[:, :, None] * mean[:, None, :]
+    return {"weight": w.sum(), "mean": w @ mean, "colour": w @ scene.colors.astype(np.float64),
+            "second": np.einsum("n,nij->ij", w, second)}
+
+
+def test_merging_keeps_the_weighted_moments_of_each_group() -> None:
+    rng = np.random.default_rng(1)
+    weights, positions = rng.uniform(0.1, 2, 10), rng.normal(size=(10, 3))
+    axes = rng.normal(size=(10, 3, 3))
+    covariance, colors = axes @ axes.transpose(0, 2, 1), rng.uniform(0, 1, (10, 3))
+    groups = np.array([0, 0, 1, 2, 2, 2, 1, 0, 3, 2])
+    upper = np.stack([covariance[:, i, j] for i, j in UPPER], axis=1)
+    total, mean, merged_upper, colour = merge_moments(weights, positions, upper, colors, groups, 4)
+    merged = full_matrices(merged_upper)
+    for g in range(4):
+        w, p = weights[groups == g], positions[groups == g]
+        assert total[g] == pytest.approx(w.sum())
+        np.testing.assert_allclose(mean[g], w @ p / w.sum())
+        np.testing.assert_allclose(colour[g], w @ colors[groups == g] / w.sum())
+        spread = p - mean[g]
+        expected = (np.einsum("n,nij->ij", w, covariance[groups == g]) + np.einsum("n,ni,nj->ij", w, spread, spread))
+        np.testing.assert_allclose(merged[g], expected / w.sum())
+        assert np.all(np.linalg.eigvalsh(merged[g]) > 0)
+
+
+def test_a_merged_wall_keeps_its_moments_and_its_coverage() -> None:
+    # A 4 x 4 wall at 2 m, on its grid: a budget of 4 merges each 2 x 2 block into one Gaussian (none
+    # dropped first: drop_below=0).
+    scene = wall(4, np.full((4, 4), 2.0))
+    assert grid_of(scene) == (1, 4)
+    merged = merge_to_budget(scene, 4, (1, 4), drop_below=0.0)
+    assert merged.num_gaussians == 4
+    before, after = moments(scene), moments(merged)
+    for name in before:  # float32 storage of the merged values: agreement to about 1e-6
+        np.testing.assert_allclose(after[name], before[name], rtol=2e-5, atol=1e-9)
+    # Each merged one sits at its block's weighted centre, in the grid order of its block's first Gaussian.
+    block = ((np.arange(16) // 4) // 2) * 2 + (np.arange(16) % 4) // 2
+    w = scene.opacities.astype(np.float64) * projected_areas(scene)
+    for b in range(4):
+        centre = w[block == b] @ scene.positions[block == b] / w[block == b].sum()
+        np.testing.assert_allclose(merged.positions[b], centre, rtol=1e-5)
+    # The light the block added spreads over the merged one's larger ellipse: less opaque, not transparent.
+    assert np.all(merged.opacities < scene.opacities.max()) and np.all(merged.opacities > 0.05)
+    np.testing.assert_allclose(np.linalg.norm(merged.rotations, axis=1), 1, rtol=1e-6)
+    assert np.all(np.diff(merged.scales, axis=1) <= 0)
+
+
+def test_a_depth_edge_is_not_merged_across() -> None:
+    # Left half at 1 m, right half at 5 m: a budget of half merges neighbours on each side, never across.
+    depths = np.where(np.arange(4)[None, :] < 2, 1.0, 5.0).repeat(4, axis=0)
+    scene = wall(4, depths)
+    merged = merge_to_budget(scene, 8, (1, 4), drop_below=0.0)
+    assert merged.num_gaussians == 8
+    np.testing.assert_allclose(np.sort(merged.positions[:, 2]), [1.0] * 4 + [5.0] * 4, rtol=1e-6)
+    # At 2 the pyramid's top level merges what is left (each side into one).
+    top = merge_to_budget(scene, 2, (1, 4), drop_below=0.0)
+    np.testing.assert_allclose(np.sort(top.positions[:, 2]), [1.0, 5.0], rtol=1e-6)
+
+
+def test_a_scene_off_its_grid_is_budgeted_by_dropping(tiny_photo_scene: GaussianScene) -> None:
+    shuffled = tiny_photo_scene.select(np.random.default_rng(0).permutation(tiny_photo_scene.num_gaussians))
+    assert grid_of(tiny_photo_scene) == (2, 256) and grid_of(shuffled) is None
+    np.testing.assert_array_equal(apply_budget(shuffled, 0.25).positions, keep_most_important(shuffled, 0.25).positions)
+    assert apply_budget(tiny_photo_scene, None) is tiny_photo_scene
+    assert apply_budget(tiny_photo_scene, tiny_photo_scene.num_gaussians) is tiny_photo_scene
+
+
+def test_merged_counts_are_exact(tiny_photo_scene: GaussianScene) -> None:
+    n = tiny_photo_scene.num_gaussians
+    for budget in (1, 1000, n - 1, 0.1, 0.5):
+        merged = apply_budget(tiny_photo_scene, budget)
+        assert merged.num_gaussians == budget_count(budget, n)
+        assert np.isfinite(merged.positions).all() and np.isfinite(merged.scales).all()
+    with pytest.raises(BudgetError, match="max_gaussians must be a count"):
+        apply_budget(tiny_photo_scene, n + 1)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.1])
+def test_a_merged_ply_renders_closer_to_the_full_scene_than_dropping(tiny_photo_scene: GaussianScene,
+                                                                    fraction: float) -> None:
+    # The budgeted PLY, read back, holds the count asked for; our renderer's images of it at the input view
+    # and along the orbit are closer to the full scene's than those of the dropping rule's.
+    k = budget_count(fraction, tiny_photo_scene.num_gaussians)
+    merged = apply_budget(tiny_photo_scene, fraction)
+    read_back = read_ply(encode(replace(prediction_of(tiny_photo_scene), scene=merged), "ply"))
+    assert read_back.num_gaussians == k
+    cameras = camera_path(tiny_photo_scene, "orbit", 3, scaled_size(600, 400, 150))
+
+    def mse(scene: GaussianScene) -> float:
+        full = [render(tiny_photo_scene, camera).color.clamp(0, 1).numpy() for camera in cameras]
+        return float(np.mean([np.mean((render(scene, camera).color.clamp(0, 1).numpy() - image) ** 2)
+                              for camera, image in zip(cameras, full, strict=True)]))
+
+    merged_db, dropped_db = -10 * math.log10(mse(read_back)), -10 * math.log10(
+        mse(keep_most_important(tiny_photo_scene, fraction)))
+    assert merged_db > dropped_db + 1.0, (merged_db, dropped_db)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from app import pipeline
-from app.budget import BudgetError, keep_most_important
+from app.budget import BudgetError, apply_budget, grid_of
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.focal import check_f_px
 from app.formats import encode_ply, read_ply
@@ -91,12 +91,14 @@ def test_bad_outputs_fail_before_anything_is_decoded(tiny: SharpPredictor, outpu
 
 
 def test_a_budget_is_kept_once_and_every_output_is_made_of_it(tiny: SharpPredictor) -> None:
-    """The Gaussians kept are the budget rule's at the input view; every output, the render too, has them."""
+    """The Gaussians kept are the budget rule's (merged on the prediction's grid); every output, the render too,
+    has them."""
     full = pipeline.run(tiny, photo(), {"preview": {"size": 64}})
     result = pipeline.run(tiny, photo(), {"ply": {}, "spz": {}, "json": {"encoding": "base64"},
                                           "preview": {"size": 64}}, max_gaussians=0.25)
     predicted = tiny.info.num_gaussians
-    kept = keep_most_important(full.prediction.scene, 0.25)
+    assert grid_of(full.prediction.scene) == (2, 256)  # on its grid: merged
+    kept = apply_budget(full.prediction.scene, 0.25)
     assert result.prediction.num_predicted == full.prediction.scene.num_gaussians == predicted
     assert result.prediction.scene.num_gaussians == kept.num_gaussians == round(predicted / 4)
     np.testing.assert_array_equal(result.prediction.scene.positions, kept.positions)

@@ -46,8 +46,8 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--vertex-only", action="store_true", help="PLY only: write just the vertex element "
                          "(the same as --format ply_vertex)")
     predict.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
-                         help="a splat budget for every output (the preview too): keep only the N Gaussians (or "
-                              "the fraction F in (0, 1]) that matter most to the image; default: all")
+                         help="a splat budget for every output (the preview too): merge neighbouring Gaussians "
+                              "down to N (or the fraction F in (0, 1]); default: all")
     predict.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                          help="a photo: also render the scene from its viewpoint into OUT_DIR/<stem>.png (our "
                               "PyTorch renderer; no CUDA needed); default off. A clip: write OUT_DIR/preview.mp4 "

@@ -61,8 +61,8 @@ def add_parser(commands: Any) -> None:
                         "(default: ply)")
     remote.add_argument("--f-px", type=f_px_option, help="focal length in pixels (default: from EXIF, else 30 mm)")
     remote.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
-                        help="a splat budget for every output: keep only the N Gaussians (or the fraction F in "
-                             "(0, 1]) that matter most to the image; default: all")
+                        help="a splat budget for every output: merge neighbouring Gaussians down to N (or the "
+                             "fraction F in (0, 1]); default: all")
     video.add_arguments(remote)
     remote.set_defaults(run=run)
 

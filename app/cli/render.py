@@ -60,8 +60,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--depth", action="store_true", help="still image: write the depth map (near = bright)")
     parser.add_argument("--background", default="black", help="black, white, gray or #rrggbb (default black)")
     parser.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",
-                        help="draw only the N Gaussians (or the fraction F in (0, 1]) that matter most at the "
-                             "file's camera (the budget of `predict --max-gaussians`); default: all")
+                        help="draw N Gaussians (or the fraction F in (0, 1]): the budget of `predict --max-gaussians`, "
+                             "merged on the grid of a predicted scene's PLY, else the N that matter most at the "
+                             "file's camera; default: all")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.set_defaults(run=run)
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from app.budget import keep_most_important
+    from app.budget import apply_budget
     from app.files import write_atomically
     from app.render.pictures import output_size, render_still, video_chunks
     from app.render.scene_io import load_scene
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     scene = load_scene(args.scene)
     num_predicted = scene.num_gaussians
-    scene = keep_most_important(scene, args.max_gaussians)
+    scene = apply_budget(scene, args.max_gaussians)
     loaded = time.perf_counter()
     if fmt in IMAGE_FORMATS:
         chunks = iter([render_still(scene, depth=args.depth, **options)])

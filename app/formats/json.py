@@ -50,7 +50,7 @@ def encode_json(
     """The scene as a JSON document (UTF-8 bytes); see the module docstring for the shape.
 
     Args:
-        scene: the Gaussians (`app.budget.keep_most_important` caps their number).
+        scene: the Gaussians (`app.budget.apply_budget` caps their number).
         metadata: extra JSON-serialisable fields (numpy scalars allowed) for the "metadata" object;
             "color_space", "num_gaussians" and "encoding" are set by this function.
         encoding: "list" (nested arrays) or "base64" (packed float32).

@@ -47,7 +47,7 @@ One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.
   Gaussians as number lists): use `max_gaussians` and/or `encoding=base64` (packed float32, about half
   the size and much faster to parse).
 * `max_gaussians` (every predict route, `/render`, `/jobs`): a count or a fraction (`0.25`) of the
-  Gaussians to keep, the ones that matter most to the image; `X-Sharp-Num-Gaussians` says how many are in
+  Gaussians to keep, neighbours merged on the photo's grid; `X-Sharp-Num-Gaussians` says how many are in
   the response, `X-Sharp-Num-Gaussians-Predicted` how many were predicted.
 
 Every prediction names its model in `X-Sharp-Preset` / `X-Sharp-Weights` (`synthetic` means a test

@@ -39,9 +39,9 @@ def _budget(text: str | None) -> Budget | None:
 
 
 MaxGaussians = Annotated[str | None, Form(
-    description=f"A splat budget: keep only the Gaussians that matter most to the image (opacity x on-screen "
-                f"size x visibility at the input view), in their original order; {ACCEPTED} (e.g. `100000` or "
-                "`0.25`). Every output is made from the kept ones. Default: all.",
+    description=f"A splat budget: neighbouring Gaussians merged (moments kept, never across a depth edge) "
+                f"until this many are left; {ACCEPTED} (e.g. `100000` or `0.25`). Every output is made from "
+                "them. Default: all.",
     examples=["0.25"],
 ), AfterValidator(_budget)]  # bad: a 422 `validation_error` naming the field; above the count: a 422 before decoding
 JsonEncoding = Annotated[Encoding, Form(

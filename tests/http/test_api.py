@@ -26,11 +26,11 @@ from plyfile import PlyData
 from starlette.types import Message
 
 from app import __version__
-from app.budget import keep_most_important
+from app.budget import apply_budget
 from app.formats import read_ply
 from app.formats.sog import decode_sog, morton_order, quantize_positions
 from app.formats.spz import decode_spz
-from app.gaussians import SH_C0, GaussianScene
+from app.gaussians import SH_C0, GaussianScene, srgb_to_linear
 from app.http import create_app
 from app.http.schemas import ApiInfo, HealthResponse, PredictResponse
 from app.outputs import FORMATS, SCENE_FORMATS
@@ -359,22 +359,21 @@ def test_base64_equals_list(client: httpx.Client) -> None:
         np.testing.assert_array_equal(as_base64[name], value)
 
 
-def test_max_gaussians_keeps_the_most_important(client: httpx.Client, coffee: bytes,
-                                               coffee_json: dict[str, Any]) -> None:
+def test_max_gaussians_merges_by_the_budget_rule(client: httpx.Client, coffee: bytes,
+                                                coffee_json: dict[str, Any]) -> None:
     response = client.post("/predict", files={"file": ("coffee.png", coffee)}, data={"max_gaussians": "1000"})
     assert response.status_code == 200
     body = response.json()
     assert (body["metadata"]["num_gaussians"], body["metadata"]["total_gaussians"]) == (1000, TINY_GAUSSIANS)
     full, kept = arrays(coffee_json), arrays(body)
-    # The kept rows are rows of the full scene, in their original order.
-    index = {row.tobytes(): i for i, row in enumerate(full["positions"])}
-    rows = [index[row.tobytes()] for row in kept["positions"]]
-    assert rows == sorted(rows)
-    np.testing.assert_array_equal(full["colors"][rows], kept["colors"])
+    # The budget rule (`apply_budget`, merging on the grid) applied to the full scene read back from its JSON
+    # (sRGB colours made linear again, so equal to float32 rounding) gives the same Gaussians.
     meta = coffee_json["metadata"]
-    scene = GaussianScene(full["positions"], full["scales"], full["rotations"], full["colors"],
+    scene = GaussianScene(full["positions"], full["scales"], full["rotations"], srgb_to_linear(full["colors"]),
                           full["opacities"][:, 0], meta["f_px"], meta["image_width"], meta["image_height"])
-    np.testing.assert_array_equal(keep_most_important(scene, 1000).positions, kept["positions"])
+    expected = apply_budget(scene, 1000)
+    np.testing.assert_allclose(kept["positions"], expected.positions, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(kept["colors"], expected.colors_srgb(), atol=1e-4)
 
 
 # -------------------------------------------------------------------------------------------- errors
