@@ -1,6 +1,6 @@
 """Benchmark of the output formats on a full-size scene (1,179,648 Gaussians).
 
-    .venv/bin/python bench/formats.py [--preset tiny_full | --ply REAL.ply] [--repeat 3] [--size 768]
+    .venv/bin/python -m bench.formats [--preset tiny_full | --ply REAL.ply] [--repeat 3] [--size 768]
 
 Builds a realistic scene (2 layers x 768 x 768 per-pixel Gaussians, colours from the conformance photo,
 a smooth synthetic depth, small scales, opacities ~0.45 +- 0.07, near-identity rotations with noise), or

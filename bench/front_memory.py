@@ -1,6 +1,6 @@
 """Peak memory of Modal's CPU front (`deploy.front.Front`) while it passes on 8 concurrent full-size JSON answers.
 
-    python bench/front_memory.py [--requests 8] [--modes stream whole]
+    python -m bench.front_memory [--requests 8] [--modes stream whole]
 
 Three kinds of process, so that each one's memory is its own:
 

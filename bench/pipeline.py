@@ -1,6 +1,6 @@
 """Per-stage timing of one full-size request on this machine's CPU, and how close the forward is to the roof.
 
-    python bench/pipeline.py [--preset sharp|tiny] [--image PATH] [--threads N]
+    python -m bench.pipeline [--preset sharp|tiny] [--image PATH] [--threads N]
 
 Prints decode, preprocess (resize), forward, postprocess (unprojection + covariance decomposition) and
 encode (PLY) times, peak memory, the forward's FLOPs and achieved GFLOP/s, and a float32 matrix product's

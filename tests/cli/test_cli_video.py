@@ -118,7 +118,7 @@ def test_clips_that_lie_are_one_error_line(tmp_path: Path) -> None:
     for index, (data, flags, message) in enumerate(cases):
         clip = tmp_path / f"clip{index}.avi"
         clip.write_bytes(data)
-        run = run_cli("predict", "-i", str(clip), "-o", out, "--preset", "tiny", *flags)
+        run = run_cli("predict", "-i", str(clip), "-o", out, "--preset", "tiny", "--fps", "all", *flags)
         lines = [line for line in run.stderr.strip().splitlines() if not line.startswith("warning: synthetic")]
         assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (message, run.stderr)
         assert message in lines[0], (message, run.stderr)
