@@ -32,7 +32,8 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/si
 
 from app.budget import apply_budget, budget_count, keep_most_important
 from app.formats.ply import encode_ply, read_ply
-from app.formats.sog import decode_sog, encode_sog
+from app.formats.sog import encode_sog
+from app.formats.sog_reader import decode_sog
 from app.formats.spz import decode_spz, encode_spz
 from app.gaussians import GaussianScene
 from app.render import camera_path, prepare_scene, render

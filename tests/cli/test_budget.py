@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.cli import main
 from app.formats import decode_spz, read_ply
-from app.formats.sog import decode_sog
+from app.formats.sog_reader import decode_sog
 from app.http import create_app
 from app.predictor import SharpPredictor
 from tests.helpers import LiveServer, digest, tiny_settings

@@ -23,7 +23,8 @@ import torch
 
 from app.formats.json import encode_json
 from app.formats.ply import encode_ply, ply_num_bytes, read_ply
-from app.formats.sog import decode_sog, encode_sog, kmeans_1d, log_transform
+from app.formats.sog import encode_sog, kmeans_1d, log_transform
+from app.formats.sog_reader import decode_sog
 from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
 from app.gaussians import GaussianScene

@@ -27,7 +27,6 @@ from PIL import Image
 
 from app.formats.ply import encode_ply, read_ply
 from app.formats.sog import (
-    decode_sog,
     encode_sog,
     image_size,
     kmeans_1d,
@@ -35,6 +34,7 @@ from app.formats.sog import (
     morton_order,
     quantize_positions,
 )
+from app.formats.sog_reader import decode_sog
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb
 from app.outputs import FORMATS
 from app.render import load_scene

@@ -28,7 +28,8 @@ from starlette.types import Message
 from app import __version__
 from app.budget import apply_budget
 from app.formats import read_ply
-from app.formats.sog import decode_sog, morton_order, quantize_positions
+from app.formats.sog import morton_order, quantize_positions
+from app.formats.sog_reader import decode_sog
 from app.formats.spz import decode_spz
 from app.gaussians import SH_C0, GaussianScene, srgb_to_linear
 from app.http import create_app

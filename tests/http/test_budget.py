@@ -16,7 +16,7 @@ from plyfile import PlyData
 
 from app.budget import apply_budget
 from app.formats import decode_spz, read_ply
-from app.formats.sog import decode_sog
+from app.formats.sog_reader import decode_sog
 from app.gaussians import GaussianScene
 from app.http import create_app
 from app.predictor import SharpPredictor

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from app.formats import read_ply
-from app.formats.sog import decode_sog
+from app.formats.sog_reader import decode_sog
 from app.http import create_app
 from app.predictor import SharpPredictor
 from app.settings import Settings
