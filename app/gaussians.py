@@ -91,3 +91,25 @@ class GaussianScene:
             opacities=self.opacities[indices], f_px=self.f_px,
             image_width=self.image_width, image_height=self.image_height,
         )
+
+
+def largest_components(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The component each quaternion drops in a "smallest three" encoding (SPZ, SOG).
+
+    Args:
+        columns: (4, N) quaternions as columns, in the format's component order.
+
+    Returns:
+        (N,) uint8 index of the component of largest magnitude (the first of equal ones), (N,) bool whether
+        it is negative, and the (4, N) magnitudes. Column by column, with no per-row gathers.
+    """
+    magnitudes = np.abs(columns)
+    largest = np.zeros(columns.shape[1], dtype=np.uint8)
+    negative = columns[0] < 0
+    best = magnitudes[0].copy()
+    for index in (1, 2, 3):
+        better = magnitudes[index] > best
+        np.putmask(largest, better, np.uint8(index))
+        np.putmask(negative, better, columns[index] < 0)
+        np.maximum(best, magnitudes[index], out=best)
+    return largest, negative, magnitudes

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.gaussians import SH_C0, GaussianScene, linear_to_srgb
+from app.gaussians import SH_C0, GaussianScene, largest_components, linear_to_srgb
 
 SOG_VERSION = 2
 MEDIA_TYPE = "application/zip"
@@ -220,15 +220,7 @@ def pack_quaternions(rotations: np.ndarray) -> np.ndarray:
         columns /= norm
     if not good.all():
         columns[:, ~good] = np.array([[1.0], [0.0], [0.0], [0.0]])
-    magnitudes = np.abs(columns)
-    largest = np.zeros(columns.shape[1], dtype=np.uint8)
-    negative = columns[0] < 0  # the sign of the largest
-    best = magnitudes[0].copy()
-    for index in (1, 2, 3):
-        better = magnitudes[index] > best
-        np.putmask(largest, better, np.uint8(index))
-        np.putmask(negative, better, columns[index] < 0)
-        np.maximum(best, magnitudes[index], out=best)
+    largest, negative, _ = largest_components(columns)
     sign = np.where(negative, -1.0, 1.0)
     out = np.empty((columns.shape[1], 4), dtype=np.uint8)
     # Kept columns, in increasing order, for largest = 0, 1, 2, 3: (1 2 3), (0 2 3), (0 1 3), (0 1 2).

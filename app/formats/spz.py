@@ -47,7 +47,7 @@ from isal import isal_zlib
 
 from app.formats.limits import check_deflate_ratio, check_gaussian_count, gunzip_exactly, gunzip_head
 from app.formats.splat import quantize_uint8
-from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
+from app.gaussians import SH_C0, GaussianScene, largest_components, linear_to_srgb, srgb_to_linear
 
 SPZ_MAGIC = 0x5053474E
 HEADER_STRUCT = struct.Struct("<IIIBBBB")
@@ -132,15 +132,8 @@ def _pack_smallest_three(q: np.ndarray) -> np.ndarray:
     for all four, then the three kept ones of each row are picked by the index of the largest.
     """
     columns = np.ascontiguousarray(q.T)  # (4, N)
-    magnitudes = np.abs(columns)
-    largest = np.zeros(columns.shape[1], dtype=np.uint32)  # the first of equal magnitudes, as the reference
-    negate = columns[0] < 0  # the sign of the largest
-    best = magnitudes[0].copy()
-    for index in (1, 2, 3):
-        better = magnitudes[index] > best
-        np.putmask(largest, better, np.uint32(index))
-        np.putmask(negate, better, columns[index] < 0)
-        np.maximum(best, magnitudes[index], out=best)
+    largest, negate, magnitudes = largest_components(columns)  # the first of equal magnitudes, as the reference
+    largest = largest.astype(np.uint32)
     scaled = magnitudes / _SQRT1_2
     scaled *= np.float32(_MAG_MAX)
     scaled += np.float32(0.5)
