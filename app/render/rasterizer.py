@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -177,13 +178,7 @@ def rasterize(projected: ProjectedGaussians, background: tuple[float, float, flo
 
 def _bands(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> list[tuple[int, int]]:
     """Pixel row ranges [top, bottom) of whole tile rows, each needing at most `band_pairs` pairs (or one row)."""
-    tiles_y = -(-projected.height // tile_size)
-    boxes = projected.boxes // tile_size
-    span_x = boxes[:, 1] - boxes[:, 0] + 1
-    change = torch.zeros(tiles_y + 1, dtype=torch.int64, device=boxes.device)
-    change.index_add_(0, boxes[:, 2], span_x)
-    change.index_add_(0, boxes[:, 3] + 1, -span_x)
-    per_row = torch.cumsum(change[:-1], 0).tolist()  # pairs each tile row needs
+    per_row = _pairs_per_tile_line(projected, tile_size, across="rows")
     total = sum(per_row)
     if total > MAX_PAIRS:
         raise RenderError("too_large", f"the frame needs {total:,} tile-Gaussian pairs (limit {MAX_PAIRS:,}): "
@@ -195,15 +190,22 @@ def _bands(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> li
 def _columns(projected: ProjectedGaussians, tile_size: int, band_pairs: int) -> list[tuple[int, int]]:
     """Pixel column ranges [left, right) of whole tile columns of a band, each needing at most `band_pairs`
     pairs (or one tile column): a band of one tile row can need more (every Gaussian of a scene in one row)."""
-    tiles_x = -(-projected.width // tile_size)
-    boxes = projected.boxes // tile_size
-    span_y = boxes[:, 3] - boxes[:, 2] + 1
-    change = torch.zeros(tiles_x + 1, dtype=torch.int64, device=boxes.device)
-    change.index_add_(0, boxes[:, 0], span_y)
-    change.index_add_(0, boxes[:, 1] + 1, -span_y)
-    per_column = torch.cumsum(change[:-1], 0).tolist()  # pairs each tile column of the band needs
+    per_column = _pairs_per_tile_line(projected, tile_size, across="columns")
     return [(left * tile_size, min(right * tile_size, projected.width))
             for left, right in _groups(per_column, band_pairs)]
+
+
+def _pairs_per_tile_line(projected: ProjectedGaussians, tile_size: int,
+                         across: Literal["rows", "columns"]) -> list[int]:
+    """Tile-Gaussian pairs each tile row (`across="rows"`) or tile column (`"columns"`) needs: every Gaussian
+    adds the tiles its box covers along a line to each line its box crosses (a difference array, summed)."""
+    boxes = projected.boxes // tile_size  # (N, 4) tile indices: x0, x1, y0, y1
+    crossed, covered, extent = (2, 0, projected.height) if across == "rows" else (0, 2, projected.width)
+    tiles = boxes[:, covered + 1] - boxes[:, covered] + 1
+    change = torch.zeros(-(-extent // tile_size) + 1, dtype=torch.int64, device=boxes.device)
+    change.index_add_(0, boxes[:, crossed], tiles)
+    change.index_add_(0, boxes[:, crossed + 1] + 1, -tiles)
+    return torch.cumsum(change[:-1], 0).tolist()
 
 
 def _groups(counts: list[int], budget: int) -> list[tuple[int, int]]:
