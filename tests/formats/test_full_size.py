@@ -116,12 +116,18 @@ def test_spz_size_and_our_reader(spz: bytes, scene: GaussianScene) -> None:
     np.testing.assert_allclose(back.opacities, scene.opacities, atol=0.5 / 255 + 1e-6)
 
 
+def read_back_by_splat_transform(data: bytes, suffix: str, tmp_path: Path) -> GaussianScene:
+    """Our full-size file as splat-transform reads it (converted to a PLY), all its Gaussians there."""
+    (tmp_path / f"scene{suffix}").write_bytes(data)
+    splat_transform(tmp_path / f"scene{suffix}", tmp_path / "back.ply")
+    theirs = read_ply(tmp_path / "back.ply")
+    assert theirs.num_gaussians == FULL_N
+    return theirs
+
+
 @needs_splat_transform
 def test_splat_transform_reads_our_full_size_spz(spz: bytes, tmp_path: Path) -> None:
-    (tmp_path / "scene.spz").write_bytes(spz)
-    splat_transform(tmp_path / "scene.spz", tmp_path / "back.ply")
-    theirs, ours = read_ply(tmp_path / "back.ply"), decode_spz(spz)
-    assert theirs.num_gaussians == FULL_N
+    theirs, ours = read_back_by_splat_transform(spz, ".spz", tmp_path), decode_spz(spz)
     flip = np.array([1, -1, -1], np.float32)  # splat-transform keeps SPZ's RUB axes; our reader turns them back
     np.testing.assert_allclose(theirs.positions * flip, ours.positions, atol=1e-6)
     np.testing.assert_allclose(theirs.scales, ours.scales, rtol=1e-5)
@@ -160,10 +166,7 @@ def test_sog_size_and_our_reader(sog: bytes, scene: GaussianScene) -> None:
 
 @needs_splat_transform
 def test_splat_transform_reads_our_full_size_sog(sog: bytes, tmp_path: Path) -> None:
-    (tmp_path / "scene.sog").write_bytes(sog)
-    splat_transform(tmp_path / "scene.sog", tmp_path / "back.ply")
-    theirs, ours = read_ply(tmp_path / "back.ply"), decode_sog(sog)
-    assert theirs.num_gaussians == FULL_N
+    theirs, ours = read_back_by_splat_transform(sog, ".sog", tmp_path), decode_sog(sog)
     np.testing.assert_allclose(theirs.positions, ours.positions, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(theirs.scales, ours.scales, rtol=1e-5)
     np.testing.assert_allclose(theirs.colors, ours.colors, atol=1e-5)

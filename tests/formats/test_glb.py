@@ -27,6 +27,7 @@ from app.formats.ply import encode_ply, read_ply
 from app.gaussians import SH_C0, GaussianScene, srgb_to_linear
 from app.outputs import FORMATS
 from tests.formats.gltf import Glb
+from tests.formats.test_formats import covariances as covariances_wxyz
 from tests.helpers import random_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,15 +45,9 @@ needs_splat_transform = pytest.mark.skipif(shutil.which("node") is None or not S
 
 
 def covariances(scales: np.ndarray, quaternions_xyzw: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) R diag(s^2) R^T in float64, R as the extension's specification writes it for (x, y, z, w)."""
-    q = quaternions_xyzw.astype(np.float64)
-    x, y, z, w = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
-    rotation = np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
-    return np.einsum("nij,nj,nkj->nik", rotation, scales.astype(np.float64) ** 2, rotation)
+    """(N, 3, 3) R diag(s^2) R^T in float64 for (x, y, z, w) quaternions, as the extension's specification
+    writes them (`covariances_wxyz` of the other formats' tests, the components reordered)."""
+    return covariances_wxyz(scales, quaternions_xyzw[:, [3, 0, 1, 2]])
 
 
 def validate(path: Path) -> dict[str, Any]:
