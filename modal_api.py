@@ -26,7 +26,7 @@ import modal
 
 from deploy import config
 from deploy.container import ModelContainer, container_settings, gpu_cls_options, job_store, secrets
-from deploy.images import gpu_image, jobs_volume
+from deploy.images import jobs_volume, light_image
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -96,7 +96,7 @@ class SharpFrameWorker(ModelContainer):
                                     first, count)
 
 
-@app.function(image=gpu_image, volumes={str(config.JOBS_MOUNT): jobs_volume}, secrets=secrets(),
+@app.function(image=light_image, volumes={str(config.JOBS_MOUNT): jobs_volume}, secrets=secrets(),
               timeout=config.TIMEOUT_S, memory=FRONT_MEMORY_MB, scaledown_window=config.scaledown_window())
 @modal.concurrent(max_inputs=FRONT_MAX_INPUTS)
 @modal.asgi_app(label=WEB_LABEL, requires_proxy_auth=config.proxy_auth())

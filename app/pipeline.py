@@ -21,14 +21,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.budget import MaxGaussians, apply_budget, budget_count
 from app.imaging import LoadedImage, load_image
 from app.outputs import check_options
 from app.prediction import Prediction
-from app.predictor import SharpPredictor
 from app.vocabulary import ProgressCallback
+
+if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module without it
+    from app.predictor import SharpPredictor
 
 Outputs = Mapping[str, Mapping[str, Any]]
 """The outputs wanted, in order, each with its options: ``{"ply": {}, "json": {"encoding": "base64"}}``

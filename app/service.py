@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -47,12 +47,14 @@ from app import pipeline
 from app.budget import MaxGaussians
 from app.cancel import run_cancellable
 from app.errors import SharpError
-from app.predictor import SharpPredictor
 from app.sequence import FileSink, SequenceProgress, run_sequence
 from app.sequence.fanout import FramePredictions
 from app.settings import Settings
 from app.video import Sampling, VideoLimits
 from app.vocabulary import AlignMode, ModelState, ProgressCallback
+
+if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module (and `app.http`) without it
+    from app.predictor import SharpPredictor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,12 +92,14 @@ T = TypeVar("T")
 _thread = threading.local()
 """`admitted`: whether the run on this worker thread was admitted (counts in `queue_depth`)."""
 
-Loader = Callable[[Settings], SharpPredictor]
+Loader = Callable[[Settings], "SharpPredictor"]
 """Builds the predictor from the settings; runs on the loading thread."""
 
 
 def default_loader(settings: Settings) -> SharpPredictor:
     """`SharpPredictor.from_settings`, without a download progress bar (logs are not a terminal)."""
+    from app.predictor import SharpPredictor  # torch, imported where a model is loaded
+
     return SharpPredictor.from_settings(settings, progress=False)
 
 

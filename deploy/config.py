@@ -20,7 +20,7 @@ or Modal refuses to start it (`ExecutionError` on a dependency count mismatch) -
 the switches from the image, not from a laptop it cannot see. `python -m deploy check` checks each baked
 value against the container (`baked_problems`).
 
-Cheap to import (no torch, no pydantic): the CPU-only functions import it on an image without them.
+Cheap to import (stdlib only): every image imports it.
 """
 
 from __future__ import annotations
@@ -267,6 +267,24 @@ def torch_requirement(pyproject: Path = PYPROJECT) -> str:
     if len(specs) != 1 or not specs[0].replace(" ", "").startswith("torch=="):
         raise RuntimeError(f"{pyproject}: {TESTED_TORCH_EXTRA} must be one pinned torch==X.Y.Z, got {specs}")
     return specs[0]
+
+
+GPU_ONLY_REQUIREMENTS = ("torch",)
+"""pyproject dependencies only the GPU side imports: the light image (the CPU front, the forwarders) leaves them out."""
+
+
+def light_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """pyproject's `dependencies` but `GPU_ONLY_REQUIREMENTS` (no torch): what the light image installs. The
+    front imports `app.http` (FastAPI, pydantic, multipart, the image and video probes), never torch
+    (`tests/deploy/test_front_light.py` imports it with torch made unimportable)."""
+    import re
+
+    import tomllib
+
+    with pyproject.open("rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    return [spec for spec in dependencies
+            if re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0].lower() not in GPU_ONLY_REQUIREMENTS]
 
 
 def vendor_files() -> tuple[str, ...]:

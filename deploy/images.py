@@ -5,9 +5,11 @@
   container environment (`deploy.config.container_env`) + `app/` and `deploy/`. The PyPI torch wheels
   for Linux x86-64 bundle CUDA, so no CUDA base image is needed. The env layer comes after the dependencies,
   so changing a setting reinstalls nothing; the sources are added at container start: code redeploys in seconds.
-* `light_image`: Debian slim + the same environment + the sources, no dependencies (no torch): for the
-  functions that only forward a call (their imports need nothing but the stdlib and Modal; `app/settings.py`
-  is read, not imported, by `deploy.config.container_env`).
+* `light_image`: Debian slim + the project's dependencies but torch (`deploy.config.light_requirements`:
+  FastAPI, pydantic, multipart, numpy, Pillow, PyAV, ...) + the same environment + the sources: the CPU
+  front (`modal_api.fastapi_app`: it checks every request with `app.http`, which never imports torch) and the
+  functions that only forward a call. No torch wheel (~0.9 GB, plus its CUDA libraries, ~3 GB) to pull at
+  each cold start of a front.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from deploy.config import (
     PYTHON_VERSION,
     TESTED_TORCH_EXTRA,
     container_env,
+    light_requirements,
 )
 
 
@@ -43,6 +46,9 @@ def build_gpu_image() -> modal.Image:
 def build_light_image() -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        # pyproject.toml is read where the image is built (`modal deploy`); a container, which never builds
+        # its image, has no pyproject (pip_install_from_pyproject reads its file only when building, too)
+        .pip_install(*(light_requirements() if modal.is_local() else []))
         .env(container_env())
         .add_local_python_source("app", "deploy", ignore=_not_shipped)
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
@@ -27,10 +28,12 @@ from app.http.responses import PREDICTION_HEADERS
 from app.http.routes import info, jobs, predict, render, sequences
 from app.jobs import JobQueue
 from app.jobs.local import LocalJobQueue
-from app.predictor import SharpPredictor
 from app.service import InferenceService, Loader, default_loader
 from app.settings import Settings, get_settings
 from app.web import mount_page
+
+if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module without it
+    from app.predictor import SharpPredictor
 
 DESCRIPTION = """\
 One photo in, ~1.2 million metric 3D Gaussians out, with Apple's SHARP model.

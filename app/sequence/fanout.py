@@ -20,16 +20,18 @@ import io
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import orjson
 
 from app.gaussians import GaussianScene
 from app.prediction import ModelInfo, Prediction
-from app.predictor import SharpPredictor
 from app.video import Sampling, VideoLimits, read_frames
 from app.vocabulary import ProgressCallback
+
+if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module without it
+    from app.predictor import SharpPredictor
 
 Timings = dict[str, float]
 """Milliseconds per stage of one frame's prediction (preprocess, forward, postprocess)."""

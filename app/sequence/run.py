@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -34,13 +34,14 @@ from app.budget import MaxGaussians, budget_count
 from app.errors import InvalidRequestError
 from app.outputs import check_options
 from app.pipeline import EncodedOutput, Outputs, Slots, run
-from app.predictor import SharpPredictor
 from app.render.video import encode_mp4
 from app.sequence.align import ScaleChain
 from app.sequence.fanout import FramePredictions
-from app.sequence.preview import side_by_side
 from app.video import Sampling, VideoLimits, probe_video, read_frames
 from app.vocabulary import AlignMode, choices
+
+if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module without it
+    from app.predictor import SharpPredictor
 
 Align = AlignMode
 ALIGN_MODES: tuple[Align, ...] = tuple(choices(AlignMode))
@@ -158,6 +159,8 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 frame_progress("preview", 0.0)
                 start = time.perf_counter()
                 with slots.render():
+                    from app.sequence.preview import side_by_side  # torch: the renderer's
+
                     picture = side_by_side(frame.rgb, scene, predictor.device)
                 timings["preview"] = (time.perf_counter() - start) * 1000.0
                 frame_progress("preview", 1.0)

@@ -114,6 +114,7 @@ def test_one_lifecycle_and_light_forwarders() -> None:
         assert spec["info"]["memory_mib"] is not None and spec["info"]["concurrency_info"]["max_inputs"] <= 16
     front = described["fastapi_app"]  # the URL is served by a CPU container
     assert front["info"]["gpus"] == [] and front["info"]["memory_mib"] is not None
+    assert front["image"] == "light_image"  # no torch (tests/deploy/test_front_light.py)
     assert front["info"]["web_info"]["unauthenticated"] is True
     assert {v["name"] for v in front["info"]["volumes"].values()} == {"sharp-jobs"}
 
