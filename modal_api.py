@@ -11,10 +11,13 @@ in-process: watching jobs never holds a GPU, and nothing starts one but a predic
 longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/modal.md).
 
 Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
-`.spawn()`s `SharpJobWorker.run_job`, one job per GPU container at a time, up to `SHARP_MAX_CONTAINERS`
-containers; the worker writes the results to the same Volume, from which the CPU container serves them.
-A clip's job spreads its frames over `SharpFrameWorker` containers too (`app.jobs.modal_worker`).
-Every GPU class shares one lifecycle (`deploy.container.ModelContainer`).
+`.spawn()`s the job. A photo's job runs on a CPU container (`SharpJobRunner`), which has a GPU container
+(`SharpJobWorker.predict_job`) predict it and stash the prediction on the Volume, then makes every output
+and preview itself: a GPU is held for the forward pass, not the encodes. A clip's job runs on a GPU
+container (`SharpJobWorker.run_job`) and spreads its frames over `SharpFrameWorker` containers too
+(`app.jobs.modal_worker`). Results go to the Volume, from which the front serves them. Up to
+`SHARP_MAX_CONTAINERS` containers per class. Every GPU class shares one lifecycle
+(`deploy.container.ModelContainer`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import modal
 
 from deploy import config
 from deploy.container import ModelContainer, container_settings, gpu_cls_options, job_store, secrets
-from deploy.images import jobs_volume, light_image
+from deploy.images import gpu_image, jobs_volume, light_image
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -41,6 +44,10 @@ WEB_LABEL = f"{APP_NAME}-fastapi-app"
 """The URL label: https://<workspace>--sharp-api-fastapi-app.modal.run."""
 FRONT_MAX_INPUTS = 100
 """Requests one CPU container takes at once (polls and event streams mostly wait)."""
+RUNNER_CPU = 2.0
+"""Cores of a photo job's CPU container (`SharpJobRunner`): the encoders and the renderer use them."""
+RUNNER_MEMORY_MB = (4096, 16384)
+"""Request, limit: a full-size prediction (66 MB as arrays), its outputs one at a time, a preview's render."""
 FRONT_MEMORY_MB = (2048, 8192)
 """Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) pass through memory; results stream through in
 pieces of 4 MiB (`deploy.front.FORWARD_CHUNK_BYTES`; `bench/front_memory.py`)."""
@@ -80,6 +87,38 @@ class SharpJobWorker(ModelContainer):
         return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
                              spawn_frames)
 
+    @modal.method()
+    async def predict_job(self, job_id: str) -> dict[str, Any]:
+        """Predict the stored photo job `job_id` and stash its prediction on the jobs Volume for its CPU
+        container (`app.jobs.modal_worker.predict_job`); returns a few numbers, never the scene."""
+        from app.jobs.modal_worker import predict_job
+
+        return await predict_job(self.service, job_store(self.settings), jobs_volume, job_id)
+
+
+@app.cls(image=gpu_image, cpu=RUNNER_CPU, memory=RUNNER_MEMORY_MB, volumes={str(config.JOBS_MOUNT): jobs_volume},
+         secrets=secrets(), timeout=config.TIMEOUT_S, scaledown_window=config.scaledown_window(),
+         max_containers=config.max_containers())
+class SharpJobRunner:
+    """A CPU container (no GPU) running photo jobs, one at a time: the prediction is `SharpJobWorker.predict_job`'s
+    (a GPU call), the budget, encodes and previews are made here. The GPU image for torch (the preview
+    renderer runs on the CPU), and no model."""
+
+    @modal.enter()
+    def prepare(self) -> None:
+        from app.service import InferenceService
+
+        self.settings = container_settings()
+        self.service = InferenceService(self.settings)  # no model: predictions are the GPU class's
+
+    @modal.method()
+    async def run_job(self, job_id: str) -> dict[str, Any]:
+        """Run the stored photo job `job_id` (`app.jobs.modal_worker.run_job` with `predict`); its final state."""
+        from app.jobs.modal_worker import run_job
+
+        return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
+                             predict=spawn_prediction)
+
 
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
 class SharpFrameWorker(ModelContainer):
@@ -110,7 +149,7 @@ def fastapi_app() -> Any:
 
     settings = container_settings()
     service = FrontService(settings)
-    jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
+    jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job, spawn_photo=spawn_photo_job)
     local: FastAPI = create_app(settings, service=service, job_queue=jobs)
     return Front(local, forward=SharpAPI().respond.remote_gen.aio, service=service)
 
@@ -118,6 +157,18 @@ def fastapi_app() -> Any:
 async def spawn_job(job_id: str) -> str:
     """Queue `SharpJobWorker.run_job(job_id)` (Modal's queue); the call's id, for `FunctionCall.from_id`."""
     call = await SharpJobWorker().run_job.spawn.aio(job_id)
+    return call.object_id
+
+
+async def spawn_photo_job(job_id: str) -> str:
+    """Queue `SharpJobRunner.run_job(job_id)` (a photo's job, on a CPU container); the call's id."""
+    call = await SharpJobRunner().run_job.spawn.aio(job_id)
+    return call.object_id
+
+
+async def spawn_prediction(job_id: str) -> str:
+    """Queue `SharpJobWorker.predict_job(job_id)` (a photo job's prediction, on a GPU container); the call's id."""
+    call = await SharpJobWorker().predict_job.spawn.aio(job_id)
     return call.object_id
 
 

@@ -1,5 +1,18 @@
-"""Jobs on Modal, the GPU side: `run_job` runs one stored job in its own GPU container; a clip job's frames
-are spread over more GPU containers (`predict_frames`, `ModalFrames`), then finished in the job's, in order.
+"""Jobs on Modal, the containers' side: a photo job runs in a CPU container (`run_job` with `predict`), whose
+prediction a GPU container makes and stashes on the jobs Volume (`predict_job`); a clip job runs in its own
+GPU container (`run_job`), its frames spread over more GPU containers (`predict_frames`, `ModalFrames`),
+then finished in the job's, in order.
+
+    job's CPU container (SharpJobRunner)             GPU container (SharpJobWorker.predict_job)
+      run_job: `running`; spawn predict_job, wait ─>   reload; decode, forward, postprocess;
+                                                       the prediction -> work/000000.npz (lossless); commit
+      reload; load the stash <──────────────────────   return (a few numbers, no scene)
+      budget, every encode and preview, here; results, `succeeded`, commit
+
+So a GPU container is held for a photo's forward pass and the stash's write and commit, not for its encodes
+and previews (`bench/gpu_hold.py`). Cancelling the job's call cancels the GPU call it waits for.
+
+A clip job (in one GPU container, whose model predicts the frames no other container did):
 
     job's container: run_job -> run_sequence          frame containers: predict_frames(job, first, count)
       frames 0..7: predicted here                       reload; decode the clip; predict frames first..;
@@ -23,9 +36,11 @@ a serial run (`app.sequence.fanout`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -33,9 +48,10 @@ import anyio.from_thread
 import anyio.to_thread
 
 from app.cancel import run_cancellable
+from app.imaging import LoadedImage
 from app.jobs import lifecycle, runner
-from app.jobs.base import Job, JobNotFoundError, check_job_id
-from app.jobs.modal import POLL_S, VolumeBusyError, commit, function_call, reload
+from app.jobs.base import Job, JobCancelledError, JobNotFoundError, check_job_id
+from app.jobs.modal import POLL_S, Spawn, VolumeBusyError, commit, function_call, reload
 from app.jobs.store import JobStore
 from app.prediction import Prediction
 from app.sequence.fanout import Timings, load_prediction, predict_chunk, save_prediction
@@ -49,17 +65,22 @@ LOGGER = logging.getLogger(__name__)
 CANCELLED_BY_USER = "Input was cancelled by user"
 """What Modal's container passes to `Task.cancel` when the input's `FunctionCall` is cancelled."""
 
+PHOTO_STASH = 0
+"""A photo job's prediction is its stash 0 (`JobStore.stash_path`), as a clip's frame 0 would be."""
+
 SpawnFrames = Callable[[str, int, int], Awaitable[str]]
 """`spawn_frames(job_id, first, count) -> call id`: queue `predict_frames` on the frame class
 (`modal_api.spawn_frames`)."""
 
 
 async def run_job(service: InferenceService, settings: Settings, store: JobStore, volume: Any, job_id: str,
-                  spawn_frames: SpawnFrames | None = None) -> dict[str, Any]:
-    """The GPU side of a job (`SharpJobWorker.run_job`): run it through `app.jobs.lifecycle`, commit its
-    results and state, and return that state (the web container uses it if its view of the Volume lags).
+                  spawn_frames: SpawnFrames | None = None, *, predict: Spawn | None = None) -> dict[str, Any]:
+    """A job's run (`SharpJobWorker.run_job`, `SharpJobRunner.run_job`): through `app.jobs.lifecycle`, commit
+    its results and state, and return that state (the web container uses it if its view of the Volume lags).
     An interruption is re-raised once the job is back in the queue (Modal then runs the input again).
-    `spawn_frames`: where a clip's later frames go (None: all are predicted here)."""
+    `spawn_frames`: where a clip's later frames go (None: all are predicted here). `predict`: queues
+    `predict_job` on the GPU class (a photo job's prediction is made there, the rest here; `service` then
+    holds no model); None: `service`'s model predicts."""
     await reload(volume)
     job = await anyio.to_thread.run_sync(store.load, check_job_id(job_id))
     if job is None:
@@ -87,14 +108,95 @@ async def run_job(service: InferenceService, settings: Settings, store: JobStore
                              parallel=settings.video_parallel_chunks, wait_s=settings.video_chunk_wait_s)
     work = lifecycle.Runner(store=store, ttl_s=settings.job_ttl_s, record=record, cancelled=cancelled,
                             rerun_interrupted=True)
+
+    async def execute() -> None:
+        if predict is None or job.sequence is not None:
+            await runner.execute(service, store, job, _no_progress, elsewhere=frames)
+            return
+        prediction, timings = await predicted_on_gpu(predict, store, volume, job.id)
+        here = InferenceService(settings, PredictedElsewhere(prediction, timings))  # type: ignore[arg-type]
+        await runner.execute(here, store, job, _no_progress)
+        job.model = prediction.model.summary()  # the model that predicted it, not this CPU container
+
     try:
-        await lifecycle.run(job, lambda: runner.execute(service, store, job, _no_progress, elsewhere=frames), work)
+        await lifecycle.run(job, execute, work)
     finally:
         if frames is not None:
             await frames.close()
     if await anyio.to_thread.run_sync(_sweep, store):
         await commit(volume)
     return job.to_dict()
+
+
+async def predict_job(service: InferenceService, store: JobStore, volume: Any, job_id: str) -> dict[str, Any]:
+    """The GPU side of a photo job (`SharpJobWorker.predict_job`): decode, forward, postprocess (on the
+    container's device), then the prediction stashed on the jobs Volume (`save_prediction`: lossless, the
+    scene's float32 arrays, 56 B per Gaussian) and committed; nothing is encoded here. Returns a few numbers:
+    `stash_bytes`, `timings_ms` and `after_forward_s` (from the forward's end to this return: the postprocess,
+    the stash's write and the commit, what the GPU container is held for beyond its forward pass)."""
+    await reload(volume)
+    job = await anyio.to_thread.run_sync(store.load, check_job_id(job_id))
+    if job is None:
+        raise JobNotFoundError(f"No job {job_id!r} on the jobs volume.")
+    if job.final:  # cancelled meanwhile
+        return {}
+    data = await anyio.to_thread.run_sync(store.read_input, job.id)
+    forward_end: list[float] = []
+
+    def mark(stage: str, fraction: float) -> None:  # the predictor's stages: ..., forward, postprocess
+        if stage == "postprocess" and not forward_end:
+            forward_end.append(time.perf_counter())
+
+    result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs={}, progress=mark, admit=False)
+    del data
+    body = await anyio.to_thread.run_sync(save_prediction, result.prediction, result.timings_ms)
+    await anyio.to_thread.run_sync(store.write_stash, job.id, PHOTO_STASH, body)
+    await commit(volume)
+    return {"stash_bytes": len(body), "timings_ms": result.timings_ms,
+            "after_forward_s": time.perf_counter() - forward_end[0]}
+
+
+async def predicted_on_gpu(predict: Spawn, store: JobStore, volume: Any, job_id: str) -> tuple[Prediction, Timings]:
+    """Queue `predict_job(job_id)` on the GPU class, wait for it, and load the prediction it stashed. Cancelling
+    the wait (the job cancelled or preempted) cancels the GPU call too."""
+    call_id = await predict(job_id)
+    try:
+        stashed = await function_call(call_id).get.aio()
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # it stops at its timeout otherwise
+            await function_call(call_id).cancel.aio()
+        raise
+    if not stashed:  # the job ended (was cancelled) before its prediction
+        raise JobCancelledError(f"Job {job_id} ended before the GPU container predicted it.")
+    await reload(volume)
+    body = await anyio.to_thread.run_sync(_read_stash, store, job_id)
+    return await anyio.to_thread.run_sync(load_prediction, body)
+
+
+def _read_stash(store: JobStore, job_id: str) -> bytes:
+    """The photo job's stash, kept (a rerun of the job's call reads it again; the lifecycle's tidy removes it)."""
+    path = store.stash_path(job_id, PHOTO_STASH)
+    if not path.is_file():
+        raise RuntimeError(f"the GPU call ended without stashing job {job_id}'s prediction on the jobs volume")
+    return path.read_bytes()
+
+
+class PredictedElsewhere:
+    """The model of a photo job's CPU container (`run_job` with `predict`): its `predict` answers with the
+    prediction the GPU class made (`predict_job`), so `app.pipeline.run` does the rest here (the budget, the
+    encodes, the renders: on this container's CPU). The photo is decoded here again (checked as ever; CPU time,
+    not GPU time)."""
+
+    def __init__(self, prediction: Prediction, timings_ms: Timings) -> None:
+        self.prediction = replace(prediction, model=replace(prediction.model, device="cpu"))
+        self.timings_ms = timings_ms
+        self.info = self.prediction.model
+
+    def predict(self, image: LoadedImage, *, f_px: float | None = None, progress: ProgressCallback | None = None,
+                timings_ms: dict[str, float] | None = None) -> Prediction:
+        if timings_ms is not None:
+            timings_ms.update({stage: ms for stage, ms in self.timings_ms.items() if stage != "decode"})
+        return self.prediction
 
 
 async def predict_frames(service: InferenceService, settings: Settings, store: JobStore, volume: Any,

@@ -89,10 +89,12 @@ def test_container_import_defines_what_the_deploy_did(deploy_env: dict[str, str]
     in_container = describe_in_subprocess(container_env, container=image_tree(tmp_path / "root"))
     assert in_container == deployed
     classes = {**deployed["modal_api"], **deployed["modal_app"]}
-    assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "fastapi_app"}
+    assert set(deployed["modal_api"]) == {"SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "SharpJobRunner.*",
+                                          "fastapi_app"}
     assert set(deployed["modal_app"]) == {"SharpModel.*", "predict_and_save_ply", "predict", "seed_weights"}
     if deploy_env:
-        for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "SharpModel.*", "fastapi_app"):
+        for tag in ("SharpAPI.*", "SharpJobWorker.*", "SharpFrameWorker.*", "SharpJobRunner.*", "SharpModel.*",
+                    "fastapi_app"):
             assert "Secret:modal.Secret.from_name('sharp-api-key')" in classes[tag]["dependencies"], tag
         assert classes["SharpModel.*"]["info"]["gpus"] == [["H100", 1]]
         assert classes["SharpModel.*"]["hooks"]["ENTER_PRE_SNAPSHOT"] == []
@@ -112,6 +114,10 @@ def test_one_lifecycle_and_light_forwarders() -> None:
         spec = described[tag]
         assert spec["image"] == "light_image" and spec["info"]["gpus"] == []
         assert spec["info"]["memory_mib"] is not None and spec["info"]["concurrency_info"]["max_inputs"] <= 16
+    runner = described["SharpJobRunner.*"]  # photo jobs' encodes and previews: a CPU container, torch for renders
+    assert runner["info"]["gpus"] == [] and runner["image"] == "gpu_image"
+    assert runner["hooks"]["ENTER_PRE_SNAPSHOT"] == []
+    assert {v["name"] for v in runner["info"]["volumes"].values()} == {"sharp-jobs"}
     front = described["fastapi_app"]  # the URL is served by a CPU container
     assert front["info"]["gpus"] == [] and front["info"]["memory_mib"] is not None
     assert front["image"] == "light_image"  # no torch (tests/deploy/test_front_light.py)
