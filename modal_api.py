@@ -50,7 +50,7 @@ RUNNER_MEMORY_MB = (4096, 16384)
 """Request, limit: a full-size prediction (66 MB as arrays), its outputs one at a time, a preview's render."""
 FRONT_MEMORY_MB = (2048, 8192)
 """Request, limit: forwarded uploads (<= SHARP_MAX_UPLOAD_MB) pass through memory; results stream through in
-pieces of 4 MiB (`deploy.front.FORWARD_CHUNK_BYTES`; `bench/front_memory.py`)."""
+pieces of 1 MiB (`deploy.front.FORWARD_CHUNK_BYTES`; `bench/front_memory.py`)."""
 
 app = modal.App(APP_NAME)
 

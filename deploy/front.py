@@ -62,9 +62,11 @@ class ForwardedResponse:
     headers: list[tuple[bytes, bytes]]
 
 
-FORWARD_CHUNK_BYTES = 4 * 1024 * 1024
+FORWARD_CHUNK_BYTES = 1024 * 1024
 """A forwarded response's body travels in pieces of at most this size (the outputs of `SharpAPI.respond`, a
-Modal generator), so the front holds a piece or two of each answer, never a whole 193 MB JSON or 70 MB PLY."""
+Modal generator), so the front holds a piece or two of each answer, never a whole 193 MB JSON or 70 MB PLY.
+Below Modal's inline limit for a generator's item (`MAX_OBJECT_SIZE_BYTES`, 2 MiB pickled; a larger item is
+uploaded to blob storage and downloaded again, two more HTTP round trips per piece)."""
 
 Forward = Callable[[ForwardedRequest], AsyncIterator["ForwardedResponse | bytes"]]
 """`forward(request)`: the response's head (`ForwardedResponse`), then its body's pieces (`bytes`)."""

@@ -10,7 +10,14 @@ What it models, and nothing more:
   value), failure (the pickled exception), `TERMINATED` after `FunctionCall.cancel` (the task is
   cancelled with Modal's message, as SIGUSR1 does), `TIMEOUT` (`time_out`), or no output at all once
   `expire`d. `preempt` cancels the task the way SIGINT does (no message) and runs the input again, as
-  Modal reschedules a preempted input.
+  Modal reschedules a preempted input. A `FunctionGetOutputs` poll waits for the output up to its
+  `timeout` (1 s at most here: the SDK polls again), as Modal's server holds it.
+* Generators: a handler that is an async generator is deployed as `FUNCTION_TYPE_GENERATOR`, so the SDK's
+  `.remote_gen()` runs its own client code: `FunctionMap`, then the call's `data_out` stream
+  (`FunctionCallGetDataOut`, one `DataChunk` per item, indices from 1) merged with `FunctionGetOutputs`,
+  whose output is `GeneratorDone(items_total)` once the generator has ended. Items are sent inline, as a
+  container sends those up to `MAX_OBJECT_SIZE_BYTES` (2 MiB pickled); a larger one, which a container
+  would upload to blob storage, fails the call (blobs are not modelled).
 * Volumes: `Volume.from_name(name)` (VolumeGetOrCreate), `reload()` and `commit()` (VolumeReload,
   VolumeCommit). Every container has its own view (a directory); `commit` publishes the files that
   container changed since its last reload, `reload` first commits (as Modal may) and then replaces
@@ -31,6 +38,7 @@ first container's.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import os
 import threading
@@ -44,7 +52,8 @@ import grpclib.const
 import grpclib.server
 import modal
 from grpclib import GRPCError, Status
-from modal._serialization import deserialize_data_format, serialize
+from modal._serialization import deserialize_data_format, serialize, serialize_data_format
+from modal._utils.blob_utils import MAX_OBJECT_SIZE_BYTES
 from modal.client import _Client
 from modal_proto import api_pb2
 
@@ -109,6 +118,10 @@ class Call:
     task: asyncio.Task[Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     preempting: bool = False
+    items: list[bytes] = field(default_factory=list)
+    """A generator's items so far, pickled (its `data_out` stream)."""
+    data_format: int = api_pb2.DATA_FORMAT_PICKLE
+    """The output's format: `DATA_FORMAT_GENERATOR_DONE` once a generator has ended."""
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -246,9 +259,27 @@ class ModalWire:
         handler, _ = self.functions[_split(call.function)]
         call.runs += 1
 
+        async def generate() -> api_pb2.GeneratorDone:
+            call.items.clear()
+            async for item in handler(*call.args):
+                data = serialize(item)
+                if len(data) > MAX_OBJECT_SIZE_BYTES:
+                    raise RuntimeError(f"a generator item of {len(data)} B: Modal would put it in blob storage, "
+                                       f"which the stub does not model (inline up to {MAX_OBJECT_SIZE_BYTES} B)")
+                call.items.append(data)
+            return api_pb2.GeneratorDone(items_total=len(call.items))
+
         async def run() -> None:
             call.task = asyncio.current_task()
             try:
+                if inspect.isasyncgenfunction(handler):
+                    done = await generate()
+                    call.result = api_pb2.GenericResult(
+                        status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
+                        data=serialize_data_format(done, api_pb2.DATA_FORMAT_GENERATOR_DONE))
+                    call.data_format = api_pb2.DATA_FORMAT_GENERATOR_DONE
+                    call.done.set()
+                    return
                 value = await handler(*call.args)
             except asyncio.CancelledError:
                 if call.preempting:  # rescheduled: the same input runs again
@@ -282,10 +313,36 @@ class ModalWire:
             "VolumeCommit": (api_pb2.VolumeCommitRequest, api_pb2.VolumeCommitResponse),
         }
         return {
-            f"/modal.client.ModalClient/{name}": grpclib.const.Handler(
+            **{f"/modal.client.ModalClient/{name}": grpclib.const.Handler(
                 self._serve(name), grpclib.const.Cardinality.UNARY_UNARY, request, response)
-            for name, (request, response) in handlers.items()
+               for name, (request, response) in handlers.items()},
+            "/modal.client.ModalClient/FunctionCallGetDataOut": grpclib.const.Handler(
+                self._data_out, grpclib.const.Cardinality.UNARY_STREAM, api_pb2.FunctionCallGetDataRequest,
+                api_pb2.DataChunk),
         }
+
+    async def _data_out(self, stream: Any) -> None:
+        """A generator call's `data_out` stream: its items after `last_index`, as they come; held open once
+        the call has ended (the SDK closes it when it has every item) for a while, then ended."""
+        request = await stream.recv_message()
+        caller = dict(stream.metadata).get("x-modal-token-id", "?")
+        with self._lock:
+            self.rpcs.append((caller, "FunctionCallGetDataOut"))
+        call = self.calls.get(request.function_call_id)
+        if call is None:
+            raise GRPCError(Status.NOT_FOUND, f"No function call {request.function_call_id}")
+        sent, idle_since = request.last_index, None
+        while True:
+            items = call.items[sent:]
+            for data in items:
+                sent += 1
+                await stream.send_message(api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_PICKLE, index=sent,
+                                                            data=data))
+            if call.done.is_set() and not items:
+                idle_since = idle_since or asyncio.get_running_loop().time()
+                if asyncio.get_running_loop().time() - idle_since > 10:
+                    return
+            await asyncio.sleep(0.01)
 
     def _serve(self, name: str) -> Callable[[Any], Awaitable[None]]:
         answer = getattr(self, f"_{name}")
@@ -301,7 +358,10 @@ class ModalWire:
                 await asyncio.to_thread(hold.wait, 60)
             if failure is not None:
                 raise GRPCError(*failure)
-            await stream.send_message(answer(request, self.containers.get(caller)))
+            message = answer(request, self.containers.get(caller))
+            if inspect.isawaitable(message):
+                message = await message
+            await stream.send_message(message)
 
         return serve
 
@@ -309,12 +369,15 @@ class ModalWire:
         if (request.app_name, request.object_tag) not in self.functions:
             raise GRPCError(Status.NOT_FOUND, f"No function {request.object_tag!r} in app {request.app_name!r}")
         tag = f"{request.app_name}/{request.object_tag}"
+        handler, _ = self.functions[(request.app_name, request.object_tag)]
+        kind = (api_pb2.Function.FUNCTION_TYPE_GENERATOR if inspect.isasyncgenfunction(handler)
+                else api_pb2.Function.FUNCTION_TYPE_FUNCTION)
         function = api_pb2.Function(function_name=request.object_tag)
         ranked = api_pb2.FunctionData.RankedFunction(rank=0, function=function)
         return api_pb2.FunctionGetResponse(
             function_id=f"fu-{tag}",
             handle_metadata=api_pb2.FunctionHandleMetadata(
-                function_name=request.object_tag, function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+                function_name=request.object_tag, function_type=kind,
                 supported_input_formats=[api_pb2.DATA_FORMAT_PICKLE], app_id="ap-stub"),
             function=api_pb2.FunctionData(function_name=request.object_tag, ranked_functions=[ranked]))
 
@@ -331,16 +394,20 @@ class ModalWire:
             function_call_id=call_id,
             pipelined_inputs=[api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=f"in-{call_id}", input_jwt="jwt")])
 
-    def _FunctionGetOutputs(self, request: api_pb2.FunctionGetOutputsRequest, _caller: Container | None) -> Any:
+    async def _FunctionGetOutputs(self, request: api_pb2.FunctionGetOutputsRequest, _caller: Container | None) -> Any:
         call = self.calls.get(request.function_call_id)
         if call is None:
             raise GRPCError(Status.NOT_FOUND, f"No function call {request.function_call_id}")
         if call.expired:
             return api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0)
+        if call.result is None and request.timeout > 0:  # Modal's server holds the poll until then
+            await asyncio.to_thread(call.done.wait, min(request.timeout, 1.0))
+        if call.expired:
+            return api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0)
         if call.result is None:
             return api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1)
         return api_pb2.FunctionGetOutputsResponse(
-            outputs=[api_pb2.FunctionGetOutputsItem(result=call.result, idx=0, data_format=api_pb2.DATA_FORMAT_PICKLE)],
+            outputs=[api_pb2.FunctionGetOutputsItem(result=call.result, idx=0, data_format=call.data_format)],
             num_unfinished_inputs=0)
 
     def _FunctionCallCancel(self, request: api_pb2.FunctionCallCancelRequest, _caller: Container | None) -> Any:

@@ -255,6 +255,44 @@ def test_front_forwards_predictions_and_serves_the_rest(serve: Any, tmp_path: Pa
     gpu_service.close()
 
 
+def test_the_front_streams_the_gpu_answer_through_modals_generator_client(serve: Any, tmp_path: Path) -> None:
+    """`Front` with the deploy's own forward (`Function.remote_gen.aio`): the SDK's generator client code
+    (`FunctionMap`, the `data_out` stream, `GeneratorDone`) against the stubbed wire, the GPU side's
+    `answer` running as the generator on its own container. Every piece travels inline (under Modal's
+    2 MiB item limit); the PLY arrives whole, with its length, and the front never held it."""
+    import modal
+
+    from app.http import create_app
+    from app.service import InferenceService, default_loader
+    from tests.modal_wire import ModalWire
+
+    settings = tiny_settings(cache_dir=tmp_path / "cache")
+    gpu_service = InferenceService(settings, default_loader(settings))
+    gpu_app = create_app(settings, service=gpu_service)
+
+    async def respond(request: Any) -> Any:  # `SharpAPI.respond`'s body
+        async for piece in answer(gpu_app, request):
+            yield piece
+
+    with ModalWire(tmp_path / "modal") as wire:
+        wire.container("web")
+        wire.function("sharp-api", "respond", respond, wire.container("gpu"))
+        forward = modal.Function.from_name("sharp-api", "respond").remote_gen.aio
+        service = FrontService(settings)
+        server = serve(Front(create_app(settings, service=service), forward, service))
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            response = client.post("/predict/ply", files={"file": ("p.png", png_bytes(), "image/png")})
+            assert response.status_code == 200, response.text
+            assert int(response.headers["content-length"]) == len(response.content)
+            assert read_ply(response.content).num_gaussians == TINY_GAUSSIANS
+            assert client.get("/health").json()["backend"] == "answered"
+        server.stop()
+        (call,) = wire.calls.values()
+        assert len(call.items) == 1 + -(-len(response.content) // FORWARD_CHUNK_BYTES)  # the head, then pieces
+        assert ("web", "FunctionCallGetDataOut") in wire.rpcs and ("web", "FunctionMap") in wire.rpcs
+    gpu_service.close()
+
+
 def test_front_answers_503_when_the_gpu_call_fails(serve: Any, tmp_path: Path) -> None:
     """The Modal call fails before any answer (container lost, no GPU): 503 `gpu_unavailable` with
     Retry-After, in the service's error shape, and `/health` still says no GPU container has answered."""
