@@ -48,10 +48,11 @@ import anyio.from_thread
 import anyio.to_thread
 
 from app.cancel import run_cancellable
+from app.errors import SharpError
 from app.imaging import LoadedImage
 from app.jobs import lifecycle, runner
 from app.jobs.base import Job, JobCancelledError, JobNotFoundError, check_job_id
-from app.jobs.modal import POLL_S, Spawn, VolumeBusyError, commit, function_call, reload
+from app.jobs.modal import MAX_REQUEUES, POLL_S, Spawn, VolumeBusyError, commit, function_call, reload
 from app.jobs.store import JobStore
 from app.prediction import Prediction
 from app.sequence.fanout import Timings, load_prediction, predict_chunk, save_prediction
@@ -157,15 +158,27 @@ async def predict_job(service: InferenceService, store: JobStore, volume: Any, j
 
 
 async def predicted_on_gpu(predict: Spawn, store: JobStore, volume: Any, job_id: str) -> tuple[Prediction, Timings]:
-    """Queue `predict_job(job_id)` on the GPU class, wait for it, and load the prediction it stashed. Cancelling
-    the wait (the job cancelled or preempted) cancels the GPU call too."""
-    call_id = await predict(job_id)
-    try:
-        stashed = await function_call(call_id).get.aio()
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):  # it stops at its timeout otherwise
-            await function_call(call_id).cancel.aio()
-        raise
+    """Queue `predict_job(job_id)` on the GPU class, wait for it, and load the prediction it stashed. A call
+    Modal lost (terminated, its internal failure, an eviction: `RemoteError`, `InternalFailure`) is queued
+    again, `MAX_REQUEUES` times at most, then the job fails `worker_failed`. Cancelling the wait (the job
+    cancelled or preempted) cancels the GPU call too."""
+    import modal.exception
+
+    for attempt in range(1, MAX_REQUEUES + 2):
+        call_id = await predict(job_id)
+        try:
+            stashed = await function_call(call_id).get.aio()
+            break
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # it stops at its timeout otherwise
+                await function_call(call_id).cancel.aio()
+            raise
+        except (modal.exception.InternalFailure, modal.exception.RemoteError) as error:
+            if attempt > MAX_REQUEUES:
+                raise SharpError(f"The GPU call was lost {attempt} times (last: {type(error).__name__}: {error}); "
+                                 "submit it again.", code="worker_failed", status=503) from error
+            LOGGER.warning("Job %s: its GPU call %s was lost (%s: %s); queueing it again", job_id, call_id,
+                           type(error).__name__, error)
     if not stashed:  # the job ended (was cancelled) before its prediction
         raise JobCancelledError(f"Job {job_id} ended before the GPU container predicted it.")
     await reload(volume)

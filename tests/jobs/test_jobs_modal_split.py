@@ -17,11 +17,12 @@ import httpx
 import modal
 import orjson
 import pytest
+from modal_proto import api_pb2
 
 from app.formats import decode_spz
 from app.formats.ply import read_ply
 from app.http import create_app
-from app.jobs.modal import ModalJobQueue
+from app.jobs.modal import MAX_REQUEUES, ModalJobQueue
 from app.jobs.modal_worker import predict_job, run_job
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
@@ -168,3 +169,32 @@ def test_cancelling_a_photo_job_cancels_its_gpu_call(split_jobs: SplitJobs) -> N
     after = jobs.client.get(f"/jobs/{job['id']}").json()
     assert after["status"] in FINAL and after["status"] == "cancelled", after
     assert jobs.stashed == []
+
+
+def test_a_lost_gpu_call_is_queued_again_and_the_job_completes(split_jobs: SplitJobs) -> None:
+    """Modal ends the GPU call without a result and without a rerun (its own internal failure, with the SDK's
+    `GenericStatus`): the CPU container queues the prediction again and the job succeeds."""
+    jobs = split_jobs
+    jobs.gpu_open.clear()
+    job = jobs.submit(png_bytes(), outputs="spz")
+    assert jobs.gpu_entered.acquire(timeout=60), "the GPU call never started"
+    (lost,) = jobs.calls(PREDICT)
+    jobs.wire.lose(lost, api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE)
+    assert jobs.gpu_entered.acquire(timeout=60), "the prediction was not queued again"
+    jobs.gpu_open.set()
+    final = events(jobs.client, job["id"])[-1]
+    assert final["status"] == "succeeded", final
+    assert len(jobs.calls(PREDICT)) == 2 and jobs.wire.calls[lost].runs == 1
+    assert jobs.client.get(final["results"]["spz"]).status_code == 200
+
+
+def test_a_gpu_call_lost_every_time_fails_the_job_worker_failed(split_jobs: SplitJobs) -> None:
+    jobs = split_jobs
+    jobs.gpu_open.clear()
+    job = jobs.submit(png_bytes(), outputs="spz")
+    for attempt in range(MAX_REQUEUES + 1):
+        assert jobs.gpu_entered.acquire(timeout=60), f"GPU call {attempt + 1} never started"
+        jobs.wire.lose(jobs.calls(PREDICT)[-1])  # GENERIC_STATUS_TERMINATED
+    final = events(jobs.client, job["id"])[-1]
+    assert final["status"] == "failed" and final["error"]["code"] == "worker_failed", final
+    assert len(jobs.calls(PREDICT)) == MAX_REQUEUES + 1 and jobs.stashed == []
