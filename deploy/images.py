@@ -8,8 +8,7 @@
 * `light_image`: Debian slim + the project's dependencies but torch (`deploy.config.light_requirements`:
   FastAPI, pydantic, multipart, numpy, Pillow, PyAV, ...) + the same environment + the sources: the CPU
   front (`modal_api.fastapi_app`: it checks every request with `app.http`, which never imports torch) and the
-  functions that only forward a call. No torch wheel (~0.9 GB, plus its CUDA libraries, ~3 GB) to pull at
-  each cold start of a front.
+  functions that only forward a call. No torch nor its CUDA libraries (gigabytes) for a front's cold start.
 """
 
 from __future__ import annotations
