@@ -121,7 +121,7 @@ def test_signed_events_of_a_job(start: Callable[..., LiveServer], receiver: Rece
         assert final["results"] == wait_for(client, job["id"])["results"]
         progress = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in events
                     if e["type"] == "job.progress"]
-        assert all((b - a).total_seconds() >= 0.5 for a, b in itertools.pairwise(progress))
+        assert progress and all((b - a).total_seconds() >= 0.5 for a, b in itertools.pairwise(progress))
         with pytest.raises(WebhookVerificationError):  # tampering is caught by the same library
             Webhook(SECRET).verify(requests[-1]["body"].replace(b"succeeded", b"failed"), requests[-1]["headers"])
         deadline = time.monotonic() + 30
@@ -218,3 +218,29 @@ def test_delivery_survives_a_restart(start: Callable[..., LiveServer], receiver:
             time.sleep(0.05)
         assert record["attempts"] == len(requests) and record["last_status"] == 200
     assert not (tmp_path / "jobs" / ".webhooks" / f"{job['id']}.json").exists()
+
+
+def test_interrupted_job_is_told_by_the_next_server(serve: Callable[[Any], LiveServer], predictor: SharpPredictor,
+                                                   receiver: Receiver, tmp_path: Path) -> None:
+    """A job still queued when the server stops fails `interrupted`; its `job.failed`, queued at shutdown and
+    kept on disk, is sent by the next server."""
+    gate = threading.Event()
+
+    def loader(_settings: Any) -> SharpPredictor:  # a model that loads only once the test lets it
+        assert gate.wait(60)
+        return predictor
+
+    settings = settings_for(tmp_path / "jobs", webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.1"])
+    server = serve(create_app(settings, loader=loader))
+    with server.client() as client:
+        job = submit(client, webhook_url=receiver.url, webhook_events="failed")
+    server.stop()
+    gate.set()
+    assert not receiver.requests
+    assert (tmp_path / "jobs" / ".webhooks" / f"{job['id']}.json").is_file()
+    with serve(create_app(settings, predictor=predictor)).client() as client:
+        (request,) = receiver.wait_for(lambda rs: len(rs) == 1)
+        event = verified(request)
+        assert (event["type"], event["data"]["id"]) == ("job.failed", job["id"])
+        assert event["data"]["error"]["code"] == "interrupted"
+        assert client.get(f"/jobs/{job['id']}").json()["status"] == "failed"
