@@ -113,9 +113,9 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     if settings.cors_origins:
         app.add_middleware(
             JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
             expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After", "Location",
-                            *PREDICTION_HEADERS],
+                            "Idempotent-Replayed", *PREDICTION_HEADERS],
         )
     app.add_middleware(RequestContextMiddleware)
     return app

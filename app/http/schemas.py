@@ -20,7 +20,7 @@ from app.vocabulary import FINAL_JOB_STATUSES, FocalSource, JobStatus, ModelStat
 class FieldProblem(BaseModel):
     """One problem of a `validation_error` (FastAPI's format, trimmed)."""
 
-    loc: list[str | int] = Field(description="Where: `[\"body\", \"f_px\"]`, `[\"header\", \"idempotency-key\"]`.")
+    loc: list[str | int] = Field(description="Where the problem is, e.g. `body`, `f_px`.")
     msg: str = Field(description="What is wrong with it.")
     type: str = Field(description="FastAPI's error type, e.g. `missing`, `float_parsing`, `duplicate_field`.")
 

@@ -127,3 +127,18 @@ def test_schema_names_the_header(start: Callable[..., LiveServer]) -> None:
         parameters = paths[path]["post"]["parameters"]
         assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in parameters), path
         assert "409" in paths[path]["post"]["responses"]
+
+
+def test_browsers_may_send_the_key(start: Callable[..., LiveServer]) -> None:
+    """With CORS on, a browser's preflight for `Idempotency-Key` is allowed and the replay header is exposed."""
+    origin = "https://a.example"
+    with start(cors_origins=[origin]).client() as client:
+        preflight = client.options("/jobs", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "idempotency-key"})
+        assert preflight.status_code == 200
+        assert "idempotency-key" in preflight.headers["access-control-allow-headers"].lower()
+        assert post_job(client, "cors-1", image_bytes(9)).status_code == 202
+        response = client.post("/jobs", files={"file": ("photo.png", image_bytes(9), "image/png")},
+                               headers={"Origin": origin, "Idempotency-Key": "cors-1"})
+        assert response.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" in response.headers["access-control-expose-headers"].lower()
