@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import secrets
 import socket
 import time
@@ -199,7 +200,8 @@ class WebhookSender:
         self.record = record
         self._outboxes: dict[str, Outbox] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._progress_at: dict[str, float] = {}
+        self._progress_sent: dict[str, tuple[float, float]] = {}
+        """Job id -> (monotonic time, progress) of its last `job.progress` event."""
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -238,12 +240,12 @@ class WebhookSender:
             if event in hook["events"]:
                 self._enqueue(job, hook["url"], event, now)
             if job.final:
-                self._progress_at.pop(job.id, None)
+                self._progress_sent.pop(job.id, None)
             return
         if job.status == "running" and "progress" in hook["events"]:
-            last = self._progress_at.get(job.id)
-            if last is None or time.monotonic() - last >= PROGRESS_INTERVAL_S:
-                self._progress_at[job.id] = time.monotonic()
+            sent_at, sent = self._progress_sent.get(job.id, (-math.inf, -1.0))
+            if job.progress > sent and time.monotonic() - sent_at >= PROGRESS_INTERVAL_S:
+                self._progress_sent[job.id] = (time.monotonic(), job.progress)
                 self._enqueue(job, hook["url"], "progress", now)
 
     def _enqueue(self, job: Job, url: str, event: str, now: float) -> None:
@@ -293,6 +295,8 @@ class WebhookSender:
                                            "last_error": None if delivered else _describe(error, status),
                                            "last_attempt_at": iso_time(now), "_attempted": 1,
                                            "_delivered": int(delivered)})
+        except Exception:  # (a full disk, ...) the events stay; the job's next event starts a new task
+            LOGGER.exception("Webhooks of job %s: delivery stopped", job_id)
         finally:
             if not outbox.events:
                 self._outboxes.pop(job_id, None)

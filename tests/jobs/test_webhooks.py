@@ -122,6 +122,8 @@ def test_signed_events_of_a_job(start: Callable[..., LiveServer], receiver: Rece
         progress = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in events
                     if e["type"] == "job.progress"]
         assert progress and all((b - a).total_seconds() >= 0.5 for a, b in itertools.pairwise(progress))
+        values = [e["data"]["progress"] for e in events if e["type"] == "job.progress"]
+        assert all(a < b for a, b in itertools.pairwise(values))  # each says something new
         with pytest.raises(WebhookVerificationError):  # tampering is caught by the same library
             Webhook(SECRET).verify(requests[-1]["body"].replace(b"succeeded", b"failed"), requests[-1]["headers"])
         deadline = time.monotonic() + 30
