@@ -217,6 +217,7 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Stop delivering; what is left stays in the outbox folder for the next server."""
+        client, self._client = self._client, None  # `observe` queues nothing from now on
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -225,8 +226,8 @@ class WebhookSender:
                 await task
         if self._outboxes:
             await anyio.to_thread.run_sync(lambda: [self._save(outbox) for outbox in self._outboxes.values()])
-        if self._client is not None:
-            await self._client.aclose()
+        if client is not None:
+            await client.aclose()
 
     def observe(self, job: Job) -> None:
         """Queue the events `job`'s change calls for (on the event loop, after every change)."""
@@ -304,8 +305,9 @@ class WebhookSender:
 
     async def _attempt(self, url: str, event: Event) -> tuple[int | None, Exception | None]:
         """One POST of `event`: (the answer's status or None, the error or None)."""
-        assert self._client is not None
         secret = self.settings.webhook_secret
+        if self._client is None:
+            return None, WebhooksDisabledError("the server is stopping")
         if secret is None:
             return None, WebhooksDisabledError("SHARP_WEBHOOK_SECRET is no longer set")
         try:
