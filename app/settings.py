@@ -6,6 +6,7 @@ read the same names. See the README's "Configuration" table for each variable.
 
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -84,17 +85,45 @@ class Settings(BaseSettings):
     was queued (Modal's queue included); past it the job's container takes it back (cancels the call),
     predicts its frames itself and sends no more runs out."""
 
-    @field_validator("cors_origins", mode="before")
+    # Webhooks (`app.jobs.webhooks`): a job's events POSTed, signed, to its `webhook_url`
+    webhook_secret: SecretStr | None = None
+    """`whsec_` + base64 of 24 to 64 random bytes: the Standard Webhooks signing key. None: `webhook_url` is
+    refused (422 `webhooks_disabled`)."""
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names or addresses a webhook may target although they resolve to a private, loopback or link-local
+    address (comma-separated: `127.0.0.1,hooks.internal`); every other such target is refused."""
+
+    @field_validator("cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("checkpoint_sha256", "checkpoint", "checkpoint_url", "api_key", "jobs_dir", mode="before")
+    @field_validator("checkpoint_sha256", "checkpoint", "checkpoint_url", "api_key", "jobs_dir",
+                     "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret = value.get_secret_value()
+            try:
+                key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                key = b""
+            if not secret.startswith("whsec_") or not 24 <= len(key) <= 64:
+                raise ValueError("must be whsec_ followed by the base64 of 24 to 64 random bytes, e.g. "
+                                 "whsec_$(openssl rand -base64 32)")
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [host.strip().strip("[]").lower() for host in value]
 
     @property
     def weights_url(self) -> str | None:

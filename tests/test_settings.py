@@ -51,3 +51,17 @@ def test_weights_come_from_the_preset_unless_overridden(monkeypatch: pytest.Monk
     assert Settings(preset="tiny").weights_url is None  # synthetic weights, nothing to download
     custom = Settings(preset="sharp", checkpoint_url="http://127.0.0.1:9/my.pt", checkpoint_sha256="ab" * 32)
     assert (custom.weights_url, custom.weights_sha256) == ("http://127.0.0.1:9/my.pt", "ab" * 32)
+
+
+def test_webhook_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHARP_WEBHOOK_SECRET must be a Standard Webhooks key (whsec_ + base64 of 24 to 64 bytes); the allowed
+    hosts are a comma-separated list, lower-cased."""
+    monkeypatch.setenv("SHARP_WEBHOOK_SECRET", "whsec_" + "QUJD" * 11)  # 33 bytes
+    monkeypatch.setenv("SHARP_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1, Hooks.Internal,[::1]")
+    settings = Settings()
+    assert settings.webhook_allowed_hosts == ["127.0.0.1", "hooks.internal", "::1"]
+    assert "QUJD" not in repr(settings)
+    for bad in ("QUJD" * 11, "whsec_short", "whsec_not base64!!"):
+        monkeypatch.setenv("SHARP_WEBHOOK_SECRET", bad)
+        with pytest.raises(ValidationError, match="whsec_"):
+            Settings()

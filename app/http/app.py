@@ -23,7 +23,9 @@ from app import __version__
 from app.http.deps import SingleValued, bearer_scheme
 from app.http.docs import mount_docs
 from app.http.errors import install_error_handlers
+from app.http.idempotency import IdempotencyKeys
 from app.http.middleware import JSONCORSMiddleware, RequestContextMiddleware, UploadGuard
+from app.http.openapi import install_openapi, operation_id
 from app.http.responses import PREDICTION_HEADERS
 from app.http.routes import info, jobs, predict, render, sequences
 from app.jobs import JobQueue
@@ -93,10 +95,14 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     # No trailing-slash redirects: Starlette builds them from the Host header, so a forged Host made `/static`
     # redirect to any site. A path with a stray slash is a 404 like any unknown path.
     app = FastAPI(title="sharp-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  redirect_slashes=False, docs_url=None, redoc_url=None)  # /docs: ours, without a CDN
+                  redirect_slashes=False, docs_url=None, redoc_url=None,  # /docs: ours, without a CDN
+                  generate_unique_id_function=operation_id)
+    install_openapi(app)  # names for every operation, form, enum and error (client generators need them)
     app.state.service = service
     app.state.settings = settings
     app.state.jobs = job_queue
+    app.state.idempotency = IdempotencyKeys(settings.jobs_path / ".idempotency", jobs_root=settings.jobs_path,
+                                            ttl_s=settings.job_ttl_s)
     install_error_handlers(app)
     app.include_router(info.router)
     # The key is checked by UploadGuard; the dependency only documents it, so only when there is one.
@@ -110,9 +116,9 @@ def create_app(settings: Settings | None = None, predictor: SharpPredictor | Non
     if settings.cors_origins:
         app.add_middleware(
             JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
             expose_headers=["Server-Timing", "Content-Disposition", "X-Request-ID", "Retry-After", "Location",
-                            *PREDICTION_HEADERS],
+                            "Idempotent-Replayed", *PREDICTION_HEADERS],
         )
     app.add_middleware(RequestContextMiddleware)
     return app

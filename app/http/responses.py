@@ -27,11 +27,12 @@ _ERROR_STATUS_TEXT = {
     400: "Corrupt or truncated image, empty upload or malformed request",
     401: "Missing or wrong API key",
     404: "Unknown output format, or unknown job",
-    409: "The job has not finished",
+    409: "The job has not finished, or a request with the same Idempotency-Key is still running",
     410: "The job's results have expired",
     413: "Upload or image too large",
     415: "Not an image, an unsupported image format, or a video clip (clips go to POST /jobs)",
-    422: "Invalid form field (missing file, f_px out of range, bad max_gaussians, encoding or option)",
+    422: "Invalid form field (missing file, f_px out of range, bad max_gaussians, encoding or option), or an "
+         "Idempotency-Key used before for another request",
     503: "Model loading or failed to load, or queue full; see Retry-After",
 }
 
@@ -45,7 +46,7 @@ def file_responses(media_type: str, what: str) -> dict[int | str, dict[str, Any]
     """OpenAPI `responses=` for a route that returns a file."""
     return {
         200: {"description": what, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}},
-        **error_responses(400, 401, 413, 415, 422, 503),
+        **error_responses(400, 401, 409, 413, 415, 422, 503),
     }
 
 

@@ -17,12 +17,20 @@ from app.model.presets import WEIGHTS_LICENCE
 from app.vocabulary import FINAL_JOB_STATUSES, FocalSource, JobStatus, ModelState, WeightsSource
 
 
+class FieldProblem(BaseModel):
+    """One problem of a `validation_error` (FastAPI's format, trimmed)."""
+
+    loc: list[str | int] = Field(description="Where the problem is, e.g. `body`, `f_px`.")
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(description="FastAPI's error type, e.g. `missing`, `float_parsing`, `duplicate_field`.")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable error code, e.g. `unsupported_image`.",
                       examples=["unsupported_image"])
     message: str = Field(description="Human-readable explanation.")
     request_id: str | None = Field(default=None, description="The request's X-Request-ID, for support.")
-    details: list[dict] | None = Field(
+    details: list[FieldProblem] | None = Field(
         default=None, description="Per-field problems, for `validation_error` only (FastAPI's format)."
     )
 
@@ -81,6 +89,9 @@ class ApiInfo(BaseModel):
     licence: LicenceInfo = Field(default_factory=LicenceInfo)
 
 
+BackendState = Literal["waiting", "answered"]
+
+
 class HealthResponse(BaseModel):
     """200 once the model is loaded; 503 with `loading` or `error` (and `detail`) before that."""
 
@@ -100,7 +111,7 @@ class HealthResponse(BaseModel):
     queue_depth: int = Field(description="Requests (predictions and renders) admitted and waiting.")
     in_progress: int = Field(description="Runs in the model or the renderer now (0 to 2; jobs included).")
     max_queue: int = Field(description="Waiting requests allowed before 503 `queue_full`.")
-    backend: Literal["waiting", "answered"] | None = Field(
+    backend: BackendState | None = Field(
         default=None, description="Only on a front that forwards predictions to GPU containers (Modal): `waiting` "
         "until one has answered a prediction, then `answered`. The model fields then describe the deploy's model.")
     licence: LicenceInfo = Field(default_factory=LicenceInfo)
@@ -172,6 +183,22 @@ class JobError(BaseModel):
     message: str
 
 
+WebhookEvent = Literal["started", "progress", "succeeded", "failed", "cancelled"]
+
+
+class JobWebhook(BaseModel):
+    """Where a job's webhook events go and how their delivery went (`app.jobs.webhooks`)."""
+
+    url: str
+    events: list[WebhookEvent] = Field(description="The events asked for (`webhook_events`).")
+    attempts: int = Field(description="POSTs made so far, retries included.")
+    delivered: int = Field(description="Events the target accepted (answered 2xx).")
+    last_event: str | None = Field(description="The type of the event last attempted, e.g. `job.succeeded`.")
+    last_status: int | None = Field(description="The HTTP status of the last attempt; null if it got no answer.")
+    last_error: str | None = Field(description="Why the last attempt failed; null if it succeeded.")
+    last_attempt_at: str | None = Field(description="ISO 8601, UTC.")
+
+
 class JobResponse(BaseModel):
     """A job (`POST /jobs`, `GET /jobs/{id}`, each event of `GET /jobs/{id}/events`)."""
 
@@ -197,3 +224,5 @@ class JobResponse(BaseModel):
                                                         "a photo's.")
     frames: int | None = Field(default=None, description="A clip's job: how many frames (the header's estimate "
                                                          "while running, the count once done); null for a photo's.")
+    webhook: JobWebhook | None = Field(default=None, description="The job's webhook (`webhook_url`); null "
+                                                                 "without one.")

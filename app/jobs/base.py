@@ -207,6 +207,8 @@ class Job:
     requeues: int = 0
     """Times its Modal call was lost (terminated, Modal's internal failure, an eviction) and the job queued
     again on a new call (`app.jobs.modal`); 0 elsewhere."""
+    webhook: dict[str, Any] | None = None
+    """Where its events go and how their delivery went (`app.jobs.webhooks.webhook_of`); None: no webhook."""
     queue_position: int | None = None
     """Jobs ahead of this one (0: next); None unless queued. Computed by the queue, not stored."""
 
@@ -305,10 +307,10 @@ class JobQueue(Protocol):
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0) -> Job:
+                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
         """Store a checked upload and queue it (`sequence`: a clip's options, see `Job.sequence`;
-        `projected_bytes`: the room its files will take, `app.jobs.size`); `JobQueueFullError` when too many
-        wait. A submission that fails leaves nothing stored."""
+        `projected_bytes`: the room its files will take, `app.jobs.size`; `webhook`: where its events go,
+        `app.jobs.webhooks`); `JobQueueFullError` when too many wait. A submission that fails leaves nothing stored."""
 
     async def get(self, job_id: str) -> Job:
         """The job; `JobNotFoundError` (unknown or malformed id), `JobExpiredError`."""

@@ -35,7 +35,7 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs import lifecycle, runner
+from app.jobs import lifecycle, runner, webhooks
 from app.jobs.base import (
     Job,
     JobCancelledError,
@@ -84,6 +84,7 @@ class LocalJobQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner = lifecycle.Runner(store=self.store, ttl_s=settings.job_ttl_s, record=self._record,
                                         cancelled=self._cancelled, rerun_interrupted=False)
+        self.webhooks = webhooks.WebhookSender(self.store.root / webhooks.OUTBOX_DIR, settings, self._record_webhook)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -103,6 +104,7 @@ class LocalJobQueue:
         await anyio.to_thread.run_sync(self.store.remove_orphans)
         jobs = await anyio.to_thread.run_sync(self.store.load_all)
         now = time.time()
+        await self.webhooks.start()  # before the interrupted jobs' failures, which are events too
         for job in jobs:
             if not job.final:
                 self._fail(job, INTERRUPTED, now)
@@ -127,20 +129,22 @@ class LocalJobQueue:
                 self._fail(job, INTERRUPTED, now)
                 self._publish(job)
         self._pending.clear()
+        await self.webhooks.close()
         self.release()
 
     # ---------------------------------------------------------------------------------------- the API
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0) -> Job:
+                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
         wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
         retry_after_s = max(1, min(wait, MAX_RETRY_AFTER_S))
         if len(self._pending) >= self.settings.jobs_max_queued:
             raise JobQueueFullError(f"{len(self._pending)} jobs are queued (SHARP_JOBS_MAX_QUEUED); retry later.",
                                     retry_after_s=retry_after_s)
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
-                  options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes)
+                  options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes,
+                  webhook=webhook)
         reserved = self.store.reserved_bytes(self._jobs.values())
         if reserved + job.input_bytes + projected_bytes > self.store.max_bytes:
             raise JobStoreFullError(
@@ -176,6 +180,7 @@ class LocalJobQueue:
             self._publish(job)
             return job
         job.finish("cancelled", time.time(), self.settings.job_ttl_s)
+        self.webhooks.observe(job)
         if job.id == self._running and self._cancel_running is not None:
             # The run stops at its next network block or render frame; its lifecycle then tidies the files
             # (deleting them under the running worker would fail the job instead).
@@ -258,6 +263,7 @@ class LocalJobQueue:
     async def _record(self, job: Job) -> None:
         """Save the job's state and wake its watchers; a job deleted while it ran is removed instead."""
         if job.id in self._jobs:
+            self.webhooks.observe(job)  # before the save: the job's record says which events were queued
             await anyio.to_thread.run_sync(self.store.save, job)
         else:
             await anyio.to_thread.run_sync(self.store.remove, job.id)
@@ -298,6 +304,7 @@ class LocalJobQueue:
 
     def _fail(self, job: Job, error: SharpError, now: float) -> None:
         job.finish("failed", now, self.settings.job_ttl_s, error)
+        self.webhooks.observe(job)
         try:
             self.store.delete_files(job)
             self.store.save(job)
@@ -312,10 +319,19 @@ class LocalJobQueue:
         self._publish(job)
 
     def _publish(self, job: Job) -> None:
-        """Wake everyone watching `job`."""
+        """Wake everyone watching `job` (its webhook's events included)."""
+        self.webhooks.observe(job)
         changed = self._changed.pop(job.id, None)
         if changed is not None:
             changed.set()
+
+    async def _record_webhook(self, job_id: str, changes: dict[str, Any]) -> None:
+        """A webhook attempt's outcome, into its job's record (`webhooks.merge_record`), saved."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.webhook is not None:
+            job.webhook = webhooks.merge_record(job.webhook, changes)
+            await anyio.to_thread.run_sync(self.store.save, job)
+            self._publish(job)
 
     def _publish_queued(self) -> None:
         for position, job_id in enumerate(self._pending):

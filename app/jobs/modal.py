@@ -52,7 +52,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from app.errors import SharpError
+from app.errors import InvalidRequestError, SharpError
 from app.jobs.base import (
     Job,
     JobNotFoundError,
@@ -183,7 +183,10 @@ class ModalJobQueue:
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0) -> Job:
+                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
+        if webhook is not None:
+            raise InvalidRequestError("webhook_url: this deployment (Modal) sends no webhooks yet; follow the job "
+                                      "with GET /jobs/{id} or its /events.", code="webhooks_disabled")
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
                   options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes)
         try:

@@ -9,6 +9,7 @@ file damaged past its header fails the job with the image's error).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.formats.json import Encoding
 from app.http.deps import FocalPx, ImageUpload, MaxGaussians, Service, read_upload
+from app.http.idempotency import IdempotencyKey
 from app.http.responses import (
     RangeFileResponse,
     content_disposition,
@@ -28,7 +30,7 @@ from app.http.responses import (
     sharp_headers,
 )
 from app.http.routes import sequences
-from app.http.schemas import JobResponse
+from app.http.schemas import JobResponse, JobWebhook
 from app.imaging import probe_image
 from app.jobs.base import (
     DEFAULT_OUTPUTS,
@@ -43,6 +45,7 @@ from app.jobs.base import (
     parse_outputs,
 )
 from app.jobs.size import check_fits
+from app.jobs.webhooks import EVENTS, webhook_of
 from app.model.presets import get_config
 from app.outputs import FORMATS
 from app.vocabulary import ModelState
@@ -63,6 +66,14 @@ Outputs = Annotated[str | None, Form(
                 f"{', '.join(DEFAULT_OUTPUTS)} (the renders preview, preview_jpeg and orbit only when asked for).",
     examples=["ply,spz"],
 )]
+WebhookUrl = Annotated[str | None, Form(
+    description="Where to POST the job's events, signed as Standard Webhooks say (see docs/api.md, Webhooks); "
+                "http(s) to a public host (private, loopback and link-local targets are refused unless the server "
+                "allows them in SHARP_WEBHOOK_ALLOWED_HOSTS). Needs SHARP_WEBHOOK_SECRET on the server.",
+    examples=["https://example.com/hooks/sharp"])]
+WebhookEvents = Annotated[str | None, Form(
+    description=f"Comma-separated events to send: a subset of {', '.join(EVENTS)} (progress at most every "
+                "0.5 s); default: every status change (all but progress).", examples=["succeeded,failed"])]
 JobJsonEncoding = Annotated[Encoding | None, Form(
     description="For the json output: `list` (default) or `base64`, as `POST /predict`.")]
 
@@ -81,6 +92,7 @@ def job_view(job: Job) -> dict[str, Any]:
         model=job.model, metadata=job.metadata,
         timings_ms={stage: round(ms, 1) for stage, ms in job.timings_ms.items()}, error=job.error,
         results=job.result_urls(), frame=job.frame, frames=job.frames,
+        webhook=JobWebhook.model_validate(job.webhook) if job.webhook is not None else None,
     ).model_dump(mode="json")
 
 
@@ -89,12 +101,14 @@ def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | Non
 
 
 @router.post("/jobs", summary="Submit a prediction job", status_code=202, response_class=JSONResponse,
-             responses={202: _JOB, **error_responses(400, 401, 413, 415, 422, 503)})
-async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: FocalPx = None,
+             responses={202: _JOB, **error_responses(400, 401, 409, 413, 415, 422, 503)})
+async def submit_job(request: Request, service: Service, jobs: Jobs, file: ImageUpload, held: IdempotencyKey,
+                     f_px: FocalPx = None,
                      outputs: Outputs = None, max_gaussians: MaxGaussians = None,
                      encoding: JobJsonEncoding = None, fps: sequences.Fps = None, start: sequences.Start = None,
                      end: sequences.End = None, max_frames: sequences.MaxFrames = None,
-                     align: sequences.Align = None) -> JSONResponse:
+                     align: sequences.Align = None, webhook_url: WebhookUrl = None,
+                     webhook_events: WebhookEvents = None) -> JSONResponse:
     """Queue a photo, or a clip (a scene per frame, `app.http.routes.sequences`); answers 202 with the job
     and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`),
     then the job's projected size against the store's cap (413 `job_too_large`, `app.jobs.size`)."""
@@ -103,7 +117,12 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
     options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding}, num_gaussians)
     if service.state is ModelState.ERROR:
         service.require_predictor()  # 503 model_unavailable, as the synchronous endpoints
+    webhook = await webhook_of(webhook_url, webhook_events, service.settings)
     data = await read_upload(file, service)
+    if (earlier := await held.check(request, data)) is not None:  # the same request again: the same job
+        with contextlib.suppress(JobNotFoundError):  # unless it was deleted meanwhile
+            return job_response(await jobs.get(earlier), 202, {"Location": f"/jobs/{earlier}",
+                                                               "Idempotent-Replayed": "true"})
     clip = sequences.clip_options(fps, start, end, max_frames, align)
     if sequences.is_clip(data):
         sequence, names, frames = await sequences.check_clip(data, clip, names if outputs else None,
@@ -111,14 +130,16 @@ async def submit_job(service: Service, jobs: Jobs, file: ImageUpload, f_px: Foca
         options = check_job_options(names, options, num_gaussians)
         projected = check_fits(names, options, num_gaussians, frames, len(data), service.settings.jobs_max_bytes)
         job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
-                                sequence=sequence, projected_bytes=projected)
+                                sequence=sequence, projected_bytes=projected, webhook=webhook)
+        await held.remember(job.id)
         return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
     sequences.refuse_for_photo(clip)
     # The header only (format, size, pixel limit: the same 4xx as /predict); the worker decodes it, once.
     await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
     projected = check_fits(names, options, num_gaussians, None, len(data), service.settings.jobs_max_bytes)
     job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
-                            projected_bytes=projected)
+                            projected_bytes=projected, webhook=webhook)
+    await held.remember(job.id)
     return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
 

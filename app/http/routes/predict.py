@@ -25,6 +25,7 @@ from app.http.deps import (
     read_photo,
 )
 from app.http.disconnect import until_disconnect
+from app.http.idempotency import IdempotencyKey
 from app.http.responses import error_responses, file_responses, prediction_response
 from app.http.schemas import PredictResponse
 from app.outputs import FORMATS, SCENE_FORMATS, OutputFormat
@@ -35,18 +36,21 @@ router = APIRouter()
 @router.post(
     "/predict", summary="Predict Gaussians as JSON", response_class=Response,
     responses={200: {"model": PredictResponse, "description": "The Gaussians and their metadata"},
-               **error_responses(400, 401, 413, 415, 422, 503)},
+               **error_responses(400, 401, 409, 413, 415, 422, 503)},
 )
-async def predict_json(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
-                       max_gaussians: MaxGaussians = None, encoding: JsonEncoding = "list") -> Response:
+async def predict_json(request: Request, service: Service, file: ImageUpload, held: IdempotencyKey,
+                       f_px: FocalPx = None, max_gaussians: MaxGaussians = None,
+                       encoding: JsonEncoding = "list") -> Response:
     """The Gaussians as JSON arrays (see the response schema for units and axes).
 
     No cap by default: the full SHARP scene is ~1.18M Gaussians (hundreds of MB as lists); use
     `max_gaussians` and/or `encoding=base64` for large scenes.
     """
     data = await read_photo(file, service)
+    await held.check(request, data)
     result = await until_disconnect(request, service.run(
         data, filename=file.filename, f_px=f_px, max_gaussians=max_gaussians, outputs={"json": {"encoding": encoding}}))
+    await held.remember()
     return prediction_response(result, "json", attachment=False)
 
 
@@ -54,22 +58,27 @@ async def predict_json(request: Request, service: Service, file: ImageUpload, f_
     "/predict/ply", summary="Predict Gaussians as a PLY file", response_class=Response,
     responses=file_responses(FORMATS["ply"].media_type, FORMATS["ply"].description),
 )
-async def predict_ply(request: Request, service: Service, file: ImageUpload, f_px: FocalPx = None,
-                      vertex_only: VertexOnly = False, max_gaussians: MaxGaussians = None) -> Response:
+async def predict_ply(request: Request, service: Service, file: ImageUpload, held: IdempotencyKey,
+                      f_px: FocalPx = None, vertex_only: VertexOnly = False,
+                      max_gaussians: MaxGaussians = None) -> Response:
     """The 3DGS PLY file (binary little-endian); `vertex_only=true` gives the `ply_vertex` format."""
     name = "ply_vertex" if vertex_only else "ply"
     data = await read_photo(file, service)
+    await held.check(request, data)
     result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
                                                          max_gaussians=max_gaussians, outputs={name: {}}))
+    await held.remember()
     return prediction_response(result, name)
 
 
 def _format_route(fmt: OutputFormat) -> Callable[..., Any]:
-    async def predict_format(request: Request, service: Service, file: ImageUpload,
+    async def predict_format(request: Request, service: Service, file: ImageUpload, held: IdempotencyKey,
                              f_px: FocalPx = None, max_gaussians: MaxGaussians = None) -> Response:
         data = await read_photo(file, service)
+        await held.check(request, data)
         result = await until_disconnect(request, service.run(data, filename=file.filename, f_px=f_px,
                                                              max_gaussians=max_gaussians, outputs={fmt.name: {}}))
+        await held.remember()
         return prediction_response(result, fmt.name)
 
     predict_format.__doc__ = f"{fmt.description[:1].upper()}{fmt.description[1:]}."
