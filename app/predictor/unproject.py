@@ -228,10 +228,10 @@ def symmetric_eigen(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # From here, what picks the eigenvectors is float32 (they are only needed to float32's precision): the
     # trigonometric eigenvalues too, whose float32 rounding of |A| is that of A's entries below.
     angle = torch.acos(r.float()) / 3
-    q32, p32 = q.float(), 2 * p.float()
-    largest = q32 + p32 * torch.cos(angle)
-    smallest = q32 + p32 * torch.cos(angle + 2 * math.pi / 3)
-    middle = q32 + p32 * torch.cos(angle - 2 * math.pi / 3)
+    q32, two_p = q.float(), 2 * p.float()
+    largest = q32 + two_p * torch.cos(angle)
+    smallest = q32 + two_p * torch.cos(angle + 2 * math.pi / 3)
+    middle = q32 + two_p * torch.cos(angle - 2 * math.pi / 3)
 
     # The eigenvector of the eigenvalue further from the middle one (λ₀ or λ₂): its rows' best cross product.
     first_isolated = largest - middle >= middle - smallest
