@@ -67,6 +67,8 @@ class OutputFormat:
         options: the keyword options `encode` takes (anything else is refused).
         kind: ``scene`` (the Gaussians themselves) or ``render`` (pictures of them, costlier to make).
         result_stem: the stem of a job's file of this output (``result``, or the render's name).
+        bytes_per_gaussian, fixed_bytes: upper bound of a file's size, bytes per Gaussian kept plus a part that
+            does not grow with them (headers, metadata, a render), measured at full size (`app.jobs.size`).
     """
 
     name: str
@@ -77,6 +79,8 @@ class OutputFormat:
     options: frozenset[str] = field(default_factory=frozenset)
     kind: Literal["scene", "render"] = "scene"
     result_stem: str = "result"
+    bytes_per_gaussian: float = field(kw_only=True)
+    fixed_bytes: int = field(kw_only=True)
 
     def filename(self, stem: str) -> str:
         """The file name of this output for a photo called `stem`."""
@@ -142,27 +146,30 @@ def _orbit(prediction: Prediction, timings_ms: Mapping[str, float], *, size: int
 FORMATS: dict[str, OutputFormat] = {
     fmt.name: fmt for fmt in (
         OutputFormat("ply", ".ply", PLY_MEDIA_TYPE, "3DGS PLY as apple/ml-sharp writes it (56 B/Gaussian + "
-                     "camera metadata elements)", _ply),
+                     "camera metadata elements)", _ply, bytes_per_gaussian=56, fixed_bytes=4_096),
         OutputFormat("ply_vertex", ".vertex.ply", PLY_MEDIA_TYPE, "the same PLY with the vertex element only, "
-                     "for viewers that reject the camera metadata elements", _ply_vertex),
+                     "for viewers that reject the camera metadata elements", _ply_vertex,
+                     bytes_per_gaussian=56, fixed_bytes=4_096),
         OutputFormat("splat", ".splat", "application/x-splat", "antimatter15 .splat for web viewers "
-                     "(32 B/Gaussian, 8-bit colour and rotation)", _splat),
+                     "(32 B/Gaussian, 8-bit colour and rotation)", _splat, bytes_per_gaussian=32, fixed_bytes=0),
         OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
-                     "PLY), RUB axes", _spz),
+                     "PLY), RUB axes", _spz, bytes_per_gaussian=20, fixed_bytes=65_536),
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
-                     "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
+                     "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog,
+                     bytes_per_gaussian=24, fixed_bytes=65_536),
         OutputFormat("glb", ".glb", "model/gltf-binary", "binary glTF 2.0 with KHR_gaussian_splatting (float "
-                     "attributes, 60 B/Gaussian) and the photo's camera as a camera node, glTF axes", _glb),
+                     "attributes, 60 B/Gaussian) and the photo's camera as a camera node, glTF axes", _glb,
+                     bytes_per_gaussian=60, fixed_bytes=16_384),
         OutputFormat("json", ".json", "application/json", "the Gaussians as JSON arrays plus the prediction's "
-                     "metadata", _json, frozenset({"encoding"})),
+                     "metadata", _json, frozenset({"encoding"}), bytes_per_gaussian=200, fixed_bytes=65_536),
         OutputFormat("preview", ".png", "image/png", "the scene rendered from the photo's viewpoint (PNG; "
                      "depth=true: the depth map)", _still("png"), frozenset({"size", "depth"}), "render",
-                     "preview"),
+                     "preview", bytes_per_gaussian=0, fixed_bytes=1_200_000),
         OutputFormat("preview_jpeg", ".jpg", "image/jpeg", "the same render as JPEG", _still("jpeg"),
-                     frozenset({"size", "depth"}), "render", "preview_jpeg"),
+                     frozenset({"size", "depth"}), "render", "preview_jpeg", bytes_per_gaussian=0, fixed_bytes=400_000),
         OutputFormat("orbit", ".mp4", "video/mp4", "a short video of the camera moving around the photo's "
                      "viewpoint (H.264, yuv420p)", _orbit, frozenset({"size", "path", "frames"}), "render",
-                     "orbit"),
+                     "orbit", bytes_per_gaussian=0, fixed_bytes=8_000_000),
     )
 }
 

@@ -55,13 +55,14 @@ MAX_IMAGE_SIDE = 16383
 """WebP's largest width or height."""
 WEBP_SETTINGS: dict[str, tuple[int, int]] = {
     "means_l.webp": (0, 0), "means_u.webp": (30, 1), "scales.webp": (0, 1), "quats.webp": (25, 2),
-    "sh0.webp": (0, 1),
+    "sh0.webp": (0, 0),
 }
 """Each image's lossless WebP (`quality`, `method`): libwebp's effort (0-100) and method (0-6), chosen by
-measurement on a full-size prediction (docs/formats.md): 0.9 % larger in all than quality 70 / method 4 for
-every image, in less than half its CPU time (method 0 for all would be 10 % larger). The low bytes of the
-positions are noise that no effort compresses; the high bytes need LZ77 effort; the others only the
-predictors."""
+measurement on a full-size prediction (docs/formats.md): 2.3 % larger in all than quality 70 / method 4 for
+every image, in about a third of its CPU time (method 0 for all would be 10 % larger). The low bytes of the
+positions are noise that no effort compresses; the high bytes need LZ77 effort; the scales and rotations
+the predictors' search (method 1-2); the colours lose least to method 0 (1.4 % of the file for a fifth of the
+time of method 1)."""
 FILES = {"means": ["means_l.webp", "means_u.webp"], "scales": ["scales.webp"], "quats": ["quats.webp"],
          "sh0": ["sh0.webp"]}
 
@@ -262,10 +263,14 @@ def _webp(name: str, pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _image(columns: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(N, C) uint8 rows -> (H, W, C) pixels, the rows first in row-major order, zeros after."""
+def _image(columns: np.ndarray, width: int, height: int, order: np.ndarray | None = None) -> np.ndarray:
+    """(N, C) uint8 rows -> (H, W, C) pixels, the rows (taken in `order` when given) first in row-major order,
+    zeros after. `np.take` into the image, several times faster than a fancy-indexed copy of narrow rows."""
     pixels = np.zeros((width * height, columns.shape[1]), dtype=np.uint8)
-    pixels[: columns.shape[0]] = columns
+    if order is None:
+        pixels[: columns.shape[0]] = columns
+    else:
+        np.take(columns, order, axis=0, out=pixels[: columns.shape[0]])
     return pixels.reshape(height, width, columns.shape[1])
 
 
@@ -286,24 +291,24 @@ def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
     def morton() -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
         codes, mins, maxs = quantize_positions(scene.positions)
         order = morton_order(codes)
-        return order, codes[order], mins, maxs
+        return order, np.take(codes, order, axis=0), mins, maxs
 
     def scales(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_scales = np.log(np.asarray(scene.scales, dtype=np.float64))
         codebook, labels = kmeans_1d(log_scales)
-        return _webp("scales.webp", _image(labels[ordered.result()[0]], width, height)), codebook
+        return _webp("scales.webp", _image(labels, width, height, ordered.result()[0])), codebook
 
     def sh0(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, np.ndarray]:
         f_dc = (linear_to_srgb(scene.colors).astype(np.float64) - 0.5) / SH_C0
         codebook, labels = kmeans_1d(f_dc)
         opacity = np.clip(np.rint(_finite(scene.opacities) * 255.0), 0, 255).astype(np.uint8)
-        pixels = np.concatenate([labels, opacity[:, None]], axis=1)[ordered.result()[0]]
-        return _webp("sh0.webp", _image(pixels, width, height)), codebook
+        pixels = np.concatenate([labels, opacity[:, None]], axis=1)
+        return _webp("sh0.webp", _image(pixels, width, height, ordered.result()[0])), codebook
 
     def quats(ordered: Future[tuple[np.ndarray, ...]]) -> tuple[bytes, None]:
         packed = pack_quaternions(scene.rotations)
-        return _webp("quats.webp", _image(packed[ordered.result()[0]], width, height)), None
+        return _webp("quats.webp", _image(packed, width, height, ordered.result()[0])), None
 
     def means(byte: int) -> Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, None]]:
         name = FILES["means"][byte]

@@ -5,7 +5,8 @@
 naming the numbers and how to fit), and a queued or running job reserves its projection in the store
 (`app.jobs.store.held_bytes`), so that a job once accepted finds its room when it finishes.
 
-The figures are upper bounds of each format's size, per Gaussian plus a fixed part, measured on full-size
+The figures are upper bounds of each format's size, per Gaussian plus a fixed part (each `OutputFormat`'s
+`bytes_per_gaussian` and `fixed_bytes` in `app.outputs`), measured on full-size
 predictions of the `tiny_full` preset (1,179,648 Gaussians; tests/jobs/test_store_size.py checks every
 output against them):
 
@@ -29,19 +30,10 @@ from typing import Any
 
 from app.budget import budget_count
 from app.jobs.base import JobTooLargeError
+from app.outputs import FORMATS
 
-BYTES_PER_GAUSSIAN: dict[str, float] = {
-    "ply": 56, "ply_vertex": 56, "splat": 32, "spz": 20, "sog": 24, "glb": 60, "json": 200, "preview": 0,
-    "preview_jpeg": 0, "orbit": 0,
-}
-"""Upper bound of each output's bytes per Gaussian kept (the module docstring's table)."""
 JSON_BASE64_BYTES_PER_GAUSSIAN = 80
 """The json output with `encoding=base64`: 14 float32 in base64 is 74.7 B."""
-FIXED_BYTES: dict[str, int] = {
-    "ply": 4_096, "ply_vertex": 4_096, "splat": 0, "spz": 65_536, "sog": 65_536, "glb": 16_384, "json": 65_536,
-    "preview": 1_200_000, "preview_jpeg": 400_000, "orbit": 8_000_000,
-}
-"""Upper bound of each output's bytes that do not grow with the Gaussians (headers, metadata, renders)."""
 CLIP_BYTES_PER_FRAME = 200_000
 """A clip's own files per frame: its line in manifest.json and its frame of preview.mp4 (H.264, both halves)."""
 CLIP_FIXED_BYTES = 65_536
@@ -55,10 +47,10 @@ COMPACT_FORMAT = "spz"
 
 def file_bytes(format_name: str, num_gaussians: int, options: Mapping[str, Any] | None = None) -> int:
     """Upper bound in bytes of one file of `format_name` holding `num_gaussians` Gaussians."""
-    per_gaussian = BYTES_PER_GAUSSIAN[format_name]
+    per_gaussian = FORMATS[format_name].bytes_per_gaussian
     if format_name == "json" and (options or {}).get("encoding") == "base64":
         per_gaussian = JSON_BASE64_BYTES_PER_GAUSSIAN
-    return math.ceil(per_gaussian * num_gaussians) + FIXED_BYTES[format_name]
+    return math.ceil(per_gaussian * num_gaussians) + FORMATS[format_name].fixed_bytes
 
 
 def frame_bytes(outputs: list[str], options: Mapping[str, Any], num_gaussians: int) -> int:
@@ -113,7 +105,7 @@ def check_fits(outputs: list[str], options: Mapping[str, Any], num_gaussians: in
         hints.append(f"outputs={COMPACT_FORMAT} ({_mb(compact)} a {'frame' if frames is not None else 'scene'})")
     kept = num_gaussians if options.get("max_gaussians") is None else budget_count(options["max_gaussians"],
                                                                                       num_gaussians)
-    fixed = copies * (sum(FIXED_BYTES[name] for name in outputs) + (CLIP_BYTES_PER_FRAME if frames else 0))
+    fixed = copies * (sum(FORMATS[name].fixed_bytes for name in outputs) + (CLIP_BYTES_PER_FRAME if frames else 0))
     room_per_frame = room / (frames or 1) - fixed
     budget = int(room_per_frame / max(1e-9, (per_frame - fixed) / kept))
     if 1 <= budget < kept:

@@ -5,9 +5,11 @@ length f (pixels) and principal point at the image centre, the ray through NDC x
 X / Z = x * W / (2f), so unprojection is the linear map L = diag(W / 2f, H / 2f, 1):
 means become L @ mean, covariances L @ Σ @ L^T. The transformed covariances are no longer
 axis-aligned in the Gaussians' own frames, so each one is decomposed again into a rotation
-and three scales: a closed-form symmetric 3x3 eigendecomposition (`symmetric_eigen`), elementwise in
-float64 on the forward's device (the CPU for MPS, which has no float64), in cache-sized pieces spread over
-the threads on the CPU. No LAPACK call: a batched `eigh` of 1.18M matrices took 1.3-1.6 s on 2 cores.
+and three scales: a closed-form symmetric 3x3 eigendecomposition (`symmetric_eigen`), elementwise on the
+forward's device (the CPU for MPS, which has no float64), in cache-sized pieces spread over the threads on
+the CPU. Float64 where it matters (the covariances, the determinant, the eigenvalues, which give the scales of
+thin Gaussians), float32 elsewhere (the eigenvectors, which the float32 quaternions keep). No LAPACK call: a
+batched `eigh` of 1.18M matrices took 1.3-1.6 s on 2 cores.
 
 Any finite focal length works. Depth, and so every Gaussian's size, is proportional to f, and L to
 1 / f, so f = 1e-30 or 1e30 px gives covariances far outside float32's range; they are formed in float64,
@@ -69,7 +71,13 @@ def matrices_to_quaternions(rotations: torch.Tensor) -> torch.Tensor:
 
 def covariance_entries(quaternions: torch.Tensor, scales: torch.Tensor, gains: tuple[float, float, float]
                        ) -> torch.Tensor:
-    """The six entries of L R diag(scales)² Rᵀ L, L = diag(gains), elementwise in float64.
+    """The six entries of L R diag(scales)² Rᵀ L, L = diag(gains), in float64.
+
+    R comes from the quaternion in float32: D = L R diag(scales) then differs from the exact one by float32
+    rounding of |D| (about 1e-7 of the largest scale), which moves each singular value of D, i.e. each scale,
+    by no more than that (Weyl), however thin the Gaussian; Σ = D Dᵀ itself is summed in float64 (the products
+    of float32 rotation entries and float64 scale-gains), so that its smallest eigenvalues stay exact to that
+    degree and any focal length fits (float32 would over- or underflow).
 
     Args:
         quaternions: (n, 4) (w, x, y, z), any norm.
@@ -79,7 +87,7 @@ def covariance_entries(quaternions: torch.Tensor, scales: torch.Tensor, gains: t
     Returns:
         (6, n) float64: Σ₀₀, Σ₁₁, Σ₂₂, Σ₀₁, Σ₀₂, Σ₁₂ (the order of `symmetric_eigen`).
     """
-    q = quaternions.to(torch.float64).T.contiguous()
+    q = quaternions.to(torch.float32).T.contiguous()
     w, x, y, z = q * torch.rsqrt((q * q).sum(dim=0))
     rotation = ((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
                 (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
@@ -96,8 +104,8 @@ def covariance_entries(quaternions: torch.Tensor, scales: torch.Tensor, gains: t
 def decompose_covariances(covariances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, 3) symmetric PSD matrices -> quaternions (N, 4) and scales (N, 3), scales descending.
 
-    Σ = R diag(scales)² Rᵀ with R a proper rotation (det +1), by `symmetric_eigen` in float64 on the input's
-    device (on the CPU for MPS); returns float32 on the input's device.
+    Σ = R diag(scales)² Rᵀ with R a proper rotation (det +1), by `symmetric_eigen` on the input's device (on
+    the CPU for MPS; the eigenvalues in float64, the eigenvectors in float32); returns float32 there.
 
     Works for any finite input: each matrix is divided by the power of four nearest its largest
     entry first (exact) and the scales multiplied back by the power of two. An all-zero matrix gives scales 0
@@ -194,13 +202,20 @@ def symmetric_eigen(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nearest the identity: neighbours get similar quaternions, which the compressed formats like), and the
     quaternion by Shepperd's method, its largest component positive.
 
+    Precision: q, p and r in float64; from there the eigenvectors in float32: one is off by about float32's
+    rounding of |A| over its eigenvalue's gap, ~1e-7 rad (the float32 quaternion's own rounding) for well
+    separated eigenvalues, more for a nearly repeated pair, which rebuilds Σ as well whatever its basis
+    (tests/predictor/test_unproject.py). The returned eigenvalues are float64 Rayleigh quotients of those
+    vectors: their rounding moves them by a relative ~1e-7 plus ~1e-14 |A|, so that the scale of a thin
+    Gaussian's short axis stays right to ~1e-7 of its long one.
+
     Args:
         entries: (6, n) a₀₀, a₁₁, a₂₂, a₀₁, a₀₂, a₁₂ of finite symmetric matrices (float64), scaled to
             magnitudes near 1 (`_decompose_entries`).
 
     Returns:
-        quaternions (n, 4) unit (w, x, y, z), and eigenvalues (n, 3) descending (may be slightly negative
-        for a PSD matrix: rounding), both float64.
+        quaternions (n, 4) unit (w, x, y, z) float32, and eigenvalues (n, 3) descending (may be slightly
+        negative for a PSD matrix: rounding) float64.
     """
     a00, a11, a22, a01, a02, a12 = entries.unbind(0)
     q = (a00 + a11 + a22) / 3
@@ -210,15 +225,19 @@ def symmetric_eigen(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     determinant = d00 * (d11 * d22 - a12 * a12) - a01 * (a01 * d22 - a12 * a02) + a02 * (a01 * a12 - d11 * a02)
     spread = p > 0
     r = torch.where(spread, determinant / torch.where(spread, 2 * p * p * p, 1.0), 0.0).clamp(-1.0, 1.0)
-    angle = torch.acos(r) / 3
-    largest = q + 2 * p * torch.cos(angle)
-    smallest = q + 2 * p * torch.cos(angle + 2 * math.pi / 3)
-    middle = q + 2 * p * torch.cos(angle - 2 * math.pi / 3)
+    # From here, what picks the eigenvectors is float32 (they are only needed to float32's precision): the
+    # trigonometric eigenvalues too, whose float32 rounding of |A| is that of A's entries below.
+    angle = torch.acos(r.float()) / 3
+    q32, two_p = q.float(), 2 * p.float()
+    largest = q32 + two_p * torch.cos(angle)
+    smallest = q32 + two_p * torch.cos(angle + 2 * math.pi / 3)
+    middle = q32 + two_p * torch.cos(angle - 2 * math.pi / 3)
 
     # The eigenvector of the eigenvalue further from the middle one (λ₀ or λ₂): its rows' best cross product.
     first_isolated = largest - middle >= middle - smallest
     isolated = torch.where(first_isolated, largest, smallest)
-    rows = ((a00 - isolated, a01, a02), (a01, a11 - isolated, a12), (a02, a12, a22 - isolated))
+    b00, b11, b22, b01, b02, b12 = entries.float().unbind(0)
+    rows = ((b00 - isolated, b01, b02), (b01, b11 - isolated, b12), (b02, b12, b22 - isolated))
     candidates = [_cross(rows[0], rows[1]), _cross(rows[0], rows[2]), _cross(rows[1], rows[2])]
     norms = [_dot(c, c) for c in candidates]
     best, best_norm = candidates[0], norms[0]
@@ -230,21 +249,26 @@ def symmetric_eigen(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inverse = torch.where(found, torch.rsqrt(torch.where(found, best_norm, 1.0)), 0.0)
     n0, n1 = best[0] * inverse, best[1] * inverse
     n2 = torch.where(found, best[2] * inverse, 1.0)  # A - λI = 0 (A = λI): any axis; z
+    # Once more: a cross product of rows near zero (a nearly isotropic A) has a subnormal float32 norm, whose
+    # rsqrt leaves n off unit length; n itself is normal, so a second pass makes it unit.
+    inverse = torch.rsqrt(n0 * n0 + n1 * n1 + n2 * n2)
+    n0, n1, n2 = n0 * inverse, n1 * inverse, n2 * inverse
 
     # An orthonormal basis (u, w) of the plane orthogonal to n with u x w = n (Duff et al. 2017), and the 2x2
-    # problem there: [[α, β], [β, γ]] = [u w]ᵀ A [u w].
+    # problem there in float64: [[α, β], [β, γ]] = [u w]ᵀ A [u w].
     sign = torch.copysign(torch.ones_like(n2), n2)
     k = -1 / (sign + n2)
     b = n0 * n1 * k
     u = (1 + sign * n0 * n0 * k, sign * b, -sign * n0)
     w = (b, sign + n1 * n1 * k, -n1)
-    au = (a00 * u[0] + a01 * u[1] + a02 * u[2], a01 * u[0] + a11 * u[1] + a12 * u[2],
-          a02 * u[0] + a12 * u[1] + a22 * u[2])
-    aw = (a00 * w[0] + a01 * w[1] + a02 * w[2], a01 * w[0] + a11 * w[1] + a12 * w[2],
-          a02 * w[0] + a12 * w[1] + a22 * w[2])
-    alpha, beta, gamma = _dot(u, au), _dot(u, aw), _dot(w, aw)
+    u64, w64 = tuple(x.double() for x in u), tuple(x.double() for x in w)
+    au = (a00 * u64[0] + a01 * u64[1] + a02 * u64[2], a01 * u64[0] + a11 * u64[1] + a12 * u64[2],
+          a02 * u64[0] + a12 * u64[1] + a22 * u64[2])
+    aw = (a00 * w64[0] + a01 * w64[1] + a02 * w64[2], a01 * w64[0] + a11 * w64[1] + a12 * w64[2],
+          a02 * w64[0] + a12 * w64[1] + a22 * w64[2])
+    alpha, beta, gamma = _dot(u64, au), _dot(u64, aw), _dot(w64, aw)
     half_difference = (alpha - gamma) / 2
-    theta = torch.atan2(beta, half_difference) / 2
+    theta = (torch.atan2(beta, half_difference) / 2).float()
     cos, sin = torch.cos(theta), torch.sin(theta)
     upper = _combine(cos, u, sin, w)  # the larger eigenvalue of the two
     lower = _combine(-sin, u, cos, w)  # upper x lower = n
@@ -261,10 +285,13 @@ def symmetric_eigen(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     v1, v2 = tuple(x * flip12 for x in v1), tuple(x * flip12 for x in v2)
     quaternions = _rotation_to_quaternion((v0, v1, v2))
 
-    # The eigenvalues again, to ulps of |A| (the formula above has errors up to ~sqrt(ulp) * p in the two
-    # eigenvalues of a nearly repeated pair, where acos is steep): the Rayleigh quotient nᵀAn, and the 2x2's.
-    n_a_n = n0 * (a00 * n0 + a01 * n1 + a02 * n2) + n1 * (a01 * n0 + a11 * n1 + a12 * n2) + n2 * (
-        a02 * n0 + a12 * n1 + a22 * n2)
+    # The eigenvalues again in float64, to ulps of |A| (the formula above has errors up to ~sqrt(ulp) * p in the
+    # two eigenvalues of a nearly repeated pair, where acos is steep): the Rayleigh quotient nᵀAn, and the 2x2's.
+    # Vectors off by float32 rounding move them by a relative ~1e-7 (a congruence) plus the square of their
+    # tilt times |A|, so that the smallest stay right however thin the Gaussian.
+    m0, m1, m2 = n0.double(), n1.double(), n2.double()
+    n_a_n = m0 * (a00 * m0 + a01 * m1 + a02 * m2) + m1 * (a01 * m0 + a11 * m1 + a12 * m2) + m2 * (
+        a02 * m0 + a12 * m1 + a22 * m2)
     mean, radius = (alpha + gamma) / 2, torch.hypot(half_difference, beta)
     first = torch.where(first_isolated, n_a_n, mean + radius)
     second = torch.minimum(torch.where(first_isolated, mean + radius, mean - radius), first)

@@ -210,17 +210,19 @@ def test_extreme_scale_matrices_are_reconstructed(magnitude: float) -> None:
         quaternions, got_scales = decompose_covariances(matrices)
         expected = scales.sort(dim=-1, descending=True).values * magnitude**0.5
         torch.testing.assert_close(got_scales.double(), expected, rtol=1e-5, atol=0)
-        rebuilt = quaternions_to_matrices(quaternions.double())
-        rebuilt = (rebuilt * got_scales.double()[:, None, :] ** 2) @ rebuilt.transpose(-1, -2)
-        relative = torch.linalg.matrix_norm(rebuilt - matrices) / torch.linalg.matrix_norm(matrices)
+        rotations = quaternions_to_matrices(quaternions.double())
+        rebuilt_matrices = (rotations * got_scales.double()[:, None, :] ** 2) @ rotations.transpose(-1, -2)
+        relative = torch.linalg.matrix_norm(rebuilt_matrices - matrices) / torch.linalg.matrix_norm(matrices)
         assert float(relative.max()) < 1e-5
         np.testing.assert_allclose(torch.linalg.norm(quaternions, dim=-1).numpy(), 1.0, atol=1e-6)
     else:
-        # Scales of 1e±150 do not fit float32 (they become inf or 0), but nothing fails and the
-        # rotations are still exact: compare with the same matrices at magnitude 1.
+        # Scales of 1e±150 do not fit float32 (they become inf or 0), but nothing fails and the rotations are
+        # still those of the same matrices at magnitude 1 (to float32's rounding, which the eigenvectors are
+        # computed in): with magnitude 1's scales they rebuild magnitude 1's matrices.
         quaternions, _ = decompose_covariances(matrices)
-        reference, _ = decompose_covariances(covariances)
-        assert torch.equal(quaternions, reference)
+        _, reference_scales = decompose_covariances(covariances)
+        error = np.linalg.norm(rebuilt(quaternions, reference_scales) - covariances.numpy(), axis=(1, 2))
+        assert (error <= 2e-6 * np.linalg.norm(covariances.numpy(), axis=(1, 2))).all()
 
 
 def test_float32_matrices_near_the_limits_of_float32() -> None:
