@@ -172,6 +172,10 @@ class JobError(BaseModel):
     message: str
 
 
+FileState = Literal["waiting", "encoding", "ready", "failed"]
+"""Where an output of a photo's job is (`app.jobs.base.Job.file_states`)."""
+
+
 class JobResponse(BaseModel):
     """A job (`POST /jobs`, `GET /jobs/{id}`, each event of `GET /jobs/{id}/events`)."""
 
@@ -190,10 +194,19 @@ class JobResponse(BaseModel):
     metadata: JobMetadata | None
     timings_ms: dict[str, float]
     error: JobError | None
-    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded; a clip's job: "
+    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded (a file not made yet "
+                                                "included: its download waits for it; see `files`); a clip's job: "
                                                 "path -> URL (`frames/000000.ply`, `manifest.json`, "
                                                 "`preview.mp4`, `sequence.zip`).")
     frame: int | None = Field(default=None, description="A clip's job: the frame being made (1-based); null for "
                                                         "a photo's.")
     frames: int | None = Field(default=None, description="A clip's job: how many frames (the header's estimate "
                                                          "while running, the count once done); null for a photo's.")
+    first: str | None = Field(default=None, description="A photo's job: the output made first, before it succeeds "
+                                                       "(the form's `first`, else the first output listed).")
+    files: dict[str, FileState] | None = Field(
+        default=None, description="A photo's job: output -> `waiting` (not made yet), `encoding`, `ready` or `failed` "
+                                  "(its download answers 409 `result_failed`). A job with several outputs succeeds "
+                                  "once its first is ready; the others follow, and a download of one not ready "
+                                  "yet waits for it. Null for a clip's job (all its files are made before it "
+                                  "succeeds).")
