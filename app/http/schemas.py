@@ -208,5 +208,5 @@ class JobResponse(BaseModel):
         default=None, description="A photo's job: output -> `waiting` (not made yet), `encoding`, `ready` or `failed` "
                                   "(its download answers 409 `result_failed`). A job with several outputs succeeds "
                                   "once its first is ready; the others follow, and a download of one not ready "
-                                  "yet waits for it. Null for a clip's job (all its files are made before it "
-                                  "succeeds).")
+                                  "yet waits for it. A clip's job: each of its files by path (none before it "
+                                  "succeeds; then all ready but `sequence.zip`, made after).")

@@ -286,16 +286,17 @@ class Job:
     def result_urls(self) -> dict[str, str]:
         """Format -> the URL of its file (only the files it has: a succeeded job's); a clip's job: path -> URL."""
         if self.sequence is not None:
-            return {path: f"/jobs/{self.id}/{path}" for path in self.results}
+            return {path: f"/jobs/{self.id}/{path}" for path in [*self.results, *self.pending]}
         return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs
                 if name in self.results or name in self.pending}
 
-    def file_states(self) -> dict[str, str] | None:
-        """Output -> `waiting` (not made yet), `encoding`, `ready` or `failed`; None for a clip's job."""
-        if self.sequence is not None:
-            return None
+    def file_states(self) -> dict[str, str]:
+        """Output -> `waiting` (not made yet), `encoding`, `ready` or `failed`; a clip's job: each of its files
+        by path (none until it succeeds; then all `ready` but `sequence.zip`, made after)."""
+        names = self.outputs if self.sequence is None else list(dict.fromkeys(
+            [*self.results, *self.pending, *self.file_errors]))
         return {name: "ready" if name in self.results else "failed" if name in self.file_errors else
-                "encoding" if name == self.encoding else "waiting" for name in self.outputs}
+                "encoding" if name == self.encoding else "waiting" for name in names}
 
 
 @dataclass(frozen=True)
@@ -329,10 +330,15 @@ def check_result(job: Job, format_name: str) -> None:
         raise JobNotFoundError(f"Job {job.id} was not asked for {format_name} (its outputs: "
                                f"{', '.join(job.outputs)}).", code="result_not_requested")
     check_finished(job)
-    if format_name in job.file_errors:
-        error = job.file_errors[format_name]
-        raise ResultFailedError(f"Job {job.id}'s {format_name} could not be made: {error['message']} "
-                                f"({error['code']}); its other outputs are unaffected.")
+    check_made(job, format_name)
+
+
+def check_made(job: Job, name: str) -> None:
+    """409 `result_failed` if the output (or clip file) `name` of a succeeded job could not be made."""
+    if name in job.file_errors:
+        error = job.file_errors[name]
+        raise ResultFailedError(f"Job {job.id}'s {name} could not be made: {error['message']} "
+                                f"({error['code']}); its other files are unaffected.")
 
 
 def check_finished(job: Job) -> None:
@@ -349,7 +355,8 @@ def check_file(job: Job, path: str) -> None:
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
     if job.status != "succeeded":
         check_finished(job)
-    if path not in job.results:
+    check_made(job, path)
+    if path not in job.results and path not in job.pending:
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
 
 

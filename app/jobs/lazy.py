@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs.base import Job, ResultNotReadyError, json_options_of
+from app.jobs.base import SEQUENCE_ZIP, Job, ResultNotReadyError, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.prediction import Prediction
@@ -90,7 +90,8 @@ async def encode_output(service: InferenceService, store: JobStore, job: Job, na
 
 
 class Encoder:
-    """The pending outputs of this server's succeeded jobs, encoded one at a time on a task of the event loop.
+    """The pending outputs of this server's succeeded jobs, encoded one at a time on a task of the event loop
+    (and a clip job's `sequence.zip`, made from its files once it has succeeded).
 
     Order: an output a download waits for first (`wait`), in the order asked; then, when `ahead`
     (`SHARP_JOBS_ENCODE_AHEAD`), every job's pending outputs, oldest job first, each in its `pending` order.
@@ -191,9 +192,13 @@ class Encoder:
         await self._record(job)
         error: SharpError | None = None
         try:
-            prediction = await self._prediction(job)
-            await self._model_ready()
-            await encode_output(self.service, self.store, job, name, prediction)
+            if job.sequence is not None:  # a clip's zip, of the files on disk
+                paths = [path for path in job.results if path != SEQUENCE_ZIP]
+                job.results[name] = await anyio.to_thread.run_sync(self.store.zip_files, job.id, paths)
+            else:
+                prediction = await self._prediction(job)
+                await self._model_ready()
+                await encode_output(self.service, self.store, job, name, prediction)
         except asyncio.CancelledError:
             job.encoding = None
             raise

@@ -213,6 +213,10 @@ class LocalJobQueue:
     async def file(self, job_id: str, path: str) -> ResultFile:
         job = await self.get(job_id)
         check_file(job, path)
+        if path in job.pending:  # a clip's zip, made after it succeeded: made next, and waited for
+            await self._encoder.wait(job, path, self.settings.job_file_wait_s)
+            job = await self.get(job_id)
+            check_file(job, path)
         return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path))
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
@@ -272,7 +276,7 @@ class LocalJobQueue:
             if keeps_prediction(job.outputs, job.sequence):  # its first output, then the others (app.jobs.lazy)
                 kept.append(await lazy.predict_and_keep(self.service, self.store, job, progress))
             else:
-                await runner.execute(self.service, self.store, job, progress)
+                await runner.execute(self.service, self.store, job, progress, zip_later=True)
 
         try:
             await lifecycle.run(job, work, self._runner)

@@ -4,7 +4,9 @@ servers on loopback, the `tiny` model, a real jobs folder (restarted on the same
 
 from __future__ import annotations
 
+import io
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from app.http import create_app
 from app.jobs.size import projected_bytes
 from app.jobs.store import PREDICTION_FILE
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, assert_error, events
+from tests.helpers import LiveServer, assert_error, events, make_clip
 from tests.jobs.test_jobs import ARRAYS, image_bytes, settings_for, submit, wait_for
 
 TINY_GAUSSIANS = 131_072
@@ -172,3 +174,26 @@ def test_a_job_with_outputs_to_make_reserves_its_projection_until_they_are_made(
         second = wait_for(client, submit(client, photo, outputs="ply,spz")["id"])
         assert second["status"] == "succeeded"
         assert_error(client.get(job["results"]["spz"]), 410, "job_expired")  # evicted to make that room
+
+
+def test_a_clip_succeeds_before_its_zip_which_is_made_on_download_also_after_a_restart(
+        start: Callable[..., LiveServer]) -> None:
+    first = start(jobs_encode_ahead=False)
+    with first.client() as client:
+        response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(2, fps=10), "video/mp4")},
+                               data={"outputs": "spz"})
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["id"])
+        paths = ["frames/000000.spz", "frames/000001.spz", "preview.mp4", "manifest.json"]
+        assert job["files"] == {**{path: "ready" for path in paths}, "sequence.zip": "waiting"}
+        assert sorted(job["results"]) == sorted([*paths, "sequence.zip"])
+        files = {path: client.get(job["results"][path]).content for path in paths}
+    first.stop()  # the zip was never made
+
+    with start(jobs_encode_ahead=False).client() as client:
+        got = client.get(job["results"]["sequence.zip"])
+        assert got.status_code == 200, got.text
+        with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
+            assert sorted(archive.namelist()) == sorted(paths)
+            assert all(archive.read(path) == files[path] for path in paths)
+        assert events(client, job["id"])[-1]["files"]["sequence.zip"] == "ready"

@@ -42,7 +42,6 @@ from app.jobs.base import (
     first_output,
     iso_time,
     parse_outputs,
-    result_name,
 )
 from app.jobs.size import check_fits
 from app.model.presets import get_config
@@ -180,11 +179,12 @@ def _file_events(job: Job, told: dict[str, str]) -> list[ServerSentEvent]:
     events = []
     if job.status != "succeeded":
         return events
-    for name, state in (job.file_states() or {}).items():
+    urls = job.result_urls()
+    for name, state in job.file_states().items():
         if state in ("ready", "failed") and told.get(name) != state:
             told[name] = state
-            data = {"format": name, "state": state, "url": f"/jobs/{job.id}/{result_name(name)}" if state == "ready"
-                    else None, "bytes": job.results.get(name), "error": job.file_errors.get(name)}
+            data = {"format": name, "state": state, "url": urls.get(name), "bytes": job.results.get(name),
+                    "error": job.file_errors.get(name)}
             events.append(ServerSentEvent(orjson.dumps(data).decode(), event="file"))
     return events
 
