@@ -284,7 +284,8 @@ class Job:
             self.error = {"code": error.code, "message": error.message}
 
     def result_urls(self) -> dict[str, str]:
-        """Format -> the URL of its file (only the files it has: a succeeded job's); a clip's job: path -> URL."""
+        """Format -> the URL of its file (a succeeded job's files, made or still `pending`: a download waits for
+        one not made yet); a clip's job: path -> URL."""
         if self.sequence is not None:
             return {path: f"/jobs/{self.id}/{path}" for path in [*self.results, *self.pending]}
         return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs

@@ -46,9 +46,9 @@ PREDICTION_STAGES = ("decode", "preprocess", "forward", "postprocess", "budget")
 async def predict_and_keep(service: InferenceService, store: JobStore, job: Job,
                            progress: ProgressCallback) -> Prediction:
     """Run `job` up to its first output: decode -> predict (the budget applied) -> keep the prediction in
-    `store` -> encode `job.first`. Fills in the job's fields, `pending` (its other outputs, in order) and
-    `kept_bytes`; returns the prediction, for the encodes that follow. Raises what `InferenceService.run`
-    and `progress` raise (a cancel)."""
+    `store` while `job.first` is encoded (on two threads). Fills in the job's fields, `pending` (its other
+    outputs, in order) and `kept_bytes`; returns the prediction, for the encodes that follow. Raises what
+    `InferenceService.run` and `progress` raise (a cancel)."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs={},
                                max_gaussians=job.options.get("max_gaussians"), progress=progress, admit=False)
@@ -61,14 +61,22 @@ async def predict_and_keep(service: InferenceService, store: JobStore, job: Job,
     job.timings_ms = {stage: ms for stage, ms in result.timings_ms.items() if stage in PREDICTION_STAGES}
     first = job.first or job.outputs[0]
     job.pending = [name for name in job.outputs if name != first]
-    kept = save_prediction(prediction, job.timings_ms)
-    job.kept_bytes = await anyio.to_thread.run_sync(store.write_prediction, job.id, kept)
-    del kept
+    stages = dict(job.timings_ms)
+
+    def keep() -> int:  # on a worker thread, beside the first output's encode (0.25 s at full size)
+        return store.write_prediction(job.id, save_prediction(prediction, stages))
+
+    keeping = asyncio.ensure_future(anyio.to_thread.run_sync(keep))
     job.encoding = first
     try:
         await encode_output(service, store, job, first, prediction, progress)
     finally:
         job.encoding = None
+        await asyncio.wait([keeping])  # kept before the job succeeds; never left writing after it failed
+        failed = keeping.exception()  # read here: an error of the encode is the one raised
+    if failed is not None:
+        raise failed
+    job.kept_bytes = keeping.result()
     return prediction
 
 
