@@ -192,8 +192,10 @@ class Encoder:
                 await self._encode(job, name)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the encoder must survive anything one output does
-                LOGGER.exception("Encoding %s of job %s crashed the encoder step", name, job.id)
+            except Exception:  # the encoder must survive anything one output does (its state could not be saved)
+                LOGGER.exception("Encoding %s of job %s crashed the encoder step; its outputs still pending are "
+                                 "left to the next start", name, job.id)
+                self.forget(job.id)  # not tried again at once, in a loop
 
     async def _encode(self, job: Job, name: str) -> None:
         job.encoding = name
