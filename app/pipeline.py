@@ -94,7 +94,8 @@ Adjust = Callable[[Prediction], Prediction]
 def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Prediction, outputs: Outputs, *,
         filename: str | None = None, f_px: float | None = None, max_gaussians: MaxGaussians | None = None,
         max_pixels: int | None = None, progress: ProgressCallback | None = None, slots: Slots = Slots(),
-        sink: OutputSink | None = None, adjust: Adjust | None = None) -> RunResult:
+        sink: OutputSink | None = None, adjust: Adjust | None = None,
+        timings_ms: Mapping[str, float] | None = None) -> RunResult:
     """decode -> predict -> (adjust) -> keep the budget -> encode each output.
 
     Args:
@@ -116,6 +117,8 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Predicti
             (a full-size scene's files are tens of MB each).
         adjust: if given, the prediction is replaced by `adjust(prediction)` before anything is encoded
             (the result holds the adjusted one).
+        timings_ms: the stages run already, when `source` is a prediction kept from an earlier run (a job's,
+            `app.jobs.lazy`): the result's timings (and the JSON output's) start from them.
 
     Raises:
         UnknownFormatError, InvalidRequestError: an unknown output, or an option it does not take.
@@ -128,7 +131,7 @@ def run(predictor: SharpPredictor, source: bytes | Path | LoadedImage | Predicti
     if max_gaussians is not None:
         budget_count(max_gaussians, predictor.info.num_gaussians)
     report = progress or _ignore
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = dict(timings_ms or {})
     if isinstance(source, Prediction):
         prediction = source
     else:

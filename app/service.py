@@ -36,7 +36,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +47,7 @@ from app import pipeline
 from app.budget import MaxGaussians
 from app.cancel import run_cancellable
 from app.errors import SharpError
+from app.prediction import Prediction
 from app.sequence import FileSink, SequenceProgress, run_sequence
 from app.sequence.fanout import FramePredictions
 from app.settings import Settings
@@ -291,15 +292,17 @@ class InferenceService:
 
     # ------------------------------------------------------------------------------------ inference
 
-    async def run(self, source: bytes | Path, *, filename: str | None, f_px: float | None,
+    async def run(self, source: bytes | Path | Prediction, *, filename: str | None, f_px: float | None,
                   outputs: pipeline.Outputs, max_gaussians: MaxGaussians | None = None,
                   progress: ProgressCallback | None = None,
-                  admit: bool = True, sink: pipeline.OutputSink | None = None) -> pipeline.RunResult:
+                  admit: bool = True, sink: pipeline.OutputSink | None = None,
+                  timings_ms: Mapping[str, float] | None = None) -> pipeline.RunResult:
         """`pipeline.run` on a worker thread, in this service's slots (see the module docstring).
 
         Args:
-            source, filename, f_px, outputs, max_gaussians, progress, sink: as for `pipeline.run`
-                (`progress` and `sink` are called on the worker thread).
+            source, filename, f_px, outputs, max_gaussians, progress, sink, timings_ms: as for `pipeline.run`
+                (`progress` and `sink` are called on the worker thread; a kept prediction as `source` is only
+                encoded, in the render slot for a render).
             admit: count this run against the queue limit (False: the job worker, whose own queue bounds
                 what waits).
 
@@ -322,7 +325,7 @@ class InferenceService:
 
             return pipeline.run(predictor, source, outputs, filename=filename, f_px=f_px,
                                 max_gaussians=max_gaussians, max_pixels=self.settings.max_pixels,
-                                progress=checked, slots=self._slots, sink=sink)
+                                progress=checked, slots=self._slots, sink=sink, timings_ms=timings_ms)
 
         return await self._on_thread(work, admit=admit)
 

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     job_max_run_s: float = Field(default=3600.0, gt=0)
     """Longest time, in seconds, one job may run (from its start; the worker's CPU or GPU is its own meanwhile):
     past it the job fails `job_too_long` at its next step (a network block, a frame, a render's frame)."""
+    jobs_encode_ahead: bool = True
+    """A photo's job with several outputs makes its first one, succeeds, then encodes the others one by one
+    from its kept prediction (`app.jobs.lazy`); False: each of the others only when first downloaded."""
+    job_file_wait_s: float = Field(default=30.0, gt=0)
+    """Longest a download of a job's output still being encoded waits for it, in seconds; then 503
+    `result_encoding` with Retry-After (the encode goes on)."""
 
     # Video (`app.video`, `app.sequence`): a clip's limits; the defaults finish in minutes on 2 CPU cores
     # with the tiny preset (about 3 s a frame).

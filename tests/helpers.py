@@ -167,16 +167,21 @@ def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (16
     return buffer.getvalue()
 
 
-def events(client: httpx.Client, job_id: str) -> list[dict]:
-    """Every `job` event of the job's event stream, until the server ends it."""
-    seen, data = [], []
+def events(client: httpx.Client, job_id: str, kinds: tuple[str, ...] = ("job",)) -> list[dict]:
+    """Every event of the job's event stream whose type is one of `kinds` (`job`, `file`), until the server
+    ends it; with more than one kind, each as ``{"event": kind, "data": ...}``."""
+    seen, data, kind = [], [], "message"
     with client.stream("GET", f"/jobs/{job_id}/events") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
-            if line.startswith("data: "):
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
                 data.append(line[6:])
-            elif not line and data:
-                seen.append(orjson.loads("\n".join(data)))
-                data = []
+            elif not line:
+                if data and kind in kinds:
+                    body = orjson.loads("\n".join(data))
+                    seen.append(body if len(kinds) == 1 else {"event": kind, "data": body})
+                data, kind = [], "message"
     return seen

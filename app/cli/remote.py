@@ -242,13 +242,31 @@ def _download(client: httpx.Client, job: dict[str, Any], stem: str, output: Path
             destination.parent.mkdir(parents=True, exist_ok=True)
         else:
             destination = output / FORMATS[format_name].filename(stem)
-        with client.stream("GET", url) as response:
-            if response.status_code != 200:
-                response.read()
-                raise RemoteError(f"downloading {format_name}: {_message(response)}")
-            write_atomically(destination, response.iter_bytes())
+        while not _fetch(client, url, format_name, destination):
+            pass
         written.append(destination)
     return written
+
+
+def _fetch(client: httpx.Client, url: str, what: str, destination: Path) -> bool:
+    """Download `url` into `destination` (True); False after waiting out a 503 `result_encoding` (a job's output
+    still being made after the server's wait for it: ask again)."""
+    with client.stream("GET", url) as response:
+        if response.status_code != 200:
+            response.read()
+            if response.status_code == 503 and _code(response) == "result_encoding":
+                time.sleep(_retry_after(response))
+                return False
+            raise RemoteError(f"downloading {what}: {_message(response)}")
+        write_atomically(destination, response.iter_bytes())
+    return True
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -183,6 +183,10 @@ class JobError(BaseModel):
     message: str
 
 
+FileState = Literal["waiting", "encoding", "ready", "failed"]
+"""Where an output of a photo's job is (`app.jobs.base.Job.file_states`)."""
+
+
 WebhookEvent = Literal["started", "progress", "succeeded", "failed", "cancelled"]
 
 
@@ -217,7 +221,8 @@ class JobResponse(BaseModel):
     metadata: JobMetadata | None
     timings_ms: dict[str, float]
     error: JobError | None
-    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded; a clip's job: "
+    results: dict[str, str] = Field(description="Format -> URL of its file, once succeeded (a file not made yet "
+                                                "included: its download waits for it; see `files`); a clip's job: "
                                                 "path -> URL (`frames/000000.ply`, `manifest.json`, "
                                                 "`preview.mp4`, `sequence.zip`).")
     frame: int | None = Field(default=None, description="A clip's job: the frame being made (1-based); null for "
@@ -226,3 +231,11 @@ class JobResponse(BaseModel):
                                                          "while running, the count once done); null for a photo's.")
     webhook: JobWebhook | None = Field(default=None, description="The job's webhook (`webhook_url`); null "
                                                                  "without one.")
+    first: str | None = Field(default=None, description="A photo's job: the output made first, before it succeeds "
+                                                       "(the form's `first`, else the first output listed).")
+    files: dict[str, FileState] | None = Field(
+        default=None, description="A photo's job: output -> `waiting` (not made yet), `encoding`, `ready` or `failed` "
+                                  "(its download answers 409 `result_failed`). A job with several outputs succeeds "
+                                  "once its first is ready; the others follow, and a download of one not ready "
+                                  "yet waits for it. A clip's job: each of its files by path (none before it "
+                                  "succeeds; then all ready but `sequence.zip`, made after).")

@@ -87,6 +87,27 @@ def parse_outputs(value: str | None) -> list[str]:
     return [name for name in FORMATS if name in names] if names else list(DEFAULT_OUTPUTS)
 
 
+def first_output(outputs: list[str], first: str | None) -> str:
+    """The output a job makes before it succeeds: `first` (the one its client needs first: it must be one of
+    `outputs`), else the first of `outputs`.
+
+    Raises:
+        InvalidRequestError: `first` is not one of `outputs`.
+    """
+    if first is None:
+        return outputs[0]
+    name = first.strip().lower()
+    if name not in outputs:
+        raise InvalidRequestError(f"first: {first[:40]!r} is not one of this job's outputs ({', '.join(outputs)}).")
+    return name
+
+
+def keeps_prediction(outputs: list[str], sequence: Mapping[str, Any] | None) -> bool:
+    """Whether a job keeps its prediction to encode its outputs one by one after it succeeds (a photo's job
+    with more than one output, `app.jobs.lazy`); a clip's job, or one output, is made whole before."""
+    return sequence is None and len(outputs) > 1
+
+
 def check_job_options(outputs: list[str], options: Mapping[str, Any], num_gaussians: int) -> dict[str, Any]:
     """A job's options, without the unset ones: `max_gaussians`, the budget of every output (checked against
     `num_gaussians`, the model's count), and the json output's (`encoding`), refused when it writes no JSON.
@@ -156,6 +177,21 @@ class JobStoreFullError(SharpError):
     retryable = True
 
 
+class ResultFailedError(SharpError):
+    """An output of a succeeded job that could not be encoded from its kept prediction (`Job.file_errors`)."""
+
+    code = "result_failed"
+    status = 409
+
+
+class ResultNotReadyError(SharpError):
+    """An output still being encoded after a download waited `SHARP_JOB_FILE_WAIT_S` for it: retry."""
+
+    code = "result_encoding"
+    status = 503
+    retryable = True
+
+
 class JobCancelledError(Exception):
     """Raised from a job's progress callback to stop its prediction at the next block boundary."""
 
@@ -211,6 +247,21 @@ class Job:
     """Where its events go and how their delivery went (`app.jobs.webhooks.webhook_of`); None: no webhook."""
     queue_position: int | None = None
     """Jobs ahead of this one (0: next); None unless queued. Computed by the queue, not stored."""
+    first: str | None = None
+    """The output made first, before the job succeeds (`first_output`); the others follow (`app.jobs.lazy`)."""
+    pending: list[str] = field(default_factory=list)
+    """Outputs of a succeeded job still to encode from its kept prediction, in order (`app.jobs.lazy`)."""
+    encoding: str | None = None
+    """The output being encoded from the kept prediction now; None when none is."""
+    file_errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Output -> the error (`code`, `message`) of its encode, for an output that could not be made."""
+    kept_bytes: int = 0
+    """Size of the kept prediction (`app.jobs.store.PREDICTION_FILE`) while outputs are pending; else 0."""
+
+    @property
+    def settled(self) -> bool:
+        """Final, with no output still to encode: nothing about it changes any more but its expiry."""
+        return self.final and not self.pending
 
     @property
     def final(self) -> bool:
@@ -218,7 +269,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         state = asdict(self)
-        del state["queue_position"]
+        del state["queue_position"], state["encoding"]
         return state
 
     @classmethod
@@ -235,10 +286,20 @@ class Job:
             self.error = {"code": error.code, "message": error.message}
 
     def result_urls(self) -> dict[str, str]:
-        """Format -> the URL of its file (only the files it has: a succeeded job's); a clip's job: path -> URL."""
+        """Format -> the URL of its file (a succeeded job's files, made or still `pending`: a download waits for
+        one not made yet); a clip's job: path -> URL."""
         if self.sequence is not None:
-            return {path: f"/jobs/{self.id}/{path}" for path in self.results}
-        return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs if name in self.results}
+            return {path: f"/jobs/{self.id}/{path}" for path in [*self.results, *self.pending]}
+        return {name: f"/jobs/{self.id}/{result_name(name)}" for name in self.outputs
+                if name in self.results or name in self.pending}
+
+    def file_states(self) -> dict[str, str]:
+        """Output -> `waiting` (not made yet), `encoding`, `ready` or `failed`; a clip's job: each of its files
+        by path (none until it succeeds; then all `ready` but `sequence.zip`, made after)."""
+        names = self.outputs if self.sequence is None else list(dict.fromkeys(
+            [*self.results, *self.pending, *self.file_errors]))
+        return {name: "ready" if name in self.results else "failed" if name in self.file_errors else
+                "encoding" if name == self.encoding else "waiting" for name in names}
 
 
 @dataclass(frozen=True)
@@ -272,6 +333,15 @@ def check_result(job: Job, format_name: str) -> None:
         raise JobNotFoundError(f"Job {job.id} was not asked for {format_name} (its outputs: "
                                f"{', '.join(job.outputs)}).", code="result_not_requested")
     check_finished(job)
+    check_made(job, format_name)
+
+
+def check_made(job: Job, name: str) -> None:
+    """409 `result_failed` if the output (or clip file) `name` of a succeeded job could not be made."""
+    if name in job.file_errors:
+        error = job.file_errors[name]
+        raise ResultFailedError(f"Job {job.id}'s {name} could not be made: {error['message']} "
+                                f"({error['code']}); its other files are unaffected.")
 
 
 def check_finished(job: Job) -> None:
@@ -288,7 +358,8 @@ def check_file(job: Job, path: str) -> None:
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
     if job.status != "succeeded":
         check_finished(job)
-    if path not in job.results:
+    check_made(job, path)
+    if path not in job.results and path not in job.pending:
         raise JobNotFoundError(f"Job {job.id} has no file {path[:100]!r}.", code="not_found")
 
 
@@ -307,10 +378,12 @@ class JobQueue(Protocol):
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
+                     projected_bytes: int = 0, first: str | None = None,
+                     webhook: dict[str, Any] | None = None) -> Job:
         """Store a checked upload and queue it (`sequence`: a clip's options, see `Job.sequence`;
-        `projected_bytes`: the room its files will take, `app.jobs.size`; `webhook`: where its events go,
-        `app.jobs.webhooks`); `JobQueueFullError` when too many wait. A submission that fails leaves nothing stored."""
+        `projected_bytes`: the room its files will take, `app.jobs.size`; `first`: the output made first,
+        `Job.first`; `webhook`: where its events go, `app.jobs.webhooks`); `JobQueueFullError` when too many
+        wait. A submission that fails leaves nothing stored."""
 
     async def get(self, job_id: str) -> Job:
         """The job; `JobNotFoundError` (unknown or malformed id), `JobExpiredError`."""

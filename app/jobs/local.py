@@ -16,6 +16,10 @@ The queue owns its folder for its whole life (`claim`, `JobStore.claim`): a seco
 folder stops before it reads a job. A submission reserves its projected bytes (`Job.projected_bytes`); one
 that does not fit beside the reservations of the unfinished jobs is refused (503 `store_full`), and older
 finished jobs are evicted to make room for it at once (`JobStore.sweep`).
+
+A photo's job with several outputs succeeds once its prediction is kept and its first output made; its other
+outputs are then encoded by this queue's `app.jobs.lazy.Encoder`, and a download of one still pending waits
+for it (`result`). Watchers follow a job until it is settled (final, nothing pending).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs import lifecycle, runner, webhooks
+from app.jobs import lazy, lifecycle, runner, webhooks
 from app.jobs.base import (
     Job,
     JobCancelledError,
@@ -48,11 +52,13 @@ from app.jobs.base import (
     check_live,
     check_result,
     iso_time,
+    keeps_prediction,
     new_job_id,
     overall_progress,
 )
 from app.jobs.lifecycle import INTERRUPTED
 from app.jobs.store import JobStore
+from app.prediction import Prediction
 from app.service import InferenceService, ModelFailedError, ModelLoadingError
 from app.settings import Settings
 from app.vocabulary import ProgressCallback
@@ -85,6 +91,7 @@ class LocalJobQueue:
         self._runner = lifecycle.Runner(store=self.store, ttl_s=settings.job_ttl_s, record=self._record,
                                         cancelled=self._cancelled, rerun_interrupted=False)
         self.webhooks = webhooks.WebhookSender(self.store.root / webhooks.OUTBOX_DIR, settings, self._record_webhook)
+        self._encoder = lazy.Encoder(service, self.store, ahead=settings.jobs_encode_ahead, record=self._record)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -109,7 +116,9 @@ class LocalJobQueue:
             if not job.final:
                 self._fail(job, INTERRUPTED, now)
             self._jobs[job.id] = job
+            self._encoder.add(job)  # a succeeded job's outputs that a stop left pending: made from its prediction
         await self._sweep()
+        self._encoder.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work(), name="sharp-jobs-worker"),
                        loop.create_task(self._sweep_periodically(), name="sharp-jobs-sweeper")]
@@ -123,6 +132,7 @@ class LocalJobQueue:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._encoder.close()
         now = time.time()
         for job in self._jobs.values():
             if not job.final:
@@ -136,7 +146,8 @@ class LocalJobQueue:
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
+                     projected_bytes: int = 0, first: str | None = None,
+                     webhook: dict[str, Any] | None = None) -> Job:
         wait = math.ceil(self.service.predict_estimate_s * (len(self._pending) + 1))
         retry_after_s = max(1, min(wait, MAX_RETRY_AFTER_S))
         if len(self._pending) >= self.settings.jobs_max_queued:
@@ -144,7 +155,7 @@ class LocalJobQueue:
                                     retry_after_s=retry_after_s)
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
                   options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes,
-                  webhook=webhook)
+                  first=first, webhook=webhook)
         reserved = self.store.reserved_bytes(self._jobs.values())
         if reserved + job.input_bytes + projected_bytes > self.store.max_bytes:
             raise JobStoreFullError(
@@ -176,6 +187,7 @@ class LocalJobQueue:
         job = await self.get(job_id)
         if job.final:  # finished: delete it altogether
             del self._jobs[job.id]
+            self._encoder.forget(job.id)
             await anyio.to_thread.run_sync(self.store.remove, job.id)
             self._publish(job)
             return job
@@ -197,11 +209,19 @@ class LocalJobQueue:
     async def result(self, job_id: str, format_name: str) -> ResultFile:
         job = await self.get(job_id)
         check_result(job, format_name)
+        if format_name in job.pending:  # not made yet: made next, and waited for (a bounded time)
+            await self._encoder.wait(job, format_name, self.settings.job_file_wait_s)
+            job = await self.get(job_id)  # it may have been deleted meanwhile
+            check_result(job, format_name)  # an encode that failed: 409 result_failed
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name))
 
     async def file(self, job_id: str, path: str) -> ResultFile:
         job = await self.get(job_id)
         check_file(job, path)
+        if path in job.pending:  # a clip's zip, made after it succeeded: made next, and waited for
+            await self._encoder.wait(job, path, self.settings.job_file_wait_s)
+            job = await self.get(job_id)
+            check_file(job, path)
         return ResultFile(job=job, format=path, path=self.store.file_path(job.id, path))
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
@@ -209,7 +229,7 @@ class LocalJobQueue:
         while True:
             changed = self._changed.setdefault(job.id, asyncio.Event())
             yield job
-            if job.final or self._jobs.get(job.id) is not job:
+            if job.settled or self._jobs.get(job.id) is not job:
                 return
             await changed.wait()
 
@@ -254,11 +274,21 @@ class LocalJobQueue:
     async def _run(self, job: Job) -> None:
         cancel = threading.Event()
         self._running, self._cancel_running = job.id, cancel
+        progress = self._progress_callback(job, cancel)
+        kept: list[Prediction] = []
+
+        async def work() -> None:
+            if keeps_prediction(job.outputs, job.sequence):  # its first output, then the others (app.jobs.lazy)
+                kept.append(await lazy.predict_and_keep(self.service, self.store, job, progress))
+            else:
+                await runner.execute(self.service, self.store, job, progress, zip_later=True)
+
         try:
-            await lifecycle.run(job, lambda: runner.execute(self.service, self.store, job,
-                                                            self._progress_callback(job, cancel)), self._runner)
+            await lifecycle.run(job, work, self._runner)
         finally:
             self._running = self._cancel_running = None
+        if job.status == "succeeded" and job.id in self._jobs:
+            self._encoder.add(job, kept[0] if kept else None)
 
     async def _record(self, job: Job) -> None:
         """Save the job's state and wake its watchers; a job deleted while it ran is removed instead."""

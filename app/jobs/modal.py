@@ -183,12 +183,14 @@ class ModalJobQueue:
 
     async def submit(self, data: bytes, *, filename: str | None, f_px: float | None, outputs: list[str],
                      options: dict[str, Any], sequence: dict[str, Any] | None = None,
-                     projected_bytes: int = 0, webhook: dict[str, Any] | None = None) -> Job:
+                     projected_bytes: int = 0, first: str | None = None,
+                     webhook: dict[str, Any] | None = None) -> Job:
         if webhook is not None:
             raise InvalidRequestError("webhook_url: this deployment (Modal) sends no webhooks yet; follow the job "
                                       "with GET /jobs/{id} or its /events.", code="webhooks_disabled")
         job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=filename, f_px=f_px,
-                  options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes)
+                  options=options, input_bytes=len(data), sequence=sequence, projected_bytes=projected_bytes,
+                  first=first)
         try:
             async with self.locked(job.id):  # the worker must find the input and the state when it starts
                 await anyio.to_thread.run_sync(self._store_new, job, data)

@@ -21,14 +21,14 @@ from app.vocabulary import AlignMode, ProgressCallback
 
 
 async def execute(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
-                  elsewhere: FramePredictions | None = None) -> None:
+                  elsewhere: FramePredictions | None = None, zip_later: bool = False) -> None:
     """Make every output of `job`. `progress(stage, fraction)` is called on the run's worker thread; an
     exception it raises (a cancellation) stops the job there. `elsewhere`: a clip's frames predicted in
     other containers (`app.sequence.fanout`). Errors: `ImageError`, `SharpError`, whatever `progress` raises;
-    `JobTooLongError` at the first step past `SHARP_JOB_MAX_RUN_S`."""
+    `JobTooLongError` at the first step past `SHARP_JOB_MAX_RUN_S`. `zip_later`: see `execute_sequence`."""
     progress = _bounded(progress, job, service.settings.job_max_run_s)
     if job.sequence is not None:
-        await execute_sequence(service, store, job, progress, elsewhere=elsewhere)
+        await execute_sequence(service, store, job, progress, elsewhere=elsewhere, zip_later=zip_later)
         return
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
@@ -51,11 +51,12 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
 
 
 async def execute_sequence(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
-                           elsewhere: FramePredictions | None = None) -> None:
+                           elsewhere: FramePredictions | None = None, zip_later: bool = False) -> None:
     """A clip's job (`job.sequence`): every sampled frame through `InferenceService.run_sequence`, each file
-    written into the store as it is made, then the zip of them all. `job.frame` and `job.frames` are set
-    before each `progress` call (frame k of n); a cancel stops it at the next step, and the lifecycle's
-    tidy then deletes every file it wrote."""
+    written into the store as it is made, then the zip of them all (`zip_later`: left `pending`, for the
+    local queue's `app.jobs.lazy.Encoder` to make after the job succeeds, or when first downloaded).
+    `job.frame` and `job.frames` are set before each `progress` call (frame k of n); a cancel stops it at the
+    next step, and the lifecycle's tidy then deletes every file it wrote."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     sampling, align = sequence_options(job)
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
@@ -72,7 +73,10 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
                                           max_gaussians=job.options.get("max_gaussians"), sink=write,
                                           progress=frame_progress, elsewhere=elsewhere)
     progress("encode", 1.0)  # a cancel that came during the last frame stops the job before the zip
-    written[SEQUENCE_ZIP] = await anyio.to_thread.run_sync(store.zip_files, job.id, list(written))
+    if zip_later:
+        job.pending = [SEQUENCE_ZIP]
+    else:
+        written[SEQUENCE_ZIP] = await anyio.to_thread.run_sync(store.zip_files, job.id, list(written))
     first = manifest["frames"][0]
     job.name = _stem(job.filename)
     job.frame = job.frames = manifest["num_frames"]

@@ -20,6 +20,8 @@ output against them):
     json, list     200 B a Gaussian + 64 kB    192,619,061 B (163 B of decimal text)
     json, base64   80 B a Gaussian + 64 kB     88,081,188 B (74.7 B: fourteen float32, times 4/3)
     renders        a bound per file (512 px stills, the 60-frame orbit)
+    kept           56 B a Gaussian + 64 kB     a photo's prediction while its outputs are encoded one by one
+                                               (`app.jobs.lazy`: fourteen float32 a Gaussian, .npz)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.budget import budget_count
-from app.jobs.base import JobTooLargeError
+from app.jobs.base import JobTooLargeError, keeps_prediction
 from app.outputs import FORMATS
 
 JSON_BASE64_BYTES_PER_GAUSSIAN = 80
@@ -41,6 +43,10 @@ CLIP_FIXED_BYTES = 65_536
 ZIP_COPIES = 2
 """A clip's files are stored twice: as files, and in `sequence.zip` (made once every frame is done; serving
 it from the files would need every file open through a download, which a Modal Volume does not allow)."""
+KEPT_BYTES_PER_GAUSSIAN = 56
+KEPT_FIXED_BYTES = 65_536
+"""The kept prediction of a photo's job with several outputs (`app.jobs.store.PREDICTION_FILE`): fourteen
+float32 a Gaussian and the .npz's headers and metadata; it is stored until its last output is made."""
 COMPACT_FORMAT = "spz"
 """The format `check_fits` suggests to a job too large (a quarter of the PLY)."""
 
@@ -56,10 +62,15 @@ def file_bytes(format_name: str, num_gaussians: int, options: Mapping[str, Any] 
 def frame_bytes(outputs: list[str], options: Mapping[str, Any], num_gaussians: int) -> int:
     """Upper bound of one photo's (or one frame's) files: every output of `outputs`, with the job's options
     (`max_gaussians`, the json `encoding`) applied to the model's `num_gaussians`."""
-    kept = num_gaussians
-    if options.get("max_gaussians") is not None:
-        kept = budget_count(options["max_gaussians"], num_gaussians)
+    kept = _kept_count(options, num_gaussians)
     return sum(file_bytes(name, kept, options) for name in outputs)
+
+
+def _kept_count(options: Mapping[str, Any], num_gaussians: int) -> int:
+    """The Gaussians each output holds: the budget's count (`max_gaussians`), else all `num_gaussians`."""
+    if options.get("max_gaussians") is None:
+        return num_gaussians
+    return budget_count(options["max_gaussians"], num_gaussians)
 
 
 def projected_bytes(outputs: list[str], options: Mapping[str, Any], num_gaussians: int,
@@ -67,7 +78,10 @@ def projected_bytes(outputs: list[str], options: Mapping[str, Any], num_gaussian
     """Upper bound of a job's files: a photo's outputs, or (`frames` given) a clip's: each frame's outputs,
     its manifest and preview, and all of them again in `sequence.zip` (stored, with its entries' headers)."""
     if frames is None:
-        return frame_bytes(outputs, options, num_gaussians)
+        kept = 0
+        if keeps_prediction(outputs, None):
+            kept = KEPT_BYTES_PER_GAUSSIAN * _kept_count(options, num_gaussians) + KEPT_FIXED_BYTES
+        return frame_bytes(outputs, options, num_gaussians) + kept
     return ZIP_COPIES * (frames * clip_frame_bytes(outputs, options, num_gaussians) + CLIP_FIXED_BYTES)
 
 
@@ -89,8 +103,7 @@ def check_fits(outputs: list[str], options: Mapping[str, Any], num_gaussians: in
     if projected + input_bytes <= max_bytes:
         return projected
     copies = ZIP_COPIES if frames is not None else 1
-    per_frame = copies * (clip_frame_bytes(outputs, options, num_gaussians) if frames is not None else
-                          frame_bytes(outputs, options, num_gaussians))
+    per_frame = copies * clip_frame_bytes(outputs, options, num_gaussians) if frames is not None else projected
     what = (f"{frames} frames x {_mb(per_frame)} ({', '.join(outputs)}, the manifest and the preview, and "
             "again in sequence.zip)" if frames is not None else ", ".join(outputs))
     hints = []
@@ -103,9 +116,10 @@ def check_fits(outputs: list[str], options: Mapping[str, Any], num_gaussians: in
         compact = copies * (clip_frame_bytes([COMPACT_FORMAT], options, num_gaussians) if frames is not None else
                             frame_bytes([COMPACT_FORMAT], options, num_gaussians))
         hints.append(f"outputs={COMPACT_FORMAT} ({_mb(compact)} a {'frame' if frames is not None else 'scene'})")
-    kept = num_gaussians if options.get("max_gaussians") is None else budget_count(options["max_gaussians"],
-                                                                                      num_gaussians)
+    kept = _kept_count(options, num_gaussians)
     fixed = copies * (sum(FORMATS[name].fixed_bytes for name in outputs) + (CLIP_BYTES_PER_FRAME if frames else 0))
+    if frames is None and keeps_prediction(outputs, None):
+        fixed += KEPT_FIXED_BYTES
     room_per_frame = room / (frames or 1) - fixed
     budget = int(room_per_frame / max(1e-9, (per_frame - fixed) / kept))
     if 1 <= budget < kept:

@@ -4,6 +4,8 @@
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
     <jobs dir>/<job id>/input              the upload, until the job has run
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
+    <jobs dir>/<job id>/prediction.npz     a photo's prediction, kept (lossless) while some of its outputs are
+                                           still to encode (`app.jobs.lazy`), deleted once all are made
     <jobs dir>/<job id>/sequence/...      a clip's job: its files (frames/000000.ply, ..., manifest.json,
                                            preview.mp4, sequence.zip), instead of result files
     <jobs dir>/<job id>/call               Modal only: the id of the function call running it, written by
@@ -22,7 +24,8 @@ passes the cap, finished jobs' files go, the oldest finished first. A submission
 (any finished job may go); any other sweep (after a job finishes, periodically) spares the job that finished
 last, so that a job never loses its files to its own end (see `app.jobs.size`). Either way the state file
 stays behind (`expired` set), so that the job's URLs answer 410 rather than 404, for one more time to live;
-then the directory goes too.
+then the directory goes too. A succeeded job with outputs still to encode (not `Job.settled`) counts as
+an unfinished one: it reserves its projection and is neither expired nor evicted until its last is made.
 
 One server per folder (`claim`): a server holds `<jobs dir>/.lock` (an exclusive `filelock` lock) for its
 whole life and writes who it is to `<jobs dir>/.holder`; a second server finds the lock taken and stops
@@ -64,6 +67,7 @@ _JOB_STATE = TypeAdapter(Job)
 STATE_FILE = "job.json"
 INPUT_FILE = "input"
 CALL_FILE = "call"
+PREDICTION_FILE = "prediction.npz"
 SEQUENCE_DIR = "sequence"
 WORK_DIR = "work"
 LOCK_FILE = ".lock"
@@ -237,6 +241,19 @@ class JobStore:
         """A clip job's file (None if it is gone), read whole."""
         return _read_whole(self.file_path(job_id, path))
 
+    def write_prediction(self, job_id: str, body: bytes) -> int:
+        """Keep a photo job's prediction (`app.sequence.fanout.save_prediction`'s bytes) atomically; its size."""
+        return _write_into(self.directory(job_id) / PREDICTION_FILE, body)
+
+    def read_prediction(self, job_id: str) -> bytes | None:
+        """The kept prediction's bytes (None if there is none), read whole."""
+        return _read_whole(self.directory(job_id) / PREDICTION_FILE)
+
+    def drop_prediction(self, job: Job) -> None:
+        """Delete the kept prediction (every output is made, or none will be)."""
+        (self.directory(job.id) / PREDICTION_FILE).unlink(missing_ok=True)
+        job.kept_bytes = 0
+
     def write_stash(self, job_id: str, index: int, body: bytes) -> None:
         """Frame `index`'s prediction made in another container (`app.sequence.fanout.save_prediction`)."""
         _write_into(self.stash_path(job_id, index), body)
@@ -274,7 +291,7 @@ class JobStore:
                     shutil.rmtree(path, ignore_errors=True)
                 elif path.name != STATE_FILE:
                     path.unlink(missing_ok=True)
-        job.results, job.input_bytes = {}, 0
+        job.results, job.input_bytes, job.kept_bytes, job.pending = {}, 0, 0, []
 
     def tidy(self, job: Job) -> None:
         """Delete what a job no longer needs after a run: its upload once it is final, its results unless it
@@ -288,7 +305,8 @@ class JobStore:
             for format_name in job.outputs:
                 self.result_path(job.id, format_name).unlink(missing_ok=True)
             shutil.rmtree(directory / SEQUENCE_DIR, ignore_errors=True)  # a clip's: nothing partial is kept
-            job.results = {}
+            job.results, job.pending = {}, []
+            self.drop_prediction(job)
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.directory(job_id), ignore_errors=True)
@@ -301,12 +319,13 @@ class JobStore:
         is made for a job just submitted, which is newer than all of them.
 
         Returns (jobs whose files were deleted, their state saved with `expired` set; jobs removed for
-        good, state file included). Unfinished jobs are never touched.
+        good, state file included). Unfinished jobs, and finished ones with outputs still to encode (not
+        `Job.settled`), are never touched.
         """
         jobs = list(jobs)
         expired, removed = [], []
         for job in jobs:
-            if not job.final or job.expires_at is None:
+            if not job.settled or job.expires_at is None:
                 continue
             if job.expired is not None and now >= job.expires_at + self.ttl_s:
                 self.remove(job.id)
@@ -317,7 +336,7 @@ class JobStore:
         gone = {job.id for job in removed}
         live = [job for job in jobs if job.id not in gone]
         total = sum(held_bytes(job) for job in live)
-        finished = sorted((j for j in live if j.final and j.expired is None), key=lambda j: j.finished_at or 0)
+        finished = sorted((j for j in live if j.settled and j.expired is None), key=lambda j: j.finished_at or 0)
         for job in finished[:-1] if spare_last else finished:
             if total <= self.max_bytes:
                 break
@@ -334,8 +353,9 @@ class JobStore:
         return expired, removed
 
     def reserved_bytes(self, jobs: Iterable[Job]) -> int:
-        """What the unfinished ones of `jobs` hold or reserve (`held_bytes`): room no eviction can make."""
-        return sum(held_bytes(job) for job in jobs if not job.final)
+        """What the unsettled ones of `jobs` (unfinished, or with outputs still to encode) hold or reserve
+        (`held_bytes`): room no eviction can make."""
+        return sum(held_bytes(job) for job in jobs if not job.settled)
 
     def _expire(self, job: Job, reason: str, now: float) -> None:
         self.delete_files(job)
@@ -351,14 +371,14 @@ def _one_line(error: Exception) -> str:
 
 
 def stored_bytes(job: Job) -> int:
-    """What a job's files take on disk (its results and its upload)."""
-    return sum(job.results.values()) + job.input_bytes
+    """What a job's files take on disk (its results, its upload and its kept prediction)."""
+    return sum(job.results.values()) + job.input_bytes + job.kept_bytes
 
 
 def held_bytes(job: Job) -> int:
-    """What a job counts against the cap: a finished job's files; an unfinished job's upload plus its
-    projected files, or what it has stored if that is more."""
-    if job.final:
+    """What a job counts against the cap: a settled job's files; an unfinished job's (or one with outputs still
+    to encode) upload plus its projected files (its kept prediction included), or what it has stored if more."""
+    if job.settled:
         return stored_bytes(job)
     return max(stored_bytes(job), job.input_bytes + job.projected_bytes)
 

@@ -41,6 +41,7 @@ from app.jobs.base import (
     JobQueue,
     check_job_id,
     check_job_options,
+    first_output,
     iso_time,
     parse_outputs,
 )
@@ -74,6 +75,10 @@ WebhookUrl = Annotated[str | None, Form(
 WebhookEvents = Annotated[str | None, Form(
     description=f"Comma-separated events to send: a subset of {', '.join(EVENTS)} (progress at most every "
                 "0.5 s); default: every status change (all but progress).", examples=["succeeded,failed"])]
+First = Annotated[str | None, Form(
+    description="The output the client needs first (one of `outputs`; default: the first listed): a photo's job "
+                "with several outputs succeeds once its prediction is kept and this one is made, and makes the "
+                "others after it (`files` says which are ready).", examples=["spz"])]
 JobJsonEncoding = Annotated[Encoding | None, Form(
     description="For the json output: `list` (default) or `base64`, as `POST /predict`.")]
 
@@ -91,7 +96,7 @@ def job_view(job: Job) -> dict[str, Any]:
         finished_at=iso_time(job.finished_at), expires_at=iso_time(job.expires_at), outputs=job.outputs,
         model=job.model, metadata=job.metadata,
         timings_ms={stage: round(ms, 1) for stage, ms in job.timings_ms.items()}, error=job.error,
-        results=job.result_urls(), frame=job.frame, frames=job.frames,
+        results=job.result_urls(), frame=job.frame, frames=job.frames, first=job.first, files=job.file_states(),
         webhook=JobWebhook.model_validate(job.webhook) if job.webhook is not None else None,
     ).model_dump(mode="json")
 
@@ -107,12 +112,14 @@ async def submit_job(request: Request, service: Service, jobs: Jobs, file: Image
                      outputs: Outputs = None, max_gaussians: MaxGaussians = None,
                      encoding: JobJsonEncoding = None, fps: sequences.Fps = None, start: sequences.Start = None,
                      end: sequences.End = None, max_frames: sequences.MaxFrames = None,
-                     align: sequences.Align = None, webhook_url: WebhookUrl = None,
+                     align: sequences.Align = None, first: First = None, webhook_url: WebhookUrl = None,
                      webhook_events: WebhookEvents = None) -> JSONResponse:
     """Queue a photo, or a clip (a scene per frame, `app.http.routes.sequences`); answers 202 with the job
     and `Location: /jobs/{id}`. The upload is checked first (same limits and errors as `POST /predict`),
     then the job's projected size against the store's cap (413 `job_too_large`, `app.jobs.size`)."""
     names = parse_outputs(outputs)
+    if first is not None:
+        first_output(names, first)  # 422 before the upload is read
     num_gaussians = get_config(service.settings.preset).num_gaussians
     options = check_job_options(names, {"max_gaussians": max_gaussians, "encoding": encoding}, num_gaussians)
     if service.state is ModelState.ERROR:
@@ -138,7 +145,8 @@ async def submit_job(request: Request, service: Service, jobs: Jobs, file: Image
     await anyio.to_thread.run_sync(lambda: probe_image(data, max_pixels=service.settings.max_pixels))
     projected = check_fits(names, options, num_gaussians, None, len(data), service.settings.jobs_max_bytes)
     job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,
-                            projected_bytes=projected, webhook=webhook)
+                            projected_bytes=projected, first=first_output(names, first or _first_listed(outputs)),
+                            webhook=webhook)
     await held.remember(job.id)
     return job_response(job, 202, {"Location": f"/jobs/{job.id}"})
 
@@ -152,20 +160,30 @@ async def get_job(job_id: str, jobs: Jobs) -> JSONResponse:
 
 @router.get("/jobs/{job_id}/events", summary="A job's changes as server-sent events",
             response_class=EventSourceResponse, responses={
-                200: {"description": "`event: job` + `data: <job JSON>` on every change, until the job is final",
+                200: {"description": "`event: job` + `data: <job JSON>` on every change, and before it `event: file` "
+                                     "+ `data: {format, state, url, bytes, error}` when an output is ready or failed, "
+                                     "until the job is final with every output settled",
                       "content": {"text/event-stream": {}}},
                 **error_responses(401, 404, 410)})
 async def job_events(job_id: str, jobs: Jobs) -> EventSourceResponse:
-    """One `job` event now and on every change (progress at most 10 times a second), a `: keep-alive`
-    comment every 15 s, and the end of the stream after the final state (or when the server stops:
-    sse-starlette ends open streams when uvicorn is told to exit, so Ctrl+C does not wait for them)."""
+    """One `job` event now and on every change (progress at most 10 times a second), before it one `file` event
+    for each output that became ready or failed since the last (all those ready already, at the start; so the
+    stream's last event is always the job's last state), a
+    `: keep-alive` comment every 15 s, and the end of the stream once the job is final and none of its outputs
+    is still to make (or when the server stops: sse-starlette ends open streams when uvicorn is told to exit,
+    so Ctrl+C does not wait for them)."""
     changes = jobs.watch(job_id)
-    first = await anext(changes)  # 404 / 410 as JSON, before the stream starts
+    now = await anext(changes)  # 404 / 410 as JSON, before the stream starts
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
+        told: dict[str, str] = {}
         try:
-            yield ServerSentEvent(_job_json(first), event="job", retry=RETRY_MS)
+            for event in _file_events(now, told):
+                yield event
+            yield ServerSentEvent(_job_json(now), event="job", retry=RETRY_MS)
             async for job in changes:
+                for event in _file_events(job, told):
+                    yield event
                 yield ServerSentEvent(_job_json(job), event="job")
         finally:
             await changes.aclose()
@@ -176,6 +194,27 @@ async def job_events(job_id: str, jobs: Jobs) -> EventSourceResponse:
 
 def _job_json(job: Job) -> str:
     return orjson.dumps(job_view(job)).decode()
+
+
+def _file_events(job: Job, told: dict[str, str]) -> list[ServerSentEvent]:
+    """A `file` event for each output of `job` ready or failed and not yet `told` (output -> state, updated)."""
+    events = []
+    if job.status != "succeeded":
+        return events
+    urls = job.result_urls()
+    for name, state in job.file_states().items():
+        if state in ("ready", "failed") and told.get(name) != state:
+            told[name] = state
+            data = {"format": name, "state": state, "url": urls.get(name), "bytes": job.results.get(name),
+                    "error": job.file_errors.get(name)}
+            events.append(ServerSentEvent(orjson.dumps(data).decode(), event="file"))
+    return events
+
+
+def _first_listed(outputs: str | None) -> str | None:
+    """The first output named in the form's `outputs` (the client's order; `parse_outputs` keeps the registry's)."""
+    listed = [part.strip() for part in (outputs or "").split(",") if part.strip()]
+    return listed[0] if listed else None
 
 
 def _keep_alive() -> ServerSentEvent:

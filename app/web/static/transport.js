@@ -77,7 +77,9 @@ export async function predictSync(file, fPx, run) {
 export async function predictWithJob(file, fPx, run, clip = null) {
   const t0 = performance.now();
   let uploadedAt = 0;
-  const xhr = await postForm("jobs", formFor(file, fPx, clip || { outputs: jobOutputs() }), run, {
+  // `first`: the format the page shows; the job succeeds as soon as that one is made (the others follow).
+  const fields = clip || { outputs: jobOutputs(), first: shownFormat(offers) };
+  const xhr = await postForm("jobs", formFor(file, fPx, fields), run, {
     responseType: "text",
     noun: clip ? "clip" : "photo",
     onUploaded: () => {

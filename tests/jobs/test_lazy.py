@@ -1,0 +1,199 @@
+"""Lazy outputs (`app.jobs.lazy`, docs/jobs.md#lazy-outputs): a photo's job with several outputs succeeds with
+its first output, keeps its prediction, and makes the others after it or when first downloaded; real uvicorn
+servers on loopback, the `tiny` model, a real jobs folder (restarted on the same folder)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from app.http import create_app
+from app.jobs.size import projected_bytes
+from app.jobs.store import PREDICTION_FILE
+from app.predictor import SharpPredictor
+from tests.helpers import LiveServer, assert_error, events, make_clip
+from tests.jobs.test_jobs import ARRAYS, image_bytes, settings_for, submit, wait_for
+
+TINY_GAUSSIANS = 131_072
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SharpPredictor:
+    return SharpPredictor.load("tiny", device="cpu")
+
+
+@pytest.fixture
+def start(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path
+          ) -> Callable[..., LiveServer]:
+    """`start(**settings) -> LiveServer` on `tmp_path/jobs` (the same folder for every server of a test)."""
+
+    def make(**overrides: Any) -> LiveServer:
+        return serve(create_app(settings_for(tmp_path / "jobs", **overrides), predictor=predictor))
+
+    return make
+
+
+def synchronous(client: httpx.Client, photo: bytes, name: str) -> bytes:
+    """The bytes `POST /predict/<name>` gives for `photo` (what every job's file must be)."""
+    response = client.post(f"/predict/{name}", files={"file": ("photo.png", photo, "image/png")})
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_a_job_succeeds_with_the_output_asked_first_and_makes_the_others_after(start: Callable[..., LiveServer],
+                                                                              tmp_path: Path) -> None:
+    photo = image_bytes(11)
+    with start().client() as client:
+        assert_error(client.post("/jobs", files={"file": ("p.png", photo, "image/png")},
+                                 data={"outputs": "ply,spz", "first": "glb"}), 422, "validation_error")
+        assert submit(client, photo, outputs="sog,ply")["first"] == "sog"  # default: the first listed
+        job = submit(client, photo, outputs="ply,spz,sog", first="spz")
+        assert job["first"] == "spz" and job["files"] == {"ply": "waiting", "spz": "waiting", "sog": "waiting"}
+        seen = events(client, job["id"], ("job", "file"))
+        jobs = [event["data"] for event in seen if event["event"] == "job"]
+        files = [event["data"] for event in seen if event["event"] == "file"]
+
+        # Nothing is ready before it succeeds, and it succeeds with the output asked first ready.
+        assert all("ready" not in j["files"].values() for j in jobs if j["status"] != "succeeded")
+        succeeded = next(j for j in jobs if j["status"] == "succeeded")
+        assert succeeded["files"]["spz"] == "ready" and succeeded["stage"] == "done"
+        assert sorted(succeeded["results"]) == ["ply", "sog", "spz"]  # every URL at once: a download waits
+        # The stream ends once every output is ready, with one `file` event for each.
+        final = jobs[-1]
+        assert final["files"] == {"ply": "ready", "spz": "ready", "sog": "ready"}
+        assert sorted(f["format"] for f in files) == ["ply", "sog", "spz"] and {f["state"] for f in files} == {"ready"}
+        assert not (tmp_path / "jobs" / job["id"] / PREDICTION_FILE).exists()  # dropped once all are made
+        assert set(final["timings_ms"]) == {"decode", "preprocess", "forward", "postprocess", "encode"}
+        for event in files:
+            body = client.get(event["url"]).content
+            assert event["url"] == final["results"][event["format"]] and len(body) == event["bytes"]
+            assert body == synchronous(client, photo, event["format"]), event["format"]
+
+
+def test_without_encoding_ahead_each_output_is_made_when_first_downloaded(start: Callable[..., LiveServer],
+                                                                          tmp_path: Path) -> None:
+    photo = image_bytes(12)
+    with start(jobs_encode_ahead=False).client() as client:
+        job = wait_for(client, submit(client, photo, outputs="ply,splat,spz,glb", first="spz")["id"])
+        assert job["files"] == {"ply": "waiting", "splat": "waiting", "spz": "ready", "glb": "waiting"}
+        kept = tmp_path / "jobs" / job["id"] / PREDICTION_FILE
+        assert kept.is_file()
+        assert not (tmp_path / "jobs" / job["id"] / "result.splat").exists()
+
+        splat = client.get(job["results"]["splat"])  # made now, and waited for
+        assert splat.status_code == 200 and splat.content == synchronous(client, photo, "splat")
+        assert splat.headers["x-sharp-num-gaussians"] == str(TINY_GAUSSIANS)
+        assert client.get(f"/jobs/{job['id']}").json()["files"]["ply"] == "waiting"  # nothing made unasked
+
+        # Two downloads of one output at once: it is made once, both wait for it and get the same bytes.
+        got: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: got.append(client.get(job["results"]["glb"]))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in got] == [200, 200] and got[0].content == got[1].content
+        assert got[0].content == synchronous(client, photo, "glb")
+
+        head = client.head(job["results"]["ply"])  # a HEAD asks for it too (download managers probe first)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(synchronous(client, photo, "ply"))
+        final = client.get(f"/jobs/{job['id']}").json()
+        assert set(final["files"].values()) == {"ready"} and not kept.exists()
+        assert events(client, job["id"])[-1]["files"]["ply"] == "ready"  # settled: the stream ends at once
+
+
+def test_a_restart_with_outputs_still_to_make_serves_every_one(start: Callable[..., LiveServer],
+                                                                tmp_path: Path) -> None:
+    photo = image_bytes(13)
+    first = start(jobs_encode_ahead=False)
+    with first.client() as client:
+        job = wait_for(client, submit(client, photo, outputs="ply,spz,glb,json", first="spz")["id"])
+        spz = client.get(job["results"]["spz"]).content
+    first.stop()  # the other three were never made: the stop cut their encodes short
+    state = orjson.loads((tmp_path / "jobs" / job["id"] / "job.json").read_bytes())
+    assert state["status"] == "succeeded" and state["pending"] == ["ply", "glb", "json"]
+
+    with start().client() as client:
+        final = events(client, job["id"])[-1]  # made in the background after the start, from the kept prediction
+        assert final["files"] == {"ply": "ready", "spz": "ready", "glb": "ready", "json": "ready"}
+        assert client.get(final["results"]["spz"]).content == spz
+        for name in ("ply", "glb"):
+            assert client.get(final["results"][name]).content == synchronous(client, photo, name), name
+        got = client.get(final["results"]["json"]).json()
+        expected = client.post("/predict", files={"file": ("photo.png", photo, "image/png")}).json()
+        assert all(got[name] == expected[name] for name in ARRAYS)
+        assert {"forward", "postprocess"} <= set(got["metadata"]["timings_ms"])  # the prediction's own timings
+        assert not (tmp_path / "jobs" / job["id"] / PREDICTION_FILE).exists()
+
+
+def test_an_output_that_cannot_be_made_is_a_409_and_the_others_are_served(start: Callable[..., LiveServer],
+                                                                          tmp_path: Path) -> None:
+    first = start(jobs_encode_ahead=False)
+    with first.client() as client:
+        job = wait_for(client, submit(client, outputs="ply,spz,splat", first="spz")["id"])
+    first.stop()
+    (tmp_path / "jobs" / job["id"] / PREDICTION_FILE).write_bytes(b"not an npz: a disk that lost it")
+
+    with start(jobs_encode_ahead=False).client() as client:
+        error = assert_error(client.get(job["results"]["ply"]), 409, "result_failed")
+        assert "ply could not be made" in error["message"] and "damaged" in error["message"]
+        assert client.get(job["results"]["spz"]).status_code == 200
+        now = client.get(f"/jobs/{job['id']}").json()
+        assert now["status"] == "succeeded" and now["files"] == {"ply": "failed", "spz": "ready", "splat": "waiting"}
+        assert "ply" not in now["results"]
+        assert_error(client.get(job["results"]["splat"]), 409, "result_failed")
+        seen = events(client, job["id"], ("file",))
+        assert {f["format"]: f["state"] for f in seen} == {"ply": "failed", "spz": "ready", "splat": "failed"}
+        assert all(f["error"]["code"] == "prediction_damaged" for f in seen if f["state"] == "failed")
+
+
+def test_a_job_with_outputs_to_make_reserves_its_projection_until_they_are_made(start: Callable[..., LiveServer],
+                                                                                tmp_path: Path) -> None:
+    photo = image_bytes(14)
+    one_job = len(photo) + projected_bytes(["ply", "spz"], {}, TINY_GAUSSIANS)
+    assert one_job > len(photo) + 76 * TINY_GAUSSIANS + 56 * TINY_GAUSSIANS  # the kept prediction counts
+    with start(jobs_encode_ahead=False, jobs_max_bytes=int(1.5 * one_job)).client() as client:
+        job = wait_for(client, submit(client, photo, outputs="ply,spz", first="spz")["id"])
+        kept = (tmp_path / "jobs" / job["id"] / PREDICTION_FILE).stat().st_size
+        assert 56 * TINY_GAUSSIANS < kept <= 56 * TINY_GAUSSIANS + 65_536
+        # Succeeded, but its ply is still to make: it holds its whole projection, and nothing evicts it.
+        files = {"file": ("p.png", photo, "image/png")}
+        assert_error(client.post("/jobs", files=files, data={"outputs": "ply,spz"}), 503, "store_full")
+        assert client.get(job["results"]["ply"]).status_code == 200
+        # Settled: it holds its two files alone (the prediction is gone), and the next job takes its room.
+        stored = sum(p.stat().st_size for p in (tmp_path / "jobs" / job["id"]).iterdir() if p.name != "job.json")
+        assert stored == sum(len(client.get(job["results"][n]).content) for n in ("ply", "spz"))
+        second = wait_for(client, submit(client, photo, outputs="ply,spz")["id"])
+        assert second["status"] == "succeeded"
+        assert_error(client.get(job["results"]["spz"]), 410, "job_expired")  # evicted to make that room
+
+
+def test_a_clip_succeeds_before_its_zip_which_is_made_on_download_also_after_a_restart(
+        start: Callable[..., LiveServer]) -> None:
+    first = start(jobs_encode_ahead=False)
+    with first.client() as client:
+        response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(2, fps=10), "video/mp4")},
+                               data={"outputs": "spz"})
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["id"])
+        paths = ["frames/000000.spz", "frames/000001.spz", "preview.mp4", "manifest.json"]
+        assert job["files"] == {**{path: "ready" for path in paths}, "sequence.zip": "waiting"}
+        assert sorted(job["results"]) == sorted([*paths, "sequence.zip"])
+        files = {path: client.get(job["results"][path]).content for path in paths}
+    first.stop()  # the zip was never made
+
+    with start(jobs_encode_ahead=False).client() as client:
+        got = client.get(job["results"]["sequence.zip"])
+        assert got.status_code == 200, got.text
+        with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
+            assert sorted(archive.namelist()) == sorted(paths)
+            assert all(archive.read(path) == files[path] for path in paths)
+        assert events(client, job["id"])[-1]["files"]["sequence.zip"] == "ready"
