@@ -15,6 +15,7 @@ output against them):
     splat          32 B a Gaussian             37,748,736 B
     spz            20 B a Gaussian + 64 kB     19,021,183 B (16.1 B: 20 B before gzip, which cannot grow it much)
     sog            24 B a Gaussian + 64 kB     13,337,100 B (11.3 B: lossless WebP of 20 B of pixels)
+    sequence       8 B a Gaussian + 64 kB      a frame of a clip: about 2 B (10-bit H.264 planes; a key frame more)
     glb            60 B a Gaussian + 16 kB     70,780,792 B (fifteen float32 and four bytes, + the JSON chunk)
     json, list     200 B a Gaussian + 64 kB    192,619,061 B (163 B of decimal text)
     json, base64   80 B a Gaussian + 64 kB     88,081,188 B (74.7 B: fourteen float32, times 4/3)
@@ -32,14 +33,14 @@ from app.jobs.base import JobTooLargeError
 
 BYTES_PER_GAUSSIAN: dict[str, float] = {
     "ply": 56, "ply_vertex": 56, "splat": 32, "spz": 20, "sog": 24, "glb": 60, "json": 200, "preview": 0,
-    "preview_jpeg": 0, "orbit": 0,
+    "preview_jpeg": 0, "orbit": 0, "sequence": 8,
 }
 """Upper bound of each output's bytes per Gaussian kept (the module docstring's table)."""
 JSON_BASE64_BYTES_PER_GAUSSIAN = 80
 """The json output with `encoding=base64`: 14 float32 in base64 is 74.7 B."""
 FIXED_BYTES: dict[str, int] = {
     "ply": 4_096, "ply_vertex": 4_096, "splat": 0, "spz": 65_536, "sog": 65_536, "glb": 16_384, "json": 65_536,
-    "preview": 1_200_000, "preview_jpeg": 400_000, "orbit": 8_000_000,
+    "preview": 1_200_000, "preview_jpeg": 400_000, "orbit": 8_000_000, "sequence": 65_536,
 }
 """Upper bound of each output's bytes that do not grow with the Gaussians (headers, metadata, renders)."""
 CLIP_BYTES_PER_FRAME = 200_000
