@@ -67,7 +67,7 @@ class Codec:
     gop: int
 
 
-CRF = {"position": 12, "scale": 26, "rotation": 24, "color": 14, "opacity": 16}
+CRF = {"position": 16, "scale": 30, "rotation": 28, "color": 18, "opacity": 20}
 """libx264's constant rate factor per stream (lower: more bytes, less error), chosen by measurement on clips of
 the tiny and tiny_full presets (docs/formats.md): the positions' depth and the rotations cost the most error."""
 GOP = 30
