@@ -165,7 +165,7 @@ FORMATS: dict[str, OutputFormat] = {
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog),
         OutputFormat("sequence", SEQUENCE_SUFFIX, SEQUENCE_MEDIA_TYPE, "a clip's scenes in one file (SOG video: "
-                     "attribute planes as 10-bit H.264 streams, about 1/5 of the per-frame SOGs); a photo: one frame",
+                     "attribute planes as 10-bit H.264 streams, 0.1-0.2 of the per-frame SOGs); a photo: one frame",
                      _sequence, kind="clip"),
         OutputFormat("glb", ".glb", "model/gltf-binary", "binary glTF 2.0 with KHR_gaussian_splatting (float "
                      "attributes, 60 B/Gaussian) and the photo's camera as a camera node, glTF axes", _glb),
