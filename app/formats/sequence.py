@@ -306,12 +306,14 @@ class SequenceReader:
             self._ranges = [{name: np.asarray(frame["ranges"][name], dtype=np.float64).reshape(3, 2)
                              for name in STREAMS} for frame in manifest["frames"]]
             codec = manifest["codec"]["name"]
-        except (ValueError, KeyError, TypeError, IndexError) as error:
+            layers = int(manifest["grid"]["layers"])
+            pix_fmt = manifest["codec"].get("pix_fmt")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
             raise SequenceError(f"bad .sogv manifest: {error!r}") from None
-        if int(manifest["grid"]["layers"]) != LAYERS or self.side < 2 or len(self._ranges) != self.num_frames:
+        if layers != LAYERS or self.side < 2 or len(self._ranges) != self.num_frames:
             raise SequenceError("bad .sogv manifest: the grid or the frame count do not add up")
         check_gaussian_count(LAYERS * self.side * self.side, "the .sogv manifest", max_gaussians)
-        if codec != "h264" or manifest["codec"].get("pix_fmt") != "yuv444p10le":
+        if codec != "h264" or pix_fmt != "yuv444p10le":
             raise SequenceError(f".sogv codec {codec!r} is not supported (only h264, yuv444p10le)")
         payload = memoryview(data)[HEADER.size + length:]
         for name, packets in self._packets.items():
@@ -350,6 +352,9 @@ class SequenceReader:
             bodies = [av.Packet(bytes(self._payload[offset:offset + size])) for offset, size, _ in packets]
             for packet in [*bodies, None]:
                 for frame in context.decode(packet):
+                    if (frame.width, frame.height, frame.format.name) != (cols, rows, "yuv444p10le"):
+                        raise SequenceError(f"a .sogv stream decodes to {frame.width}x{frame.height} "
+                                            f"{frame.format.name}, not the manifest's {cols}x{rows} yuv444p10le")
                     yield np.stack([_samples(plane, rows, cols) for plane in frame.planes[:3]]).astype(np.float64)
         except av.error.FFmpegError as error:
             raise SequenceError(f"a .sogv stream does not decode: {error}") from None

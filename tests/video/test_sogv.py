@@ -98,6 +98,17 @@ def test_bad_files_and_frames_are_one_clear_error(clip_files) -> None:
     noise = body[:HEADER.size + length] + bytes(len(body) - HEADER.size - length)  # packets zeroed
     with pytest.raises(SequenceError, match="does not decode"):
         SequenceReader(noise).frame(2)
+    manifest = orjson.loads(body[HEADER.size:HEADER.size + length])
+    for change, message in (({"grid": {"layers": 2, "side": 64}}, "decodes to 256x512 yuv444p10le, not the "
+                                                                   "manifest's 64x128"),
+                            ({"grid": {"side": 256}}, "bad .sogv manifest"),
+                            ({"codec": "h264"}, "bad .sogv manifest"),
+                            ({"codec": {"name": "hevc", "pix_fmt": "yuv444p10le"}}, "codec 'hevc' is not supported"),
+                            ({"grid": {"layers": 2, "side": 10**5}}, "claims 20,000,000,000 Gaussians")):
+        claimed = orjson.dumps({**manifest, **change})
+        data = HEADER.pack(MAGIC, 1, len(claimed)) + claimed + body[HEADER.size + length:]
+        with pytest.raises(ValueError, match=message):  # SequenceError, or SceneTooLargeError for the count
+            SequenceReader(data).frame(0)
 
 
 def test_a_photo_is_a_one_frame_sequence_and_a_budget_is_refused(predictor: SharpPredictor) -> None:
