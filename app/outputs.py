@@ -10,6 +10,8 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``splat``: antimatter15's 32-byte records for web viewers.
 - ``spz``: Niantic's gzip-compressed format, about 1/4 of the PLY (RUB axes inside, converted for you).
 - ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
+- ``sequence``: a clip's scenes as one ``.sogv`` ("SOG video", `app.formats.sequence`): the Gaussians'
+  attribute planes as 10-bit H.264 streams; a photo gives a one-frame sequence.
 - ``glb``: binary glTF 2.0 with Khronos's ``KHR_gaussian_splatting`` (float attributes, 60 bytes per Gaussian)
   and the photo's camera as a camera node (glTF axes: +Y up, +Z forward).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); option ``encoding``.
@@ -36,6 +38,9 @@ from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.glb import encode_glb
 from app.formats.json import encode_prediction_json
 from app.formats.ply import encode_ply
+from app.formats.sequence import MEDIA_TYPE as SEQUENCE_MEDIA_TYPE
+from app.formats.sequence import SUFFIX as SEQUENCE_SUFFIX
+from app.formats.sequence import encode_sequence
 from app.formats.sog import encode_sog
 from app.formats.splat import encode_splat
 from app.formats.spz import encode_spz
@@ -65,7 +70,8 @@ class OutputFormat:
         description: one line for help texts and the API docs.
         encode: see `Encoder`.
         options: the keyword options `encode` takes (anything else is refused).
-        kind: ``scene`` (the Gaussians themselves) or ``render`` (pictures of them, costlier to make).
+        kind: ``scene`` (the Gaussians themselves), ``render`` (pictures of them, costlier to make) or ``clip``
+            (the Gaussians of a whole clip in one file: made when asked for, a photo giving one frame).
         result_stem: the stem of a job's file of this output (``result``, or the render's name).
         bytes_per_gaussian, fixed_bytes: upper bound of a file's size, bytes per Gaussian kept plus a part that
             does not grow with them (headers, metadata, a render), measured at full size (`app.jobs.size`).
@@ -77,7 +83,7 @@ class OutputFormat:
     description: str
     encode: Encoder
     options: frozenset[str] = field(default_factory=frozenset)
-    kind: Literal["scene", "render"] = "scene"
+    kind: Literal["scene", "render", "clip"] = "scene"
     result_stem: str = "result"
     bytes_per_gaussian: float = field(kw_only=True)
     fixed_bytes: int = field(kw_only=True)
@@ -110,6 +116,13 @@ def _spz(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
 
 def _sog(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
     return encode_sog(prediction.scene)
+
+
+def _sequence(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    try:
+        return encode_sequence([prediction.scene], fps=1.0)
+    except ValueError as error:  # a budget took Gaussians off the grid
+        raise InvalidRequestError(f"The sequence output: {error}.") from None
 
 
 def _glb(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
@@ -157,6 +170,9 @@ FORMATS: dict[str, OutputFormat] = {
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog,
                      bytes_per_gaussian=24, fixed_bytes=65_536),
+        OutputFormat("sequence", SEQUENCE_SUFFIX, SEQUENCE_MEDIA_TYPE, "a clip's scenes in one file (SOG video: "
+                     "attribute planes as 10-bit H.264 streams, 0.1-0.2 of the per-frame SOGs); a photo: one frame",
+                     _sequence, kind="clip", bytes_per_gaussian=8, fixed_bytes=65_536),
         OutputFormat("glb", ".glb", "model/gltf-binary", "binary glTF 2.0 with KHR_gaussian_splatting (float "
                      "attributes, 60 B/Gaussian) and the photo's camera as a camera node, glTF axes", _glb,
                      bytes_per_gaussian=60, fixed_bytes=16_384),
@@ -175,6 +191,8 @@ FORMATS: dict[str, OutputFormat] = {
 
 SCENE_FORMATS = [name for name, fmt in FORMATS.items() if fmt.kind == "scene"]
 """The Gaussians themselves: `POST /predict/<name>`, the CLI's `--format`, a job's default outputs."""
+CLIP_FORMATS = [name for name, fmt in FORMATS.items() if fmt.kind == "clip"]
+"""A whole clip's Gaussians in one file: the CLI's `--format` and a job's `outputs`, when asked for."""
 
 
 def get_format(name: str) -> OutputFormat:

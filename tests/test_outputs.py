@@ -16,7 +16,7 @@ def test_registry_encoders_produce_their_formats() -> None:
     scene = random_scene(700, seed=11)
     prediction = prediction_of(scene)
     assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "sog", "glb", "json", "preview", "preview_jpeg",
-                            "orbit"}
+                            "orbit", "sequence"}
     assert SCENE_FORMATS == ["ply", "ply_vertex", "splat", "spz", "sog", "glb", "json"]
     for name, fmt in FORMATS.items():
         assert fmt.name == name and fmt.suffix.startswith(".") and "/" in fmt.media_type
@@ -44,8 +44,10 @@ def test_one_file_name_rule_for_photos_and_jobs() -> None:
     names = {name: fmt.filename("coffee") for name, fmt in FORMATS.items()}
     assert names == {"ply": "coffee.ply", "ply_vertex": "coffee.vertex.ply", "splat": "coffee.splat",
                      "spz": "coffee.spz", "sog": "coffee.sog", "glb": "coffee.glb", "json": "coffee.json",
-                     "preview": "coffee.png", "preview_jpeg": "coffee.jpg", "orbit": "coffee.mp4"}
+                     "preview": "coffee.png", "preview_jpeg": "coffee.jpg", "orbit": "coffee.mp4",
+                     "sequence": "coffee.sogv"}
     results = {name: fmt.result_file for name, fmt in FORMATS.items()}
     assert results == {"ply": "result.ply", "ply_vertex": "result.vertex.ply", "splat": "result.splat",
                        "spz": "result.spz", "sog": "result.sog", "glb": "result.glb", "json": "result.json",
-                       "preview": "preview.png", "preview_jpeg": "preview_jpeg.jpg", "orbit": "orbit.mp4"}
+                       "preview": "preview.png", "preview_jpeg": "preview_jpeg.jpg", "orbit": "orbit.mp4",
+                       "sequence": "result.sogv"}

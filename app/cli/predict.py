@@ -27,7 +27,7 @@ from app.cli.common import (
 from app.errors import SharpError
 from app.files import write_atomically
 from app.model.presets import PRESETS
-from app.outputs import SCENE_FORMATS
+from app.outputs import CLIP_FORMATS, SCENE_FORMATS
 from app.vocabulary import DeviceName, DTypeName, choices
 
 
@@ -42,7 +42,8 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--device", default=None, choices=choices(DeviceName))
     predict.add_argument("--dtype", default=None, choices=choices(DTypeName))
     predict.add_argument("--preset", default=None, choices=list(PRESETS), help=f"network: {presets}")
-    predict.add_argument("--format", default="ply", choices=SCENE_FORMATS, help="output format (default: ply)")
+    predict.add_argument("--format", default="ply", choices=SCENE_FORMATS + CLIP_FORMATS,
+                         help="output format (default: ply; sequence: a clip in one .sogv file)")
     predict.add_argument("--vertex-only", action="store_true", help="PLY only: write just the vertex element "
                          "(the same as --format ply_vertex)")
     predict.add_argument("--max-gaussians", type=max_gaussians_option, metavar="N|F",

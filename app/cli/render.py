@@ -44,7 +44,9 @@ def add_parser(commands: Any) -> None:
     """Add the ``render`` command to `commands`."""
     parser = commands.add_parser("render", help="render a splat file to an image or a video (no CUDA needed)",
                                    description=__doc__.splitlines()[0])
-    parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat, .spz or .sog file")
+    parser.add_argument("scene", type=Path, help="a .ply (ours or any 3DGS PLY), .splat, .spz, .sog or .sogv file")
+    parser.add_argument("--frame", type=int, default=None, metavar="K",
+                        help="a .sogv sequence: draw its frame K (0-based; default 0)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output file: .png or .jpg (input view), .mp4 or .gif (camera path)")
     parser.add_argument("--f-px", type=float, default=None,
@@ -97,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
                "background": parse_color(args.background), "f_px": args.f_px, "device": args.device, "fmt": fmt}
 
     start = time.perf_counter()
-    scene = load_scene(args.scene)
+    scene = load_scene(args.scene, frame=args.frame)
     num_predicted = scene.num_gaussians
     scene = apply_budget(scene, args.max_gaussians)
     loaded = time.perf_counter()

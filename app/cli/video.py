@@ -128,6 +128,7 @@ def run_clip(args: argparse.Namespace, predictor: Any, settings: Settings, outpu
     except OSError as error:
         raise UsageError(f"{args.input}: {error.strerror or error}") from None
     made = [output_dir / "manifest.json"] + ([output_dir / "preview.mp4"] if preview else [])
+    made += [output_dir / manifest["sequence"]] if manifest.get("sequence") else []
     print(f"{manifest['num_frames']} frames in {time.perf_counter() - started:.1f}s -> "
           f"{', '.join(str(path) for path in made)}", file=sys.stdout)
     return 0

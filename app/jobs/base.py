@@ -73,7 +73,8 @@ a quarter of the PLY), so that a clip of the real model's size fits the store's 
 the preview come with every clip."""
 SEQUENCE_ZIP = "sequence.zip"
 """A clip job's files in one archive (the same paths inside), made once every frame is done."""
-SEQUENCE_FILE_PATTERN = re.compile(r"frames/[0-9]{6}(\.[a-z0-9]+){1,2}|manifest\.json|preview\.mp4|sequence\.zip")
+SEQUENCE_FILE_PATTERN = re.compile(r"frames/[0-9]{6}(\.[a-z0-9]+){1,2}|manifest\.json|preview\.mp4"
+                                   r"|sequence\.zip|sequence\.sogv")
 """The paths a clip job's files can have (checked before any path is built from one)."""
 
 

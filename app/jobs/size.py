@@ -16,6 +16,7 @@ output against them):
     splat          32 B a Gaussian             37,748,736 B
     spz            20 B a Gaussian + 64 kB     19,021,183 B (16.1 B: 20 B before gzip, which cannot grow it much)
     sog            24 B a Gaussian + 64 kB     13,337,100 B (11.3 B: lossless WebP of 20 B of pixels)
+    sequence       8 B a Gaussian + 64 kB      a frame of a clip: about 2 B (10-bit H.264 planes; a key frame more)
     glb            60 B a Gaussian + 16 kB     70,780,792 B (fifteen float32 and four bytes, + the JSON chunk)
     json, list     200 B a Gaussian + 64 kB    192,619,061 B (163 B of decimal text)
     json, base64   80 B a Gaussian + 64 kB     88,081,188 B (74.7 B: fourteen float32, times 4/3)

@@ -1,4 +1,4 @@
-"""Load a scene to render from a file or bytes: our PLY, any 3DGS PLY, .splat, .spz or .sog.
+"""Load a scene to render from a file or bytes: our PLY, any 3DGS PLY, .splat, .spz, .sog, or a frame of a .sogv.
 
 - PLY: read by `app.formats.read_ply` (binary PLYs with the 14 vertex properties ``x y z f_dc_0..2 opacity
   scale_0..2 rot_0..3``: opacity is a logit, scales are logs, the colour is ``0.5 + SH_C0 f_dc``). Extra vertex
@@ -8,6 +8,7 @@
   `plyfile` (up to `MAX_PLYFILE_BYTES`) and its vertex element goes through the same reader.
 - ``.splat`` (antimatter15, 32 bytes per Gaussian; axes as stored), ``.spz`` (Niantic, gzip) and ``.sog``
   (PlayCanvas, a zip; ours store the camera) through `app.formats.decode_splat` / `decode_spz` / `decode_sog`.
+- ``.sogv`` (a clip's scenes, `app.formats.sequence`): frame `frame` (default 0), with the clip's camera.
 
 The camera: our PLY stores the photo's focal length and size (``intrinsic`` and ``image_size`` elements).
 Other files carry no camera; then `f_px` and `size` given by the caller are used, else the default
@@ -37,6 +38,8 @@ from app.formats import decode_sog, decode_splat, decode_spz, read_ply
 from app.formats.limits import MAX_GAUSSIANS, SceneTooLargeError, check_gaussian_count
 from app.formats.ply import VERTEX_PROPERTIES
 from app.formats.ply_header import parse_ply_header
+from app.formats.sequence import MAGIC as SEQUENCE_MAGIC
+from app.formats.sequence import SequenceError, decode_sequence_frame
 from app.gaussians import GaussianScene
 from app.imaging import focal_length_to_px
 from app.render.camera import check_size
@@ -49,7 +52,7 @@ DEFAULT_FOCAL_35MM = 30.0
 MAX_PLYFILE_BYTES = 8_000_000
 """ASCII PLYs, and PLYs with list properties in their vertex element, are read (by plyfile, a row at a time) up
 to this size."""
-FORMAT_NAMES = ("ply", "splat", "spz", "sog")
+FORMAT_NAMES = ("ply", "splat", "spz", "sog", "sogv")
 
 
 def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
@@ -65,9 +68,11 @@ def detect_format(data: bytes | memoryview, name: str | None = None) -> str:
         return "spz"
     if head.startswith(b"PK\x03\x04"):
         return "sog"
+    if bytes(data[:8]) == SEQUENCE_MAGIC:
+        return "sogv"
     if len(data) and len(data) % 32 == 0 and not name:
         return "splat"
-    raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat, .spz or .sog file")
+    raise RenderError("unsupported_format", f"{name or 'the data'} is not a PLY, .splat, .spz, .sog or .sogv file")
 
 
 def _ply_via_plyfile(raw: bytes, max_gaussians: int) -> GaussianScene:
@@ -98,7 +103,11 @@ def _ply_via_plyfile(raw: bytes, max_gaussians: int) -> GaussianScene:
     return read_ply("\n".join(header_lines).encode("ascii") + table.tobytes())
 
 
-def _decode(data: bytes, fmt: str, max_gaussians: int) -> GaussianScene:
+def _decode(data: bytes, fmt: str, max_gaussians: int, frame: int | None = None) -> GaussianScene:
+    if fmt == "sogv":
+        return decode_sequence_frame(data, frame or 0, max_gaussians=max_gaussians)
+    if frame is not None:
+        raise RenderError("bad_option", f"--frame is for a .sogv sequence, not a {fmt.upper()} file")
     if fmt == "splat":
         return decode_splat(data, max_gaussians=max_gaussians)
     if fmt == "spz":
@@ -117,7 +126,7 @@ def _decode(data: bytes, fmt: str, max_gaussians: int) -> GaussianScene:
 
 def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
                f_px: float | None = None, size: tuple[int, int] | None = None,
-               max_gaussians: int = MAX_GAUSSIANS) -> GaussianScene:
+               max_gaussians: int = MAX_GAUSSIANS, frame: int | None = None) -> GaussianScene:
     """Read a scene and make sure it has a camera (see the module docstring).
 
     Args:
@@ -126,6 +135,7 @@ def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, 
         f_px: focal length in pixels of the image size (overrides the file's).
         size: (width, height) in pixels the focal length refers to (overrides the file's).
         max_gaussians: refuse larger scenes (``too_large``).
+        frame: the frame of a ``.sogv`` sequence (0-based; default 0); for another format, ``bad_option``.
 
     Raises:
         RenderError: see the module docstring.
@@ -138,7 +148,9 @@ def load_scene(source: str | os.PathLike[str] | bytes | bytearray | memoryview, 
         data = bytes(source)
     fmt = detect_format(data, name)
     try:
-        scene = _decode(data, fmt, max_gaussians)
+        scene = _decode(data, fmt, max_gaussians, frame)
+    except SequenceError as error:
+        raise RenderError("not_a_splat", str(error)) from None
     except RenderError:
         raise
     except SceneTooLargeError as error:

@@ -15,6 +15,8 @@ predictions made there, and everything after the prediction still runs here, in 
 Files (paths relative to the sequence's folder, handed to `sink` as they are made):
     frames/000000<suffix>, ...   each output of each frame (`app.outputs` file names, stem = frame number)
     preview.mp4                  `app.sequence.preview`, at the sampled frame rate (H.264)
+    sequence.sogv                the ``sequence`` output: every frame's scene in one file
+                                 (`app.formats.sequence`, encoded a frame at a time), at the end
     manifest.json                `Manifest` below, last
 """
 
@@ -32,6 +34,8 @@ import orjson
 
 from app.budget import MaxGaussians, budget_count
 from app.errors import InvalidRequestError
+from app.formats.sequence import SUFFIX as SEQUENCE_SUFFIX
+from app.formats.sequence import SequenceWriter
 from app.outputs import check_options
 from app.pipeline import EncodedOutput, Outputs, Slots, run
 from app.render.video import encode_mp4
@@ -48,6 +52,9 @@ ALIGN_MODES: tuple[Align, ...] = tuple(choices(AlignMode))
 FRAMES_DIR = "frames"
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.mp4"
+SEQUENCE_OUTPUT = "sequence"
+"""The output made once for the whole clip (`SequenceWriter` fed every frame's scene), not once a frame."""
+SEQUENCE_FILE = "sequence" + SEQUENCE_SUFFIX
 
 FileSink = Callable[[str, bytes], None]
 """`sink(path, body)`: one file of the sequence, `path` relative to its folder (`frames/000000.ply`)."""
@@ -114,12 +121,18 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
         check_options(name, options)
     if max_gaussians is not None:
         budget_count(max_gaussians, predictor.info.num_gaussians)
+        if SEQUENCE_OUTPUT in outputs:
+            raise InvalidRequestError("The sequence output keeps SHARP's grid of Gaussians, every one of them: "
+                                      "ask for it without max_gaussians.")
     info = probe_video(source, sampling, limits)
     expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore
     chain = ScaleChain() if align == "scale" else None
     records: list[FrameRecord] = []
     size: list[int] = []  # the scenes' image width and height (upright), once known
+    rate = sampling.fps or info.frame_rate or 30.0
+    per_frame = {name: options for name, options in outputs.items() if name != SEQUENCE_OUTPUT}
+    whole = SequenceWriter(rate) if SEQUENCE_OUTPUT in outputs else None
 
     def pictures() -> Iterator[np.ndarray]:
         frames = read_frames(source, sampling, limits)
@@ -145,11 +158,16 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
             made = None if elsewhere is None else elsewhere(
                 frame.index, total, lambda: frame_progress("forward", 0.0))
             start_from, predict_ms = (frame.as_image(f_px), {}) if made is None else made
-            result = run(predictor, start_from, outputs, f_px=f_px, max_gaussians=max_gaussians,
+            result = run(predictor, start_from, per_frame, f_px=f_px, max_gaussians=max_gaussians,
                          progress=frame_progress, slots=slots, sink=write, adjust=chain)
             scene = result.prediction.scene
             size[:] = [scene.image_width, scene.image_height]
             timings = {"decode": decode_ms, **predict_ms, **result.timings_ms}
+            if whole is not None:
+                frame_progress("encode", 1.0)
+                start = time.perf_counter()
+                whole.add(scene)
+                timings["sequence"] = (time.perf_counter() - start) * 1000.0
             records.append(FrameRecord(
                 index=frame.index, time_s=round(frame.time_s, 6), f_px=scene.f_px,
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
@@ -170,13 +188,15 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 yield picture
             del frame, start_from, made, result, scene
 
-    rate = sampling.fps or info.frame_rate or 30.0
     if preview:
         sink(PREVIEW_FILE, encode_mp4(pictures(), fps=max(1, min(120, round(rate)))))
     else:
         for _ in pictures():  # yields nothing without a preview
             pass
+    if whole is not None:
+        sink(SEQUENCE_FILE, whole.finish())
     manifest = _manifest(records, size, info, sampling, align, predictor, preview)
+    manifest["sequence"] = SEQUENCE_FILE if whole is not None else None
     sink(MANIFEST_FILE, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
 

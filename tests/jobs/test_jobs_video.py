@@ -145,3 +145,20 @@ def test_a_job_past_its_run_time_fails_at_its_next_step(serve: Callable[[Any], L
         assert final["status"] == "failed" and final["error"]["code"] == "job_too_long", final
         assert "SHARP_JOB_MAX_RUN_S" in final["error"]["message"] and (final["frame"] or 0) < 6
         assert client.get("/health").json()["in_progress"] == 0
+
+
+def test_a_clip_job_with_outputs_sequence_serves_one_sogv_of_every_frame(client: httpx.Client) -> None:
+    from app.formats.sequence import MEDIA_TYPE, SequenceReader
+
+    response = submit(client, make_clip(3, fps=10), outputs="sequence")
+    assert response.status_code == 202, response.text
+    final = events(client, response.json()["id"])[-1]
+    assert final["status"] == "succeeded", final
+    assert sorted(final["results"]) == ["manifest.json", "preview.mp4", "sequence.sogv", "sequence.zip"]
+    got = client.get(final["results"]["sequence.sogv"])
+    assert got.status_code == 200 and got.headers["content-type"] == MEDIA_TYPE
+    assert got.headers["content-disposition"] == 'attachment; filename="walk.sequence.sogv"'
+    reader = SequenceReader(got.content)
+    assert reader.num_frames == 3 and reader.frame(2).num_gaussians == 131_072
+    manifest = orjson.loads(client.get(final["results"]["manifest.json"]).content)
+    assert manifest["sequence"] == "sequence.sogv" and all(not r["files"] for r in manifest["frames"])

@@ -8,6 +8,7 @@ same limits and errors as the decoder, 4xx before anything is queued) and queued
     GET /jobs/{id}/manifest.json       the manifest (docs/video.md)
     GET /jobs/{id}/preview.mp4         each frame's scene beside the frame
     GET /jobs/{id}/sequence.zip        all of them in one archive
+    GET /jobs/{id}/sequence.sogv       outputs=sequence: every frame's scene in one SOG video
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from app.errors import InvalidRequestError
 from app.http.responses import RangeFileResponse, content_disposition, error_responses, sharp_headers
 from app.jobs.base import DEFAULT_SEQUENCE_OUTPUTS, SEQUENCE_ZIP, JobExpiredError, JobQueue
 from app.outputs import FORMATS
-from app.sequence.run import check_clip_outputs
+from app.sequence.run import SEQUENCE_FILE, check_clip_outputs
 from app.settings import Settings
 from app.video import (
     HEAD_BYTES,
@@ -150,3 +151,4 @@ def _named_route(path: str, summary: str) -> None:
 _named_route("manifest.json", "A clip job's manifest (frames, times, f_px, scale factors, timings)")
 _named_route("preview.mp4", "A clip job's preview: each frame's scene beside the frame (H.264)")
 _named_route(SEQUENCE_ZIP, "A clip job's files in one zip")
+_named_route(SEQUENCE_FILE, "A clip job's scenes in one SOG video (outputs=sequence; docs/formats.md)")
