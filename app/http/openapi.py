@@ -23,13 +23,13 @@ from fastapi.routing import APIRoute
 
 from app.formats.json import Encoding
 from app.http.routes.render import CameraPath, RenderOutput
-from app.http.schemas import BackendState, WebhookEvent
+from app.http.schemas import BackendState, FileState, WebhookEvent
 from app.vocabulary import AlignMode, FocalSource, JobStatus, WeightsSource
 
 NAMED_ENUMS: dict[str, tuple[str, ...]] = {
     "JobStatus": get_args(JobStatus), "JsonEncoding": get_args(Encoding), "AlignMode": get_args(AlignMode),
     "FocalSource": get_args(FocalSource), "WeightsSource": get_args(WeightsSource),
-    "WebhookEvent": get_args(WebhookEvent), "BackendState": get_args(BackendState),
+    "WebhookEvent": get_args(WebhookEvent), "BackendState": get_args(BackendState), "FileState": get_args(FileState),
     "RenderOutput": get_args(get_args(RenderOutput)[0]), "CameraPath": get_args(get_args(CameraPath)[0]),
 }
 """The name of each enum the API has, by its values (in their order)."""

@@ -233,9 +233,10 @@ class JobResponse(BaseModel):
                                                                  "without one.")
     first: str | None = Field(default=None, description="A photo's job: the output made first, before it succeeds "
                                                        "(the form's `first`, else the first output listed).")
-    files: dict[str, FileState] | None = Field(
-        default=None, description="A photo's job: output -> `waiting` (not made yet), `encoding`, `ready` or `failed` "
-                                  "(its download answers 409 `result_failed`). A job with several outputs succeeds "
-                                  "once its first is ready; the others follow, and a download of one not ready "
-                                  "yet waits for it. A clip's job: each of its files by path (none before it "
-                                  "succeeds; then all ready but `sequence.zip`, made after).")
+    files: dict[str, FileState] = Field(
+        default_factory=dict,
+        description="A photo's job: output -> `waiting` (not made yet), `encoding`, `ready` or `failed` (its "
+                    "download answers 409 `result_failed`). A job with several outputs succeeds once its first is "
+                    "ready; the others follow, and a download of one not ready yet waits for it. A clip's job: "
+                    "each of its files by path (none before it succeeds; then all ready but `sequence.zip`, made "
+                    "after).")
