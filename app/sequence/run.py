@@ -86,11 +86,16 @@ CLIP_REFUSED_OUTPUTS = {"orbit": "it renders a video of 60 frames for each frame
 """Outputs not made for a clip, and why: work that multiplies with the clip's length far past its prediction."""
 
 
-def check_clip_outputs(names: Iterable[str]) -> None:
-    """`InvalidRequestError` naming the first of `names` a clip does not make (`CLIP_REFUSED_OUTPUTS`)."""
+def check_clip_outputs(names: Iterable[str], max_gaussians: MaxGaussians | None = None) -> None:
+    """`InvalidRequestError` naming the first of `names` a clip does not make (`CLIP_REFUSED_OUTPUTS`), or the
+    sequence output asked for with a budget (it keeps SHARP's whole grid)."""
+    names = list(names)
     for name in names:
         if name in CLIP_REFUSED_OUTPUTS:
             raise InvalidRequestError(f"The {name} output is not made for a clip: {CLIP_REFUSED_OUTPUTS[name]}.")
+    if max_gaussians is not None and SEQUENCE_OUTPUT in names:
+        raise InvalidRequestError("The sequence output keeps SHARP's grid of Gaussians, every one of them: "
+                                  "ask for it without max_gaussians.")
 
 
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
@@ -116,14 +121,11 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     sampling, slots = sampling or Sampling(), slots or Slots()
     if align not in ALIGN_MODES:
         raise InvalidRequestError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}.")
-    check_clip_outputs(outputs)
+    check_clip_outputs(outputs, max_gaussians)
     for name, options in outputs.items():
         check_options(name, options)
     if max_gaussians is not None:
         budget_count(max_gaussians, predictor.info.num_gaussians)
-        if SEQUENCE_OUTPUT in outputs:
-            raise InvalidRequestError("The sequence output keeps SHARP's grid of Gaussians, every one of them: "
-                                      "ask for it without max_gaussians.")
     info = probe_video(source, sampling, limits)
     expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore

@@ -132,6 +132,15 @@ def test_a_bad_budget_for_a_clip_is_a_422_before_it_is_queued(client: httpx.Clie
     assert not any(path.is_dir() for path in (tmp_path / "jobs").glob("*"))  # no job was made
 
 
+def test_a_sequence_with_a_budget_is_a_422_before_it_is_queued(client: httpx.Client, tmp_path: Path) -> None:
+    """The sequence output keeps SHARP's whole grid: with max_gaussians it is refused at submission, not when
+    the job runs."""
+    error = assert_error(submit(client, make_clip(2), max_gaussians="1000", outputs="sequence"), 422,
+                         "validation_error")
+    assert "without max_gaussians" in error["message"], error
+    assert not any(path.is_dir() for path in (tmp_path / "jobs").glob("*"))  # no job was made
+
+
 def test_a_job_past_its_run_time_fails_at_its_next_step(serve: Callable[[Any], LiveServer], predictor: SharpPredictor,
                                                        tmp_path: Path) -> None:
     """Issue 28: nothing bounded a job's time (a clip with a render per frame ran for hours). With

@@ -133,7 +133,7 @@ async def submit_job(request: Request, service: Service, jobs: Jobs, file: Image
     clip = sequences.clip_options(fps, start, end, max_frames, align)
     if sequences.is_clip(data):
         sequence, names, frames = await sequences.check_clip(data, clip, names if outputs else None,
-                                                             service.settings)
+                                                             service.settings, options.get("max_gaussians"))
         options = check_job_options(names, options, num_gaussians)
         projected = check_fits(names, options, num_gaussians, frames, len(data), service.settings.jobs_max_bytes)
         job = await jobs.submit(data, filename=file.filename, f_px=f_px, outputs=names, options=options,

@@ -19,6 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
+from app.budget import MaxGaussians
 from app.errors import InvalidRequestError
 from app.http.responses import RangeFileResponse, content_disposition, error_responses, sharp_headers
 from app.jobs.base import DEFAULT_SEQUENCE_OUTPUTS, SEQUENCE_ZIP, JobExpiredError, JobQueue
@@ -72,13 +73,13 @@ def refuse_for_photo(options: dict[str, Any]) -> None:
         raise InvalidRequestError(f"{', '.join(sorted(options))} only applies to a video upload.")
 
 
-async def check_clip(data: bytes, options: dict[str, Any], outputs: list[str] | None, settings: Settings
-                     ) -> tuple[dict[str, Any], list[str], int]:
+async def check_clip(data: bytes, options: dict[str, Any], outputs: list[str] | None, settings: Settings,
+                     max_gaussians: MaxGaussians | None = None) -> tuple[dict[str, Any], list[str], int]:
     """The clip job's `sequence` options, its outputs (`DEFAULT_SEQUENCE_OUTPUTS` when none were named; checked
-    by `check_clip_outputs`) and the most frames it takes (the header's estimate, else the limits), after
-    checking the clip's header against them (`VideoError`: 4xx)."""
+    by `check_clip_outputs`, with the job's `max_gaussians`) and the most frames it takes (the header's
+    estimate, else the limits), after checking the clip's header against them (`VideoError`: 4xx)."""
     outputs = outputs or list(DEFAULT_SEQUENCE_OUTPUTS)
-    check_clip_outputs(outputs)
+    check_clip_outputs(outputs, max_gaussians)
     sampling = Sampling(fps=options.get("fps"), start=options.get("start", 0.0), end=options.get("end"),
                         max_frames=options.get("max_frames"))
     limits = VideoLimits.from_settings(settings)
