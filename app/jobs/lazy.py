@@ -28,6 +28,7 @@ import anyio.to_thread
 
 from app.errors import SharpError
 from app.jobs.base import SEQUENCE_ZIP, Job, ResultNotReadyError, json_options_of
+from app.jobs.runner import record_prediction
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.prediction import Prediction
@@ -52,12 +53,8 @@ async def predict_and_keep(service: InferenceService, store: JobStore, job: Job,
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs={},
                                max_gaussians=job.options.get("max_gaussians"), progress=progress, admit=False)
-    prediction, scene = result.prediction, result.prediction.scene
-    job.name = prediction.name
-    job.model = prediction.model.summary()
-    job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
-                    "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians,
-                    "total_gaussians": prediction.num_predicted}
+    prediction = result.prediction
+    record_prediction(job, prediction)
     job.timings_ms = {stage: ms for stage, ms in result.timings_ms.items() if stage in PREDICTION_STAGES}
     first = job.first or job.outputs[0]
     job.pending = [name for name in job.outputs if name != first]

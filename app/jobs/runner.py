@@ -14,6 +14,7 @@ from app.errors import SharpError
 from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
+from app.prediction import Prediction
 from app.sequence.fanout import FramePredictions
 from app.service import InferenceService
 from app.video import Sampling
@@ -40,14 +41,19 @@ async def execute(service: InferenceService, store: JobStore, job: Job, progress
     result = await service.run(data, filename=job.filename, f_px=job.f_px, outputs=outputs,
                                max_gaussians=job.options.get("max_gaussians"), progress=progress, admit=False,
                                sink=write)
-    prediction, scene = result.prediction, result.prediction.scene
+    record_prediction(job, result.prediction)
+    job.results.update(written)
+    job.timings_ms = result.timings_ms
+
+
+def record_prediction(job: Job, prediction: Prediction) -> None:
+    """What the job's record says of its prediction: the name, the model, the image and the Gaussians."""
+    scene = prediction.scene
     job.name = prediction.name
     job.model = prediction.model.summary()
     job.metadata = {"image_width": scene.image_width, "image_height": scene.image_height, "f_px": scene.f_px,
                     "f_px_source": prediction.f_px_source, "num_gaussians": scene.num_gaussians,
                     "total_gaussians": prediction.num_predicted}
-    job.results.update(written)
-    job.timings_ms = result.timings_ms
 
 
 async def execute_sequence(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
