@@ -415,17 +415,18 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
     # children are in the cut, those losing least per Gaussian saved first, without going under the count.
     in_cut = cut_members(merged, parents)
     excess = sum(int(mask.sum()) for mask in in_cut) - target
-    candidates = []
-    for level in range(1, len(levels)):
-        children = np.bincount(parents[level - 1], minlength=costs[level].size)
-        whole = np.bincount(parents[level - 1], in_cut[level - 1], costs[level].size) == children
-        below = np.bincount(parents[level - 1], np.where(in_cut[level - 1], costs[level - 1], 0.0), costs[level].size)
-        ready = np.flatnonzero(whole & (children > 1) & ~merged[level])
-        loss_per_saved = (costs[level][ready] - below[ready]) / (children[ready] - 1)
-        candidates.append((level, ready, children[ready] - 1, loss_per_saved))
-    if excess > 0 and candidates:
-        saved = np.concatenate([c[2] for c in candidates])
-        rank = np.argsort(np.concatenate([c[3] for c in candidates]), kind="stable")
+    if excess > 0:
+        candidates = []  # (level, its nodes ready to merge, Gaussians each saves, loss per Gaussian saved)
+        for level in range(1, len(levels)):
+            parent, size = parents[level - 1], costs[level].size
+            children = np.bincount(parent, minlength=size)
+            whole = np.bincount(parent, in_cut[level - 1], size) == children
+            below = np.bincount(parent, np.where(in_cut[level - 1], costs[level - 1], 0.0), size)
+            ready = np.flatnonzero(whole & (children > 1) & ~merged[level])
+            saves = children[ready] - 1
+            candidates.append((level, ready, saves, (costs[level][ready] - below[ready]) / saves))
+        saved = np.concatenate([candidate[2] for candidate in candidates])
+        rank = np.argsort(np.concatenate([candidate[3] for candidate in candidates]), kind="stable")
         take = np.zeros(saved.size, dtype=bool)
         take[rank[:int(np.searchsorted(np.cumsum(saved[rank]), excess, side="right"))]] = True
         offset = 0
