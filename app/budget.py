@@ -9,13 +9,20 @@ Gaussians on a square grid over the photo, ``layers x side x side`` (2 x 768 x 7
 input view). First the least important go: those whose importance (below) is under ``DROP_BELOW`` x the
 mean, least important first, at most as many as the budget removes (the second layer where the first hides
 it, and faint ones: dropping them costs the image little, merging them would smear them into what is seen).
-Then the budget climbs a pyramid of that grid: at level l the cells are blocks of 2^l x 2^l grid
-cells, one layer at a time. In a block, the Gaussians (of the level below) are sorted by depth and split
-where a depth gap exceeds ``SLOPE x 2^l x pitch / f_px`` of the depth (pitch: a grid cell in pixels),
-so that a foreground edge never merges with the background behind it; each run of similar depth is one
-merge candidate, costing ``sum importance_i x |colour_i - merged colour|^2`` (the colour detail lost where
-the photo looks at it). The cheapest candidates merge first, a level at a time, until the count is
-reached; the few left over at the last level (fewer than one block) are dropped by importance.
+Then a pyramid of that grid: at level l the cells are blocks of 2^l x 2^l grid cells, one layer at a time.
+In a block, the nodes of the level below are sorted by depth and split where a depth gap exceeds
+``SLOPE x 2^l x pitch / f_px`` of the depth (pitch: a grid cell in pixels), so that a foreground edge never
+merges with the background behind it; each run of similar depth is one node of level l (its leaves: the
+Gaussians under it). A node's cost is what one Gaussian in place of its leaves loses where the photo sees
+them, ``sum importance_i x (|colour_i - colour|^2 + SPREAD_COST x |pixel_i - pixel|^2 / pitch^2)`` (colour
+the merged one, pixel_i a leaf's centre at the input view, pixel their importance-weighted mean): detail of
+colour, and of shape (one Gaussian over a wide area blurs what many drew). The budget is a cut of the
+pyramid (each leaf under exactly one node of the cut), chosen per region, not per level: for a price per
+Gaussian kept, bottom up, a node merges where its cost plus one price is under the best of its children's
+(`pyramid_cut`: a flat region merges into a few large Gaussians, a detailed one keeps its own); the price is
+found by bisection so that the cut keeps the count or a little more. Where it keeps more (the count moves
+in steps), the nodes all of whose children are in the cut merge too, those losing least per Gaussian saved
+first; the last few over are dropped by importance.
 
 A merge keeps the moments of its children, weighted by ``w_i = opacity_i x projected area_i`` (what each
 adds to the input view, in pixels):
@@ -72,10 +79,17 @@ SLOPE = 2.0
 """Depth gap that splits a block before merging, in units of the block's width at that depth: at level l
 a gap over ``SLOPE x 2^l x pitch / f_px`` of the depth (measured, docs/formats.md)."""
 
-DROP_BELOW = 1.0
+DROP_BELOW = 0.25
 """Gaussians whose importance is under this fraction of the mean are dropped before any merge (at most as
 many as the budget removes): SHARP's second layer where the first hides it, and faint ones (measured,
 docs/formats.md)."""
+
+SPREAD_COST = 1e-3
+"""Weight of a merge's spread (squared pixels at the input view, over the squared grid pitch) against its
+colour loss (squared colour differences) in a node's cost (measured, docs/formats.md)."""
+
+BISECTIONS = 24
+"""Bisection steps (on the logarithm of the price per Gaussian kept) that find the cut of the pyramid."""
 
 GRID_LAYERS = (2, 1)
 """Layer counts `grid_of` tries (SHARP predicts two)."""
@@ -292,34 +306,47 @@ def grid_of(scene: GaussianScene) -> tuple[int, int] | None:
     return None
 
 
-def merge_moments(weights: np.ndarray, positions: np.ndarray, covariance: np.ndarray, colors: np.ndarray,
-                  groups: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Merge Gaussians by group, keeping their weighted moments (module docstring).
+def level_sums(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    """The sums a pyramid node carries, for the Gaussians `keep` of `scene` as its leaves (one node each).
 
     Args:
-        weights: (N,) > 0, opacity x projected area in pixels.
-        positions: (N, 3) metres. covariance: (N, 6) metres^2 (`UPPER`). colors: (N, 3).
-        groups: (N,) int, the group of each, in [0, num_groups); every group non-empty.
+        keep: (M,) indices into the scene. weight: (M,) opacity x projected area in pixels (the moments'
+            weight). score: (M,) their importance (the cost's weight).
 
     Returns:
-        (num_groups,) weights (the sums), (num_groups, 3) means, (num_groups, 6) covariances (the
-        children's plus the spread of their means) and (num_groups, 3) colours, all float64.
+        Per node: ``w`` (M,), ``wp`` (M, 3) w x centre, ``wpp`` (M, 6) w x (covariance + centre centre^T)
+        (`UPPER`), ``wc`` (M, 3) w x colour; ``i``, ``ic``, ``icc`` the importance, importance x colour and
+        importance x |colour|^2; ``iu``, ``iuu`` importance x the centre's pixel (u, v) at the input view and
+        x |(u, v)|^2; ``leaves`` the count of leaves; ``first`` the lowest scene index among them.
     """
-    total = np.bincount(groups, weights, num_groups)
+    position = np.asarray(scene.positions, dtype=np.float64)[keep]
+    color = np.asarray(scene.colors, dtype=np.float64)[keep]
+    second = covariances(scene.select(keep)) + np.stack([position[:, i] * position[:, j] for i, j in UPPER], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pixel = np.nan_to_num(scene.f_px * position[:, :2] / position[:, 2:], nan=0.0, posinf=0.0, neginf=0.0)
+    return {
+        "w": weight, "wp": weight[:, None] * position, "wpp": weight[:, None] * second, "wc": weight[:, None] * color,
+        "i": score, "ic": score[:, None] * color, "icc": score * np.sum(color * color, axis=1),
+        "iu": score[:, None] * pixel, "iuu": score * np.sum(pixel * pixel, axis=1),
+        "leaves": np.ones(keep.size), "first": keep.copy(),
+    }
 
-    def mean(values: np.ndarray) -> np.ndarray:  # (N, C) -> (G, C) weighted means
-        return np.stack([np.bincount(groups, weights * values[:, c], num_groups) for c in range(values.shape[1])],
-                        axis=1) / total[:, None]
 
-    means = mean(positions)
-    spread = positions - means[groups]
-    second = covariance + np.stack([spread[:, i] * spread[:, j] for i, j in UPPER], axis=1)
-    return total, means, mean(second), mean(colors)
+def node_costs(sums: dict[str, np.ndarray], pitch: float) -> np.ndarray:
+    """(G,) what replacing each node's leaves by one Gaussian loses (module docstring): ``sum importance_i x
+    (|colour_i - colour|^2 + SPREAD_COST x |pixel_i - pixel|^2 / pitch^2)``, from the node's sums
+    (`level_sums`), with colour the merged one and pixel the importance-weighted mean. 0 for a leaf."""
+    color = sums["wc"] / sums["w"][:, None]
+    color_loss = sums["icc"] - 2 * np.sum(color * sums["ic"], axis=1) + np.sum(color * color, axis=1) * sums["i"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = sums["iuu"] - np.nan_to_num(np.sum(sums["iu"] ** 2, axis=1) / sums["i"])
+    cost = np.maximum(color_loss, 0.0) + SPREAD_COST * np.maximum(spread, 0.0) / pitch**2
+    return np.where(sums["leaves"] > 1, cost, 0.0)
 
 
 def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tuple[int, int], *,
                     drop_below: float = DROP_BELOW) -> GaussianScene:
-    """The scene merged up its grid's pyramid to exactly `budget_count` Gaussians (module docstring).
+    """The scene merged on its grid's pyramid to exactly `budget_count` Gaussians (module docstring).
 
     Args:
         scene: the Gaussians, laid out as `grid` says (`grid_of`).
@@ -336,111 +363,153 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
     _, side = grid
     image_area = float(max(scene.image_width, 1) * max(scene.image_height, 1))
     opacity = np.clip(np.nan_to_num(np.asarray(scene.opacities, dtype=np.float64), nan=0.0), 0.0, 1.0)
-    positions = np.asarray(scene.positions, dtype=np.float64)
-    covariance = covariances(scene)
-    areas = np.minimum(screen_areas(positions, covariance, scene.f_px), image_area)
-    # The Gaussians of the current level (float64), and where each came from.
-    nodes = {
-        "position": positions,
-        "covariance": covariance,
-        "color": np.asarray(scene.colors, dtype=np.float64),
-        "weight": np.maximum(opacity * areas, 1e-12),
-        "importance": opacity * np.sqrt(areas) * transmittance(scene, opacity, areas),
-        "first": np.arange(n),  # the first (lowest) index of the Gaussians merged into it: the output order
-        "source": np.arange(n),  # its index in `scene` if it is one of its Gaussians unchanged, else -1
-    }
-    # The least important first (under drop_below x the mean), then merges.
-    importance_all = nodes["importance"]
-    dropped = min(n - target, int(np.count_nonzero(importance_all < drop_below * importance_all.mean())))
-    if dropped:
-        visible = np.sort(np.argsort(importance_all, kind="stable")[dropped:])
-        nodes = {name: values[visible] for name, values in nodes.items()}
-    index = nodes["first"]
-    layer, row, column = index // (side * side), (index // side) % side, index % side
+    areas = np.minimum(projected_areas(scene), image_area)
+    weight = np.maximum(opacity * areas, 1e-12)
+    score = opacity * np.sqrt(areas) * transmittance(scene, opacity, areas)
+    # The least important first (under drop_below x the mean), at most as many as the budget removes.
+    dropped = min(n - target, int(np.count_nonzero(score < drop_below * score.mean())))
+    keep = np.sort(np.argsort(score, kind="stable")[dropped:]) if dropped else np.arange(n)
+    # The pyramid: level 0 the leaves; a node of level l a run of similar depth among the nodes of level l - 1
+    # in one block of 2^l x 2^l grid cells of one layer; parents[l - 1] maps each node of l - 1 to its node.
+    sums = level_sums(scene, keep, weight[keep], score[keep])
+    levels, costs, parents = [sums], [np.zeros(keep.size)], []
+    layer, row, column = keep // (side * side), (keep // side) % side, keep % side
     pitch = math.sqrt(image_area) / side
     level = 0
-    while nodes["first"].size > target and (side >> level) > 1:
+    while (side >> level) > 1:
         level += 1
         cells = side >> level
         row, column = row >> 1, column >> 1
         block = (layer * cells + row) * cells + column
-        # Runs of similar depth within each block, contiguous once sorted by block then depth: the candidates.
-        depth = np.nan_to_num(nodes["position"][:, 2], nan=0.0, posinf=0.0, neginf=0.0)
+        depth = np.nan_to_num(sums["wp"][:, 2] / sums["w"], nan=0.0, posinf=0.0, neginf=0.0)
         span = max(float(depth.max() - depth.min()), 1e-30)
         order = np.argsort(block + 0.5 * (depth - depth.min()) / span, kind="stable")
         sorted_depth, sorted_block = depth[order], block[order]
         tolerance = SLOPE * 2**level * pitch / scene.f_px
         starts = np.flatnonzero(np.r_[True, (sorted_block[1:] != sorted_block[:-1])
                                       | (sorted_depth[1:] > sorted_depth[:-1] * (1 + tolerance))])
-        size = np.diff(np.r_[starts, order.size])
-        group = np.empty_like(order)
-        group[order] = np.repeat(np.arange(starts.size), size)
-        # The colour each candidate would have, and the detail it would lose.
-        weight = nodes["weight"]
-        total = np.add.reduceat(weight[order], starts)
-        color = np.add.reduceat((weight[:, None] * nodes["color"])[order], starts, axis=0) / total[:, None]
-        lost = nodes["importance"] * np.sum((nodes["color"] - color[group]) ** 2, axis=1)
-        cost = np.where(size > 1, np.add.reduceat(lost[order], starts), np.inf)
-        # The cheapest candidates, as many as the count allows (each removes size - 1 Gaussians).
-        ranked = np.argsort(cost, kind="stable")
-        removed = np.cumsum(size[ranked] - 1)
-        mergeable = int(np.count_nonzero(size > 1))
-        chosen_count = min(mergeable, int(np.searchsorted(removed, nodes["first"].size - target, side="right")))
-        chosen = np.zeros(starts.size, dtype=bool)
-        chosen[ranked[:chosen_count]] = True
-        members = chosen[group]
-        renumbered = np.cumsum(chosen) - 1
-        weight, mean, merged_covariance, merged_color = merge_moments(
-            weight[members], nodes["position"][members], nodes["covariance"][members], nodes["color"][members],
-            renumbered[group[members]], chosen_count)
-        merged = {
-            "position": mean, "covariance": merged_covariance, "color": merged_color, "weight": weight,
-            "importance": np.add.reduceat(nodes["importance"][order], starts)[chosen],
-            "first": np.minimum.reduceat(nodes["first"][order], starts)[chosen],
-            "source": np.full(chosen_count, -1),
-        }
-        stays = np.flatnonzero(~members)
-        nodes = {name: np.concatenate([np.take(values, stays, axis=0), merged[name]])
-                 for name, values in nodes.items()}
-        merged_block = sorted_block[starts][chosen]
-        layer = np.concatenate([layer[stays], merged_block // (cells * cells)])
-        row = np.concatenate([row[stays], (merged_block // cells) % cells])
-        column = np.concatenate([column[stays], merged_block % cells])
-        if chosen_count < mergeable:
+        parent = np.empty_like(order)
+        parent[order] = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, order.size]))
+        sums = {name: (np.minimum if name == "first" else np.add).reduceat(values[order], starts, axis=0)
+                for name, values in sums.items()}
+        levels.append(sums)
+        costs.append(node_costs(sums, pitch))
+        parents.append(parent)
+        layer, row, column = sorted_block[starts] // (cells * cells), (sorted_block[starts] // cells) % cells, \
+            sorted_block[starts] % cells
+    # The cut: the smallest price per Gaussian kept whose cut keeps at least the count (bisection in log).
+    positive = np.concatenate([cost[cost > 0] for cost in costs])
+    low = math.log(positive.min()) - 1 if positive.size else 0.0
+    high = math.log(positive.sum()) + 1 if positive.size else 1.0
+    for _ in range(BISECTIONS):
+        middle = 0.5 * (low + high)
+        count, _ = pyramid_cut(costs, parents, math.exp(middle))
+        if count == target:
+            low = middle
             break
+        low, high = (middle, high) if count > target else (low, middle)
+    count, merged = pyramid_cut(costs, parents, math.exp(low))
+    if count < target:  # only where merges of no cost (identical centres and colours) overshoot
+        count, merged = pyramid_cut(costs, parents, 0.0)
+    # The cut's count moves in steps: where it keeps more than the count, merge more of the nodes all of whose
+    # children are in the cut, those losing least per Gaussian saved first, without going under the count.
+    in_cut = cut_members(merged, parents)
+    excess = sum(int(mask.sum()) for mask in in_cut) - target
+    if excess > 0:
+        candidates = []  # (level, its nodes ready to merge, Gaussians each saves, loss per Gaussian saved)
+        for level in range(1, len(levels)):
+            parent, size = parents[level - 1], costs[level].size
+            children = np.bincount(parent, minlength=size)
+            whole = np.bincount(parent, in_cut[level - 1], size) == children
+            below = np.bincount(parent, np.where(in_cut[level - 1], costs[level - 1], 0.0), size)
+            ready = np.flatnonzero(whole & (children > 1) & ~merged[level])
+            saves = children[ready] - 1
+            candidates.append((level, ready, saves, (costs[level][ready] - below[ready]) / saves))
+        saved = np.concatenate([candidate[2] for candidate in candidates])
+        rank = np.argsort(np.concatenate([candidate[3] for candidate in candidates]), kind="stable")
+        take = np.zeros(saved.size, dtype=bool)
+        take[rank[:int(np.searchsorted(np.cumsum(saved[rank]), excess, side="right"))]] = True
+        offset = 0
+        for level, ready, _, _ in candidates:
+            merged[level][ready[take[offset:offset + ready.size]]] = True
+            offset += ready.size
+        in_cut = cut_members(merged, parents)
+    chosen = list(zip(levels, in_cut, strict=True))
+    nodes = {name: np.concatenate([sums[name][mask] for sums, mask in chosen]) for name in ("w", "wp", "wpp", "wc",
+                                                                                         "i", "leaves", "first")}
+    # The few still over the count go by importance, least first.
     excess = nodes["first"].size - target
-    keep = np.argsort(nodes["importance"], kind="stable")[excess:] if excess > 0 else slice(None)
-    nodes = {name: values[keep] for name, values in nodes.items()}
+    keep_nodes = np.argsort(nodes["i"], kind="stable")[excess:] if excess > 0 else np.arange(nodes["first"].size)
+    nodes = {name: values[np.sort(keep_nodes)] for name, values in nodes.items()}
     order = np.argsort(nodes["first"], kind="stable")
-    nodes = {name: values[order] for name, values in nodes.items()}
-    return _scene_of(nodes, scene)
+    return _scene_of({name: values[order] for name, values in nodes.items()}, scene)
+
+
+def pyramid_cut(costs: list[np.ndarray], parents: list[np.ndarray], price: float) -> tuple[int, list[np.ndarray]]:
+    """The cut of the pyramid that minimises total cost + `price` x Gaussians kept (bottom up: a node merges
+    where its cost plus one price is under the best of its children's).
+
+    Args:
+        costs: per level, (G_l,) each node's cost (`node_costs`; level 0 the leaves, 0).
+        parents: per level l >= 1, (G_{l-1},) the node of level l of each node of level l - 1.
+        price: the cost of keeping one Gaussian more.
+
+    Returns:
+        (the cut's count of Gaussians, per level the (G_l,) bool of nodes that merge; level 0's is None).
+    """
+    best = np.full(costs[0].size, price)
+    count = np.ones(costs[0].size)
+    merges: list[np.ndarray] = [np.zeros(0, dtype=bool)]
+    for cost, parent in zip(costs[1:], parents, strict=True):
+        children_best = np.bincount(parent, best, cost.size)
+        children_count = np.bincount(parent, count, cost.size)
+        merge = cost + price < children_best
+        best = np.where(merge, cost + price, children_best)
+        count = np.where(merge, 1.0, children_count)
+        merges.append(merge)
+    return int(count.sum()), merges
+
+
+def cut_members(merges: list[np.ndarray], parents: list[np.ndarray]) -> list[np.ndarray]:
+    """Per level, the (G_l,) bool of the nodes in the cut (`pyramid_cut`'s merges): those that merge with no
+    node above them merging, and the leaves (level 0) under no merging node."""
+    covered = np.zeros(merges[-1].size, dtype=bool)
+    members = []
+    for level in range(len(merges) - 1, 0, -1):
+        members.append(merges[level] & ~covered)
+        covered = (covered | merges[level])[parents[level - 1]]
+    members.append(~covered)
+    return members[::-1]
 
 
 def _scene_of(nodes: dict[str, np.ndarray], scene: GaussianScene) -> GaussianScene:
-    """The GaussianScene of the merged nodes: originals unchanged, merged ones from their moments (opacity:
-    their weight over the projected area of their covariance, at most 1)."""
-    source = nodes["source"]
-    original = source >= 0
-    kept = source[original]
+    """The GaussianScene of the cut's nodes (their sums, `level_sums`): a node of one leaf is that Gaussian
+    unchanged; a merged one from its moments (opacity: its weight over the projected area of its covariance,
+    at most 1)."""
+    original = nodes["leaves"] == 1
+    kept = nodes["first"][original]
     merged = ~original
-    positions = np.empty((source.size, 3), dtype=np.float32)
-    scales = np.empty((source.size, 3), dtype=np.float32)
-    rotations = np.empty((source.size, 4), dtype=np.float32)
-    colors = np.empty((source.size, 3), dtype=np.float32)
-    opacities = np.empty(source.size, dtype=np.float32)
+    size = original.size
+    positions = np.empty((size, 3), dtype=np.float32)
+    scales = np.empty((size, 3), dtype=np.float32)
+    rotations = np.empty((size, 4), dtype=np.float32)
+    colors = np.empty((size, 3), dtype=np.float32)
+    opacities = np.empty(size, dtype=np.float32)
     positions[original], scales[original], rotations[original] = (
         scene.positions[kept], scene.scales[kept], scene.rotations[kept])
     colors[original], opacities[original] = scene.colors[kept], scene.opacities[kept]
-    covariance = nodes["covariance"][merged]
+    weight = nodes["w"][merged]
+    mean = nodes["wp"][merged] / weight[:, None]
+    covariance = nodes["wpp"][merged] / weight[:, None] - np.stack([mean[:, i] * mean[:, j] for i, j in UPPER], axis=1)
     image_area = float(max(scene.image_width, 1) * max(scene.image_height, 1))
-    area = np.minimum(screen_areas(nodes["position"][merged], covariance, scene.f_px), image_area)
+    area = np.minimum(screen_areas(mean, covariance, scene.f_px), image_area)
     variances, axes = np.linalg.eigh(full_matrices(covariance))
     variances, axes = variances[:, ::-1], axes[:, :, ::-1].copy()  # descending
     axes[np.linalg.det(axes) < 0, :, 2] *= -1  # right-handed: a rotation
-    positions[merged], colors[merged] = nodes["position"][merged], nodes["color"][merged]
+    positions[merged], colors[merged] = mean, nodes["wc"][merged] / weight[:, None]
     scales[merged] = np.sqrt(np.maximum(variances, 0.0))
     rotations[merged] = matrices_to_quaternions(axes)
-    opacities[merged] = np.clip(nodes["weight"][merged] / np.maximum(area, 1e-12), 0.0, 1.0)
+    opacities[merged] = np.clip(weight / np.maximum(area, 1e-12), 0.0, 1.0)
     return GaussianScene(positions=positions, scales=scales, rotations=rotations, colors=colors, opacities=opacities,
                          f_px=scene.f_px, image_width=scene.image_width, image_height=scene.image_height)
 

@@ -11,13 +11,18 @@ in [0, 1]). Then the budget curve at 50 %, 25 % and 10 %: our `apply_budget` (me
 the same counts, at the same five views.
 
 The predicted scene is cached (``--cache``, a PLY) between runs (the `sharp` forward pass takes minutes on
-a CPU).
+a CPU), and so are splat-transform's decimated scenes (``--decimate`` takes minutes here: one PLY per rule
+and count, named by the scene's digest, with the seconds it took, beside the scene's cache; ``--fresh``
+runs it again).
 splat-transform runs with ``-g cpu`` (no GPU here). Run: ``nice python -m bench.sizes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +101,24 @@ def splat_transform(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def decimated(scene_ply: Path, ply_bytes: bytes, flag: str, count: int, cache: Path, fresh: bool,
+              ) -> tuple[GaussianScene, float, bool]:
+    """splat-transform's `flag` (``--decimate`` or ``--decimate-adaptive``) of the scene to `count` Gaussians,
+    from `cache` (a folder) unless `fresh`: (the scene, the seconds its run took, whether it came from the
+    cache)."""
+    digest = hashlib.sha256(ply_bytes).hexdigest()[:16]
+    out = cache / f"{digest}{flag}-{count}.ply"
+    seconds_file = out.with_suffix(".json")
+    if not fresh and out.is_file() and seconds_file.is_file():
+        return read_ply(out), float(json.loads(seconds_file.read_text())["seconds"]), True
+    made = scene_ply.with_name(f"decimated{flag}.ply")
+    seconds = splat_transform(str(scene_ply), str(made), flag, str(count))
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(made, out)
+    seconds_file.write_text(json.dumps({"seconds": seconds}))
+    return read_ply(made), seconds, False
+
+
 def row(name: str, size: int | str, seconds: float, psnr: tuple[float, list[float]]) -> None:
     views = " ".join(f"{db:6.2f}" for db in psnr[1])
     size_text = f"{size:>12,}" if isinstance(size, int) else f"{size:>12}"
@@ -109,6 +132,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="the predicted scene's PLY (default "
                         "~/.cache/sharp-serve/bench_sizes_<preset>.ply)")
     parser.add_argument("--size", type=int, default=600, help="longest side of the rendered views, pixels")
+    parser.add_argument("--fresh", action="store_true", help="run splat-transform's decimation again even where "
+                        "its output for this scene is cached")
     args = parser.parse_args()
 
     cache = args.cache or Path.home() / ".cache" / "sharp-serve" / f"bench_sizes_{args.preset}.ply"
@@ -155,12 +180,12 @@ def main() -> None:
             row(f"budget {fraction:.0%}: ours, dropping only", count, time.perf_counter() - start, views.psnr(kept))
             best, decimate_seconds = -np.inf, 0.0
             for flag in ("--decimate", "--decimate-adaptive"):
-                out = folder / f"decimated{flag}.ply"
-                flag_seconds = splat_transform(str(folder / "scene.ply"), str(out), flag, str(count))
+                theirs_scene, flag_seconds, cached = decimated(folder / "scene.ply", ply, flag, count,
+                                                               cache.parent / "splat_transform", args.fresh)
                 decimate_seconds = decimate_seconds or flag_seconds
-                decimated = read_ply(out)
-                result = views.psnr(decimated)
-                row(f"budget {fraction:.0%}: splat-transform {flag}", decimated.num_gaussians, flag_seconds, result)
+                result = views.psnr(theirs_scene)
+                row(f"budget {fraction:.0%}: splat-transform {flag}{' (cached)' if cached else ''}",
+                    theirs_scene.num_gaussians, flag_seconds, result)
                 best = max(best, result[0])
             budget_psnr[fraction] = (ours[0], best)
             budget_seconds[fraction] = (seconds, decimate_seconds)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from app.budget import (
-    UPPER,
     BudgetError,
     apply_budget,
     budget_count,
@@ -22,10 +21,10 @@ from app.budget import (
     grid_of,
     importance,
     keep_most_important,
-    merge_moments,
     merge_to_budget,
     parse_max_gaussians,
     projected_areas,
+    pyramid_cut,
 )
 from app.errors import InvalidRequestError
 from app.formats import read_ply
@@ -175,24 +174,18 @@ def moments(scene: GaussianScene) -> dict[str, np.ndarray]:
             "second": np.einsum("n,nij->ij", w, second)}
 
 
-def test_merging_keeps_the_weighted_moments_of_each_group() -> None:
-    rng = np.random.default_rng(1)
-    weights, positions = rng.uniform(0.1, 2, 10), rng.normal(size=(10, 3))
-    axes = rng.normal(size=(10, 3, 3))
-    covariance, colors = axes @ axes.transpose(0, 2, 1), rng.uniform(0, 1, (10, 3))
-    groups = np.array([0, 0, 1, 2, 2, 2, 1, 0, 3, 2])
-    upper = np.stack([covariance[:, i, j] for i, j in UPPER], axis=1)
-    total, mean, merged_upper, colour = merge_moments(weights, positions, upper, colors, groups, 4)
-    merged = full_matrices(merged_upper)
-    for g in range(4):
-        w, p = weights[groups == g], positions[groups == g]
-        assert total[g] == pytest.approx(w.sum())
-        np.testing.assert_allclose(mean[g], w @ p / w.sum())
-        np.testing.assert_allclose(colour[g], w @ colors[groups == g] / w.sum())
-        spread = p - mean[g]
-        expected = (np.einsum("n,nij->ij", w, covariance[groups == g]) + np.einsum("n,ni,nj->ij", w, spread, spread))
-        np.testing.assert_allclose(merged[g], expected / w.sum())
-        assert np.all(np.linalg.eigvalsh(merged[g]) > 0)
+def test_the_cut_merges_where_a_merge_costs_less_than_the_gaussians_it_saves() -> None:
+    # Four leaves; two nodes of two leaves above them (costs 0.1 and 10); one root (cost 100). At a price of 1
+    # per Gaussian kept, the cheap pair merges (0.1 + 1 < 2), the dear one does not (10 + 1 > 2), nor the
+    # root (100 + 1 > 1.1 + 2): three Gaussians. At a price of 200 everything merges into the root.
+    costs = [np.zeros(4), np.array([0.1, 10.0]), np.array([100.0])]
+    parents = [np.array([0, 0, 1, 1]), np.array([0, 0])]
+    count, merges = pyramid_cut(costs, parents, 1.0)
+    assert count == 3
+    np.testing.assert_array_equal(merges[1], [True, False])
+    np.testing.assert_array_equal(merges[2], [False])
+    assert pyramid_cut(costs, parents, 200.0)[0] == 1
+    assert pyramid_cut(costs, parents, 0.0)[0] == 4
 
 
 def test_a_merged_wall_keeps_its_moments_and_its_coverage() -> None:
