@@ -10,6 +10,7 @@ import { apiKey, download } from "./http.js";
 import { shownFormat } from "./server.js";
 import { showScene } from "./viewer.js";
 import { plyForSpark } from "./ply.js";
+import { openPlayer, seekPlayer, stopPlayer, wirePlayer } from "./player.js";
 
 const CACHED_FRAMES = 4; // scene files kept in memory: the frames just shown and the next one
 // What the page can show of a frame, in order of preference when the one it would choose is missing (a job
@@ -56,12 +57,14 @@ export async function showClip(result, run) {
   await showWanted(true);
   page.retry = () => showWanted(false); // a frame that failed to load: load it again
   showPreviewVideo(result.results["preview.mp4"], run);
+  if (result.results["sequence.sogv"]) playSequence(new URL(result.results["sequence.sogv"], location.href));
   return clipResult(result, manifest, format);
 }
 
 /** Hides the slider and the preview video: another action's scene is about to be shown. */
 export function hideClip() {
   clip = null;
+  stopPlayer();
   $("clip-bar").hidden = true;
   $("clip-preview").hidden = true;
   const video = $("clip-video");
@@ -76,6 +79,7 @@ export function hideClip() {
 export function wireClip() {
   const slider = $("frame-slider");
   slider.addEventListener("input", () => goTo(Number(slider.value)));
+  wirePlayer();
   $("frame-prev").addEventListener("click", () => step(-1));
   $("frame-next").addEventListener("click", () => step(1));
   document.addEventListener("keydown", (event) => {
@@ -99,7 +103,20 @@ function goTo(index) {
   if (!clip || index === clip.wanted) return;
   clip.wanted = index;
   showFrameLabel(index);
+  if (seekPlayer(index)) return; // the clip's sequence, when it is loaded, shows it
   showWanted(false);
+}
+
+/** The clip's `.sogv` played in place of its frames' scene files (player.js), once it is loaded. */
+function playSequence(url) {
+  const current = clip;
+  openPlayer(url, { manifest: current.manifest, camera: current.camera, run: current.run, name: `${current.stem} · sequence` }, (index) => {
+    if (current !== clip) return;
+    current.wanted = index;
+    current.shown = index;
+    $("frame-slider").value = String(index);
+    showFrameLabel(index);
+  });
 }
 
 function showFrameLabel(index) {

@@ -6,8 +6,7 @@
 //   const gaussians = await sequence.frame(k);          // {count, positions, scales, rotations, colors, opacities}
 //
 // Frames are decoded in order from the key frame at or before k; the decoded samples of the frames after the
-// one asked for are kept (up to `AHEAD`), so playing forward decodes each frame once. Not yet wired to the
-// page's player (play/pause, slider, hand-over to Spark): see docs/video.md.
+// one asked for are kept (up to `AHEAD`), so playing forward decodes each frame once. player.js plays them.
 
 const MAGIC = "SOGVIDEO";
 const STREAMS = ["position", "scale", "rotation", "color", "opacity"];
@@ -109,11 +108,21 @@ const srgbToLinear = (c) => (c <= 0.04045 ? c / 12.92 : Math.pow((Math.max(c, 0)
 function gaussians(planes, manifest, index, side) {
   const ranges = manifest.frames[index].ranges;
   const count = 2 * side * side;
-  const value = (name, channel, i) => {
-    const [lo, hi] = ranges[name][channel];
-    return lo + (planes[name][channel][i] / LEVELS) * (hi - lo);
-  };
+  // Each channel's sample s in 0..LEVELS maps to lo + s * step: [lo, step] per stream and channel.
+  const affine = (name) => ranges[name].map(([lo, hi]) => [lo, (hi - lo) / LEVELS]);
+  const [[dLo, dStep], [uLo, uStep], [vLo, vStep]] = affine("position");
+  const scale = affine("scale");
+  const color = affine("color");
+  const [[xLo, xStep], [yLo, yStep], [zLo, zStep]] = affine("rotation");
+  const [[oLo, oStep]] = affine("opacity");
+  const [pd, pu, pv] = planes.position;
+  const [s0, s1, s2] = planes.scale;
+  const [c0, c1, c2] = planes.color;
+  const [r0, r1, r2] = planes.rotation;
+  const [op] = planes.opacity;
   const { f_px: f, image_width: width, image_height: height } = manifest;
+  const cellX = width / side;
+  const cellY = height / side;
   const positions = new Float32Array(3 * count);
   const scales = new Float32Array(3 * count);
   const rotations = new Float32Array(4 * count);
@@ -122,19 +131,28 @@ function gaussians(planes, manifest, index, side) {
   for (let i = 0; i < count; i++) {
     const row = Math.floor(i / side) % side;
     const column = i % side;
-    const z = Math.exp(value("position", 0, i));
-    const u = (column + 0.5 + value("position", 1, i)) * (width / side);
-    const v = (row + 0.5 + value("position", 2, i)) * (height / side);
-    positions.set([((u - width / 2) * z) / f, ((v - height / 2) * z) / f, z], 3 * i);
-    for (let k = 0; k < 3; k++) {
-      scales[3 * i + k] = Math.exp(value("scale", k, i)) * z;
-      colors[3 * i + k] = srgbToLinear(value("color", k, i));
-    }
-    const x = value("rotation", 0, i), y = value("rotation", 1, i), w3 = value("rotation", 2, i);
+    const z = Math.exp(dLo + pd[i] * dStep);
+    const u = (column + 0.5 + uLo + pu[i] * uStep) * cellX;
+    const v = (row + 0.5 + vLo + pv[i] * vStep) * cellY;
+    const i3 = 3 * i;
+    positions[i3] = ((u - width / 2) * z) / f;
+    positions[i3 + 1] = ((v - height / 2) * z) / f;
+    positions[i3 + 2] = z;
+    scales[i3] = Math.exp(scale[0][0] + s0[i] * scale[0][1]) * z;
+    scales[i3 + 1] = Math.exp(scale[1][0] + s1[i] * scale[1][1]) * z;
+    scales[i3 + 2] = Math.exp(scale[2][0] + s2[i] * scale[2][1]) * z;
+    colors[i3] = srgbToLinear(color[0][0] + c0[i] * color[0][1]);
+    colors[i3 + 1] = srgbToLinear(color[1][0] + c1[i] * color[1][1]);
+    colors[i3 + 2] = srgbToLinear(color[2][0] + c2[i] * color[2][1]);
+    const x = xLo + r0[i] * xStep, y = yLo + r1[i] * yStep, w3 = zLo + r2[i] * zStep;
     const w = Math.sqrt(Math.max(0, 1 - x * x - y * y - w3 * w3));
     const norm = Math.hypot(w, x, y, w3) || 1;
-    rotations.set([w / norm, x / norm, y / norm, w3 / norm], 4 * i);
-    opacities[i] = Math.min(1, Math.max(0, value("opacity", 0, i)));
+    const i4 = 4 * i;
+    rotations[i4] = w / norm;
+    rotations[i4 + 1] = x / norm;
+    rotations[i4 + 2] = y / norm;
+    rotations[i4 + 3] = w3 / norm;
+    opacities[i] = Math.min(1, Math.max(0, oLo + op[i] * oStep));
   }
   return { count, positions, scales, rotations, colors, opacities };
 }

@@ -159,12 +159,15 @@ function frameHasSplats() {
 
 /** Shows a scene file (`fileType`: ply, spz, splat or sog) from `camera` ({ fPx, width, height }, or null),
  * named `name` over the stage; `keepView`: where the user has moved the camera to (a clip's next frame),
- * else from the viewpoint of its `source` (`photo`, or a clip's `frame`). */
-export async function showScene(bytes, fileType, camera, run, name, { keepView = false, source = "photo" } = {}) {
+ * else from the viewpoint of its `source` (`photo`, or a clip's `frame`). `packedSplats`: Spark's
+ * PackedSplats to show instead of a file (in the axes of `fileType`; the player updates them in place). */
+export async function showScene(bytes, fileType, camera, run, name, { keepView = false, source = "photo", packedSplats = null } = {}) {
   await loadRenderer();
   run.check();
   const { Spark } = viewer;
-  const mesh = new Spark.SplatMesh({ fileBytes: bytes, fileType: SPARK_FILE_TYPES[fileType], fileName: `scene.${fileType}` });
+  const mesh = packedSplats
+    ? new Spark.SplatMesh({ packedSplats })
+    : new Spark.SplatMesh({ fileBytes: bytes, fileType: SPARK_FILE_TYPES[fileType], fileName: `scene.${fileType}` });
   await mesh.initialized;
   if (!run.current()) {
     mesh.dispose();
@@ -210,6 +213,20 @@ export async function showScene(bytes, fileType, camera, run, name, { keepView =
       ? `Shown from the view you chose; Reset view goes back to the ${source}'s viewpoint.`
       : `Shown from the ${source}'s viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,
   });
+  requestRender();
+}
+
+/** Spark's module, once the renderer is loaded (the player builds its PackedSplats with it). */
+export async function sparkModule() {
+  await loadRenderer();
+  return viewer.Spark;
+}
+
+/** The shown mesh's PackedSplats were rewritten in place: upload them and draw. */
+export function splatsChanged() {
+  if (!viewer.mesh?.packedSplats) return;
+  viewer.mesh.packedSplats.needsUpdate = true;
+  viewer.mesh.updateVersion();
   requestRender();
 }
 
