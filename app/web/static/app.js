@@ -138,8 +138,10 @@ function isClip(file) {
 
 /** A clip's job fields: its frames in the scene format the page shows, and the options that were filled in. */
 function clipFields() {
-  // Each frame's scene file, and the clip as one .sogv that the page plays (player.js) where the server makes it.
-  const fields = { outputs: offers("sequence") ? `${shownFormat(offers)},sequence` : shownFormat(offers) };
+  // Each frame's scene file, and the clip as one .sogv that the page plays (player.js) where the server makes it
+  // (a .sogv holds SHARP's whole grid: not with a splat budget, which the server refuses for it).
+  const playable = offers("sequence") && !$("max-gaussians").value.trim();
+  const fields = { outputs: playable ? `${shownFormat(offers)},sequence` : shownFormat(offers) };
   for (const [id, name] of [["clip-fps", "fps"], ["clip-max-frames", "max_frames"]]) {
     const value = $(id).value.trim();
     if (value) fields[name] = value;
