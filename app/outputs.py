@@ -12,6 +12,8 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
 - ``sequence``: a clip's scenes as one ``.sogv`` ("SOG video", `app.formats.sequence`): the Gaussians'
   attribute planes as 10-bit H.264 streams; a photo gives a one-frame sequence.
+- ``coarse``: SPZ of a coarse level of detail (`app.budget.coarse_level`: 1/16 to 1/8 of the Gaussians,
+  merged on the grid), which the page asks first and shows while the full scene follows (docs/page.md).
 - ``glb``: binary glTF 2.0 with Khronos's ``KHR_gaussian_splatting`` (float attributes, 60 bytes per Gaussian)
   and the photo's camera as a camera node (glTF axes: +Y up, +Z forward).
 - ``json``: the arrays and the prediction's metadata (`POST /predict`); option ``encoding``.
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.budget import coarse_level
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats.glb import encode_glb
 from app.formats.json import encode_prediction_json
@@ -71,7 +74,8 @@ class OutputFormat:
         encode: see `Encoder`.
         options: the keyword options `encode` takes (anything else is refused).
         kind: ``scene`` (the Gaussians themselves), ``render`` (pictures of them, costlier to make) or ``clip``
-            (the Gaussians of a whole clip in one file: made when asked for, a photo giving one frame).
+            (the Gaussians of a whole clip in one file: made when asked for, a photo giving one frame) or
+            ``level`` (a coarse level of detail of the scene, `app.budget.coarse_level`: made when asked for).
         result_stem: the stem of a job's file of this output (``result``, or the render's name).
         bytes_per_gaussian, fixed_bytes: upper bound of a file's size, bytes per Gaussian kept plus a part that
             does not grow with them (headers, metadata, a render), measured at full size (`app.jobs.size`).
@@ -83,7 +87,7 @@ class OutputFormat:
     description: str
     encode: Encoder
     options: frozenset[str] = field(default_factory=frozenset)
-    kind: Literal["scene", "render", "clip"] = "scene"
+    kind: Literal["scene", "render", "clip", "level"] = "scene"
     result_stem: str = "result"
     bytes_per_gaussian: float = field(kw_only=True)
     fixed_bytes: int = field(kw_only=True)
@@ -112,6 +116,10 @@ def _splat(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
 
 def _spz(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
     return encode_spz(prediction.scene)
+
+
+def _coarse(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
+    return encode_spz(coarse_level(prediction.scene))
 
 
 def _sog(prediction: Prediction, timings_ms: Mapping[str, float]) -> bytes:
@@ -167,6 +175,10 @@ FORMATS: dict[str, OutputFormat] = {
                      "(32 B/Gaussian, 8-bit colour and rotation)", _splat, bytes_per_gaussian=32, fixed_bytes=0),
         OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
                      "PLY), RUB axes", _spz, bytes_per_gaussian=20, fixed_bytes=65_536),
+        OutputFormat("coarse", ".coarse.spz", "application/x-spz", "a coarse level of detail as SPZ (each 4 x 4 "
+                     "block of the grid merged, moments kept, split at a depth edge: 1/16 to 1/8 of the Gaussians), "
+                     "for a page to show before the full scene; made when asked for", _coarse, kind="level",
+                     bytes_per_gaussian=3, fixed_bytes=65_536),
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog,
                      bytes_per_gaussian=24, fixed_bytes=65_536),

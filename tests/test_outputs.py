@@ -16,7 +16,7 @@ def test_registry_encoders_produce_their_formats() -> None:
     scene = random_scene(700, seed=11)
     prediction = prediction_of(scene)
     assert set(FORMATS) == {"ply", "ply_vertex", "splat", "spz", "sog", "glb", "json", "preview", "preview_jpeg",
-                            "orbit", "sequence"}
+                            "orbit", "sequence", "coarse"}
     assert SCENE_FORMATS == ["ply", "ply_vertex", "splat", "spz", "sog", "glb", "json"]
     for name, fmt in FORMATS.items():
         assert fmt.name == name and fmt.suffix.startswith(".") and "/" in fmt.media_type
@@ -25,6 +25,7 @@ def test_registry_encoders_produce_their_formats() -> None:
     assert encode(prediction, "splat") == encode_splat(scene)
     assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
     assert decode_sog(encode(prediction, "sog")).num_gaussians == 700
+    assert decode_spz(encode(prediction, "coarse")).num_gaussians == 700 // 16  # off the grid: the most important
     assert encode(prediction, "glb") == encode_glb(scene)
     stages = {"decode": 1.0, "preprocess": 2.0, "forward": 3.0, "postprocess": 4.0}
     body = json.loads(encode(prediction, "json", timings_ms=stages, encoding="base64"))
@@ -45,9 +46,9 @@ def test_one_file_name_rule_for_photos_and_jobs() -> None:
     assert names == {"ply": "coffee.ply", "ply_vertex": "coffee.vertex.ply", "splat": "coffee.splat",
                      "spz": "coffee.spz", "sog": "coffee.sog", "glb": "coffee.glb", "json": "coffee.json",
                      "preview": "coffee.png", "preview_jpeg": "coffee.jpg", "orbit": "coffee.mp4",
-                     "sequence": "coffee.sogv"}
+                     "sequence": "coffee.sogv", "coarse": "coffee.coarse.spz"}
     results = {name: fmt.result_file for name, fmt in FORMATS.items()}
     assert results == {"ply": "result.ply", "ply_vertex": "result.vertex.ply", "splat": "result.splat",
                        "spz": "result.spz", "sog": "result.sog", "glb": "result.glb", "json": "result.json",
                        "preview": "preview.png", "preview_jpeg": "preview_jpeg.jpg", "orbit": "orbit.mp4",
-                       "sequence": "result.sogv"}
+                       "sequence": "result.sogv", "coarse": "result.coarse.spz"}

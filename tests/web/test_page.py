@@ -398,9 +398,11 @@ def test_jobs_transport(page: Any, server: LiveServer, photo: Path) -> None:
     assert page.text_content("#downloads-note").startswith("All formats")
     assert any(r.startswith("POST ") and r.endswith("/jobs") for r in requests), requests
     assert not any("/predict" in r for r in requests), requests
-    # The job was asked for the SPZ first (docs/jobs.md#lazy-outputs) and succeeded with it.
+    # The job was asked for its coarse level first (docs/jobs.md#lazy-outputs, docs/page.md "Levels of detail")
+    # and succeeded with it; the SPZ followed.
     assert page.evaluate("fetch(location.pathname + 'jobs/' + new URLSearchParams(location.search)"
-                         ".get('job')).then(r => r.json()).then(j => j.first)") == "spz"
+                         ".get('job')).then(r => r.json()).then(j => j.first)") == "coarse"
+    assert any(r.endswith("/result.coarse.spz") for r in requests) and any(r.endswith("/result.spz") for r in requests)
     # The server's preview render was fetched as the scene loaded; made after the SPZ, it is shown only when it
     # comes before the scene (a slow link), and gives way to the scene: on loopback the scene comes first.
     assert any(r.endswith("/preview.png") for r in requests), requests

@@ -138,9 +138,11 @@ def test_phone_photo_to_scene_in_view_and_handled_by_touch(phone: Any, server: L
     assert box["y"] - 1 <= status["y"] and status["y"] + status["height"] <= box["y"] + box["height"], (status, box)
     assert phone.is_visible("#status-text") and photo.name in phone.text_content("#status-text")
     assert phone.text_content("#scene-name") == photo.name and phone.is_visible("#scene-name")
-    # The weight: the smallest format the server offers, and the page said how many MB it was loading.
-    scene_requests = [r for r in requests if r.startswith("GET ") and "/result." in r]
-    assert scene_requests == [r for r in scene_requests if r.endswith(f"/result.{shown}")] and scene_requests
+    # The weight: the coarse level (lod.js), then the smallest format the server offers, and the page said how
+    # many MB it was loading.
+    scene_urls = [r.split(" ", 1)[1] for r in requests if r.startswith("GET ") and "/result." in r]
+    assert sorted(url.rsplit("/", 1)[1] for url in scene_urls) == sorted(["result.coarse.spz", f"result.{shown}"])
+    shown_url = next(url for url in scene_urls if url.endswith(f"/result.{shown}"))
     statuses = phone.evaluate("window.__status")
     assert any(line.startswith("loading-scene | Loading the scene: ") and f"MB ({shown.upper()})" in line
                for line in statuses), statuses
@@ -173,7 +175,7 @@ def test_phone_photo_to_scene_in_view_and_handled_by_touch(phone: Any, server: L
     phone.click("#share-file")
     phone.wait_for_function("window.__shared.length === 1")
     shared = phone.evaluate("window.__shared[0]")
-    size = len(httpx.get(scene_requests[0].split(" ", 1)[1], timeout=30).content)
+    size = len(httpx.get(shown_url, timeout=30).content)
     assert shared["files"] == [{"name": f"{photo.stem}.{shown}", "size": size}], shared
     phone.click("#share-link")
     phone.wait_for_function("window.__shared.length === 2")

@@ -28,6 +28,7 @@ import { showResult } from "./result.js";
 import { backToPhoto, loadRenderer, showScene, shownSplats } from "./viewer.js";
 import { plyForSpark } from "./ply.js";
 import { hideClip, showClip, wireClip } from "./clip.js";
+import { shownFull } from "./lod.js";
 
 const SCENE_EXTENSIONS = ["ply", "spz", "splat", "sog"];
 // Clips by name, when the browser gives no video/* type (the server recognises them by their bytes).
@@ -63,6 +64,7 @@ async function predict(file) {
     setState("loading-scene", "Preparing the 3D scene…", { progress: null });
     await showScene(result.bytes, result.format, result.camera, run, file.name || "photo");
     run.check();
+    shownFull();
     showResult(result, file);
   } catch (error) {
     if (error instanceof Superseded || !run.current()) return;
@@ -95,6 +97,7 @@ async function openSharedJob(id) {
     setState("loading-scene", "Preparing the 3D scene…", { progress: null });
     await showScene(result.bytes, result.format, result.camera, run, result.fileStem);
     run.check();
+    shownFull();
     showResult(result, null);
   } catch (error) {
     if (error instanceof Superseded || !run.current()) return;

@@ -7,6 +7,7 @@ import { $, ApiError, Superseded, body, mb, page, setState, startTicker, stopTic
 import { authHeaders, download, errorFromResponse, formFor, jobEvents, postForm } from "./http.js";
 import { isFinal, jobOutputs, offers, shownFormat, showModel } from "./server.js";
 import { showJobLink } from "./share.js";
+import { showCoarse, withCoarse } from "./lod.js";
 
 /** Progress of the scene's download: "Loading the scene: 1.23 MB (SOG)…". */
 function downloadProgress(format) {
@@ -78,7 +79,8 @@ export async function predictWithJob(file, fPx, run, clip = null) {
   const t0 = performance.now();
   let uploadedAt = 0;
   // `first`: the format the page shows; the job succeeds as soon as that one is made (the others follow).
-  const fields = clip || { outputs: jobOutputs(), first: shownFormat(offers) };
+  // A photo's job makes its coarse level first, when the server has it (lod.js).
+  const fields = clip || withCoarse({ outputs: jobOutputs(), first: shownFormat(offers) });
   const xhr = await postForm("jobs", formFor(file, fPx, fields), run, {
     responseType: "text",
     noun: clip ? "clip" : "photo",
@@ -131,10 +133,13 @@ async function jobScene(job, jobUrl, run) {
   const waitedAt = performance.now();
   const results = job.results || {};
   if (results.preview) showPreview(new URL(results.preview, location.href), run);
-  const format = shownFormat((name) => Boolean(results[name]));
-  const { bytes, headers } = await download(new URL(results[format], location.href), run, downloadProgress(format));
-  const end = performance.now();
   const m = job.metadata || {};
+  const format = shownFormat((name) => Boolean(results[name]));
+  // Asked at once (the server makes a file asked for before the others), while the coarse level shows (lod.js).
+  const full = download(new URL(results[format], location.href), run, downloadProgress(format));
+  await showCoarse(results, { fPx: m.f_px, width: m.image_width, height: m.image_height }, run);
+  const { bytes, headers } = await full;
+  const end = performance.now();
   return {
     bytes,
     format,

@@ -160,8 +160,10 @@ function frameHasSplats() {
 /** Shows a scene file (`fileType`: ply, spz, splat or sog) from `camera` ({ fPx, width, height }, or null),
  * named `name` over the stage; `keepView`: where the user has moved the camera to (a clip's next frame),
  * else from the viewpoint of its `source` (`photo`, or a clip's `frame`). `packedSplats`: Spark's
- * PackedSplats to show instead of a file (in the axes of `fileType`; the player updates them in place). */
-export async function showScene(bytes, fileType, camera, run, name, { keepView = false, source = "photo", packedSplats = null } = {}) {
+ * PackedSplats to show instead of a file (in the axes of `fileType`; the player updates them in place).
+ * `ready`: false for a level of detail that a finer one will replace (lod.js): the page's state is left as it was. */
+export async function showScene(bytes, fileType, camera, run, name,
+  { keepView = false, source = "photo", packedSplats = null, ready = true } = {}) {
   await loadRenderer();
   run.check();
   const { Spark } = viewer;
@@ -208,7 +210,7 @@ export async function showScene(bytes, fileType, camera, run, name, { keepView =
   $("scene-name").textContent = name;
   $("scene-name").hidden = false;
   document.title = `${name} · sharp-serve`;
-  setState("ready", `Ready: ${name}`, {
+  if (ready) setState("ready", `Ready: ${name}`, {
     detail: chosenView
       ? `Shown from the view you chose; Reset view goes back to the ${source}'s viewpoint.`
       : `Shown from the ${source}'s viewpoint; the orbit centre is ${depth.toFixed(2)} m in front (median depth).`,

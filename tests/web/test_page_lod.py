@@ -1,0 +1,50 @@
+"""Coarse to fine in Chromium (lod.js): a photo's job makes its coarse level first; the page shows it, then
+swaps in the full scene once that is downloaded and decoded, the coarse one on screen until then."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.helpers import LiveServer
+from tests.web.browser import TIMEOUT_MS, canvas_pixels, grey, screenshot, wait_first_frame
+
+BACKGROUND = np.array([0x10, 0x11, 0x14])
+
+
+def covered(image: np.ndarray) -> float:
+    """The fraction of the canvas's pixels that differ from the clear colour (splats drawn)."""
+    return float(np.mean(np.abs(image.astype(np.int64) - BACKGROUND).sum(axis=2) > 12))
+
+
+def test_the_coarse_level_shows_first_then_the_full_scene(page: Any, server: LiveServer, photo: Path) -> None:
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#model:not([hidden])")
+    # The full scene's download is held (Playwright's own interception, the real request continued later) until
+    # the coarse level has been seen: what the user on a slow link sees meanwhile.
+    held: list[Any] = []
+    page.route("**/result.spz", lambda route: held.append(route))
+    posted: list[str] = []
+    page.on("request", lambda request: request.method == "POST" and posted.append(request.post_data_buffer or b""))
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_function("document.body.dataset.lod === 'coarse' && document.body.dataset.visible === '1'",
+                           timeout=TIMEOUT_MS)
+    assert page.evaluate("document.body.dataset.state") == "loading-scene"  # `ready` is the full scene's
+    coarse = canvas_pixels(page)
+    screenshot(page, "lod_coarse")
+    job_form = b"".join(posted)
+    assert b'name="first"\r\n\r\ncoarse' in job_form and b"coarse" in job_form.split(b'name="outputs"')[1][:200]
+    assert len(held) == 1, "the full scene was asked for once, after the coarse level"
+    held[0].continue_()
+    wait_first_frame(page)
+    page.wait_for_function("document.body.dataset.lod === 'full'", timeout=TIMEOUT_MS)
+    full = canvas_pixels(page)
+    screenshot(page, "lod_full")
+    # Both fill the photo's view; the coarse one is the same picture, blurred.
+    assert covered(coarse) > 0.5 and covered(full) > 0.5, (covered(coarse), covered(full))
+    size = (40, 27)
+    difference = float(np.abs(grey(coarse, size) - grey(full, size)).mean())
+    assert difference < 20, difference
+    assert "131,072" in page.text_content("#meta")  # the full scene's Gaussians, 2 x 256 x 256
