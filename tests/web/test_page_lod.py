@@ -26,12 +26,20 @@ def test_the_coarse_level_shows_first_then_the_full_scene(page: Any, server: Liv
     # the coarse level has been seen: what the user on a slow link sees meanwhile.
     held: list[Any] = []
     page.route("**/result.spz", lambda route: held.append(route))
+    # The server's preview image too, so that it arrives after the coarse level is shown: it must then stay
+    # hidden (it once sat beside the canvas and squeezed it; CI's canvas then differed by 62 grey levels).
+    previews: list[Any] = []
+    page.route("**/preview.png", lambda route: previews.append(route))
     posted: list[str] = []
     page.on("request", lambda request: request.method == "POST" and posted.append(request.post_data_buffer or b""))
     page.set_input_files("#photo", str(photo))
     page.wait_for_function("document.body.dataset.lod === 'coarse' && document.body.dataset.visible === '1'",
                            timeout=TIMEOUT_MS)
     assert page.evaluate("document.body.dataset.state") == "loading-scene"  # `ready` is the full scene's
+    assert len(previews) == 1
+    previews[0].continue_()
+    page.wait_for_function("document.getElementById('preview').src.startsWith('blob:')", timeout=TIMEOUT_MS)
+    assert page.evaluate("document.getElementById('preview').hidden")
     coarse = canvas_pixels(page)
     screenshot(page, "lod_coarse")
     job_form = b"".join(posted)

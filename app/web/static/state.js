@@ -94,6 +94,7 @@ export function newRun() {
     for (const xhr of xhrs) xhr.abort();
   };
   return {
+    sceneShown: false, // set by viewer.showScene: the server's preview image must not come back after it
     signal: controller.signal,
     track: (xhr) => xhrs.add(xhr),
     check: () => {

@@ -201,7 +201,7 @@ async function showPreview(url, run) {
     const image = $("preview");
     if (image.src) URL.revokeObjectURL(image.src);
     image.src = URL.createObjectURL(await response.blob());
-    if (!run.current() || body.dataset.state === "ready") return;
+    if (!run.current() || run.sceneShown) return; // a scene (or its coarse level) is on the canvas already
     image.hidden = false;
     $("placeholder").hidden = true;
     body.dataset.preview = "shown";

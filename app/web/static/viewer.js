@@ -181,6 +181,7 @@ export async function showScene(bytes, fileType, camera, run, name,
   }
   if (OPENCV_TO_THREE[fileType]) mesh.quaternion.set(1, 0, 0, 0); // 180 degrees about x
   $("preview").hidden = true;
+  run.sceneShown = true;
   $("canvas").hidden = false;
   $("placeholder").hidden = true;
   viewer.mesh = mesh;
