@@ -192,22 +192,15 @@ function status(text) {
   $("playback").hidden = false;
 }
 
-const SRGB_LEVELS = 4096;
-const LINEAR_TO_SRGB = Float32Array.from({ length: SRGB_LEVELS + 1 }, (_, i) => {
-  const c = i / SRGB_LEVELS;
-  return c <= 0.0031308 ? 12.92 * c : 1.055 * Math.pow(c, 1 / 2.4) - 0.055;
-});
-const srgb = (linear) => LINEAR_TO_SRGB[Math.round(Math.min(1, Math.max(0, linear)) * SRGB_LEVELS)];
-
-/** Writes a frame's Gaussians (sequence.js: positions in metres, rotations w x y z, linear colours) into
- * Spark's packed array (16 B a splat; Spark's colour is the sRGB one a PLY's f_dc holds). */
-function fill(current, packedArray, { count, positions: p, scales: s, rotations: r, colors: c, opacities: o }) {
+/** Writes a frame's Gaussians (sequence.js: positions in metres, rotations w x y z, sRGB colours as stored)
+ * into Spark's packed array (16 B a splat; Spark's colour is the sRGB one a PLY's f_dc holds). */
+function fill(current, packedArray, { count, positions: p, scales: s, rotations: r, colorsSrgb: c, opacities: o }) {
   const set = current.setPackedSplat;
   for (let i = 0; i < count; i++) {
     const i3 = 3 * i;
     const i4 = 4 * i;
     set(packedArray, i, p[i3], p[i3 + 1], p[i3 + 2], s[i3], s[i3 + 1], s[i3 + 2],
-        r[i4 + 1], r[i4 + 2], r[i4 + 3], r[i4], o[i], srgb(c[i3]), srgb(c[i3 + 1]), srgb(c[i3 + 2]));
+        r[i4 + 1], r[i4 + 2], r[i4 + 3], r[i4], o[i], c[i3], c[i3 + 1], c[i3 + 2]);
   }
 }
 

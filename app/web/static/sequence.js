@@ -4,14 +4,15 @@
 //
 //   const sequence = await openSequence(arrayBuffer);   // sequence.numFrames, sequence.manifest
 //   const gaussians = await sequence.frame(k);          // {count, positions, scales, rotations, colors, opacities}
+//                                                       // (and colorsSrgb: the colours as stored, before linearising)
 //
-// Frames are decoded in order from the key frame at or before k; the decoded samples of the frames after the
-// one asked for are kept (up to `AHEAD`), so playing forward decodes each frame once. player.js plays them.
+// Frames are decoded in order from the key frame at or before k, by decoders kept open while the frames asked
+// for go forward, so playing forward decodes each frame once. player.js plays them.
 
 const MAGIC = "SOGVIDEO";
 const STREAMS = ["position", "scale", "rotation", "color", "opacity"];
 const LEVELS = 1023; // 10-bit samples
-const AHEAD = 8; // decoded frames kept per stream beyond the one asked for
+const AHEAD = 2; // packets given to a stream's decoder beyond the frame asked for
 const CODEC = "avc1.f4001f"; // H.264 High 4:4:4 Predictive, level 3.1 (the decoder takes larger frames too)
 
 /** Parses a `.sogv` file (an ArrayBuffer); throws an Error naming what is wrong. */
@@ -34,71 +35,110 @@ export async function openSequence(buffer) {
     numFrames: manifest.num_frames,
     async frame(index) {
       if (!(index >= 0 && index < manifest.num_frames)) throw new Error(`frame ${index} is not in this sequence`);
-      const planes = {};
-      for (const name of STREAMS) planes[name] = await decoders[name](index);
+      const decoded = await Promise.all(STREAMS.map((name) => decoders[name](index)));
+      const planes = Object.fromEntries(STREAMS.map((name, i) => [name, decoded[i]]));
       return gaussians(planes, manifest, index, side);
     },
   };
 }
 
-/** A function `(index) => Promise<[Y, U, V] Uint16Array planes of side x 2 side>` for one stream. */
+/** A function `(index) => Promise<[Y, U, V] Uint16Array planes of side x 2 side>` for one stream.
+ *
+ * One decoder stays open while frames are asked in order: each packet is given to it once, `AHEAD` packets
+ * past the frame asked for (what a decoder holds back before it outputs), and its outputs are matched to
+ * frames by timestamp. Going back, or past the next key frame, starts a decoder at the key frame at or before
+ * the frame asked for. A decoder that stops with the frame asked for still held back (no packets left to
+ * push it out) is flushed; after a flush it needs a key frame, so it is closed and the next frame restarts. */
 function streamDecoder(buffer, base, manifest, name) {
   const side = manifest.grid.side;
   const packets = manifest.streams[name].packets;
-  const kept = new Map(); // frame index -> planes
-  let next = 0; // the next frame the decoder will output
+  const frames = new Map(); // frame index -> { output, promise, resolve, reject } of its planes, once given
+  let fed = 0; // the next packet to give the decoder
   let decoder = null;
-  let pending = [];
 
   async function copy(frame) {
-    const data = new Uint8Array(frame.allocationSize());
-    const layout = await frame.copyTo(data);
-    const planes = layout.slice(0, 3).map(({ offset, stride }) => {
-      const plane = new Uint16Array(side * 2 * side);
-      for (let row = 0; row < 2 * side; row++) {
-        plane.set(new Uint16Array(data.buffer, offset + row * stride, side), row * side);
-      }
-      return plane;
-    });
-    frame.close();
-    return planes;
+    try {
+      const data = new Uint8Array(frame.allocationSize());
+      const layout = await frame.copyTo(data);
+      return layout.slice(0, 3).map(({ offset, stride }) => {
+        const plane = new Uint16Array(side * 2 * side);
+        for (let row = 0; row < 2 * side; row++) {
+          plane.set(new Uint16Array(data.buffer, offset + row * stride, side), row * side);
+        }
+        return plane;
+      });
+    } finally {
+      frame.close();
+    }
+  }
+
+  function waiter() {
+    const entry = { output: false };
+    entry.promise = new Promise((resolve, reject) => Object.assign(entry, { resolve, reject }));
+    entry.promise.catch(() => {}); // a frame nobody asks for again may fail unobserved
+    return entry;
+  }
+
+  function stop(error) {
+    if (decoder && decoder.state !== "closed") decoder.close();
+    decoder = null;
+    for (const entry of frames.values()) entry.reject(error);
+    frames.clear();
   }
 
   function restart(from) {
-    if (decoder) decoder.close();
-    kept.clear();
-    pending = [];
-    decoder = new VideoDecoder({
-      output: (frame) => pending.push(copy(frame)),
-      error: (error) => { throw error; },
+    stop(new Error(`stream ${name} restarted`));
+    const current = new VideoDecoder({
+      output: (frame) => {
+        const entry = frames.get(frame.timestamp);
+        if (decoder !== current || !entry) {
+          frame.close();
+        } else {
+          entry.output = true;
+          copy(frame).then(entry.resolve, entry.reject);
+        }
+      },
+      error: (error) => decoder === current && stop(error),
     });
-    decoder.configure({ codec: CODEC, codedWidth: side, codedHeight: 2 * side });
-    next = from;
+    current.configure({ codec: CODEC, codedWidth: side, codedHeight: 2 * side, optimizeForLatency: true });
+    decoder = current;
+    fed = from;
+  }
+
+  /** Whether `current` has taken every packet given without outputting the frame of `entry`. */
+  async function idle(current, entry) {
+    while (!entry.output && current.state === "configured" && current.decodeQueueSize > 0) {
+      await new Promise((resolve) => current.addEventListener("dequeue", resolve, { once: true }));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 0)); // an output sent with the last dequeue comes first
+    return !entry.output && decoder === current && current.state === "configured";
+  }
+
+  async function drain(current) {
+    await current.flush(); // outputs what it held back; then it would need a key frame
+    if (decoder === current) {
+      decoder.close();
+      decoder = null;
+    }
   }
 
   return async (index) => {
-    if (kept.has(index)) return kept.get(index);
     let key = index;
     while (key > 0 && !packets[key][2]) key--;
-    if (decoder === null || index < next || key > next) restart(key);
-    const stop = Math.min(packets.length, index + 1 + AHEAD);
-    for (let k = next; k < stop; k++) {
-      const [offset, size, isKey] = packets[k];
-      decoder.decode(new EncodedVideoChunk({ type: isKey ? "key" : "delta", timestamp: k,
+    if (!frames.has(index) && (decoder === null || index < fed || key > fed)) restart(key);
+    for (const k of frames.keys()) if (k < index) frames.delete(k);
+    const last = Math.min(packets.length, index + 1 + AHEAD);
+    for (; decoder && fed < last; fed++) {
+      const [offset, size, isKey] = packets[fed];
+      frames.set(fed, waiter());
+      decoder.decode(new EncodedVideoChunk({ type: isKey ? "key" : "delta", timestamp: fed,
                                              data: new Uint8Array(buffer, base + offset, size) }));
     }
-    await decoder.flush(); // no B-frames: one output per packet, in order
-    const first = next;
-    const outputs = await Promise.all(pending);
-    pending = [];
-    outputs.forEach((planes, i) => kept.set(first + i, planes));
-    next = first + outputs.length;
-    for (const k of kept.keys()) if (k < index) kept.delete(k);
-    // flush() ends the stream: the next decode after it must start at a key frame.
-    decoder.close();
-    decoder = null;
-    if (!kept.has(index)) throw new Error(`stream ${name} does not decode frame ${index}`);
-    return kept.get(index);
+    const entry = frames.get(index);
+    if (!entry) throw new Error(`stream ${name} does not decode frame ${index}`);
+    if (decoder && fed === packets.length) await drain(decoder); // nothing left to push the last frames out
+    else if (decoder && (await idle(decoder, entry))) await drain(decoder); // it holds back more than AHEAD
+    return entry.promise;
   };
 }
 
@@ -126,7 +166,7 @@ function gaussians(planes, manifest, index, side) {
   const positions = new Float32Array(3 * count);
   const scales = new Float32Array(3 * count);
   const rotations = new Float32Array(4 * count);
-  const colors = new Float32Array(3 * count);
+  const colorsSrgb = new Float32Array(3 * count);
   const opacities = new Float32Array(count);
   for (let i = 0; i < count; i++) {
     const row = Math.floor(i / side) % side;
@@ -141,9 +181,9 @@ function gaussians(planes, manifest, index, side) {
     scales[i3] = Math.exp(scale[0][0] + s0[i] * scale[0][1]) * z;
     scales[i3 + 1] = Math.exp(scale[1][0] + s1[i] * scale[1][1]) * z;
     scales[i3 + 2] = Math.exp(scale[2][0] + s2[i] * scale[2][1]) * z;
-    colors[i3] = srgbToLinear(color[0][0] + c0[i] * color[0][1]);
-    colors[i3 + 1] = srgbToLinear(color[1][0] + c1[i] * color[1][1]);
-    colors[i3 + 2] = srgbToLinear(color[2][0] + c2[i] * color[2][1]);
+    colorsSrgb[i3] = color[0][0] + c0[i] * color[0][1];
+    colorsSrgb[i3 + 1] = color[1][0] + c1[i] * color[1][1];
+    colorsSrgb[i3 + 2] = color[2][0] + c2[i] * color[2][1];
     const x = xLo + r0[i] * xStep, y = yLo + r1[i] * yStep, w3 = zLo + r2[i] * zStep;
     const w = Math.sqrt(Math.max(0, 1 - x * x - y * y - w3 * w3));
     const norm = Math.hypot(w, x, y, w3) || 1;
@@ -154,5 +194,12 @@ function gaussians(planes, manifest, index, side) {
     rotations[i4 + 3] = w3 / norm;
     opacities[i] = Math.min(1, Math.max(0, oLo + op[i] * oStep));
   }
-  return { count, positions, scales, rotations, colors, opacities };
+  let colors = null; // linear, made when first asked: the player hands Spark the stored sRGB ones
+  return {
+    count, positions, scales, rotations, opacities, colorsSrgb,
+    get colors() {
+      colors ??= colorsSrgb.map(srgbToLinear);
+      return colors;
+    },
+  };
 }
