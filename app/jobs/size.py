@@ -7,7 +7,7 @@ naming the numbers and how to fit), and a queued or running job reserves its pro
 
 The figures are upper bounds of each format's size, per Gaussian plus a fixed part (each `OutputFormat`'s
 `bytes_per_gaussian` and `fixed_bytes` in `app.outputs`), measured on full-size
-predictions of the `tiny_full` preset (1,179,648 Gaussians; tests/jobs/test_store_size.py checks every
+predictions of the `tiny_full` preset (1,179,648 Gaussians; tests/jobs/test_store_full_size.py checks every
 output against them):
 
     format         bound                       measured (coffee.png, tiny_full)
@@ -21,8 +21,9 @@ output against them):
     json, list     200 B a Gaussian + 64 kB    192,619,061 B (163 B of decimal text)
     json, base64   80 B a Gaussian + 64 kB     88,081,188 B (74.7 B: fourteen float32, times 4/3)
     renders        a bound per file (512 px stills, the 60-frame orbit)
-    kept           56 B a Gaussian + 64 kB     a photo's prediction while its outputs are encoded one by one
-                                               (`app.jobs.lazy`: fourteen float32 a Gaussian, .npz)
+    coarse         3 B a Gaussian + 64 kB      2,428,519 B (147,456 Gaussians, n / 8; tests/formats/test_full_size.py)
+    kept           56 B a Gaussian + 64 kB     66,062,195 B (56.002 B), a photo's prediction while its outputs are
+                                               encoded one by one (`app.jobs.lazy`: fourteen float32 a Gaussian, .npz)
 """
 
 from __future__ import annotations

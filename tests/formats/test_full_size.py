@@ -1,9 +1,10 @@
 """Every output format at the real size: one `tiny_full` prediction (1,179,648 Gaussians, the real input size,
 synthetic weights) of the conformance photo, shared by the module, written in each format and read back: by our
 readers, by plyfile, and our SPZ and SOG by PlayCanvas's splat-transform (pinned in web/package-lock.json).
-Its covariance decomposition is checked against numpy's float64 eigh on all 1,179,648 Gaussians. The SOG
-checks are tests/formats/test_sog.py's, the nearest codebook entry found by bisection (not by a table of
-N x 256 distances).
+The coarse level of detail (`app.budget.coarse_level`, the `coarse` output) is made of the same scene and read
+back by splat-transform too. Its covariance decomposition is checked against numpy's float64 eigh on all
+1,179,648 Gaussians. The SOG checks are tests/formats/test_sog.py's, the nearest codebook entry found by
+bisection (not by a table of N x 256 distances).
 
 Sizes are exact where the layout fixes them (PLY, vertex PLY, .splat) and bounded where they depend on the
 data (SPZ, SOG: today's sizes on this scene, within 3 %)."""
@@ -29,12 +30,15 @@ from app.formats.splat import decode_splat, encode_splat
 from app.formats.spz import decode_spz, encode_spz
 from app.gaussians import GaussianScene
 from app.imaging import load_image
+from app.jobs.size import file_bytes
 from app.model.composer import NetworkGaussians
+from app.outputs import encode
 from app.predictor import SharpPredictor
 from app.predictor.unproject import network_disparity_factor, quaternions_to_matrices, unproject_to_camera
 from tests.conformance import DATA_DIR
 from tests.formats.test_formats import decode_json_arrays
 from tests.formats.test_sog import QUAT_TOLERANCE, f_dc, in_file_order
+from tests.helpers import prediction_of
 from tests.predictor.test_unproject import assert_decomposes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,12 +120,12 @@ def test_spz_size_and_our_reader(spz: bytes, scene: GaussianScene) -> None:
     np.testing.assert_allclose(back.opacities, scene.opacities, atol=0.5 / 255 + 1e-6)
 
 
-def read_back_by_splat_transform(data: bytes, suffix: str, tmp_path: Path) -> GaussianScene:
-    """Our full-size file as splat-transform reads it (converted to a PLY), all its Gaussians there."""
+def read_back_by_splat_transform(data: bytes, suffix: str, tmp_path: Path, count: int = FULL_N) -> GaussianScene:
+    """Our full-size file as splat-transform reads it (converted to a PLY), all its `count` Gaussians there."""
     (tmp_path / f"scene{suffix}").write_bytes(data)
     splat_transform(tmp_path / f"scene{suffix}", tmp_path / "back.ply")
     theirs = read_ply(tmp_path / "back.ply")
-    assert theirs.num_gaussians == FULL_N
+    assert theirs.num_gaussians == count
     return theirs
 
 
@@ -137,6 +141,21 @@ def test_splat_transform_reads_our_full_size_spz(spz: bytes, tmp_path: Path) -> 
     q_ours = ours.rotations * np.array([1, 1, -1, -1], np.float32)
     same = np.minimum(np.abs(q_theirs - q_ours).max(axis=1), np.abs(q_theirs + q_ours).max(axis=1))
     assert same.max() < 1e-5, same.max()
+
+
+@needs_splat_transform
+def test_the_coarse_level_at_full_size_holds_a_sixteenth_to_an_eighth(scene: GaussianScene, tmp_path: Path) -> None:
+    # docs/formats.md: 1/16 to 1/8 of the Gaussians (each 4 x 4 block of the grid one Gaussian, or two at a depth
+    # edge); its file within the bound the job store projects for it (from the full scene's count).
+    coarse = encode(prediction_of(scene), "coarse")
+    ours = decode_spz(coarse)
+    print(f"coarse level: {ours.num_gaussians:,} of {FULL_N:,} Gaussians, {len(coarse):,} bytes "
+          f"({len(coarse) / ours.num_gaussians:.2f} B a coarse Gaussian, {len(coarse) / FULL_N:.2f} B a full one)")
+    assert FULL_N // 16 <= ours.num_gaussians <= FULL_N // 8
+    assert len(coarse) <= file_bytes("coarse", FULL_N)
+    theirs = read_back_by_splat_transform(coarse, ".spz", tmp_path, count=ours.num_gaussians)
+    np.testing.assert_allclose(theirs.positions * np.array([1, -1, -1], np.float32), ours.positions, atol=1e-6)
+    np.testing.assert_allclose(theirs.opacities, ours.opacities, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The job store at the real size: the `tiny_full` preset (1,179,648 Gaussians, the real model's count) on a
 real server on loopback. Every scene format's file stays under its projection (`app.jobs.size`), a clip job
 over the cap is refused at submission with the numbers and leaves nothing, and one that fits evicts an older
-finished job and stays downloadable."""
+finished job and stays downloadable. A photo's job with lazy outputs (`app.jobs.lazy`) keeps a prediction within
+the projection reserved for it, and what it stores at its fullest stays within the store's reservation."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.formats.spz import decode_spz
 from app.http import create_app
-from app.jobs.size import file_bytes, projected_bytes
+from app.jobs.base import Job
+from app.jobs.size import KEPT_BYTES_PER_GAUSSIAN, KEPT_FIXED_BYTES, file_bytes, projected_bytes
+from app.jobs.store import PREDICTION_FILE, STATE_FILE, held_bytes
 from app.pipeline import run
 from app.predictor import SharpPredictor
 from tests.conformance import DATA_DIR
 from tests.helpers import LiveServer, assert_error, events, make_clip, tiny_settings
+from tests.jobs.test_jobs import wait_for
 
 NUM_GAUSSIANS = 1_179_648
 SCENE_FORMATS = {"ply": {}, "ply_vertex": {}, "splat": {}, "spz": {}, "sog": {}, "json": {}}
@@ -84,3 +89,50 @@ def test_an_over_cap_clip_is_refused_and_one_that_fits_stays_downloadable(client
     assert client.get(f"/jobs/{final['id']}").json()["status"] == "succeeded"  # still there, not evicted
     stored = sum(p.stat().st_size for p in (tmp_path / "jobs").rglob("*") if p.is_file())
     assert stored <= projected_bytes(["spz"], {}, NUM_GAUSSIANS, frames=2) + 2_000_000
+
+
+LAZY_OUTPUTS = ["spz", "sog", "ply", "glb"]
+
+
+def test_a_lazy_job_keeps_its_prediction_and_its_files_within_the_reservation(
+        serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path) -> None:
+    # Encoding ahead off: the job stops at its first output, the kept prediction measured on disk; then a
+    # restart (encoding ahead, the default) makes the others from it, in the background, to the stream's end.
+    photo, jobs_dir = (DATA_DIR / "coffee.png").read_bytes(), tmp_path / "jobs"
+    first = serve(create_app(tiny_settings(preset="tiny_full", jobs_dir=jobs_dir, jobs_encode_ahead=False),
+                             predictor=predictor))
+    with first.client(timeout=120) as client:
+        submitted = client.post("/jobs", data={"outputs": ",".join(LAZY_OUTPUTS), "first": "spz"},
+                                files={"file": ("coffee.png", photo, "image/png")})
+        assert submitted.status_code == 202, submitted.text
+        job = wait_for(client, submitted.json()["id"])
+    first.stop()
+    assert job["status"] == "succeeded" and job["metadata"]["num_gaussians"] == NUM_GAUSSIANS
+    assert job["files"] == {"ply": "waiting", "spz": "ready", "sog": "waiting", "glb": "waiting"}
+    print("first output's job timings (ms):", job["timings_ms"])
+    directory = jobs_dir / job["id"]
+    state = Job.from_dict(orjson.loads((directory / STATE_FILE).read_bytes()))
+    kept = (directory / PREDICTION_FILE).stat().st_size
+    assert state.kept_bytes == kept and state.pending == ["ply", "sog", "glb"]  # the registry's order
+    assert kept <= KEPT_BYTES_PER_GAUSSIAN * NUM_GAUSSIANS + KEPT_FIXED_BYTES, kept
+    assert state.projected_bytes == projected_bytes(LAZY_OUTPUTS, {}, NUM_GAUSSIANS)
+    reserved = held_bytes(state)  # what the store counts for it until its last output is made
+    assert sum(p.stat().st_size for p in directory.iterdir() if p.name != STATE_FILE) <= reserved
+
+    with serve(create_app(tiny_settings(preset="tiny_full", jobs_dir=jobs_dir), predictor=predictor)
+               ).client(timeout=120) as client:
+        final = events(client, job["id"])[-1]  # the stream ends once every output is made
+        assert final["files"] == dict.fromkeys(LAZY_OUTPUTS, "ready")
+        sizes = Job.from_dict(orjson.loads((directory / STATE_FILE).read_bytes())).results
+        for name in LAZY_OUTPUTS:
+            download = client.get(final["results"][name])
+            assert download.status_code == 200 and len(download.content) == sizes[name], name
+            assert download.headers["x-sharp-num-gaussians"] == str(NUM_GAUSSIANS)
+    assert not (directory / PREDICTION_FILE).exists()
+    print(f"lazy job at {NUM_GAUSSIANS:,} Gaussians, B a Gaussian:", {"prediction.npz": round(kept / NUM_GAUSSIANS, 3)},
+          {name: round(size / NUM_GAUSSIANS, 3) for name, size in sizes.items()},
+          f"stored at its fullest {kept + sum(sizes.values()):,} of {reserved:,} reserved")
+    for name, size in sizes.items():
+        assert size <= file_bytes(name, NUM_GAUSSIANS), (name, size, file_bytes(name, NUM_GAUSSIANS))
+    # At its fullest (the last output written, the prediction not yet dropped; the upload already gone):
+    assert kept + sum(sizes.values()) <= reserved
