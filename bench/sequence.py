@@ -12,7 +12,7 @@ a frame, `bench.video.make_clip`) is predicted frame by frame (align none), then
   are decoded and rendered the same way: `sequence_psnr_db`.
 `sequence_bytes_over_sog_frames` is the sequence file's bytes over the sum of the per-frame SOGs'. The curve
 then repeats the sequence at each CRF offset of `--offsets` (the rate knob, `x264(offset=...)`: +6 about
-halves the bytes). The page's playback rate is not measured here (the page does not play sequences yet).
+halves the bytes). The page's playback rate is `bench.player`'s.
 Figures per preset; the last lines are the first preset's (tiny by default).
 """
 

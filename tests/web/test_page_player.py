@@ -6,7 +6,7 @@ place. The slider seeks (the centres Spark holds are the frame's PLY's within th
 canvas is the same for the same frame and differs between frames), Play advances the frames, Pause stops them.
 
 The page says what it shows (`dataset.player`, `playing`, `clipFrame`, `playedFrames`, `playbackFps`,
-`sequenceBytes`); the test polls those, never waits on time. The frame rate reached is printed (`-s`), not
+`sequenceBytes`, `decodeMs`, `fillMs`); the test polls those, never waits on time. The frame rate reached is printed (`-s`), not
 asserted (docs/video.md has the figure).
 """
 
@@ -108,11 +108,14 @@ def test_the_page_plays_a_clips_sequence(browser: Any, server: LiveServer, job: 
         screenshot(page, "player")
         fps = page.evaluate("document.body.dataset.playbackFps")
         print(f"page_playback_fps: {fps} (131,072 Gaussians, clip at 10 fps, SwiftShader Chromium)")
-        assert "played at" in page.text_content("#playback")
+        assert "played at" in page.text_content("#playback") and "a frame: decode" in page.text_content("#playback")
+        work = page.evaluate("[document.body.dataset.decodeMs, document.body.dataset.fillMs]")
+        assert all(float(ms) > 0 for ms in work), work  # the player's own work a frame, shown
         page.click("#play")
         assert page.evaluate("document.body.dataset.playing") is None and page.text_content("#play") == "Play"
         stopped = int(page.evaluate("document.body.dataset.playedFrames"))
-        seek(page, 1)  # after the decodes in flight when paused: only the frame sought is shown
+        # After the decodes in flight when paused, only the frame sought is shown (one the player is not on).
+        seek(page, (int(page.evaluate("document.body.dataset.clipFrame")) + 2) % FRAMES)
         assert int(page.evaluate("document.body.dataset.playedFrames")) == stopped + 1
         assert not errors, errors
     finally:

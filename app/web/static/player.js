@@ -6,7 +6,9 @@
 // Test contract: body.dataset.player is "loading", "ready" or "error"; body.dataset.playing is "1" while
 // playing; body.dataset.clipFrame the frame shown; body.dataset.playedFrames the frames shown since the
 // sequence opened; body.dataset.playbackFps the frame rate reached over the last frames played;
-// body.dataset.sequenceBytes the bytes of the .sogv loaded.
+// body.dataset.sequenceBytes the bytes of the .sogv loaded; body.dataset.decodeMs and fillMs the mean
+// milliseconds a frame took to decode (its five streams and its Gaussians) and to write into Spark's splats,
+// over the last frames: the player's own work, apart from Spark's drawing.
 
 import { $, body, mb, Superseded } from "./state.js";
 import { download } from "./http.js";
@@ -25,7 +27,8 @@ let player = null; // the sequence being played: see openPlayer
 export function openPlayer(url, clip, onFrame) {
   stopPlayer();
   const current = { ...clip, onFrame, sequence: null, packed: null, shown: -1, playing: false, seekTo: null,
-                    queue: Promise.resolve(), ahead: null, busy: false, times: [], played: 0, bytes: 0 };
+                    queue: Promise.resolve(), ahead: null, busy: false, times: [], played: 0, bytes: 0,
+                    work: { decodeMs: [], fillMs: [] } };
   player = current;
   body.dataset.player = "loading";
   $("play").hidden = false;
@@ -43,7 +46,9 @@ export function openPlayer(url, clip, onFrame) {
 export function stopPlayer() {
   if (player) player.playing = false;
   player = null;
-  for (const key of ["player", "playing", "playedFrames", "playbackFps", "sequenceBytes"]) delete body.dataset[key];
+  for (const key of ["player", "playing", "playedFrames", "playbackFps", "sequenceBytes", "decodeMs", "fillMs"]) {
+    delete body.dataset[key];
+  }
   $("play").hidden = true;
   $("playback").hidden = true;
 }
@@ -102,7 +107,12 @@ async function load(current, url) {
 
 /** Frame `index`'s Gaussians, decoded one frame at a time (the decoders keep state between calls). */
 function decode(current, index) {
-  const gaussians = current.queue.then(() => current.sequence.frame(index));
+  const gaussians = current.queue.then(async () => {
+    const start = performance.now();
+    const frame = await current.sequence.frame(index);
+    measured(current, "decodeMs", performance.now() - start);
+    return frame;
+  });
   current.queue = gaussians.catch(() => {});
   return gaussians;
 }
@@ -157,7 +167,9 @@ async function showSought(current) {
 }
 
 function update(current, index, gaussians) {
+  const start = performance.now();
   fill(current, current.packed.packedArray, gaussians);
+  measured(current, "fillMs", performance.now() - start);
   splatsChanged();
   shown(current, index);
 }
@@ -177,6 +189,14 @@ function shown(current, index) {
   showPlaying(current);
 }
 
+/** Records one frame's `name` (decodeMs, fillMs) and shows the mean over the last `FPS_WINDOW` frames. */
+function measured(current, name, ms) {
+  const times = current.work[name];
+  times.push(ms);
+  if (times.length > FPS_WINDOW) times.shift();
+  if (player === current) body.dataset[name] = (times.reduce((a, b) => a + b, 0) / times.length).toFixed(1);
+}
+
 function showPlaying(current) {
   body.dataset.playing = current.playing ? "1" : "";
   if (!current.playing) delete body.dataset.playing;
@@ -184,7 +204,9 @@ function showPlaying(current) {
   $("play").setAttribute("aria-pressed", String(current.playing));
   const fps = body.dataset.playbackFps;
   const rate = current.manifest.fps || current.sequence?.manifest.fps;
-  status(`Sequence: ${mb(current.bytes)} loaded · ${fps ? `played at ${fps} frames/s` : "not played yet"}${rate ? ` (clip: ${Number(rate).toFixed(3).replace(/\.?0+$/, "")})` : ""}`);
+  const { decodeMs, fillMs } = body.dataset;
+  const work = decodeMs && fillMs ? ` · a frame: decode ${Math.round(decodeMs)} ms, fill ${Math.round(fillMs)} ms` : "";
+  status(`Sequence: ${mb(current.bytes)} loaded · ${fps ? `played at ${fps} frames/s` : "not played yet"}${rate ? ` (clip: ${Number(rate).toFixed(3).replace(/\.?0+$/, "")})` : ""}${work}`);
 }
 
 function status(text) {
