@@ -6,8 +6,8 @@ place. The slider seeks (the centres Spark holds are the frame's PLY's within th
 canvas is the same for the same frame and differs between frames), Play advances the frames, Pause stops them.
 
 The page says what it shows (`dataset.player`, `playing`, `clipFrame`, `playedFrames`, `playbackFps`,
-`sequenceBytes`, `decodeMs`, `fillMs`); the test polls those, never waits on time. The frame rate reached is printed (`-s`), not
-asserted (docs/video.md has the figure).
+`sequenceBytes`, `decodeMs`, `fillMs`); the test polls those, never waits on time. The frame rate reached is
+printed (`-s`), not asserted (`bench.player` measures it; docs/page.md has the figures).
 """
 
 from __future__ import annotations
