@@ -53,16 +53,8 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import InvalidRequestError, SharpError
-from app.jobs.base import (
-    Job,
-    JobNotFoundError,
-    ResultFile,
-    check_file,
-    check_job_id,
-    check_live,
-    check_result,
-    new_job_id,
-)
+from app.jobs.errors import JobNotFoundError
+from app.jobs.job import Job, ResultFile, check_file, check_job_id, check_live, check_result, new_job_id
 from app.jobs.store import JobStore
 from app.settings import Settings
 
