@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import SharpError
+from app.errors import BusyError, SharpError
 
 
 class JobNotFoundError(SharpError):
@@ -20,10 +20,8 @@ class JobNotFinishedError(SharpError):
     status = 409
 
 
-class JobQueueFullError(SharpError):
+class JobQueueFullError(BusyError):
     code = "queue_full"
-    status = 503
-    retryable = True
 
 
 class JobTooLargeError(SharpError):
@@ -33,12 +31,10 @@ class JobTooLargeError(SharpError):
     status = 413
 
 
-class JobStoreFullError(SharpError):
+class JobStoreFullError(BusyError):
     """A job that fits the cap, but not beside the room the unfinished jobs reserve: retry once they are done."""
 
     code = "store_full"
-    status = 503
-    retryable = True
 
 
 class ResultFailedError(SharpError):
@@ -48,12 +44,10 @@ class ResultFailedError(SharpError):
     status = 409
 
 
-class ResultNotReadyError(SharpError):
+class ResultNotReadyError(BusyError):
     """An output still being encoded after a download waited `SHARP_JOB_FILE_WAIT_S` for it: retry."""
 
     code = "result_encoding"
-    status = 503
-    retryable = True
 
 
 class JobCancelledError(Exception):

@@ -52,7 +52,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from app.errors import InvalidRequestError, SharpError
+from app.errors import BusyError, InvalidRequestError, SharpError
 from app.jobs.errors import JobNotFoundError
 from app.jobs.job import Job, ResultFile, check_file, check_job_id, check_live, check_result, new_job_id
 from app.jobs.modal_volume import POLL_S, VOLUME_RETRY_S, VolumeBusyError, commit, reload
@@ -73,10 +73,8 @@ Spawn = Callable[[str], Awaitable[str]]
 """`spawn(job_id) -> call id`: queue `run_job(job_id)` on the GPU class (`modal_api.spawn_job`)."""
 
 
-class QueueUnavailableError(SharpError):
+class QueueUnavailableError(BusyError):
     code = "queue_unavailable"
-    status = 503
-    retryable = True
 
 
 def function_call(call_id: str) -> Any:

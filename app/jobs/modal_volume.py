@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.errors import SharpError
+from app.errors import BusyError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,10 +26,8 @@ VOLUME_RETRY_S = 0.2
 """The first wait between two tries; it doubles."""
 
 
-class VolumeBusyError(SharpError):
+class VolumeBusyError(BusyError):
     code = "volume_busy"
-    status = 503
-    retryable = True
 
 
 async def _retry(operation: Callable[[], Awaitable[None]], what: str) -> None:
