@@ -2,7 +2,6 @@
 a SOG file, whose Gaussians are in Morton order; its importance also picks the hidden ones and scores the
 merge candidates of `app.budget.pyramid`): each Gaussian is scored by what it shows in the photo's own view,
 
-
     importance = opacity * sqrt(min(projected area, image area)) * transmittance,
 
 - projected area: its 1-sigma ellipse in pixels at the input camera, ``pi * sqrt(det S2)`` with
