@@ -31,6 +31,14 @@ class SharpError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class BusyError(SharpError):
+    """The server cannot do this now, but may shortly (a full queue or store, a busy volume, a file still
+    being made): 503, worth retrying (after `retry_after_s` where it is given)."""
+
+    status = 503
+    retryable = True
+
+
 class InvalidRequestError(SharpError):
     """A request parameter outside its documented range (a form field, a CLI option)."""
 

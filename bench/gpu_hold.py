@@ -43,7 +43,7 @@ class LocalVolume:
 
 
 def new_job(store: Any, data: bytes, outputs: list[str]) -> str:
-    from app.jobs.base import Job, new_job_id
+    from app.jobs.job import Job, new_job_id
 
     job = Job(id=new_job_id(), created_at=time.time(), outputs=outputs, filename=PHOTO.name, f_px=None,
               options={}, input_bytes=len(data))

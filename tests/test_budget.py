@@ -16,16 +16,13 @@ from app.budget import (
     apply_budget,
     budget_count,
     check_max_gaussians,
-    covariances,
-    full_matrices,
-    grid_of,
-    importance,
     keep_most_important,
-    merge_to_budget,
     parse_max_gaussians,
-    projected_areas,
-    pyramid_cut,
 )
+from app.budget.cut import pyramid_cut
+from app.budget.importance import importance
+from app.budget.moments import covariances, full_matrices, projected_areas
+from app.budget.pyramid import grid_of, merge_to_budget
 from app.errors import InvalidRequestError
 from app.formats import read_ply
 from app.gaussians import GaussianScene

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.budget import coarse_level, grid_of, keep_most_important, projected_areas
+from app.budget import coarse_level, keep_most_important
+from app.budget.moments import projected_areas
+from app.budget.pyramid import grid_of
 from app.formats import decode_spz
 from app.gaussians import GaussianScene
 from app.outputs import FORMATS, encode

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from app import pipeline
-from app.budget import BudgetError, apply_budget, grid_of
+from app.budget import BudgetError, apply_budget
+from app.budget.pyramid import grid_of
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.focal import check_f_px
 from app.formats import encode_ply, read_ply

@@ -20,7 +20,7 @@ from typing import Any
 from app.cli.common import Progress, UsageError, gaussians_kept
 from app.errors import SharpError
 from app.files import write_atomically
-from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP
+from app.jobs.job import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP
 from app.settings import Settings
 from app.video import Sampling, VideoLimits, is_video_path
 from app.vocabulary import AlignMode, choices

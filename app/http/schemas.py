@@ -184,7 +184,7 @@ class JobError(BaseModel):
 
 
 FileState = Literal["waiting", "encoding", "ready", "failed"]
-"""Where an output of a photo's job is (`app.jobs.base.Job.file_states`)."""
+"""Where an output of a photo's job is (`app.jobs.job.Job.file_states`)."""
 
 
 WebhookEvent = Literal["started", "progress", "succeeded", "failed", "cancelled"]

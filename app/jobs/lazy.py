@@ -27,7 +27,9 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs.base import SEQUENCE_ZIP, Job, ResultNotReadyError, json_options_of
+from app.jobs.errors import ResultNotReadyError
+from app.jobs.job import SEQUENCE_ZIP, Job
+from app.jobs.options import json_options_of
 from app.jobs.runner import record_prediction
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs.base import Job, JobCancelledError
+from app.jobs.errors import JobCancelledError
+from app.jobs.job import Job
 from app.jobs.store import JobStore
 
 LOGGER = logging.getLogger(__name__)

@@ -40,23 +40,11 @@ import anyio.to_thread
 
 from app.errors import SharpError
 from app.jobs import lazy, lifecycle, runner, webhooks
-from app.jobs.base import (
-    Job,
-    JobCancelledError,
-    JobNotFoundError,
-    JobQueueFullError,
-    JobStoreFullError,
-    ResultFile,
-    check_file,
-    check_job_id,
-    check_live,
-    check_result,
-    iso_time,
-    keeps_prediction,
-    new_job_id,
-    overall_progress,
-)
+from app.jobs.errors import JobCancelledError, JobNotFoundError, JobQueueFullError, JobStoreFullError
+from app.jobs.job import Job, ResultFile, check_file, check_job_id, check_live, check_result, iso_time, new_job_id
 from app.jobs.lifecycle import INTERRUPTED
+from app.jobs.options import keeps_prediction
+from app.jobs.progress import overall_progress
 from app.jobs.store import JobStore
 from app.prediction import Prediction
 from app.service import InferenceService, ModelFailedError, ModelLoadingError

@@ -7,9 +7,9 @@ autoscaler fans them out over GPU containers (up to the class's `max_containers`
                 then the call id (`call`), commit
     GET /jobs/{id}: reload the Volume, read job.json, poll the call (`FunctionCall.from_id(...).get(timeout=0)`)
 
-This module is the web container's side, and the Volume's helpers both sides use; the GPU side (`run_job`,
-and a clip's frames spread over more GPU containers) is `app.jobs.modal_worker`. The job's run is
-`app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
+This module is the web container's side; the Volume's helpers both sides use are `app.jobs.modal_volume`;
+the GPU side (`run_job`, and a clip's frames spread over more GPU containers) is `app.jobs.modal_worker`.
+The job's run is `app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
 
 * `FunctionCall.get(timeout=0)` raises Python's built-in `TimeoutError` while the call runs;
   `FunctionTimeoutError` / `OutputExpiredError` (or the run's own exception) mean it ended without a result.
@@ -52,28 +52,14 @@ from typing import Any
 
 import anyio.to_thread
 
-from app.errors import InvalidRequestError, SharpError
-from app.jobs.base import (
-    Job,
-    JobNotFoundError,
-    ResultFile,
-    check_file,
-    check_job_id,
-    check_live,
-    check_result,
-    new_job_id,
-)
+from app.errors import BusyError, InvalidRequestError, SharpError
+from app.jobs.errors import JobNotFoundError
+from app.jobs.job import Job, ResultFile, check_file, check_job_id, check_live, check_result, new_job_id
+from app.jobs.modal_volume import POLL_S, VOLUME_RETRY_S, VolumeBusyError, commit, reload
 from app.jobs.store import JobStore
 from app.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
-
-POLL_S = 1.0
-"""How often `watch` looks at a job, and the least time between two reloads of the Volume."""
-VOLUME_ATTEMPTS = 5
-"""Tries of a Volume reload or commit before giving up (a file open elsewhere in the container)."""
-VOLUME_RETRY_S = 0.2
-"""The first wait between two tries; it doubles."""
 
 LOCK_TIMEOUT_S = 10.0
 """Longest wait for another request's work on the same job's files (a slow commit) before a retryable 503."""
@@ -87,16 +73,8 @@ Spawn = Callable[[str], Awaitable[str]]
 """`spawn(job_id) -> call id`: queue `run_job(job_id)` on the GPU class (`modal_api.spawn_job`)."""
 
 
-class VolumeBusyError(SharpError):
-    code = "volume_busy"
-    status = 503
-    retryable = True
-
-
-class QueueUnavailableError(SharpError):
+class QueueUnavailableError(BusyError):
     code = "queue_unavailable"
-    status = 503
-    retryable = True
 
 
 def function_call(call_id: str) -> Any:
@@ -104,31 +82,6 @@ def function_call(call_id: str) -> Any:
     import modal
 
     return modal.FunctionCall.from_id(call_id)
-
-
-async def _retry(operation: Callable[[], Awaitable[None]], what: str) -> None:
-    """`operation` (a Volume reload or commit), tried `VOLUME_ATTEMPTS` times; `VolumeBusyError` after."""
-    wait = VOLUME_RETRY_S
-    for attempt in range(1, VOLUME_ATTEMPTS + 1):
-        try:
-            await operation()
-            return
-        except Exception as error:  # the SDK's RuntimeError for open files, or a service error
-            if attempt == VOLUME_ATTEMPTS:
-                LOGGER.error("Jobs volume %s failed %d times: %s", what, attempt, error)
-                raise VolumeBusyError(f"The jobs volume is busy ({what} failed: {error}); retry shortly.",
-                                      retry_after_s=1) from error
-            LOGGER.warning("Jobs volume %s failed (try %d): %s", what, attempt, error)
-            await asyncio.sleep(wait)
-            wait *= 2
-
-
-async def reload(volume: Any) -> None:
-    await _retry(volume.reload.aio, "reload")
-
-
-async def commit(volume: Any) -> None:
-    await _retry(volume.commit.aio, "commit")
 
 
 class ModalJobQueue:

@@ -51,8 +51,10 @@ from app.cancel import run_cancellable
 from app.errors import SharpError
 from app.imaging import LoadedImage
 from app.jobs import lifecycle, runner
-from app.jobs.base import Job, JobCancelledError, JobNotFoundError, check_job_id
-from app.jobs.modal import MAX_REQUEUES, POLL_S, Spawn, VolumeBusyError, commit, function_call, reload
+from app.jobs.errors import JobCancelledError, JobNotFoundError
+from app.jobs.job import Job, check_job_id
+from app.jobs.modal import MAX_REQUEUES, Spawn, function_call
+from app.jobs.modal_volume import POLL_S, VolumeBusyError, commit, reload
 from app.jobs.store import JobStore
 from app.prediction import Prediction
 from app.sequence.fanout import Timings, load_prediction, predict_chunk, save_prediction

@@ -11,7 +11,8 @@ import time
 import anyio.to_thread
 
 from app.errors import SharpError
-from app.jobs.base import SEQUENCE_ZIP, Job, json_options_of
+from app.jobs.job import SEQUENCE_ZIP, Job
+from app.jobs.options import json_options_of
 from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.prediction import Prediction

@@ -33,7 +33,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.budget import budget_count
-from app.jobs.base import JobTooLargeError, keeps_prediction
+from app.jobs.errors import JobTooLargeError
+from app.jobs.options import keeps_prediction
 from app.outputs import FORMATS
 
 JSON_BASE64_BYTES_PER_GAUSSIAN = 80

@@ -54,7 +54,8 @@ from filelock import FileLock, Timeout
 from pydantic import TypeAdapter, ValidationError
 
 from app.files import write_atomically
-from app.jobs.base import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP, Job, JobNotFoundError, check_job_id, result_name
+from app.jobs.errors import JobNotFoundError
+from app.jobs.job import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP, Job, check_job_id, result_name
 
 LOGGER = logging.getLogger(__name__)
 

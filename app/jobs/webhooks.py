@@ -51,7 +51,7 @@ import orjson
 from app import __version__
 from app.errors import InvalidRequestError
 from app.files import write_atomically
-from app.jobs.base import Job, check_job_id, iso_time
+from app.jobs.job import Job, check_job_id, iso_time
 from app.settings import Settings
 
 LOGGER = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from app.http import create_app
-from app.jobs.base import Job, new_job_id
+from app.jobs.job import Job, new_job_id
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
 from tests.helpers import LiveServer, tiny_settings

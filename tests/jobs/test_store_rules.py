@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from app.http import create_app
-from app.jobs.base import Job, new_job_id
+from app.jobs.job import Job, new_job_id
 from app.jobs.local import LocalJobQueue
 from app.jobs.size import projected_bytes
 from app.jobs.store import ORPHAN_AGE_S, JobStore

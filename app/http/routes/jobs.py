@@ -32,19 +32,10 @@ from app.http.responses import (
 from app.http.routes import sequences
 from app.http.schemas import JobResponse, JobWebhook
 from app.imaging import probe_image
-from app.jobs.base import (
-    DEFAULT_OUTPUTS,
-    RESULT_FORMATS,
-    Job,
-    JobExpiredError,
-    JobNotFoundError,
-    JobQueue,
-    check_job_id,
-    check_job_options,
-    first_output,
-    iso_time,
-    parse_outputs,
-)
+from app.jobs.base import JobQueue
+from app.jobs.errors import JobExpiredError, JobNotFoundError
+from app.jobs.job import RESULT_FORMATS, Job, check_job_id, iso_time
+from app.jobs.options import DEFAULT_OUTPUTS, check_job_options, first_output, parse_outputs
 from app.jobs.size import check_fits
 from app.jobs.webhooks import EVENTS, webhook_of
 from app.model.presets import get_config

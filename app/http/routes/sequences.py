@@ -22,7 +22,10 @@ from fastapi.responses import Response
 from app.budget import MaxGaussians
 from app.errors import InvalidRequestError
 from app.http.responses import RangeFileResponse, content_disposition, error_responses, sharp_headers
-from app.jobs.base import DEFAULT_SEQUENCE_OUTPUTS, SEQUENCE_ZIP, JobExpiredError, JobQueue
+from app.jobs.base import JobQueue
+from app.jobs.errors import JobExpiredError
+from app.jobs.job import SEQUENCE_ZIP
+from app.jobs.options import DEFAULT_SEQUENCE_OUTPUTS
 from app.outputs import FORMATS
 from app.sequence.run import SEQUENCE_FILE, check_clip_outputs
 from app.settings import Settings

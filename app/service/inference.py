@@ -14,25 +14,13 @@ Cancellation (`app.cancel`): a run whose awaiting task is cancelled (its client 
 down, Modal cancels a job) stops at its next check, the model's next block, the renderer's next frame or a
 clip's next step, and its slots are free again.
 
-Memory: a photo holds hundreds of MB while it is decoded and predicted (a 7000 x 7000 PNG: 147 MB of RGB,
-196 MB inside Pillow). Such buffers must go back to the system when freed, which glibc's malloc does only
-for blocks it mmapped: by default it raises its mmap threshold to the size of each mmapped block freed (up
-to 32 MB), so later photos' buffers (Pillow allocates in 16 MB blocks) come from its heaps, which keep
-them. `start` fixes the threshold at `MMAP_THRESHOLD_BYTES` (`fix_mmap_threshold`). Six concurrent
-7000 x 7000 uploads: peak RSS 2.4 GB and 1.7 GB kept after, before; see `bench/memory.py --cases server`.
-
-Loading: on a background thread at start. A failure that may be transient (the network, a server
-error) is retried with exponential backoff, the service staying in `error` (503 `model_unavailable` with
-Retry-After and the fix in its message) until a load succeeds; each retry logs one line. A permanent
-failure (a wrong or corrupt checkpoint, offline with nothing cached) leaves the service in `error` until
-it is restarted.
+The model itself (one per process, loaded in the background with retries) is `app.service.loading`; the
+memory a photo held is given back as `app.service.memory` says.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import logging
 import math
 import threading
 import time
@@ -50,6 +38,9 @@ from app.errors import SharpError
 from app.prediction import Prediction
 from app.sequence import FileSink, SequenceProgress, run_sequence
 from app.sequence.fanout import FramePredictions
+from app.service.errors import QueueFullError, ShuttingDownError
+from app.service.loading import LOAD_BACKOFF_S, LOADING_RETRY_AFTER_S, Loader, ModelLoading, default_loader
+from app.service.memory import fix_mmap_threshold
 from app.settings import Settings
 from app.video import Sampling, VideoLimits
 from app.vocabulary import AlignMode, ModelState, ProgressCallback
@@ -57,33 +48,9 @@ from app.vocabulary import AlignMode, ModelState, ProgressCallback
 if TYPE_CHECKING:  # torch: the front (deploy/front.py) imports this module (and `app.http`) without it
     from app.predictor import SharpPredictor
 
-LOGGER = logging.getLogger(__name__)
-
-LOADING_RETRY_AFTER_S = 5
-"""Retry-After (seconds) suggested while the model is still loading."""
-LOAD_BACKOFF_S = (5.0, 300.0)
-"""First and largest wait (seconds) between retries of a load that failed for a transient reason."""
-NO_CHECKPOINT_CODES = ("checkpoint_unavailable", "checkpoint_download_failed")
-"""Load failures whose fix is to give the server a checkpoint (their 503 message says how)."""
 DECODE_CONCURRENCY = 2
 """Uploads decoded, or decoded and waiting for the model, at the same time; the others wait (admitted)
 without holding decoded pixels (`app.pipeline.Slots.decode`)."""
-MMAP_THRESHOLD_BYTES = 1 << 20
-"""Allocations from this size up are mmapped by glibc, so freeing them gives the memory back (module docstring)."""
-
-
-def fix_mmap_threshold(size: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Make glibc's malloc mmap every allocation of `size` bytes or more (and stop moving that threshold);
-    True if it did, False where malloc is not glibc's."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
-    except (OSError, AttributeError):
-        return False
-
-
-_M_MMAP_THRESHOLD = -3
-"""glibc's `mallopt` parameter number (malloc.h)."""
 
 _INITIAL_PREDICT_ESTIMATE_S = 2.0
 _ESTIMATE_WEIGHT = 0.2
@@ -93,44 +60,10 @@ T = TypeVar("T")
 _thread = threading.local()
 """`admitted`: whether the run on this worker thread was admitted (counts in `queue_depth`)."""
 
-Loader = Callable[[Settings], "SharpPredictor"]
-"""Builds the predictor from the settings; runs on the loading thread."""
-
-
-def default_loader(settings: Settings) -> SharpPredictor:
-    """`SharpPredictor.from_settings`, without a download progress bar (logs are not a terminal)."""
-    from app.predictor import SharpPredictor  # torch, imported where a model is loaded
-
-    return SharpPredictor.from_settings(settings, progress=False)
-
-
-class ServiceUnavailableError(SharpError):
-    """The service cannot take this request now; `retry_after_s` is a hint, None if retrying won't help."""
-
-    code = "unavailable"
-    status = 503
-
-
-class ModelLoadingError(ServiceUnavailableError):
-    code = "model_loading"
-    retryable = True
-
-
-class ModelFailedError(ServiceUnavailableError):
-    code = "model_unavailable"
-
-
-class QueueFullError(ServiceUnavailableError):
-    code = "queue_full"
-    retryable = True
-
-
-class ShuttingDownError(ServiceUnavailableError):
-    code = "shutting_down"
-
 
 class InferenceService:
-    """Owns the predictor, its loading thread, the slots runs take turns in and the admission counter.
+    """Owns the model (`ModelLoading`: the predictor and its loading thread), the slots runs take turns in and
+    the admission counter.
 
     Args:
         settings: limits (`max_queue`, `max_pixels`) and, for background loading, the model to load.
@@ -143,14 +76,9 @@ class InferenceService:
     def __init__(self, settings: Settings, predictor: SharpPredictor | None = None, *,
                  loader: Loader = default_loader, load_backoff_s: tuple[float, float] = LOAD_BACKOFF_S) -> None:
         self.settings = settings
-        self._loader = loader
-        self._load_backoff_s = load_backoff_s
-        self._predictor = predictor
-        self._state = ModelState.READY if predictor is not None else ModelState.LOADING
-        self._error: SharpError | None = None
-        self._next_load_at: float | None = None
-        self._load_thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._model = ModelLoading(settings, predictor, loader=loader, load_backoff_s=load_backoff_s,
+                                   closed=self._closed)
         self._lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
         self._model_turn_lock = threading.Lock()
@@ -164,57 +92,14 @@ class InferenceService:
         self._admitted_busy = 0  # admitted runs in the model or render slot now
         self._predict_estimate_s = _INITIAL_PREDICT_ESTIMATE_S
         self.started_at = time.monotonic()
-        if predictor is not None:
-            _warn_if_synthetic(predictor)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Load the model on a background thread unless it is loaded or loading already (idempotent); fix
-        malloc's mmap threshold (module docstring)."""
+        malloc's mmap threshold (`app.service.memory`)."""
         fix_mmap_threshold()
-        with self._lock:
-            if self._state is not ModelState.LOADING or self._load_thread is not None:
-                return
-            self._load_thread = threading.Thread(target=self._load, name="sharp-load", daemon=True)
-            self._load_thread.start()
-
-    def _load(self) -> None:
-        delay, max_delay = self._load_backoff_s
-        attempt = 1
-        while not self._closed.is_set():
-            LOGGER.info("Loading the %s model (device %s, dtype %s), attempt %d", self.settings.preset,
-                        self.settings.device, self.settings.dtype, attempt)
-            start = time.perf_counter()
-            try:
-                predictor = self._loader(self.settings)
-            except Exception as exc:  # any loader failure becomes the service's `error` state
-                error = exc if isinstance(exc, SharpError) else SharpError(
-                    str(exc) or type(exc).__name__, code="model_load_failed", status=503)
-                retry = error.retryable
-                if attempt == 1 or not retry:
-                    LOGGER.error("Loading the model failed (%s): %s%s", error.code, error.message,
-                                 f"; retrying in {delay:.0f} s" if retry else "",
-                                 exc_info=not isinstance(exc, SharpError))
-                else:  # the same story as the first time, told in one line
-                    LOGGER.warning("Loading the model failed again (%s, attempt %d); retrying in %.0f s",
-                                   error.code, attempt, delay)
-                # The state stays `error` (not `loading`) through the retries: clients are told the truth.
-                with self._lock:
-                    self._error = error
-                    self._state = ModelState.ERROR
-                    self._next_load_at = time.monotonic() + delay if retry else None
-                if not retry or self._closed.wait(delay):
-                    return
-                delay, attempt = min(max_delay, 2 * delay), attempt + 1
-                continue
-            with self._lock:
-                self._predictor = predictor
-                self._state = ModelState.READY
-                self._error = self._next_load_at = None
-            LOGGER.info("Model ready in %.1f s: %s", time.perf_counter() - start, predictor.info)
-            _warn_if_synthetic(predictor)
-            return
+        self._model.start()
 
     def close(self) -> None:
         """Stop taking work: runs still waiting for the model fail (`shutting_down`), a running one finishes."""
@@ -224,16 +109,16 @@ class InferenceService:
 
     @property
     def state(self) -> ModelState:
-        return self._state
+        return self._model.state
 
     @property
     def error(self) -> SharpError | None:
         """Why loading failed (a `CheckpointError` or another `SharpError`), else None."""
-        return self._error
+        return self._model.error
 
     @property
     def predictor(self) -> SharpPredictor | None:
-        return self._predictor
+        return self._model.predictor
 
     @property
     def backend(self) -> str | None:
@@ -262,33 +147,12 @@ class InferenceService:
     def require_predictor(self) -> SharpPredictor:
         """The loaded predictor, or `ModelLoadingError` (the first load is under way) / `ModelFailedError` (a
         load failed: with Retry-After while the server retries, until a load succeeds)."""
-        predictor = self._predictor
-        if predictor is not None:
-            return predictor
-        if self._state is ModelState.ERROR:
-            next_load_at = self._next_load_at
-            wait = None if next_load_at is None else max(1, math.ceil(next_load_at - time.monotonic()))
-            raise ModelFailedError(self.unavailable_message() or "", retry_after_s=wait)
-        raise ModelLoadingError("The model is still loading; retry shortly.", retry_after_s=LOADING_RETRY_AFTER_S)
+        return self._model.require_predictor()
 
     def unavailable_message(self) -> str | None:
         """Why there is no model, for clients (503 `model_unavailable`, `/health`): the error code, whether the
         server retries, and how an operator fixes it; no paths, no exception text. None unless loading failed."""
-        error = self._error
-        if self._state is not ModelState.ERROR or error is None:
-            return None
-        next_load_at = self._next_load_at
-        if next_load_at is not None:
-            wait = max(1, math.ceil(next_load_at - time.monotonic()))
-            outlook = f"the server retries in {wait} s, but that will not help until its operator fixes this"
-        else:
-            outlook = "the server's operator must fix its configuration and restart it (see the server log)"
-        message = f"The model could not be loaded ({error.code}); {outlook}."
-        url = self.settings.weights_url
-        if error.code in NO_CHECKPOINT_CODES and url:
-            message += (f" To fix: let the server download {url}, or download that file and set SHARP_CHECKPOINT "
-                        "to its path, or set SHARP_PRESET=tiny to serve the small test network.")
-        return message
+        return self._model.unavailable_message()
 
     # ------------------------------------------------------------------------------------ inference
 
@@ -412,9 +276,3 @@ class InferenceService:
         finally:
             with self._lock:
                 self._admitted -= 1
-
-
-def _warn_if_synthetic(predictor: SharpPredictor) -> None:
-    if predictor.info.weights == "synthetic":
-        LOGGER.warning("Serving the %s preset with SYNTHETIC weights: its outputs are NOT SHARP predictions "
-                       "(every response says so in X-Sharp-Weights).", predictor.info.preset)
