@@ -40,6 +40,14 @@ def tiny_settings(**overrides: Any) -> Settings:
     return Settings(**{**values, **overrides})
 
 
+def settings_for(jobs_dir: Path, **overrides: Any) -> Settings:
+    """The tiny preset's settings for a jobs server on `jobs_dir`, its model cache beside it (no API key, no
+    CORS), with `overrides` on top."""
+    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
+                              "jobs_dir": jobs_dir, "cache_dir": jobs_dir.parent / "cache"}
+    return Settings(**{**values, **overrides})
+
+
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is a JSON error of the service's one shape, with this status and code."""

@@ -21,8 +21,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.http import create_app
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, assert_error
-from tests.jobs.test_jobs import image_bytes, settings_for, submit, wait_for
+from tests.helpers import LiveServer, assert_error, settings_for
+from tests.jobs.test_jobs import image_bytes, submit, wait_for
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
