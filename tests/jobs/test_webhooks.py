@@ -79,11 +79,6 @@ def verified(request: dict[str, Any]) -> dict[str, Any]:
     return Webhook(SECRET).verify(request["body"], request["headers"])
 
 
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
