@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import free_port, stop_process, wait_ready
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "tests" / "data" / "conformance" / "coffee.png"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_gpu_side(port: int) -> None:
@@ -97,18 +92,6 @@ def memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
-def wait_ready(url: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} never became ready")
-
-
 def child(*args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=REPO)
@@ -119,7 +102,7 @@ def run_mode(mode: str, gpu_port: int, requests: int) -> None:
     front = child("--front", str(port), str(gpu_port), mode)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+        wait_ready(url, front, timeout_s=600)
         before = memory_kib(front.pid)["VmRSS"]
         received = [0] * requests
         barrier = threading.Barrier(requests)
@@ -145,8 +128,7 @@ def run_mode(mode: str, gpu_port: int, requests: int) -> None:
               f"{min(received) / 1e6:.0f}-{max(received) / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s",
               flush=True)
     finally:
-        front.terminate()
-        front.wait(30)
+        stop_process(front, timeout_s=30)
 
 
 def main() -> None:
@@ -166,12 +148,11 @@ def main() -> None:
     gpu_port = free_port()
     gpu = child("--gpu-side", str(gpu_port))
     try:
-        wait_ready(f"http://127.0.0.1:{gpu_port}")
+        wait_ready(f"http://127.0.0.1:{gpu_port}", gpu, timeout_s=600)
         for mode in args.modes:
             run_mode(mode, gpu_port, args.requests)
     finally:
-        gpu.terminate()
-        gpu.wait(30)
+        stop_process(gpu, timeout_s=30)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.outputs import SCENE_FORMATS
 from bench.common import CONFORMANCE_DIR, REPO
-from bench.load import HOST, free_port, wait_ready
+from bench.load import HOST
+from tests.helpers import free_port, sse_messages, stop_process, wait_ready
 
 
 def start_server(port: int, preset: str, jobs_dir: Path) -> subprocess.Popen:
@@ -41,20 +42,13 @@ def start_server(port: int, preset: str, jobs_dir: Path) -> subprocess.Popen:
 def follow(client: httpx.Client, job_id: str, until_settled: bool) -> dict:
     """The job's events until it is final (`until_settled`: until the server ends the stream: every file made)."""
     job: dict = {}
-    kind, data = "message", []
     with client.stream("GET", f"/jobs/{job_id}/events") as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif not line:
-                if kind == "job" and data:
-                    job = orjson.loads("\n".join(data))
-                    if not until_settled and job["status"] in ("succeeded", "failed", "cancelled"):
-                        return job
-                kind, data = "message", []
+        for kind, data in sse_messages(response):
+            if kind == "job":
+                job = orjson.loads(data)
+                if not until_settled and job["status"] in ("succeeded", "failed", "cancelled"):
+                    return job
     return job
 
 
@@ -104,8 +98,7 @@ def main() -> int:
                     print(f"run {run + 1}: {args.first} alone {alone[-1]:.2f} s; with every format {ready:.2f} s "
                           f"({args.first} first), every file {done:.2f} s", flush=True)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_process(server, timeout_s=60)
     median_alone, median_all = statistics.median(alone), statistics.median(together)
     print(f"preset: {args.preset}; outputs of the second job: {','.join(everything)}")
     print(f"{args.first}_ready_alone_s: {median_alone:.2f}")

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,15 +35,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from tests.helpers import free_port, stop_process, wait_ready
+
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 ENDPOINTS = (("/predict", {"max_gaussians": "256", "encoding": "base64"}), ("/predict/ply", {}), ("/predict/spz", {}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -75,20 +70,6 @@ def start_server(port: int, max_queue: int) -> subprocess.Popen:
     env = {**os.environ, "SHARP_DEVICE": "cpu", "SHARP_MAX_QUEUE": str(max_queue), "SHARP_LOG_LEVEL": "warning"}
     command = [sys.executable, "-m", "app", "serve", "--preset", "tiny", "--host", HOST, "--port", str(port)]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
 
 
 def main() -> int:
@@ -171,11 +152,7 @@ def main() -> int:
         with httpx.Client(base_url=url, timeout=10) as http:
             health_after = http.get("/health").json()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout_s=20)
 
     answered = sum(statuses.values())
     report = {

@@ -79,15 +79,17 @@ def fill_state_dict(state_dict: Mapping[str, torch.Tensor], seed: int = 0) -> di
 # ---------------------------------------------------------------------------------------------- PLY check
 
 
-def covariances(log_scales: np.ndarray, quaternions_wxyz: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) R diag(exp(2 s)) R^T: unlike the (scale, rotation) pair, unique for each Gaussian."""
-    w, x, y, z = (quaternions_wxyz / np.linalg.norm(quaternions_wxyz, axis=1, keepdims=True)).T
+def covariances(scales: np.ndarray, quaternions_wxyz: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) float64 R diag(s^2) R^T from (N, 3) linear scales and (N, 4) (w, x, y, z) quaternions (of any
+    length): unlike the (scale, rotation) pair, unique for each Gaussian."""
+    q = np.asarray(quaternions_wxyz, np.float64)
+    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
     rotation = np.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ], axis=1).reshape(-1, 3, 3)
-    return np.einsum("nij,nj,nkj->nik", rotation, np.exp(2 * log_scales), rotation)
+    return np.einsum("nij,nj,nkj->nik", rotation, np.asarray(scales, np.float64) ** 2, rotation)
 
 
 def relative_l2(got: np.ndarray, want: np.ndarray) -> float:
@@ -125,9 +127,9 @@ def ply_problems(path: Path, reference: Path = REFERENCE, tolerance: float = TOL
         "positions": (columns("x", "y", "z"), rows[:, 0:3]),
         "f_dc": (columns("f_dc_0", "f_dc_1", "f_dc_2"), rows[:, 3:6]),
         "opacity logits": (columns("opacity"), rows[:, 6:7]),
-        "covariances": (covariances(columns("scale_0", "scale_1", "scale_2"),
+        "covariances": (covariances(np.exp(columns("scale_0", "scale_1", "scale_2")),
                                     columns("rot_0", "rot_1", "rot_2", "rot_3")),
-                        covariances(rows[:, 7:10], rows[:, 10:14])),
+                        covariances(np.exp(rows[:, 7:10]), rows[:, 10:14])),
     }
     for name, (got, want) in quantities.items():
         if (error := relative_l2(got, want)) > tolerance:

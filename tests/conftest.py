@@ -1,17 +1,22 @@
-"""Shared fixtures: the conformance data (and the kit CI keeps beside the checkout), and a real HTTP server on
-loopback (helpers that tests import live in `tests/helpers.py` and `tests/conformance.py`)."""
+"""Shared fixtures: the conformance data (and the kit CI keeps beside the checkout), a real HTTP server on
+loopback, the tiny predictor and a jobs server on it (helpers that tests import live in `tests/helpers.py` and
+`tests/conformance.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from starlette.types import ASGIApp
 
 from app.gaussians import GaussianScene
 from tests.conformance import DATA_DIR, KIT_DIR
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, settings_for
+
+if TYPE_CHECKING:
+    from app.predictor import SharpPredictor
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +45,27 @@ def serve() -> Iterator[Callable[[ASGIApp], LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SharpPredictor:
+    """The tiny preset's predictor on the CPU, one per test module (a module may define its own)."""
+    from app.predictor import SharpPredictor
+
+    return SharpPredictor.load("tiny", device="cpu")
+
+
+@pytest.fixture
+def start(serve: Callable[[ASGIApp], LiveServer], predictor: SharpPredictor, tmp_path: Path
+          ) -> Callable[..., LiveServer]:
+    """`start(**settings) -> LiveServer`: the app on `predictor` with `settings_for(tmp_path / "jobs")` and
+    `settings` on top (the same jobs folder for every server of a test, so that a second one is a restart)."""
+    from app.http import create_app
+
+    def make(**overrides: Any) -> LiveServer:
+        return serve(create_app(settings_for(tmp_path / "jobs", **overrides), predictor=predictor))
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,16 @@
-"""Helpers the test modules share (fixtures are in `conftest.py`): a live uvicorn server on loopback, the tiny
-preset's settings, the API's error shape, a hand-built multipart body, a Modal Volume stand-in and made-up scenes."""
+"""Helpers the test modules share (fixtures are in `conftest.py`): a live uvicorn server on loopback, a server
+process on loopback (free port, readiness, stop; the benchmarks use these too), the tiny preset's settings, the
+API's error shape, a hand-built multipart body, a Modal Volume stand-in, made-up scenes and a job's event stream."""
 
 from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,14 @@ def tiny_settings(**overrides: Any) -> Settings:
                               "max_queue": 8, "max_upload_mb": 25, "max_pixels": 50_000_000}
     if "jobs_dir" not in overrides:
         values["jobs_dir"] = Path(tempfile.mkdtemp(prefix="sharp-test-jobs-"))
+    return Settings(**{**values, **overrides})
+
+
+def settings_for(jobs_dir: Path, **overrides: Any) -> Settings:
+    """The tiny preset's settings for a jobs server on `jobs_dir`, its model cache beside it (no API key, no
+    CORS), with `overrides` on top."""
+    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
+                              "jobs_dir": jobs_dir, "cache_dir": jobs_dir.parent / "cache"}
     return Settings(**{**values, **overrides})
 
 
@@ -98,6 +109,51 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server process to bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = 180.0,
+               log: Path | None = None) -> None:
+    """Return once `GET {url}/health` answers 200, asking every 0.2 s.
+
+    Raises:
+        RuntimeError: `process` (the server) exited first, or `timeout_s` seconds passed; the message ends with
+            the server's output: the end of its piped stderr, or of the file `log`.
+    """
+    def output() -> str:
+        if log is not None:
+            return log.read_text(errors="replace")[-2000:]
+        if process is not None and process.stderr is not None and process.poll() is not None:
+            return process.stderr.read().decode(errors="replace")[-2000:]
+        return ""
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with status {process.returncode}: {output()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready in {timeout_s:g} s: {output()}")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Stop a server process: SIGTERM, and SIGKILL if it has not exited `timeout_s` seconds later; reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class FakeVolume:
@@ -167,21 +223,32 @@ def make_clip(frames: int = 3, *, shift_px: int = 4, size: tuple[int, int] = (16
     return buffer.getvalue()
 
 
+def sse_messages(response: httpx.Response) -> Iterator[tuple[str, str]]:
+    """The messages of a server-sent event stream as they arrive, each as (event type, data): the type is
+    "message" unless an `event:` line names it, the data its `data:` lines joined by newlines; a message without
+    data is skipped."""
+    data: list[str] = []
+    kind = "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif not line:
+            if data:
+                yield kind, "\n".join(data)
+            data, kind = [], "message"
+
+
 def events(client: httpx.Client, job_id: str, kinds: tuple[str, ...] = ("job",)) -> list[dict]:
     """Every event of the job's event stream whose type is one of `kinds` (`job`, `file`), until the server
     ends it; with more than one kind, each as ``{"event": kind, "data": ...}``."""
-    seen, data, kind = [], [], "message"
+    seen = []
     with client.stream("GET", f"/jobs/{job_id}/events") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif not line:
-                if data and kind in kinds:
-                    body = orjson.loads("\n".join(data))
-                    seen.append(body if len(kinds) == 1 else {"event": kind, "data": body})
-                data, kind = [], "message"
+        for kind, data in sse_messages(response):
+            if kind in kinds:
+                body = orjson.loads(data)
+                seen.append(body if len(kinds) == 1 else {"event": kind, "data": body})
     return seen

@@ -16,10 +16,8 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from plyfile import PlyData
+
+from tests.helpers import free_port, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -62,12 +62,6 @@ def write_photo(path: Path) -> None:
     Image.fromarray(pixels).save(path, "JPEG", quality=90, exif=exif)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def python_env(**extra: str) -> dict[str, str]:
     """The environment the blocks run in: this checkout's `app` first, the venv's tools on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARP_")}
@@ -95,24 +89,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                env=python_env(**assignments, SHARP_PORT=str(port), SHARP_CACHE_DIR=str(cache)))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (cache / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (cache / "server.log").read_text()
-            time.sleep(0.2)
+        wait_ready(url, process, timeout_s=180, log=cache / "server.log")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
         log.close()
 
 

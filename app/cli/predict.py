@@ -69,18 +69,7 @@ def _output_format(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """The `predict` command; a failed run leaves no output folder it made (`output_folder`)."""
     format_name = _output_format(args)
-    clip = args.input.is_file() and video.is_video_path(args.input)
-    if not clip and video.photo_flags_used(args):
-        flags = video.photo_flags_used(args)
-        raise UsageError(f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} to a video input")
-    try:
-        from app.imaging import find_images
-
-        images = [args.input] if clip else find_images(args.input)
-    except (SharpError, OSError, ValueError) as error:
-        raise UsageError(str(error)) from None
-    if not images:
-        raise UsageError(f"no supported images found under {args.input}")
+    clip, images = video.find_inputs(args)
     with output_folder(args.output) as output_dir:
         return _run(args, format_name, clip, images, output_dir)
 

@@ -81,25 +81,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from app.imaging import find_images
-
     formats = [name.strip().lower() for name in args.format.split(",") if name.strip()]
     unknown = [name for name in formats if name not in FORMATS]
     if unknown or not formats:
         return _usage(f"--format: unknown format {', '.join(unknown) or '(none)'}; use some of {', '.join(FORMATS)}")
     if not args.url.startswith(("http://", "https://")):
         return _usage(f"--url must start with http:// or https://, got {args.url!r}")
-    clip = args.input.is_file() and video.is_video_path(args.input)
-    if not clip and video.photo_flags_used(args):
-        flags = video.photo_flags_used(args)
-        return _usage(f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} to a video input")
     try:
-        images = [args.input] if clip else find_images(args.input)
-    except (OSError, ValueError) as error:
-        return _usage(str(error))
-    if not images:
-        return _usage(f"no supported images found under {args.input}")
-    try:
+        clip, images = video.find_inputs(args)
         clip_fields = video.form_fields(args, settings_with()) if clip else {}
         with output_folder(args.output):  # a run that fails before writing a file leaves no folder
             return _run_jobs(args, formats, images, clip_fields)

@@ -25,8 +25,8 @@ from app.settings import Settings
 from app.video import Sampling, VideoLimits, is_video_path
 from app.vocabulary import AlignMode, choices
 
-__all__ = ["SEQUENCE_ZIP", "add_arguments", "form_fields", "is_clip_file", "is_video_path", "photo_flags_used",
-           "run_clip"]
+__all__ = ["SEQUENCE_ZIP", "add_arguments", "find_inputs", "form_fields", "is_clip_file", "is_video_path",
+           "photo_flags_used", "run_clip"]
 
 SAMPLING_FLAGS = ("fps", "start", "end", "max_frames", "align")
 
@@ -85,6 +85,28 @@ def is_clip_file(path: str) -> bool:
 def photo_flags_used(args: argparse.Namespace) -> list[str]:
     """The clip options given on the command line (an error for a photo input)."""
     return [f"--{name.replace('_', '-')}" for name in SAMPLING_FLAGS if getattr(args, name, None) is not None]
+
+
+def find_inputs(args: argparse.Namespace) -> tuple[bool, list[Path]]:
+    """Whether `args.input` is a clip, and the files to run: `[args.input]` for a clip, else the images found
+    at that path (`app.imaging.find_images`).
+
+    Raises:
+        UsageError: clip options for a photo input, a path that does not exist or is not a supported image,
+            or a folder without any image.
+    """
+    clip = args.input.is_file() and is_video_path(args.input)
+    if not clip and (flags := photo_flags_used(args)):
+        raise UsageError(f"{', '.join(flags)} only {'applies' if len(flags) == 1 else 'apply'} to a video input")
+    try:
+        from app.imaging import find_images
+
+        images = [args.input] if clip else find_images(args.input)
+    except (SharpError, OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if not images:
+        raise UsageError(f"no supported images found under {args.input}")
+    return clip, images
 
 
 def run_clip(args: argparse.Namespace, predictor: Any, settings: Settings, outputs: dict[str, dict[str, Any]],

@@ -27,7 +27,7 @@ from app.formats.ply import (
 from app.formats.splat import RECORD_BYTES, decode_splat, encode_splat, splat_order
 from app.formats.spz import HEADER_BYTES, HEADER_STRUCT, SpzHeader, decode_spz, encode_spz, spz_payload
 from app.gaussians import SH_C0, GaussianScene, linear_to_srgb, srgb_to_linear
-from tests.conformance import ply_problems
+from tests.conformance import covariances, ply_problems
 from tests.helpers import random_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,18 +86,6 @@ def write_ply_with_plyfile(scene: GaussianScene, path: Path, vertex_only: bool =
             elements.append(PlyElement.describe(array, name))
     PlyData(elements).write(str(path))
     return path
-
-
-def covariances(scales: np.ndarray, quats_wxyz: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) R diag(s^2) R^T from linear scales and (w, x, y, z) quaternions (float64)."""
-    q = np.asarray(quats_wxyz, np.float64)
-    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
-    rot = np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
-    return np.einsum("nij,nj,nkj->nik", rot, np.asarray(scales, np.float64) ** 2, rot)
 
 
 def relative_cov_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:

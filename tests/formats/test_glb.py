@@ -26,8 +26,8 @@ from app.formats.glb import BYTES_PER_GAUSSIAN, EXTENSION, SPLAT_PROPERTIES, enc
 from app.formats.ply import encode_ply, read_ply
 from app.gaussians import SH_C0, GaussianScene, srgb_to_linear
 from app.outputs import FORMATS
+from tests.conformance import covariances as covariances_wxyz
 from tests.formats.gltf import Glb
-from tests.formats.test_formats import covariances as covariances_wxyz
 from tests.helpers import random_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ needs_splat_transform = pytest.mark.skipif(shutil.which("node") is None or not S
 
 def covariances(scales: np.ndarray, quaternions_xyzw: np.ndarray) -> np.ndarray:
     """(N, 3, 3) R diag(s^2) R^T in float64 for (x, y, z, w) quaternions, as the extension's specification
-    writes them (`covariances_wxyz` of the other formats' tests, the components reordered)."""
+    writes them (`tests.conformance.covariances`, the components reordered)."""
     return covariances_wxyz(scales, quaternions_xyzw[:, [3, 0, 1, 2]])
 
 

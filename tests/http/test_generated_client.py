@@ -19,8 +19,8 @@ import pytest
 from app.formats import decode_spz
 from app.http import create_app
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer
-from tests.jobs.test_jobs import TINY_GAUSSIANS, image_bytes, settings_for
+from tests.helpers import LiveServer, settings_for
+from tests.jobs.test_jobs import TINY_GAUSSIANS, image_bytes
 
 PACKAGE = "sharp_generated_client"
 

@@ -12,24 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.http import create_app
 from app.predictor import SharpPredictor
 from tests.helpers import LiveServer, assert_error
-from tests.jobs.test_jobs import image_bytes, settings_for, wait_for
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
-@pytest.fixture
-def start(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path
-          ) -> Callable[..., LiveServer]:
-    def make(**overrides: Any) -> LiveServer:
-        return serve(create_app(settings_for(tmp_path / "jobs", **overrides), predictor=predictor))
-
-    return make
+from tests.jobs.test_jobs import image_bytes, wait_for
 
 
 def post_job(client: httpx.Client, key: str | None, image: bytes, **data: str) -> httpx.Response:

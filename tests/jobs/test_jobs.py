@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -19,10 +18,8 @@ import pytest
 from PIL import Image
 
 from app.formats import decode_spz, read_ply
-from app.http import create_app
 from app.http.schemas import JobResponse
 from app.predictor import SharpPredictor
-from app.settings import Settings
 from tests.helpers import LiveServer, assert_error, events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,28 +33,6 @@ def image_bytes(seed: int = 0, width: int = 96, height: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def settings_for(jobs_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"preset": "tiny", "device": "cpu", "api_key": None, "cors_origins": [],
-                              "jobs_dir": jobs_dir, "cache_dir": jobs_dir.parent / "cache"}
-    return Settings(**{**values, **overrides})
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
-@pytest.fixture
-def start(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path
-          ) -> Callable[..., LiveServer]:
-    """`start(**settings) -> LiveServer` on `tmp_path/jobs` (the same directory for every server of a test)."""
-
-    def make(**overrides: Any) -> LiveServer:
-        return serve(create_app(settings_for(tmp_path / "jobs", **overrides), predictor=predictor))
-
-    return make
 
 
 @pytest.fixture

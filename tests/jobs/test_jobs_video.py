@@ -23,11 +23,6 @@ from app.settings import Settings
 from tests.helpers import LiveServer, assert_error, events, make_clip
 
 
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
 @pytest.fixture
 def client(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path) -> Iterator[httpx.Client]:
     settings = Settings(preset="tiny", device="cpu", api_key=None, cors_origins=[], jobs_dir=tmp_path / "jobs",

@@ -9,36 +9,16 @@ import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
-import pytest
 
-from app.http import create_app
 from app.jobs.size import projected_bytes
 from app.jobs.store import PREDICTION_FILE
-from app.predictor import SharpPredictor
 from tests.helpers import LiveServer, assert_error, events, make_clip
-from tests.jobs.test_jobs import ARRAYS, image_bytes, settings_for, submit, wait_for
+from tests.jobs.test_jobs import ARRAYS, image_bytes, submit, wait_for
 
 TINY_GAUSSIANS = 131_072
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
-@pytest.fixture
-def start(serve: Callable[[Any], LiveServer], predictor: SharpPredictor, tmp_path: Path
-          ) -> Callable[..., LiveServer]:
-    """`start(**settings) -> LiveServer` on `tmp_path/jobs` (the same folder for every server of a test)."""
-
-    def make(**overrides: Any) -> LiveServer:
-        return serve(create_app(settings_for(tmp_path / "jobs", **overrides), predictor=predictor))
-
-    return make
 
 
 def synchronous(client: httpx.Client, photo: bytes, name: str) -> bytes:

@@ -26,14 +26,9 @@ from app.jobs.store import ORPHAN_AGE_S, JobStore
 from app.predictor import SharpPredictor
 from app.service import InferenceService
 from tests.conformance import DATA_DIR
-from tests.helpers import LiveServer, assert_error, events, make_clip, tiny_settings
+from tests.helpers import LiveServer, assert_error, events, free_port, make_clip, tiny_settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
 
 
 def finished_job(store: JobStore, size: int, finished_at: float) -> Job:
@@ -145,12 +140,6 @@ def serve_process(jobs_dir: Path, port: int) -> subprocess.CompletedProcess[str]
            "SHARP_API_KEY": ""}
     return subprocess.run([sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_second_server_on_the_folder_stops_with_one_line_and_the_first_ones_job_succeeds(

@@ -21,8 +21,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.http import create_app
 from app.predictor import SharpPredictor
-from tests.helpers import LiveServer, assert_error
-from tests.jobs.test_jobs import image_bytes, settings_for, submit, wait_for
+from tests.helpers import LiveServer, assert_error, settings_for
+from tests.jobs.test_jobs import image_bytes, submit, wait_for
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
@@ -77,11 +77,6 @@ def succeeded_ok(requests: list[dict[str, Any]]) -> bool:
 def verified(request: dict[str, Any]) -> dict[str, Any]:
     """The event, once `standardwebhooks` has checked its signature and timestamp."""
     return Webhook(SECRET).verify(request["body"], request["headers"])
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
 
 
 @pytest.fixture

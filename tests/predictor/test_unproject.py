@@ -25,11 +25,6 @@ from tests.conformance import DATA_DIR
 
 
 @pytest.fixture(scope="module")
-def tiny() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def photo_png() -> bytes:
     rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -140,11 +135,11 @@ def test_axis_aligned_covariances_give_the_identity_or_an_axis_permutation() -> 
     torch.testing.assert_close(quaternions.abs(), torch.tensor([[0.5**0.5, 0.0, 0.5**0.5, 0.0]]), rtol=0, atol=1e-7)
 
 
-def test_unprojection_matches_a_float64_eigh_reference(tiny: SharpPredictor) -> None:
+def test_unprojection_matches_a_float64_eigh_reference(predictor: SharpPredictor) -> None:
     image = load_image(DATA_DIR / "coffee.png")
     f_px = 500.0
     with torch.inference_mode():
-        gaussians = tiny.network(tiny.preprocess(image), torch.tensor([f_px / image.width]))
+        gaussians = predictor.network(predictor.preprocess(image), torch.tensor([f_px / image.width]))
     scene = unproject_to_camera(gaussians, f_px, image.width, image.height)
 
     gain = np.array([image.width / (2 * f_px), image.height / (2 * f_px), 1.0])
@@ -170,8 +165,8 @@ def test_the_pieces_do_not_change_the_bytes() -> None:
 
 
 @pytest.mark.parametrize("f_px", [1e-30, 1e-6, 1e6, 1e20, 1e30])
-def test_absurd_focal_lengths_give_finite_scenes(tiny: SharpPredictor, photo_png: bytes, f_px: float) -> None:
-    scene = tiny.predict(load_image(photo_png), f_px=f_px).scene
+def test_absurd_focal_lengths_give_finite_scenes(predictor: SharpPredictor, photo_png: bytes, f_px: float) -> None:
+    scene = predictor.predict(load_image(photo_png), f_px=f_px).scene
 
     assert scene.f_px == f_px
     for name in ("positions", "scales", "rotations", "colors", "opacities"):
@@ -181,12 +176,12 @@ def test_absurd_focal_lengths_give_finite_scenes(tiny: SharpPredictor, photo_png
     assert (scene.positions[:, 2] > 0).all()
 
 
-def test_tiny_focal_lengths_are_the_smallest_network_factor_scaled(tiny: SharpPredictor, photo_png: bytes) -> None:
+def test_tiny_focal_lengths_are_the_smallest_network_factor_scaled(predictor: SharpPredictor, photo_png: bytes) -> None:
     image = load_image(photo_png)
     low = NETWORK_FACTOR_RANGE[0]
-    boundary = tiny.predict(image, f_px=low * image.width).scene
+    boundary = predictor.predict(image, f_px=low * image.width).scene
     for f_px in (1e-30, 1e-9):
-        scene = tiny.predict(image, f_px=f_px).scene
+        scene = predictor.predict(image, f_px=f_px).scene
         ratio = f_px / (low * image.width)
         # Depth is proportional to f; lateral offsets X = Z x W / (2 f) are not.
         np.testing.assert_allclose(scene.positions[:, 2], boundary.positions[:, 2] * ratio, rtol=1e-5)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 
 from app.formats.ply import encode_ply
 from app.predictor import SharpPredictor
@@ -14,11 +13,6 @@ from app.sequence import run_sequence
 from app.sequence.fanout import SCENE_ARRAYS, chunks, load_prediction, predict_chunk, save_prediction
 from app.video import Sampling, VideoLimits
 from tests.helpers import digest, make_clip, tiny_settings
-
-
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
 
 
 def test_chunks_cover_every_frame_once() -> None:

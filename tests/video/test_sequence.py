@@ -26,11 +26,6 @@ from tests.http import hostile_inputs as h
 LIMITS = VideoLimits(max_duration_s=60.0, max_frames=20, max_pixels=1920 * 1080)
 
 
-@pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
 def sequence(predictor: SharpPredictor, clip: bytes, **options) -> tuple[dict, dict[str, bytes]]:
     files: dict[str, bytes] = {}
     manifest = run_sequence(predictor, clip, options.pop("outputs", {"ply": {}}), sink=files.__setitem__,

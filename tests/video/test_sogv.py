@@ -34,11 +34,6 @@ FRAMES = 6
 
 
 @pytest.fixture(scope="module")
-def predictor() -> SharpPredictor:
-    return SharpPredictor.load("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def clip_files(predictor: SharpPredictor) -> tuple[dict, dict[str, bytes]]:
     files: dict[str, bytes] = {}
     clip = make_clip(FRAMES, shift_px=4, size=(320, 192))

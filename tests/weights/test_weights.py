@@ -180,6 +180,14 @@ def part_of(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
+def cut_once(server: _Server, dest: Path, cut_after: int = CUT) -> None:
+    """A download of `server`'s file to `dest` that the server cuts after `cut_after` bytes: it fails (no
+    retries), leaving its `.part`."""
+    server.behaviour.cut_after, server.behaviour.cuts = cut_after, 1
+    with pytest.raises(CheckpointDownloadError):
+        download_file(server.url(), dest, progress=False, retries=0)
+
+
 def leftovers(directory: Path) -> list[str]:
     """Download by-products in `directory`: lock files, partial downloads and their metadata."""
     return sorted(p.name for p in directory.rglob("*") if p.name.endswith((".lock", ".part", ".part.json")))
@@ -256,12 +264,10 @@ def test_interrupted_download_keeps_part_then_resumes(server: _Server, tmp_path:
 
 
 def test_interrupted_download_leaves_existing_file_untouched(server: _Server, tmp_path: Path) -> None:
-    server.behaviour.cut_after, server.behaviour.cuts = CUT, 1
     dest = tmp_path / "ckpt.pt"
     old = payload(1000, seed=7)
     dest.write_bytes(old)
-    with pytest.raises(CheckpointDownloadError):
-        download_file(server.url(), dest, progress=False, retries=0)
+    cut_once(server, dest)
     assert dest.read_bytes() == old
 
 
@@ -276,10 +282,8 @@ def test_retry_resumes_within_one_call(server: _Server, tmp_path: Path) -> None:
 
 def test_server_ignoring_range_restarts_from_zero(server: _Server, tmp_path: Path) -> None:
     b = server.behaviour
-    b.cut_after, b.cuts = CUT, 1
     dest = tmp_path / "ckpt.pt"
-    with pytest.raises(CheckpointDownloadError):
-        download_file(server.url(), dest, progress=False, retries=0)
+    cut_once(server, dest)
     b.honor_range = False
     download_file(server.url(), dest, progress=False, retries=0)
     assert b.requests[1]["range"] == f"bytes={CUT}-" and b.requests[1]["status"] == "200"
@@ -288,10 +292,8 @@ def test_server_ignoring_range_restarts_from_zero(server: _Server, tmp_path: Pat
 
 def test_changed_remote_file_is_not_spliced(server: _Server, tmp_path: Path) -> None:
     b = server.behaviour
-    b.cut_after, b.cuts = CUT, 1
     dest = tmp_path / "ckpt.pt"
-    with pytest.raises(CheckpointDownloadError):
-        download_file(server.url(), dest, progress=False, retries=0)
+    cut_once(server, dest)
     b.content, b.etag = payload(seed=1), '"v2"'
     download_file(server.url(), dest, progress=False, retries=0)
     assert b.requests[1]["if-range"] == '"v1"' and b.requests[1]["status"] == "200"
@@ -301,10 +303,8 @@ def test_changed_remote_file_is_not_spliced(server: _Server, tmp_path: Path) -> 
 def test_416_on_resume_starts_over(server: _Server, tmp_path: Path) -> None:
     b = server.behaviour
     b.etag = None
-    b.cut_after, b.cuts = 300_000, 1
     dest = tmp_path / "ckpt.pt"
-    with pytest.raises(CheckpointDownloadError):
-        download_file(server.url(), dest, progress=False, retries=0)
+    cut_once(server, dest, cut_after=300_000)
     b.content = payload(200_000, seed=2)
     download_file(server.url(), dest, progress=False, retries=0)
     assert [r["status"] for r in b.requests] == ["200", "416", "200"]
