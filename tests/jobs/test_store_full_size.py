@@ -18,7 +18,7 @@ import pytest
 
 from app.formats.spz import decode_spz
 from app.http import create_app
-from app.jobs.base import Job
+from app.jobs.job import Job
 from app.jobs.size import KEPT_BYTES_PER_GAUSSIAN, KEPT_FIXED_BYTES, file_bytes, projected_bytes
 from app.jobs.store import PREDICTION_FILE, STATE_FILE, held_bytes
 from app.pipeline import run
