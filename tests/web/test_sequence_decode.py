@@ -1,10 +1,12 @@
 """`static/sequence.js` in Debian's Chromium: a clip's `.sogv` (made here by the tiny network from a clip of a
 real photo panning) decoded by WebCodecs gives, frame after frame, the Gaussians our Python reader gives
 (`app.formats.sequence.SequenceReader`, whose frames render within 35 dB of the per-frame PLYs:
-tests/video/test_sogv.py). The page's player (play/pause, slider, Spark) is not built yet."""
+tests/video/test_sogv.py), and a damaged stream settles every frame asked. The page's player (play/pause,
+slider, Spark) is tests/web/test_page_player.py's."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -67,3 +69,35 @@ def test_the_browser_decodes_every_frame_of_a_sequence_as_our_reader_does(page: 
         if previous is not None:
             assert not np.array_equal(previous, got["positions"])  # the frames advance: the camera moved
         previous = got["positions"]
+
+
+DAMAGED = """async () => {
+  const { openSequence } = await import('/static/sequence.js');
+  const sequence = await openSequence(await (await fetch('/test/damaged.sogv')).arrayBuffer());
+  const outcomes = [];
+  for (const k of [0, 1, 0]) {
+    try {
+      const g = await sequence.frame(k);
+      outcomes.push(`frame ${k}: ${g.count} Gaussians`);
+    } catch (error) {
+      outcomes.push(`frame ${k}: ${error}`);
+    }
+  }
+  return outcomes;
+}"""
+
+
+def test_a_damaged_stream_settles_every_frame_asked(page: Any, server: LiveServer, sogv: bytes) -> None:
+    """The key frame of one stream zeroed (its parameter sets with it): each frame asked is answered, with its
+    Gaussians or an error, in order, and a frame asked again after an error restarts its decoders; never a hang."""
+    header = 16 + int.from_bytes(sogv[12:16], "little")  # docs/formats.md: magic, version, manifest length
+    offset, size, key = json.loads(sogv[16:header])["streams"]["position"]["packets"][0]
+    assert key
+    damaged = bytearray(sogv)
+    damaged[header + offset: header + offset + size] = bytes(size)
+    page.route(f"{server.url}/test/damaged.sogv",
+               lambda route: route.fulfill(body=bytes(damaged), content_type="application/octet-stream"))
+    page.goto(f"{server.url}/viewer")
+    outcomes = page.evaluate(DAMAGED)
+    assert [outcome.split(":")[0] for outcome in outcomes] == ["frame 0", "frame 1", "frame 0"], outcomes
+    assert "Error" in outcomes[0] and "Error" in outcomes[2], outcomes  # no key frame: no picture

@@ -107,8 +107,9 @@ function streamDecoder(buffer, base, manifest, name) {
 
   /** Whether `current` has taken every packet given without outputting the frame of `entry`. */
   async function idle(current, entry) {
+    const settled = entry.promise.then(() => {}, () => {}); // a decoder error or a restart settles it too
     while (!entry.output && current.state === "configured" && current.decodeQueueSize > 0) {
-      await new Promise((resolve) => current.addEventListener("dequeue", resolve, { once: true }));
+      await Promise.race([settled, new Promise((resolve) => current.addEventListener("dequeue", resolve, { once: true }))]);
     }
     await new Promise((resolve) => setTimeout(resolve, 0)); // an output sent with the last dequeue comes first
     return !entry.output && decoder === current && current.state === "configured";
