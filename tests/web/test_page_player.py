@@ -72,6 +72,7 @@ def test_the_page_plays_a_clips_sequence(browser: Any, server: LiveServer, job: 
         job = httpx.get(f"{server.url}/jobs/{job['id']}", timeout=60).json()
         sogv = httpx.get(url(server, job['results']['sequence.sogv']), timeout=60).content
         assert page.evaluate("document.body.dataset.sequenceBytes") == str(len(sogv))
+        assert page.evaluate("document.body.dataset.sequenceDecoder") == "worker"  # off the page's thread
         assert f"{len(sogv) / 1e6:.2f} MB loaded" in page.text_content("#playback")
         assert page.is_visible("#play") and page.text_content("#play") == "Play"
 

@@ -1,18 +1,19 @@
 // A clip's `.sogv` ("SOG video", docs/formats.md) played on the page: downloaded once (the bytes loaded shown),
-// decoded frame by frame in the browser (sequence.js: WebCodecs) and written in place into one Spark
+// decoded frame by frame in the browser (sequence.js: WebCodecs, in a worker) and written in place into one Spark
 // PackedSplats (no scene file parsed per frame), played at the clip's frame rate, paused, or moved to a frame
 // by the clip's slider. While frame k is shown, frame k + 1 is being decoded; the frame rate reached is shown.
 //
 // Test contract: body.dataset.player is "loading", "ready" or "error"; body.dataset.playing is "1" while
 // playing; body.dataset.clipFrame the frame shown; body.dataset.playedFrames the frames shown since the
 // sequence opened; body.dataset.playbackFps the frame rate reached over the last frames played;
-// body.dataset.sequenceBytes the bytes of the .sogv loaded; body.dataset.decodeMs and fillMs the mean
+// body.dataset.sequenceBytes the bytes of the .sogv loaded; body.dataset.sequenceDecoder "worker" (decoded in
+// sequence_worker.js) or "page" (where no worker starts); body.dataset.decodeMs and fillMs the mean
 // milliseconds a frame took to decode (its five streams and its Gaussians) and to write into Spark's splats,
 // over the last frames: the player's own work, apart from Spark's drawing.
 
 import { $, body, mb, Superseded } from "./state.js";
 import { download } from "./http.js";
-import { openSequence } from "./sequence.js";
+import { openSequence, openSequenceInWorker } from "./sequence.js";
 import { showScene, sparkModule, splatsChanged } from "./viewer.js";
 
 const FPS_WINDOW = 30; // frames over which the frame rate reached is measured
@@ -44,9 +45,13 @@ export function openPlayer(url, clip, onFrame) {
 
 /** Stops playing and forgets the sequence (another scene is about to be shown). */
 export function stopPlayer() {
-  if (player) player.playing = false;
+  if (player) {
+    player.playing = false;
+    player.sequence?.close?.();
+  }
   player = null;
-  for (const key of ["player", "playing", "playedFrames", "playbackFps", "sequenceBytes", "decodeMs", "fillMs"]) {
+  for (const key of ["player", "playing", "playedFrames", "playbackFps", "sequenceBytes", "sequenceDecoder", "decodeMs",
+                     "fillMs"]) {
     delete body.dataset[key];
   }
   $("play").hidden = true;
@@ -85,7 +90,18 @@ async function load(current, url) {
   current.run.check();
   current.bytes = bytes.byteLength;
   body.dataset.sequenceBytes = String(bytes.byteLength);
-  current.sequence = await openSequence(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+  const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+  try {
+    current.sequence = await openSequenceInWorker(buffer); // decoded off this thread, which fills the splats
+    body.dataset.sequenceDecoder = "worker";
+  } catch {
+    current.sequence = await openSequence(buffer); // no worker: here (a bad file throws the same again)
+    body.dataset.sequenceDecoder = "page";
+  }
+  if (player !== current) {
+    current.sequence.close?.();
+    return;
+  }
   const Spark = await sparkModule();
   current.setPackedSplat = Spark.setPackedSplat;
   const start = Math.max(0, Number(body.dataset.clipFrame) || 0); // where the slider is

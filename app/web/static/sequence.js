@@ -3,6 +3,7 @@
 // and a frame's samples turned back into Gaussians, as app/formats/sequence.py's reader does.
 //
 //   const sequence = await openSequence(arrayBuffer);   // sequence.numFrames, sequence.manifest
+//   (or openSequenceInWorker(arrayBuffer): the same, decoded in sequence_worker.js; its frames lack `colors`)
 //   const gaussians = await sequence.frame(k);          // {count, positions, scales, rotations, colors, opacities}
 //                                                       // (and colorsSrgb: the colours as stored, before linearising)
 //
@@ -38,6 +39,50 @@ export async function openSequence(buffer) {
       const decoded = await Promise.all(STREAMS.map((name) => decoders[name](index)));
       const planes = Object.fromEntries(STREAMS.map((name, i) => [name, decoded[i]]));
       return gaussians(planes, manifest, index, side);
+    },
+  };
+}
+
+/** `openSequence` run in a dedicated worker (sequence_worker.js; `buffer` is copied to it): the same
+ * `{ manifest, numFrames, frame(k) }`, whose frames carry `colorsSrgb` but not the linear `colors`, and
+ * `close()`, which ends the worker. Throws as `openSequence` does, or if the worker cannot start. */
+export async function openSequenceInWorker(buffer) {
+  const worker = new Worker(new URL("./sequence_worker.js", import.meta.url), { type: "module" });
+  const waiting = new Map(); // message id -> { resolve, reject }
+  let next = 0;
+  const failAll = (error) => {
+    for (const { reject } of waiting.values()) reject(error);
+    waiting.clear();
+  };
+  worker.onmessage = ({ data }) => {
+    const call = waiting.get(data.id);
+    waiting.delete(data.id);
+    if (data.error !== undefined) call?.reject(new Error(data.error));
+    else call?.resolve(data);
+  };
+  worker.onerror = (event) => failAll(new Error(event.message || "the decoding worker failed to start"));
+  const call = (message, transfer = []) => new Promise((resolve, reject) => {
+    const id = next++;
+    waiting.set(id, { resolve, reject });
+    worker.postMessage({ id, ...message }, transfer);
+  });
+  const copy = buffer.slice(0);
+  let manifest;
+  try {
+    ({ manifest } = await call({ open: copy }, [copy]));
+  } catch (error) {
+    worker.terminate();
+    throw error;
+  }
+  return {
+    manifest,
+    numFrames: manifest.num_frames,
+    async frame(index) {
+      return (await call({ frame: index })).gaussians;
+    },
+    close() {
+      worker.terminate();
+      failAll(new Error("the sequence was closed"));
     },
   };
 }
