@@ -13,7 +13,7 @@
 // loading-scene, ready, error; dataset.frames counts frames rendered of the current scene and
 // dataset.visible is "1" once a frame shows splats (dataset.firstFrameMs: from the drop to that frame);
 // dataset.preview is "shown" once the server's preview render was displayed while the scene loaded;
-// dataset.rendering is "1" while frames are still to be drawn (a drag easing out, a sort just finished);
+// dataset.rendering is "1" while frames are still to be drawn (a drag easing out, Spark sorting for the view);
 // dataset.viewDegrees: the angle between the camera's view and the photo's, in the last frame.
 //
 // This entry module holds what the page does (a photo or a clip, a shared link, a local file) and wires the page up;

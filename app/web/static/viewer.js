@@ -15,6 +15,7 @@ const viewer = {
   scene: null,
   camera: null,
   controls: null,
+  spark: null, // Spark's SparkRenderer: it sorts the splats for the view in a worker, then asks for a frame
   mesh: null,
   view: null, // the photo's half field of view as tangents { x, y } (W / 2f, H / 2f); null: no camera known
   home: { depth: 2 },
@@ -52,13 +53,14 @@ export async function loadRenderer() {
     renderer.setClearColor(0x101114, 1);
     const scene = new THREE.Scene();
     const camera = new THREE.PerspectiveCamera(50, 4 / 3, 0.01, 1000);
-    scene.add(new Spark.SparkRenderer({ renderer, onDirty: requestRender }));
+    const spark = new Spark.SparkRenderer({ renderer, onDirty: requestRender });
+    scene.add(spark);
     const controls = orbitControls(THREE, OrbitControls, camera, canvas, {
       onChange: requestRender,
       onReset: () => viewer.mesh && resetView(),
     });
     controls.addEventListener("start", () => { viewer.moved = true; }); // a drag, pinch or wheel by the user
-    Object.assign(viewer, { renderer, scene, camera, controls });
+    Object.assign(viewer, { renderer, scene, camera, controls, spark });
     new ResizeObserver(layout).observe($("stage"));
     layout();
   })().catch((error) => {
@@ -122,7 +124,8 @@ function renderFrame() {
   // Damping eases out over several frames; until the splats first show, keep drawing (Spark sorts
   // asynchronously and says so through onDirty, but a few extra frames are cheap and certain).
   if (moving || (viewer.mesh && !viewer.visible && viewer.frames < 600)) requestRender();
-  if (!viewer.pending) delete body.dataset.rendering;
+  // `rendering` stays while Spark sorts for this view (it asks for the frame that shows the sorted splats).
+  if (!viewer.pending && !(viewer.spark.sorting || viewer.spark.sortDirty)) delete body.dataset.rendering;
 }
 
 /** Whether the camera moved less than `STILL_DEGREES_PER_FRAME` since the last frame (OrbitControls' own
