@@ -27,9 +27,7 @@ import argparse
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -40,8 +38,9 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from bench.page import CHROMIUM_ARGS, DESKTOP, start_server  # noqa: E402
 from bench.video import make_clip  # noqa: E402
+from tests.web.browser import poll  # noqa: E402
 
-TIMEOUT_S = 1800.0
+TIMEOUT_S = 1800.0  # a frame of a full-size clip takes SwiftShader most of a minute to draw
 
 # One draw of `count` quads (2 x 2 px, blended) as instances or as plain triangles, timed to a pixel read back.
 QUADS = r"""
@@ -100,16 +99,6 @@ async (url) => {
 """
 
 
-def poll(page: Any, expression: str, done: Callable[[Any], bool]) -> Any:
-    """`page.evaluate(expression)` until `done(value)`."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while not done(value := page.evaluate(expression)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{expression} is still {value!r}")
-        time.sleep(0.1)
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
@@ -134,15 +123,17 @@ def main() -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_context(**DESKTOP).new_page()
+            page.set_default_timeout(TIMEOUT_S * 1000)  # a click waits for the page's thread between draws
             page.goto(f"{url}/?job={job_id}")
-            if poll(page, "document.body.dataset.player", lambda value: value in ("ready", "error")) != "ready":
+            player = poll(page, "document.body.dataset.player", lambda value: value in ("ready", "error"), TIMEOUT_S)
+            if player != "ready":
                 raise SystemExit(page.text_content("#playback"))
             gaussians = int(page.evaluate("(async () => (await import('/static/viewer.js')).shownSplats())()"))
             page.click("#play")
-            poll(page, "Number(document.body.dataset.playedFrames)", lambda played: played > args.played)
+            poll(page, "Number(document.body.dataset.playedFrames)", lambda played: played > args.played, TIMEOUT_S)
             figures = page.evaluate("({...document.body.dataset})")
             page.click("#play")
-            poll(page, "document.body.dataset.playing", lambda playing: not playing)
+            poll(page, "document.body.dataset.playing", lambda playing: not playing, TIMEOUT_S)
             decode_ms = page.evaluate(DECODE, str(httpx.URL(f"{url}/").join(results["sequence.sogv"])))
             instanced = page.evaluate(QUADS, [gaussians, True])
             plain = page.evaluate(QUADS, [gaussians, False])

@@ -180,10 +180,10 @@ def without_jobs(page: Any) -> None:
     page.route(lambda url: url.rstrip("/").count("/") == 2, handle)  # the server root
 
 
-def poll(page: Any, expression: str, done: Callable[[Any], bool]) -> Any:
-    """`page.evaluate(expression)` until `done(value)` (evaluate runs outside the page's policy; polling with
-    `wait_for_function` would not)."""
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
+def poll(page: Any, expression: str, done: Callable[[Any], bool], timeout_s: float = TIMEOUT_MS / 1000) -> Any:
+    """`page.evaluate(expression)` until `done(value)`, for at most `timeout_s` (evaluate runs outside the
+    page's policy; polling with `wait_for_function` would not)."""
+    deadline = time.monotonic() + timeout_s
     while not done(value := page.evaluate(expression)):
         assert time.monotonic() < deadline, value
         time.sleep(0.05)
