@@ -12,7 +12,7 @@ and the CLI's `--format` list the scene formats, `POST /render` and `predict --p
 - ``sog``: PlayCanvas's SOG (version 2), a zip of lossless WebP images, about 0.7 of the SPZ (PLY axes).
 - ``sequence``: a clip's scenes as one ``.sogv`` ("SOG video", `app.formats.sequence`): the Gaussians'
   attribute planes as 10-bit H.264 streams; a photo gives a one-frame sequence.
-- ``coarse``: SPZ of a coarse level of detail (`app.budget.coarse_level`: 1/16 to 1/8 of the Gaussians,
+- ``coarse``: SPZ of a coarse level of detail (`app.budget.coarse_level`: 1/64 to 1/32 of the Gaussians,
   merged on the grid), which the page asks first and shows while the full scene follows (docs/page.md).
 - ``glb``: binary glTF 2.0 with Khronos's ``KHR_gaussian_splatting`` (float attributes, 60 bytes per Gaussian)
   and the photo's camera as a camera node (glTF axes: +Y up, +Z forward).
@@ -175,10 +175,10 @@ FORMATS: dict[str, OutputFormat] = {
                      "(32 B/Gaussian, 8-bit colour and rotation)", _splat, bytes_per_gaussian=32, fixed_bytes=0),
         OutputFormat("spz", ".spz", "application/x-spz", "Niantic .spz, gzip-compressed (about 1/4 of the "
                      "PLY), RUB axes", _spz, bytes_per_gaussian=20, fixed_bytes=65_536),
-        OutputFormat("coarse", ".coarse.spz", "application/x-spz", "a coarse level of detail as SPZ (each 4 x 4 "
-                     "block of the grid merged, moments kept, split at a depth edge: 1/16 to 1/8 of the Gaussians), "
+        OutputFormat("coarse", ".coarse.spz", "application/x-spz", "a coarse level of detail as SPZ (each 8 x 8 "
+                     "block of the grid merged, moments kept, split at a depth edge: 1/64 to 1/32 of the Gaussians), "
                      "for a page to show before the full scene; made when asked for", _coarse, kind="level",
-                     bytes_per_gaussian=3, fixed_bytes=65_536),
+                     bytes_per_gaussian=1, fixed_bytes=65_536),
         OutputFormat("sog", ".sog", "application/zip", "PlayCanvas SOG v2: a zip of lossless WebP images "
                      "(16-bit positions, 256-entry codebooks; about 0.7 of the SPZ), PLY axes", _sog,
                      bytes_per_gaussian=24, fixed_bytes=65_536),

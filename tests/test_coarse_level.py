@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.budget import coarse_level, keep_most_important
+from app.budget.coarse import COARSE_BLOCK
 from app.budget.moments import projected_areas
 from app.budget.pyramid import grid_of
 from app.formats import decode_spz
@@ -39,14 +40,14 @@ def test_each_block_of_the_grid_becomes_one_gaussian_with_its_moments() -> None:
     np.testing.assert_allclose(np.linalg.norm(coarse.rotations, axis=1), 1, rtol=1e-6)
     assert np.all(coarse.opacities > 0.05) and np.all(coarse.opacities <= 1)
 
-def test_the_tiny_scene_keeps_a_sixteenth_and_looks_like_the_full_one(tiny_photo_scene: GaussianScene) -> None:
-    # 2 x 256 x 256 in 2 x 64 x 64 blocks, one or two Gaussians each (a depth edge splits a block); the coarse
+def test_the_tiny_scene_keeps_a_block_in_one_or_two_and_looks_like_the_full(tiny_photo_scene: GaussianScene) -> None:
+    # 2 x 256 x 256 in 2 x 32 x 32 blocks, one or two Gaussians each (a depth edge splits a block); the coarse
     # output's SPZ holds them, and its image at the input view is close to the full scene's, closer than keeping
     # as many of the most important.
     n = tiny_photo_scene.num_gaussians
     spz = encode(prediction_of(tiny_photo_scene), "coarse")
     coarse = decode_spz(spz)
-    assert n // 16 <= coarse.num_gaussians <= n // 8, coarse.num_gaussians
+    assert n // COARSE_BLOCK**2 <= coarse.num_gaussians <= 2 * n // COARSE_BLOCK**2, coarse.num_gaussians
     assert len(spz) <= FORMATS["coarse"].bytes_per_gaussian * n + FORMATS["coarse"].fixed_bytes
     camera = input_camera(tiny_photo_scene, scaled_size(600, 400, 150))
 
@@ -72,4 +73,4 @@ def test_off_its_grid_the_most_important_are_kept(tiny_photo_scene: GaussianScen
     shuffled = tiny_photo_scene.select(np.random.default_rng(0).permutation(tiny_photo_scene.num_gaussians))
     assert grid_of(shuffled) is None
     np.testing.assert_array_equal(coarse_level(shuffled).positions,
-                                  keep_most_important(shuffled, shuffled.num_gaussians // 16).positions)
+                                  keep_most_important(shuffled, shuffled.num_gaussians // COARSE_BLOCK**2).positions)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from app.budget.coarse import COARSE_BLOCK
 from app.errors import InvalidRequestError, UnknownFormatError
 from app.formats import decode_sog, decode_spz, encode_glb, encode_ply, encode_splat
 from app.outputs import FORMATS, SCENE_FORMATS, encode, get_format
@@ -25,7 +26,8 @@ def test_registry_encoders_produce_their_formats() -> None:
     assert encode(prediction, "splat") == encode_splat(scene)
     assert decode_spz(encode(prediction, "spz")).num_gaussians == 700
     assert decode_sog(encode(prediction, "sog")).num_gaussians == 700
-    assert decode_spz(encode(prediction, "coarse")).num_gaussians == 700 // 16  # off the grid: the most important
+    # off the grid: the most important
+    assert decode_spz(encode(prediction, "coarse")).num_gaussians == 700 // COARSE_BLOCK**2
     assert encode(prediction, "glb") == encode_glb(scene)
     stages = {"decode": 1.0, "preprocess": 2.0, "forward": 3.0, "postprocess": 4.0}
     body = json.loads(encode(prediction, "json", timings_ms=stages, encoding="base64"))

@@ -12,8 +12,10 @@ from app.budget.moments import UPPER, covariances, merged_gaussians, screen_area
 from app.budget.pyramid import SLOPE, grid_of
 from app.gaussians import GaussianScene
 
-COARSE_BLOCK = 4
-"""Side in grid cells of the blocks `coarse_level` merges into one Gaussian (16 into 1)."""
+COARSE_BLOCK = 8
+"""Side in grid cells of the blocks `coarse_level` merges into one Gaussian (64 into 1): at full size 1/64 to
+1/32 of the Gaussians, a file of about 0.6 MB that Spark shows in about 2 s in software WebGL (16 into 1: 2.4 MB,
+about 7 s; docs/page.md "Levels of detail")."""
 
 
 def coarse_level(scene: GaussianScene, block: int = COARSE_BLOCK) -> GaussianScene:

@@ -21,7 +21,7 @@ output against them):
     json, list     200 B a Gaussian + 64 kB    192,619,061 B (163 B of decimal text)
     json, base64   80 B a Gaussian + 64 kB     88,081,188 B (74.7 B: fourteen float32, times 4/3)
     renders        a bound per file (512 px stills, the 60-frame orbit)
-    coarse         3 B a Gaussian + 64 kB      2,428,519 B (147,456 Gaussians, n / 8; tests/formats/test_full_size.py)
+    coarse         1 B a Gaussian + 64 kB      582,670 B (36,864 Gaussians, n / 32; tests/formats/test_full_size.py)
     kept           56 B a Gaussian + 64 kB     66,062,195 B (56.002 B), a photo's prediction while its outputs are
                                                encoded one by one (`app.jobs.lazy`: fourteen float32 a Gaussian, .npz)
 """

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.budget.coarse import COARSE_BLOCK
 from app.formats.json import encode_json
 from app.formats.ply import encode_ply, ply_num_bytes, read_ply
 from app.formats.sog import encode_sog, kmeans_1d, log_transform
@@ -144,14 +145,14 @@ def test_splat_transform_reads_our_full_size_spz(spz: bytes, tmp_path: Path) -> 
 
 
 @needs_splat_transform
-def test_the_coarse_level_at_full_size_holds_a_sixteenth_to_an_eighth(scene: GaussianScene, tmp_path: Path) -> None:
-    # docs/formats.md: 1/16 to 1/8 of the Gaussians (each 4 x 4 block of the grid one Gaussian, or two at a depth
+def test_the_coarse_level_at_full_size_holds_a_block_in_one_or_two(scene: GaussianScene, tmp_path: Path) -> None:
+    # docs/formats.md: 1/64 to 1/32 of the Gaussians (each 8 x 8 block of the grid one Gaussian, or two at a depth
     # edge); its file within the bound the job store projects for it (from the full scene's count).
     coarse = encode(prediction_of(scene), "coarse")
     ours = decode_spz(coarse)
     print(f"coarse level: {ours.num_gaussians:,} of {FULL_N:,} Gaussians, {len(coarse):,} bytes "
           f"({len(coarse) / ours.num_gaussians:.2f} B a coarse Gaussian, {len(coarse) / FULL_N:.2f} B a full one)")
-    assert FULL_N // 16 <= ours.num_gaussians <= FULL_N // 8
+    assert FULL_N // COARSE_BLOCK**2 <= ours.num_gaussians <= 2 * FULL_N // COARSE_BLOCK**2
     assert len(coarse) <= file_bytes("coarse", FULL_N)
     theirs = read_back_by_splat_transform(coarse, ".spz", tmp_path, count=ours.num_gaussians)
     np.testing.assert_allclose(theirs.positions * np.array([1, -1, -1], np.float32), ours.positions, atol=1e-6)

@@ -1,4 +1,4 @@
-// Levels of detail: a photo's job also makes the `coarse` output (SPZ of 1/16 to 1/8 of the Gaussians, merged
+// Levels of detail: a photo's job also makes the `coarse` output (SPZ of 1/64 to 1/32 of the Gaussians, merged
 // on the grid: app.budget.coarse_level) and makes it first, so the job succeeds as soon as it exists; the page
 // shows it while it downloads the full scene (asked at once, so the server makes it next) and swaps that in
 // once Spark has decoded it (the coarse one stays on screen until then: no blank frame).
