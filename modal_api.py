@@ -11,13 +11,12 @@ in-process: watching jobs never holds a GPU, and nothing starts one but a predic
 longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/modal.md).
 
 Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
-`.spawn()`s the job. A photo's job runs on a CPU container (`SharpJobRunner`), which has a GPU container
-(`SharpJobWorker.predict_job`) predict it and stash the prediction on the Volume, then makes every output
-and preview itself: a GPU is held for the forward pass, not the encodes. A clip's job runs on a GPU
-container (`SharpJobWorker.run_job`) and spreads its frames over `SharpFrameWorker` containers too
-(`app.jobs.modal_worker`). Results go to the Volume, from which the front serves them. Up to
-`SHARP_MAX_CONTAINERS` containers per class. Every GPU class shares one lifecycle
-(`deploy.container.ModelContainer`).
+`.spawn()`s the job, which runs on a CPU container (`SharpJobRunner`). Its predictions are GPU calls that
+stash them on the Volume: a photo's `SharpJobWorker.predict_job`, a clip's `SharpJobWorker.predict_clip`, which
+spreads chunks of frames over `SharpFrameWorker` containers too (`app.jobs.modal_worker`); the CPU container
+makes every output, preview and zip: a GPU is held for forward passes, not encodes. Results go to the
+Volume, from which the front serves them. Up to `SHARP_MAX_CONTAINERS` containers per class. Every GPU class
+shares one lifecycle (`deploy.container.ModelContainer`).
 """
 
 from __future__ import annotations
@@ -75,17 +74,19 @@ class SharpAPI(ModelContainer):
 
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
 class SharpJobWorker(ModelContainer):
-    """A GPU container running jobs, one at a time (no `@modal.concurrent`): N queued jobs start up to
-    `SHARP_MAX_CONTAINERS` containers, the rest wait in Modal's queue."""
+    """A GPU container predicting for jobs, one call at a time (no `@modal.concurrent`): a photo job's
+    prediction, or a clip job's frames; N queued calls start up to `SHARP_MAX_CONTAINERS` containers, the rest
+    wait in Modal's queue. The jobs themselves run on `SharpJobRunner`."""
 
     @modal.method()
-    async def run_job(self, job_id: str) -> dict[str, Any]:
-        """Run the stored job `job_id` (`app.jobs.modal_worker.run_job`); returns its final state. A clip's
-        frames after the first chunk go to `SharpFrameWorker` containers."""
-        from app.jobs.modal_worker import run_job
+    async def predict_clip(self, job_id: str, first: int) -> dict[str, Any]:
+        """Stash every frame of the clip job `job_id` from `first` on on the jobs Volume for its CPU container,
+        predicted here or by `SharpFrameWorker` containers (`app.jobs.modal_worker.predict_clip`); returns a
+        few numbers, never a scene."""
+        from app.jobs.modal_worker import predict_clip
 
-        return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
-                             spawn_frames)
+        return await predict_clip(self.service, self.settings, job_store(self.settings), jobs_volume, job_id, first,
+                                  spawn_frames)
 
     @modal.method()
     async def predict_job(self, job_id: str) -> dict[str, Any]:
@@ -100,9 +101,9 @@ class SharpJobWorker(ModelContainer):
          secrets=secrets(), timeout=config.TIMEOUT_S, scaledown_window=config.scaledown_window(),
          max_containers=config.max_containers())
 class SharpJobRunner:
-    """A CPU container (no GPU) running photo jobs, one at a time: the prediction is `SharpJobWorker.predict_job`'s
-    (a GPU call), the budget, encodes and previews are made here. The GPU image for torch (the preview
-    renderer runs on the CPU), and no model."""
+    """A CPU container (no GPU) running jobs, one at a time: the predictions are `SharpJobWorker`'s (GPU calls:
+    `predict_job` for a photo, `predict_clip` for a clip's frames); the alignment, budget, encodes, previews and
+    zips are made here. The GPU image for torch (the preview renderer runs on the CPU), and no model."""
 
     @modal.enter()
     def prepare(self) -> None:
@@ -113,17 +114,19 @@ class SharpJobRunner:
 
     @modal.method()
     async def run_job(self, job_id: str) -> dict[str, Any]:
-        """Run the stored photo job `job_id` (`app.jobs.modal_worker.run_job` with `predict`); its final state."""
+        """Run the stored job `job_id` (`app.jobs.modal_worker.run_job` with `predict` and `predict_clip`); its
+        final state."""
         from app.jobs.modal_worker import run_job
 
         return await run_job(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
-                             predict=spawn_prediction)
+                             predict=spawn_prediction, predict_clip=spawn_clip)
 
 
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
 class SharpFrameWorker(ModelContainer):
-    """A GPU container predicting runs of a clip job's frames, one run at a time, for the job's own
-    container (`app.jobs.modal_worker`); `SHARP_VIDEO_PARALLEL_CHUNKS` bounds how many one job uses."""
+    """A GPU container predicting runs of a clip job's frames, one run at a time, for the clip's own GPU call
+    (`SharpJobWorker.predict_clip`, `app.jobs.modal_worker`); `SHARP_VIDEO_PARALLEL_CHUNKS` bounds how many one
+    job uses."""
 
     @modal.method()
     async def predict_frames(self, job_id: str, first: int, count: int) -> list[int]:
@@ -149,19 +152,14 @@ def fastapi_app() -> Any:
 
     settings = container_settings()
     service = FrontService(settings)
-    jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job, spawn_photo=spawn_photo_job)
+    jobs = ModalJobQueue(settings, job_store(settings), jobs_volume, spawn_job)
     local: FastAPI = create_app(settings, service=service, job_queue=jobs)
     return Front(local, forward=SharpAPI().respond.remote_gen.aio, service=service)
 
 
 async def spawn_job(job_id: str) -> str:
-    """Queue `SharpJobWorker.run_job(job_id)` (Modal's queue); the call's id, for `FunctionCall.from_id`."""
-    call = await SharpJobWorker().run_job.spawn.aio(job_id)
-    return call.object_id
-
-
-async def spawn_photo_job(job_id: str) -> str:
-    """Queue `SharpJobRunner.run_job(job_id)` (a photo's job, on a CPU container); the call's id."""
+    """Queue `SharpJobRunner.run_job(job_id)` (a job, photo or clip, on a CPU container; Modal's queue); the
+    call's id, for `FunctionCall.from_id`."""
     call = await SharpJobRunner().run_job.spawn.aio(job_id)
     return call.object_id
 
@@ -169,6 +167,12 @@ async def spawn_photo_job(job_id: str) -> str:
 async def spawn_prediction(job_id: str) -> str:
     """Queue `SharpJobWorker.predict_job(job_id)` (a photo job's prediction, on a GPU container); the call's id."""
     call = await SharpJobWorker().predict_job.spawn.aio(job_id)
+    return call.object_id
+
+
+async def spawn_clip(job_id: str, first: int) -> str:
+    """Queue `SharpJobWorker.predict_clip(job_id, first)` (a clip job's frames, on a GPU container); the call's id."""
+    call = await SharpJobWorker().predict_clip.spawn.aio(job_id, first)
     return call.object_id
 
 

@@ -17,6 +17,19 @@ what changed: the stash, 56 B per Gaussian, 66 MB at full size; not measured).
 Prints `gpu_hold_after_forward_s:` (split) and `gpu_hold_after_forward_before_s:`, both measured in this run
 on the same machine, the postprocess inside them (it runs on the GPU's device on Modal, on this CPU here),
 and `cpu_container_s:`.
+
+A clip job (`--clip-frames N`, default 3; 0 skips it): a clip of N frames made from the conformance photo
+(`tests.helpers.make_clip`, 640x480, aligned with `scale`, the clip's default outputs `spz` and the preview).
+A clip's frames are predicted one after another, so its GPU hold is counted beyond all of its forward passes
+(the call's time less the sum of its forwards):
+
+* `before`: the whole clip job in one GPU container (`run_job` without `predict_clip`, as clip jobs ran until
+  now): every frame predicted, aligned, encoded and previewed there.
+* `split`: the clip's GPU call (`predict_clip`, no frame containers): every frame predicted and stashed. Then
+  the CPU container's part (each stash aligned, encoded, previewed; the sequence's files and zip), timed apart
+  (on Modal it runs while the GPU call predicts the next frames).
+
+Prints `clip_gpu_hold_beyond_forward_before_s:`, `clip_gpu_hold_beyond_forward_s:` and `clip_cpu_container_s:`.
 """
 
 from __future__ import annotations
@@ -102,10 +115,62 @@ async def measure(preset: str, outputs: list[str]) -> dict[str, float]:
             "forward": answer["timings_ms"]["forward"] / 1000}
 
 
+async def measure_clip(preset: str, frames: int) -> dict[str, float]:
+    from app.jobs import modal_worker, runner
+    from app.jobs.job import Job, new_job_id
+    from app.jobs.store import JobStore
+    from app.predictor import SharpPredictor
+    from app.sequence.fanout import load_prediction
+    from app.service import InferenceService
+    from app.settings import Settings
+    from tests.helpers import make_clip
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-hold-clip-"))
+    settings = Settings(preset=preset, device="cpu", cache_dir=root / "cache", video_parallel_chunks=0)
+    store = JobStore(root / "jobs", ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
+    volume = LocalVolume()
+    clip = make_clip(frames, size=(640, 480), fps=10)
+    gpu = InferenceService(settings, SharpPredictor.from_settings(settings, progress=False))
+
+    def new_clip_job() -> str:
+        job = Job(id=new_job_id(), created_at=time.time(), outputs=["spz", "preview"], filename="clip.mp4",
+                  f_px=None, options={}, input_bytes=len(clip), sequence={"max_frames": frames, "align": "scale"})
+        store.write_input(job.id, clip)
+        store.save(job)
+        return job.id
+
+    job_id = new_clip_job()
+    start = time.perf_counter()
+    await modal_worker.run_job(gpu, settings, store, volume, job_id)
+    whole_s = time.perf_counter() - start
+    job = store.load(job_id)
+    assert job is not None and job.status == "succeeded", job
+    before = whole_s - job.timings_ms["forward"] / 1000
+
+    job_id = new_clip_job()
+    answer = await modal_worker.predict_clip(gpu, settings, store, volume, job_id, 0)
+    start = time.perf_counter()  # the CPU container: `run_job`'s `execute` with every frame stashed
+    job = store.load(job_id)
+    assert job is not None
+    job.status, job.started_at = "running", time.time()
+    model = load_prediction(store.stash_path(job_id, 0).read_bytes())[0].model
+
+    def stashed(index: int, expected: int, waiting: Any) -> Any:  # `StashedFrames` without Modal's calls
+        return load_prediction(store.take_stash(job_id, index) or b"")
+
+    here = InferenceService(settings, modal_worker.StashedModel(model))  # type: ignore[arg-type]
+    await runner.execute(here, store, job, lambda stage, fraction: None, elsewhere=stashed)
+    cpu_s = time.perf_counter() - start
+    assert job.frames == frames and "sequence.zip" in job.results, job.results
+    return {"split": answer["held_s"] - answer["forward_s"], "before": before, "cpu": cpu_s,
+            "forward": answer["forward_s"], "held": answer["held_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny_full", help="model preset (default tiny_full: the real output size)")
     parser.add_argument("--outputs", default="ply,spz,sog,preview", help="the job's outputs (default: the page's)")
+    parser.add_argument("--clip-frames", type=int, default=3, help="frames of the clip job (0: no clip job)")
     args = parser.parse_args()
     outputs = [name.strip() for name in args.outputs.split(",") if name.strip()]
     figures = asyncio.run(measure(args.preset, outputs))
@@ -114,6 +179,15 @@ def main() -> None:
     print(f"gpu_hold_after_forward_s: {figures['split']:.3f}   (predict_job: postprocess "
           f"{figures['postprocess']:.3f} s + a {figures['stash_mb']:.0f} MB stash written; commit not measured)")
     print(f"cpu_container_s: {figures['cpu']:.3f}   (load the stash, decode again, every output, on the CPU container)")
+    if args.clip_frames > 0:
+        clip = asyncio.run(measure_clip(args.preset, args.clip_frames))
+        print(f"clip of {args.clip_frames} frames (spz, preview, align scale); forwards {clip['forward']:.2f} s "
+              "on this CPU")
+        print(f"clip_gpu_hold_beyond_forward_before_s: {clip['before']:.3f}   (the whole clip job, GPU container)")
+        print(f"clip_gpu_hold_beyond_forward_s: {clip['split']:.3f}   (predict_clip: held {clip['held']:.3f} s, "
+              "postprocesses and stashes written; commits not measured)")
+        print(f"clip_cpu_container_s: {clip['cpu']:.3f}   (every frame aligned, encoded and previewed, on the CPU "
+              "container)")
 
 
 if __name__ == "__main__":

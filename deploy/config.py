@@ -57,9 +57,9 @@ TIMEOUT_S = 900
 """Per-input and container-startup limit: covers the first container's ~2.8 GB checkpoint download."""
 PYTHON_VERSION = "3.11"
 CLIP_FRAME_S = 5.0
-"""A generous time for one clip frame in a job's own GPU container (forward pass, outputs, preview; an
-estimate, not measured): a clip job's call must fit `SHARP_VIDEO_CHUNK_WAIT_S` plus all its frames made there
-within `TIMEOUT_S` (`baked_problems`)."""
+"""A generous time for one clip frame (forward pass in the clip's GPU call; its outputs and preview in the
+job's CPU call, alongside; an estimate, not measured): a clip's GPU call must fit `SHARP_VIDEO_CHUNK_WAIT_S`
+plus all its frames predicted there within `TIMEOUT_S`, and so must the job's call (`baked_problems`)."""
 
 DEPLOY_SWITCHES = ("SHARP_GPU", "SHARP_SCALEDOWN_WINDOW", "SHARP_PROXY_AUTH", "SHARP_API_KEY_SECRET",
                    "SHARP_MEMORY_SNAPSHOT", "SHARP_MAX_CONTAINERS")

@@ -8,7 +8,7 @@ autoscaler fans them out over GPU containers (up to the class's `max_containers`
     GET /jobs/{id}: reload the Volume, read job.json, poll the call (`FunctionCall.from_id(...).get(timeout=0)`)
 
 This module is the web container's side; the Volume's helpers both sides use are `app.jobs.modal_volume`;
-the GPU side (`run_job`, and a clip's frames spread over more GPU containers) is `app.jobs.modal_worker`.
+the job's side (`run_job`, and its predictions made in GPU containers) is `app.jobs.modal_worker`.
 The job's run is `app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
 
 * `FunctionCall.get(timeout=0)` raises Python's built-in `TimeoutError` while the call runs;
@@ -70,7 +70,8 @@ POLL_ATTEMPTS = 4
 """Tries of one poll of a job's call when the SDK's own retries of a transient RPC error ran out."""
 
 Spawn = Callable[[str], Awaitable[str]]
-"""`spawn(job_id) -> call id`: queue `run_job(job_id)` on the GPU class (`modal_api.spawn_job`)."""
+"""`spawn(job_id) -> call id`: queue `run_job(job_id)` (`modal_api.spawn_job`: on the CPU class `SharpJobRunner`,
+whose GPU calls only predict, `app.jobs.modal_worker`)."""
 
 
 class QueueUnavailableError(BusyError):
@@ -91,7 +92,7 @@ class ModalJobQueue:
         settings: time to live and size cap.
         store: the job directories on the mounted Volume.
         volume: that `modal.Volume` (`reload` to see other containers' commits, `commit` to publish ours).
-        spawn: queues a job on the GPU class, returns the call's id.
+        spawn: queues a job's call (`Spawn`), returns the call's id.
         spawn_photo: if given, queues a photo job instead (`modal_api`: on the CPU class `SharpJobRunner`, whose
             GPU call does only the prediction, `app.jobs.modal_worker.predict_job`); clips go to `spawn`.
         lock_timeout_s: the longest wait for a job's lock, or a forced reload, before a 503 (`locked`).
@@ -193,7 +194,7 @@ class ModalJobQueue:
         return ResultFile(job=job, format=format_name, path=self.store.result_path(job.id, format_name), body=body)
 
     async def file(self, job_id: str, path: str) -> ResultFile:
-        """A clip job's file, read into memory as `result` does (one GPU container ran all its frames)."""
+        """A clip job's file, read into memory as `result` does (one container made all its files)."""
         job = await self.get(job_id)
         check_file(job, path)
         body = await self._read(self.store.read_file, job.id, path)

@@ -29,18 +29,17 @@ from PIL import Image
 from app.formats import decode_spz
 from app.http import create_app
 from app.jobs.modal import MAX_REQUEUES, POLL_ATTEMPTS, ModalJobQueue
-from app.jobs.modal_worker import predict_frames, run_job
+from app.jobs.modal_worker import run_job
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
 from app.sequence import run_sequence
 from app.service import InferenceService
 from app.settings import Settings
 from app.video import Sampling, VideoLimits
-from tests.helpers import LiveServer, assert_error, digest, events, make_clip, tiny_settings
+from tests.helpers import LiveServer, assert_error, events, make_clip, tiny_settings
 from tests.modal_wire import Container, ModalWire
 
-APP, WORKER, FRAMES = "sharp-serve", "run_job", "predict_frames"  # plain Functions here; modal_api's are Cls methods
-CHUNK_FRAMES, PARALLEL_CHUNKS = 2, 2
+APP, WORKER = "sharp-serve", "run_job"  # a plain Function here; modal_api's are Cls methods
 VOLUME = "sharp-jobs"
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -81,13 +80,6 @@ class ModalJobs:
     wire: ModalWire
     web: Container
     worker: Container
-    frames: Container
-    frames_predicted: list[int]
-    """Frames predicted by the frame container's predictor, in order."""
-    broken_chunks: set[int]
-    """First frames of the chunks whose call fails (a frame container that died)."""
-    frames_gate: Gate
-    """Holds every chunk call until opened (opened to begin with)."""
     server: LiveServer
     client: httpx.Client
     gate: Gate
@@ -145,47 +137,18 @@ def predictor() -> SharpPredictor:
 
 @pytest.fixture
 def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any], LiveServer]) -> Iterator[ModalJobs]:
-    settings: Settings = tiny_settings(cache_dir=tmp_path / "cache", video_chunk_frames=CHUNK_FRAMES,
-                                       video_parallel_chunks=PARALLEL_CHUNKS)
+    settings: Settings = tiny_settings(cache_dir=tmp_path / "cache")
     with ModalWire(tmp_path / "modal") as wire:
-        web, worker, frames = wire.container("web"), wire.container("worker"), wire.container("frames")
+        web, worker = wire.container("web"), wire.container("worker")
         worker_service, gate = InferenceService(settings, predictor), Gate()
         gate.hold(worker_service)
         worker_store = JobStore(worker.mount, ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
         worker_volume = worker.volume(VOLUME)
 
-        frames_predictor = SharpPredictor.load("tiny", device="cpu")  # its own, to count what it predicts
-        frames_predicted: list[int] = []
-        broken_chunks: set[int] = set()
-        frames_gate = Gate()
-        frames_gate.open()
-        predict = frames_predictor.predict
-
-        def counted(image: Any, **kwargs: Any) -> Any:
-            frames_predicted.append(int(image.name))
-            return predict(image, **kwargs)
-
-        frames_predictor.predict = counted  # type: ignore[method-assign]
-        frames_service = InferenceService(settings, frames_predictor)
-        frames_store = JobStore(frames.mount, ttl_s=settings.job_ttl_s, max_bytes=settings.jobs_max_bytes)
-        frames_volume = frames.volume(VOLUME)
-
-        async def worker_run_job(job_id: str) -> dict[str, Any]:
-            return await run_job(worker_service, settings, worker_store, worker_volume, job_id, spawn_frames)
-
-        async def spawn_frames(job_id: str, first: int, count: int) -> str:
-            call = await modal.Function.from_name(APP, FRAMES).spawn.aio(job_id, first, count)
-            return call.object_id
-
-        async def frames_predict_frames(job_id: str, first: int, count: int) -> list[int]:
-            if first in broken_chunks:
-                raise RuntimeError("the container was lost")
-            frames_gate.entered.release()
-            await asyncio.to_thread(frames_gate.opened.wait)
-            return await predict_frames(frames_service, settings, frames_store, frames_volume, job_id, first, count)
+        async def worker_run_job(job_id: str) -> dict[str, Any]:  # the whole job in one container
+            return await run_job(worker_service, settings, worker_store, worker_volume, job_id)
 
         wire.function(APP, WORKER, worker_run_job, worker)
-        wire.function(APP, FRAMES, frames_predict_frames, frames)
 
         async def spawn(job_id: str) -> str:
             call = await modal.Function.from_name(APP, WORKER).spawn.aio(job_id)
@@ -196,13 +159,10 @@ def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any],
         server = serve(create_app(settings, predictor=predictor, job_queue=queue))
         try:
             with server.client(timeout=120) as client:
-                yield ModalJobs(wire, web, worker, frames, frames_predicted, broken_chunks, frames_gate, server,
-                                client, gate, queue, settings)
+                yield ModalJobs(wire, web, worker, server, client, gate, queue, settings)
         finally:
             gate.open()
-            frames_gate.open()
             worker_service.close()
-            frames_service.close()
 
 
 def test_a_job_survives_its_polls_and_downloads_the_synchronous_bytes(modal_jobs: ModalJobs) -> None:
@@ -398,8 +358,8 @@ def test_a_submission_that_cannot_be_queued_leaves_nothing_behind(modal_jobs: Mo
 
 
 def test_a_clip_job_on_modal_gives_the_local_files(modal_jobs: ModalJobs, predictor: SharpPredictor) -> None:
-    """A clip's job through the Modal queue and worker (all frames in the one worker container) makes the
-    same frame files and manifest as `run_sequence` run here."""
+    """A clip's job run whole in one container (`run_job` without `predict_clip`) makes the same frame files and
+    manifest as `run_sequence` run here (split over CPU and GPU containers: `test_jobs_modal_split`)."""
     jobs, clip = modal_jobs, make_clip(3, fps=10)
     response = jobs.client.post("/jobs", files={"file": ("walk.mp4", clip, "video/mp4")},
                                 data={"max_frames": "2", "align": "scale", "outputs": "spz"})
@@ -417,91 +377,3 @@ def test_a_clip_job_on_modal_gives_the_local_files(modal_jobs: ModalJobs, predic
     remote_manifest = orjson.loads(jobs.client.get(job["results"]["manifest.json"]).content)
     local_manifest = orjson.loads(local["manifest.json"])
     assert [f["scale"] for f in remote_manifest["frames"]] == [f["scale"] for f in local_manifest["frames"]]
-
-
-SPREAD_CLIP = make_clip(5, fps=10)
-
-
-@pytest.fixture(scope="module")
-def serial_files(predictor: SharpPredictor) -> dict[str, bytes]:
-    """`SPREAD_CLIP`'s files made by `run_sequence` here, in one place."""
-    files: dict[str, bytes] = {}
-    run_sequence(predictor, SPREAD_CLIP, {"spz": {}, "ply": {}}, sink=files.__setitem__,
-                 limits=VideoLimits.from_settings(tiny_settings()), align="scale")
-    return files
-
-
-@pytest.mark.parametrize("broken", [False, True], ids=["fanned-out", "a-chunk-lost"])
-def test_a_clip_spread_over_gpu_containers_gives_the_serial_files(modal_jobs: ModalJobs, serial_files: dict[str, bytes],
-                                                                   broken: bool) -> None:
-    """5 frames in chunks of 2: the job's container predicts frames 0-1, the frame container 2-3 and 4 (or
-    only 4, when the call for 2-3 fails: the job's container predicts them), and every file is byte-equal
-    to `run_sequence` run here in one place; the stashes are gone once the job is done."""
-    jobs, clip, local = modal_jobs, SPREAD_CLIP, serial_files
-    if broken:
-        jobs.broken_chunks.add(2)
-    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", clip, "video/mp4")},
-                                data={"align": "scale", "outputs": "spz,ply"})
-    assert response.status_code == 202, response.text
-    job = jobs.wait_final(response.json()["id"])
-    assert job["status"] == "succeeded", job
-    chunk_calls = sorted(call.args for call in jobs.wire.calls.values() if call.function.endswith(FRAMES))
-    assert chunk_calls == [(job["id"], 2, CHUNK_FRAMES), (job["id"], 4, CHUNK_FRAMES)]
-    assert sorted(jobs.frames_predicted) == ([4] if broken else [2, 3, 4])  # both chunks at once
-    stashed = sorted(path for name, files in jobs.wire.commits if name == "frames" for path in files)
-    assert stashed == [f"{job['id']}/work/{index:06d}.npz" for index in ([4] if broken else [2, 3, 4])]
-    assert not list(jobs.wire.committed_files(f"{job['id']}/work/"))
-
-    remote = {path: jobs.client.get(url).content for path, url in job["results"].items() if path != "sequence.zip"}
-    assert sorted(remote) == sorted(local)
-    frames_and_preview = sorted(path for path in local if path != "manifest.json")
-    assert [digest(remote[path]) for path in frames_and_preview] == [digest(local[path]) for path in frames_and_preview]
-    manifests = [orjson.loads(files["manifest.json"]) for files in (remote, local)]
-    for manifest in manifests:
-        for frame in manifest["frames"]:
-            assert set(frame.pop("timings_ms")) >= {"decode", "forward", "encode"}
-    remote_manifest, local_manifest = manifests
-    assert remote_manifest == local_manifest
-    assert len({frame["scale"] for frame in remote_manifest["frames"]}) > 1  # the alignment did scale
-
-
-def test_cancelling_a_spread_clip_cancels_its_chunks_and_keeps_nothing(modal_jobs: ModalJobs) -> None:
-    jobs = modal_jobs
-    jobs.frames_gate.opened.clear()
-    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", SPREAD_CLIP, "video/mp4")},
-                                data={"outputs": "spz"})
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    jobs.frames_gate.wait_entered()  # a chunk call is out (frames 2-3 or 4)
-    cancelled = jobs.client.delete(f"/jobs/{job_id}")
-    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    jobs.wire.wait(jobs.call_id(job_id))  # the job's own call ended
-    chunks = [call for call in jobs.wire.calls.values() if call.function.endswith(FRAMES)]
-    assert len(chunks) == 2
-    for chunk in chunks:  # cancelled by the job's container on its way out, never run to the end
-        assert jobs.wire.wait(chunk.id).result.exception == "Input was cancelled by user"
-    assert jobs.frames_predicted == []
-    assert jobs.statuses(job_id)[-1] == "cancelled"
-    assert not [name for name in jobs.wire.committed if name.startswith((f"{job_id}/work", f"{job_id}/sequence"))]
-
-
-def test_a_chunk_left_waiting_in_modals_queue_is_taken_back(modal_jobs: ModalJobs,
-                                                              serial_files: dict[str, bytes]) -> None:
-    """The frame containers never start the chunks (Modal's queue is full): past `SHARP_VIDEO_CHUNK_WAIT_S`
-    the job's container cancels the chunk it waits for, sends no more out, predicts every frame itself,
-    and the files are the serial ones."""
-    jobs = modal_jobs
-    jobs.frames_gate.opened.clear()  # the chunk calls never get going
-    jobs.settings.video_chunk_wait_s = 0.5
-    response = jobs.client.post("/jobs", files={"file": ("walk.mp4", SPREAD_CLIP, "video/mp4")},
-                                data={"align": "scale", "outputs": "spz,ply"})
-    assert response.status_code == 202, response.text
-    job = jobs.wait_final(response.json()["id"])
-    assert job["status"] == "succeeded", job
-    chunks = [call for call in jobs.wire.calls.values() if call.function.endswith(FRAMES)]
-    assert sorted(call.args for call in chunks) == [(job["id"], 2, CHUNK_FRAMES), (job["id"], 4, CHUNK_FRAMES)]
-    for chunk in chunks:  # both were out at once; both taken back (cancelled), neither ran a frame
-        assert jobs.wire.wait(chunk.id).result.exception == "Input was cancelled by user"
-    assert jobs.frames_predicted == []
-    for path in ("frames/000002.spz", "frames/000004.ply", "preview.mp4"):
-        assert digest(jobs.client.get(job["results"][path]).content) == digest(serial_files[path])
