@@ -32,11 +32,14 @@ from bench.load import HOST
 from tests.helpers import free_port, sse_messages, stop_process, wait_ready
 
 
-def start_server(port: int, preset: str, jobs_dir: Path) -> subprocess.Popen:
+def start_server(port: int, preset: str, jobs_dir: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """`python -m app serve` of this repository (or of the checkout `cwd`) on loopback."""
     env = {**os.environ, "SHARP_DEVICE": "cpu", "SHARP_LOG_LEVEL": "warning", "SHARP_JOBS_DIR": str(jobs_dir)}
     env.pop("SHARP_API_KEY", None)
+    if cwd is not None:
+        env["PYTHONPATH"] = str(cwd)
     command = [sys.executable, "-m", "app", "serve", "--preset", preset, "--host", HOST, "--port", str(port)]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(command, cwd=cwd or REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def follow(client: httpx.Client, job_id: str, until_settled: bool) -> dict:

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
+import orjson
 
 from app.errors import SharpError
 from app.jobs.errors import ResultNotReadyError
@@ -35,6 +36,7 @@ from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.prediction import Prediction
 from app.sequence.fanout import load_prediction, save_prediction
+from app.sequence.run import MANIFEST_FILE, PREVIEW_FILE, preview_source
 from app.service import InferenceService, ModelFailedError, ModelLoadingError
 from app.vocabulary import ProgressCallback
 
@@ -96,9 +98,30 @@ async def encode_output(service: InferenceService, store: JobStore, job: Job, na
     job.timings_ms["encode"] = job.timings_ms.get("encode", 0.0) + result.timings_ms["encode"]
 
 
+async def make_preview(service: InferenceService, store: JobStore, job: Job) -> int:
+    """A clip job's `preview.mp4`, made after it succeeded (`app.sequence.preview.render_preview`: its upload
+    decoded again, beside each frame's scene read back from its `preview_source` file) and written atomically
+    into `store`; its size. Raises `SharpError` (`preview_failed`) naming what is missing or unreadable."""
+    clip = store.input_path(job.id)
+    manifest_body = await anyio.to_thread.run_sync(store.read_file, job.id, MANIFEST_FILE)
+    source = preview_source(job.outputs)
+    if not clip.is_file() or manifest_body is None or source is None:
+        missing = "its upload" if not clip.is_file() else "its manifest" if manifest_body is None else "a scene file"
+        raise SharpError(f"{missing} is gone from the job store", code="preview_failed", status=500)
+    try:
+        manifest = orjson.loads(manifest_body)
+        if not all(key in manifest for key in ("frames", "sampling", "source", "image_width", "image_height")):
+            raise KeyError("a field is missing")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as damaged:
+        raise SharpError(f"its manifest is damaged ({damaged})", code="preview_failed", status=500) from None
+    body = await service.render_preview(clip, manifest, lambda path: store.read_file(job.id, path), source=source)
+    return await anyio.to_thread.run_sync(store.write_file, job.id, PREVIEW_FILE, body)
+
+
 class Encoder:
     """The pending outputs of this server's succeeded jobs, encoded one at a time on a task of the event loop
-    (and a clip job's `sequence.zip`, made from its files once it has succeeded).
+    (and a clip job's `preview.mp4` and `sequence.zip`, made from its files once it has succeeded: the
+    preview from the frames' scene files and the kept upload, `make_preview`; the zip after the preview).
 
     Order: an output a download waits for first (`wait`), in the order asked; then, when `ahead`
     (`SHARP_JOBS_ENCODE_AHEAD`), every job's pending outputs, oldest job first, each in its `pending` order.
@@ -174,7 +197,7 @@ class Encoder:
             job_id, name = self._wanted[0]
             job = self._jobs.get(job_id)
             if job is not None and name in job.pending:
-                return job, name
+                return (job, PREVIEW_FILE) if name == SEQUENCE_ZIP and PREVIEW_FILE in job.pending else (job, name)
             self._wanted.pop(0)
         job = next(iter(self._jobs.values()), None) if self.ahead else None
         return None if job is None else (job, job.pending[0])
@@ -201,7 +224,10 @@ class Encoder:
         await self._record(job)
         error: SharpError | None = None
         try:
-            if job.sequence is not None:  # a clip's zip, of the files on disk
+            if job.sequence is not None and name == PREVIEW_FILE:
+                await self._model_ready()
+                job.results[name] = await make_preview(self.service, self.store, job)
+            elif job.sequence is not None:  # a clip's zip, of the files on disk
                 paths = [path for path in job.results if path != SEQUENCE_ZIP]
                 job.results[name] = await anyio.to_thread.run_sync(self.store.zip_files, job.id, paths)
             else:
@@ -223,6 +249,8 @@ class Encoder:
         if error is not None:
             job.file_errors[name] = {"code": error.code, "message": error.message}
         job.pending.remove(name)
+        if name == PREVIEW_FILE:  # made or failed for good: the upload kept for it goes
+            await anyio.to_thread.run_sync(self.store.drop_input, job)
         if not job.pending:
             self._jobs.pop(job.id, None)
             self._predictions.pop(job.id, None)

@@ -206,7 +206,7 @@ class LocalJobQueue:
     async def file(self, job_id: str, path: str) -> ResultFile:
         job = await self.get(job_id)
         check_file(job, path)
-        if path in job.pending:  # a clip's zip, made after it succeeded: made next, and waited for
+        if path in job.pending:  # a clip's preview or zip, made after it succeeded: made next, and waited for
             await self._encoder.wait(job, path, self.settings.job_file_wait_s)
             job = await self.get(job_id)
             check_file(job, path)
@@ -269,7 +269,7 @@ class LocalJobQueue:
             if keeps_prediction(job.outputs, job.sequence):  # its first output, then the others (app.jobs.lazy)
                 kept.append(await lazy.predict_and_keep(self.service, self.store, job, progress))
             else:
-                await runner.execute(self.service, self.store, job, progress, zip_later=True)
+                await runner.execute(self.service, self.store, job, progress, later=True)
 
         try:
             await lifecycle.run(job, work, self._runner)

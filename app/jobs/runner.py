@@ -17,20 +17,21 @@ from app.jobs.store import JobStore
 from app.pipeline import EncodedOutput
 from app.prediction import Prediction
 from app.sequence.fanout import FramePredictions
+from app.sequence.run import PREVIEW_FILE, preview_source
 from app.service import InferenceService
 from app.video import Sampling
 from app.vocabulary import AlignMode, ProgressCallback
 
 
 async def execute(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
-                  elsewhere: FramePredictions | None = None, zip_later: bool = False) -> None:
+                  elsewhere: FramePredictions | None = None, later: bool = False) -> None:
     """Make every output of `job`. `progress(stage, fraction)` is called on the run's worker thread; an
     exception it raises (a cancellation) stops the job there. `elsewhere`: a clip's frames predicted in
     other containers (`app.sequence.fanout`). Errors: `ImageError`, `SharpError`, whatever `progress` raises;
-    `JobTooLongError` at the first step past `SHARP_JOB_MAX_RUN_S`. `zip_later`: see `execute_sequence`."""
+    `JobTooLongError` at the first step past `SHARP_JOB_MAX_RUN_S`. `later`: see `execute_sequence`."""
     progress = _bounded(progress, job, service.settings.job_max_run_s)
     if job.sequence is not None:
-        await execute_sequence(service, store, job, progress, elsewhere=elsewhere, zip_later=zip_later)
+        await execute_sequence(service, store, job, progress, elsewhere=elsewhere, later=later)
         return
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
     outputs = {name: json_options_of(job.options) if name == "json" else {} for name in job.outputs}
@@ -58,10 +59,12 @@ def record_prediction(job: Job, prediction: Prediction) -> None:
 
 
 async def execute_sequence(service: InferenceService, store: JobStore, job: Job, progress: ProgressCallback, *,
-                           elsewhere: FramePredictions | None = None, zip_later: bool = False) -> None:
+                           elsewhere: FramePredictions | None = None, later: bool = False) -> None:
     """A clip's job (`job.sequence`): every sampled frame through `InferenceService.run_sequence`, each file
-    written into the store as it is made, then the zip of them all (`zip_later`: left `pending`, for the
-    local queue's `app.jobs.lazy.Encoder` to make after the job succeeds, or when first downloaded).
+    written into the store as it is made, the preview as the frames go, then the zip of them all (`later`:
+    the preview and the zip are left `pending`, for the local queue's `app.jobs.lazy.Encoder` to make after
+    the job succeeds, or when first downloaded: the preview from the frames' files and the kept upload, when
+    the frames have a file it reads back, `preview_source`; else it is rendered here as the frames go).
     `job.frame` and `job.frames` are set before each `progress` call (frame k of n); a cancel stops it at the
     next step, and the lifecycle's tidy then deletes every file it wrote."""
     data = await anyio.to_thread.run_sync(store.read_input, job.id)
@@ -76,12 +79,13 @@ async def execute_sequence(service: InferenceService, store: JobStore, job: Job,
         job.frame, job.frames = frame + 1, frames
         progress(stage, fraction)
 
+    preview_later = later and preview_source(job.outputs) is not None
     manifest = await service.run_sequence(data, f_px=job.f_px, outputs=outputs, sampling=sampling, align=align,
                                           max_gaussians=job.options.get("max_gaussians"), sink=write,
-                                          progress=frame_progress, elsewhere=elsewhere)
+                                          progress=frame_progress, elsewhere=elsewhere, preview_later=preview_later)
     progress("encode", 1.0)  # a cancel that came during the last frame stops the job before the zip
-    if zip_later:
-        job.pending = [SEQUENCE_ZIP]
+    if later:  # the preview first: the zip holds it
+        job.pending = [PREVIEW_FILE, SEQUENCE_ZIP] if preview_later else [SEQUENCE_ZIP]
     else:
         written[SEQUENCE_ZIP] = await anyio.to_thread.run_sync(store.zip_files, job.id, list(written))
     first = manifest["frames"][0]

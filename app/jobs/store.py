@@ -2,7 +2,8 @@
 
     <jobs dir>/.lock, .holder              the server that owns the folder (`claim`; local servers only)
     <jobs dir>/<job id>/job.json           the job's state (`Job.to_dict()`), rewritten on every status change
-    <jobs dir>/<job id>/input              the upload, until the job has run
+    <jobs dir>/<job id>/input              the upload, until the job has run (a clip's: until its preview
+                                           is made, when that is made after it: `app.jobs.lazy`)
     <jobs dir>/<job id>/result.<ext>       one file per requested output (`result.vertex.ply` for ply_vertex)
     <jobs dir>/<job id>/prediction.npz     a photo's prediction, kept (lossless) while some of its outputs are
                                            still to encode (`app.jobs.lazy`), deleted once all are made
@@ -56,6 +57,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.files import write_atomically
 from app.jobs.errors import JobNotFoundError
 from app.jobs.job import SEQUENCE_FILE_PATTERN, SEQUENCE_ZIP, Job, check_job_id, result_name
+from app.sequence.run import PREVIEW_FILE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -215,7 +217,10 @@ class JobStore:
         write_atomically(directory / INPUT_FILE, [data])
 
     def read_input(self, job_id: str) -> bytes:
-        return (self.directory(job_id) / INPUT_FILE).read_bytes()
+        return self.input_path(job_id).read_bytes()
+
+    def input_path(self, job_id: str) -> Path:
+        return self.directory(job_id) / INPUT_FILE
 
     def read_result(self, job_id: str, format_name: str) -> bytes | None:
         """A result's bytes (None if the file is gone), read whole so that no file stays open."""
@@ -249,6 +254,11 @@ class JobStore:
     def read_prediction(self, job_id: str) -> bytes | None:
         """The kept prediction's bytes (None if there is none), read whole."""
         return _read_whole(self.directory(job_id) / PREDICTION_FILE)
+
+    def drop_input(self, job: Job) -> None:
+        """Delete the upload (the job has run, and a clip's preview is made or never will be)."""
+        (self.directory(job.id) / INPUT_FILE).unlink(missing_ok=True)
+        job.input_bytes = 0
 
     def drop_prediction(self, job: Job) -> None:
         """Delete the kept prediction (every output is made, or none will be)."""
@@ -299,9 +309,8 @@ class JobStore:
         succeeded (a job that goes back to the queue keeps its upload), and any stashed frames."""
         directory = self.directory(job.id)
         shutil.rmtree(directory / WORK_DIR, ignore_errors=True)
-        if job.final:
-            (directory / INPUT_FILE).unlink(missing_ok=True)
-            job.input_bytes = 0
+        if job.final and PREVIEW_FILE not in job.pending:
+            self.drop_input(job)
         if job.status != "succeeded":
             for format_name in job.outputs:
                 self.result_path(job.id, format_name).unlink(missing_ok=True)

@@ -52,6 +52,8 @@ ALIGN_MODES: tuple[Align, ...] = tuple(choices(AlignMode))
 FRAMES_DIR = "frames"
 MANIFEST_FILE = "manifest.json"
 PREVIEW_FILE = "preview.mp4"
+PREVIEW_SOURCES = ("ply", "ply_vertex", "spz", "sog", "splat")
+"""A frame's outputs its picture of the preview can be rendered from afterwards, the most faithful first."""
 SEQUENCE_OUTPUT = "sequence"
 """The output made once for the whole clip (`SequenceWriter` fed every frame's scene), not once a frame."""
 SEQUENCE_FILE = "sequence" + SEQUENCE_SUFFIX
@@ -98,13 +100,24 @@ def check_clip_outputs(names: Iterable[str], max_gaussians: MaxGaussians | None 
                                   "ask for it without max_gaussians.")
 
 
+def preview_source(outputs: Iterable[str]) -> str | None:
+    """The output of `outputs` a preview can be rendered from after the run (`PREVIEW_SOURCES`), or None: none
+    is a scene read back (a clip asking for glb, json, pictures or the sequence alone)."""
+    names = set(outputs)
+    return next((name for name in PREVIEW_SOURCES if name in names), None)
+
+
 def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outputs, *, sink: FileSink,
                  limits: VideoLimits, sampling: Sampling | None = None, f_px: float | None = None,
                  align: Align = "none", preview: bool = True, progress: SequenceProgress | None = None,
                  slots: Slots | None = None, on_frame: Callable[[dict[str, Any]], None] | None = None,
-                 max_gaussians: MaxGaussians | None = None, elsewhere: FramePredictions | None = None
-                 ) -> dict[str, Any]:
+                 max_gaussians: MaxGaussians | None = None, elsewhere: FramePredictions | None = None,
+                 preview_later: bool = False) -> dict[str, Any]:
     """Turn the frames of a clip into scenes (module docstring); returns the manifest (also handed to `sink`).
+
+    `preview_later` (with `preview`): no picture is rendered here and `sink` gets no preview.mp4, which the
+    manifest names all the same: the caller makes it afterwards from the frames' files
+    (`app.sequence.preview.render_preview`, a job's lazy preview).
 
     `max_gaussians` is each frame's budget, as for a photo (`pipeline.run`: applied after the alignment, so
     the scale fit sees every Gaussian). `on_frame(record)` is called after each frame with its line of the
@@ -135,6 +148,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     rate = sampling.fps or info.frame_rate or 30.0
     per_frame = {name: options for name, options in outputs.items() if name != SEQUENCE_OUTPUT}
     whole = SequenceWriter(rate) if SEQUENCE_OUTPUT in outputs else None
+    render_here = preview and not preview_later
 
     def pictures() -> Iterator[np.ndarray]:
         frames = read_frames(source, sampling, limits)
@@ -175,7 +189,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 f_px_source=result.prediction.f_px_source, scale=chain.factor if chain is not None else 1.0,
                 num_gaussians=scene.num_gaussians, num_predicted=result.prediction.num_predicted,
                 timings_ms=timings, files=files))
-            if preview:
+            if render_here:
                 frame_progress("preview", 0.0)
                 start = time.perf_counter()
                 with slots.render():
@@ -186,12 +200,14 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
                 frame_progress("preview", 1.0)
             if on_frame is not None:
                 on_frame(dict(records[-1].__dict__))
-            if preview:
+            if render_here:
                 yield picture
             del frame, start_from, made, result, scene
 
-    if preview:
-        sink(PREVIEW_FILE, encode_mp4(pictures(), fps=max(1, min(120, round(rate)))))
+    if render_here:
+        from app.sequence.preview import preview_fps  # torch: the renderer's
+
+        sink(PREVIEW_FILE, encode_mp4(pictures(), fps=preview_fps(rate)))
     else:
         for _ in pictures():  # yields nothing without a preview
             pass

@@ -196,7 +196,7 @@ class InferenceService:
     async def run_sequence(self, source: bytes | Path, *, f_px: float | None, outputs: pipeline.Outputs,
                            sampling: Sampling, align: AlignMode, sink: FileSink,
                            max_gaussians: MaxGaussians | None = None, progress: SequenceProgress | None = None,
-                           elsewhere: FramePredictions | None = None) -> dict[str, Any]:
+                           elsewhere: FramePredictions | None = None, preview_later: bool = False) -> dict[str, Any]:
         """`app.sequence.run_sequence` of a clip on a worker thread, each frame in this service's slots (so
         photos' requests take turns with its frames on the model); not admitted (the job queue bounds what
         waits). Cancelled as `run` is. Returns the manifest; raises what `require_predictor` and
@@ -211,7 +211,23 @@ class InferenceService:
 
             return run_sequence(predictor, source, outputs, sink=sink, limits=VideoLimits.from_settings(self.settings),
                                 sampling=sampling, f_px=f_px, align=align, max_gaussians=max_gaussians,
-                                progress=checked, slots=self._slots, elsewhere=elsewhere)
+                                progress=checked, slots=self._slots, elsewhere=elsewhere, preview_later=preview_later)
+
+        return await self._on_thread(work, admit=False)
+
+    async def render_preview(self, clip: bytes | Path, manifest: Mapping[str, Any],
+                             read: Callable[[str], bytes | None], *, source: str) -> bytes:
+        """`app.sequence.preview.render_preview` of a clip that has run, on a worker thread, each frame's render
+        in the render slot, on the model's device; not admitted. Cancelled as `run` is (at the next frame).
+        Raises what `require_predictor` and `render_preview` raise."""
+        device = self.require_predictor().device
+
+        def work(check: ProgressCallback) -> bytes:
+            from app.sequence.preview import render_preview  # torch: the front imports this module without it
+
+            return render_preview(clip, manifest, read, source=source, device=device, slots=self._slots,
+                                  limits=VideoLimits.from_settings(self.settings),
+                                  progress=lambda frame, frames: check("preview", frame / frames))
 
         return await self._on_thread(work, admit=False)
 

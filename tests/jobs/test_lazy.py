@@ -10,7 +10,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import httpx
+import numpy as np
 import orjson
 
 from app.jobs.size import projected_bytes
@@ -156,24 +158,108 @@ def test_a_job_with_outputs_to_make_reserves_its_projection_until_they_are_made(
         assert_error(client.get(job["results"]["spz"]), 410, "job_expired")  # evicted to make that room
 
 
+def decoded(mp4: bytes) -> list[np.ndarray]:
+    """The pictures of an H.264 video, decoded with PyAV."""
+    with av.open(io.BytesIO(mp4)) as video:
+        return [frame.to_ndarray(format="rgb24") for frame in video.decode(video.streams.video[0])]
+
+
+def test_a_clip_succeeds_with_its_frames_and_manifest_then_makes_its_preview_and_zip(
+        start: Callable[..., LiveServer], tmp_path: Path) -> None:
+    with start().client() as client:
+        response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(3, fps=10), "video/mp4")},
+                               data={"outputs": "spz,ply", "align": "scale"})
+        assert response.status_code == 202, response.text
+        seen = events(client, response.json()["id"], ("job", "file"))
+        jobs = [event["data"] for event in seen if event["event"] == "job"]
+        files = [event["data"] for event in seen if event["event"] == "file"]
+        succeeded = next(j for j in jobs if j["status"] == "succeeded")
+        frames = [f"frames/{k:06d}.{ext}" for k in range(3) for ext in ("spz", "ply")]
+        assert succeeded["files"] == {**{path: "ready" for path in [*frames, "manifest.json"]},
+                                      "preview.mp4": "waiting", "sequence.zip": "waiting"}
+        assert "preview" not in orjson.dumps(succeeded["timings_ms"]).decode()  # no render before it succeeded
+        assert any(j["files"].get("preview.mp4") == "encoding" for j in jobs)
+        final = jobs[-1]
+        assert final["files"]["preview.mp4"] == final["files"]["sequence.zip"] == "ready"
+        assert sorted(f["format"] for f in files) == sorted([*frames, "manifest.json", "preview.mp4", "sequence.zip"])
+        assert [f["format"] for f in files][-2:] == ["preview.mp4", "sequence.zip"]  # the zip after: it holds it
+        preview = client.get(final["results"]["preview.mp4"])
+        assert preview.status_code == 200 and preview.headers["content-type"] == "video/mp4"
+        pictures = decoded(preview.content)
+        assert len(pictures) == 3 and pictures[0].shape == (96, 320, 3) and pictures[0][:, 160:].mean() > 5
+        with zipfile.ZipFile(io.BytesIO(client.get(final["results"]["sequence.zip"]).content)) as archive:
+            assert archive.read("preview.mp4") == preview.content
+        assert not (tmp_path / "jobs" / final["id"] / "input").exists()  # kept for the preview, then dropped
+
+
 def test_a_clip_succeeds_before_its_zip_which_is_made_on_download_also_after_a_restart(
-        start: Callable[..., LiveServer]) -> None:
+        start: Callable[..., LiveServer], tmp_path: Path) -> None:
     first = start(jobs_encode_ahead=False)
     with first.client() as client:
         response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(2, fps=10), "video/mp4")},
                                data={"outputs": "spz"})
         assert response.status_code == 202, response.text
         job = wait_for(client, response.json()["id"])
-        paths = ["frames/000000.spz", "frames/000001.spz", "preview.mp4", "manifest.json"]
-        assert job["files"] == {**{path: "ready" for path in paths}, "sequence.zip": "waiting"}
-        assert sorted(job["results"]) == sorted([*paths, "sequence.zip"])
+        paths = ["frames/000000.spz", "frames/000001.spz", "manifest.json"]
+        assert job["files"] == {**{path: "ready" for path in paths}, "preview.mp4": "waiting",
+                                "sequence.zip": "waiting"}
+        assert sorted(job["results"]) == sorted([*paths, "preview.mp4", "sequence.zip"])
         files = {path: client.get(job["results"][path]).content for path in paths}
-    first.stop()  # the zip was never made
+    first.stop()  # the preview and the zip were never made
+    assert (tmp_path / "jobs" / job["id"] / "input").is_file()  # the upload is kept for the preview
 
     with start(jobs_encode_ahead=False).client() as client:
-        got = client.get(job["results"]["sequence.zip"])
+        got = client.get(job["results"]["sequence.zip"])  # the preview is made first: the zip holds it
         assert got.status_code == 200, got.text
+        preview = client.get(job["results"]["preview.mp4"]).content
+        assert len(decoded(preview)) == 2
         with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
-            assert sorted(archive.namelist()) == sorted(paths)
+            assert sorted(archive.namelist()) == sorted([*paths, "preview.mp4"])
             assert all(archive.read(path) == files[path] for path in paths)
+            assert archive.read("preview.mp4") == preview
         assert events(client, job["id"])[-1]["files"]["sequence.zip"] == "ready"
+    assert not (tmp_path / "jobs" / job["id"] / "input").exists()
+
+
+def test_a_stop_mid_preview_then_a_start_makes_it(start: Callable[..., LiveServer], tmp_path: Path) -> None:
+    first = start(jobs_encode_ahead=False, job_file_wait_s=0.01)
+    with first.client() as client:
+        response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(8, size=(320, 192)), "video/mp4")},
+                               data={"outputs": "ply"})
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["id"])
+        assert_error(client.get(job["results"]["preview.mp4"]), 503, "result_encoding")  # asked: being made
+        assert client.get(f"/jobs/{job['id']}").json()["files"]["preview.mp4"] == "encoding"
+    first.stop()  # mid-preview: its render of 8 frames is cut short
+    state = orjson.loads((tmp_path / "jobs" / job["id"] / "job.json").read_bytes())
+    assert state["status"] == "succeeded" and state["pending"] == ["preview.mp4", "sequence.zip"]
+    assert not (tmp_path / "jobs" / job["id"] / "sequence" / "preview.mp4").exists()
+
+    with start().client() as client:
+        final = events(client, job["id"])[-1]  # made in the background after the start
+        assert final["files"]["preview.mp4"] == "ready" and final["status"] == "succeeded"
+        pictures = decoded(client.get(final["results"]["preview.mp4"]).content)
+        assert len(pictures) == 8 and pictures[0].shape == (192, 640, 3)
+
+
+def test_a_preview_that_cannot_be_made_fails_alone(start: Callable[..., LiveServer], tmp_path: Path) -> None:
+    first = start(jobs_encode_ahead=False)
+    with first.client() as client:
+        response = client.post("/jobs", files={"file": ("clip.mp4", make_clip(2, fps=10), "video/mp4")},
+                               data={"outputs": "spz"})
+        job = wait_for(client, response.json()["id"])
+    first.stop()
+    (tmp_path / "jobs" / job["id"] / "input").write_bytes(b"not a clip: a disk that lost it")
+
+    with start(jobs_encode_ahead=False).client() as client:
+        error = assert_error(client.get(job["results"]["preview.mp4"]), 409, "result_failed")
+        assert "preview.mp4 could not be made" in error["message"] and "no longer decodes" in error["message"]
+        now = client.get(f"/jobs/{job['id']}").json()
+        assert now["status"] == "succeeded" and now["files"]["preview.mp4"] == "failed"
+        assert now["files"]["frames/000001.spz"] == "ready"
+        with zipfile.ZipFile(io.BytesIO(client.get(job["results"]["sequence.zip"]).content)) as archive:
+            assert "preview.mp4" not in archive.namelist()  # the zip is made without it
+        seen = {f["format"]: f for f in events(client, job["id"], ("file",))}
+        assert seen["preview.mp4"]["state"] == "failed" and seen["sequence.zip"]["state"] == "ready"
+        assert seen["preview.mp4"]["error"]["code"] == "preview_failed"
+    assert not (tmp_path / "jobs" / job["id"] / "input").exists()

@@ -77,6 +77,36 @@ def test_the_manifest_and_the_preview(predictor: SharpPredictor) -> None:
     assert pictures[0][:, 160:].mean() > 5  # the render half is not empty
 
 
+def decoded(mp4: bytes) -> list[np.ndarray]:
+    """The pictures of an H.264 video, decoded with PyAV."""
+    with av.open(io.BytesIO(mp4)) as video:
+        return [frame.to_ndarray(format="rgb24") for frame in video.decode(video.streams.video[0])]
+
+
+@pytest.mark.parametrize("source", ["ply", "spz"])
+def test_a_preview_made_afterwards_from_the_frames_files_shows_the_one_made_as_they_went(
+        predictor: SharpPredictor, source: str) -> None:
+    """`render_preview` (a job's lazy preview): the clip decoded again beside each frame's scene read back from
+    its PLY (float32: the very preview made during the run) or its SPZ (quantised: pictures close to it); a
+    frame's file gone, or a clip that no longer decodes, is a `PreviewError` saying so."""
+    from app.sequence.preview import PreviewError, render_preview
+
+    clip = make_clip(3, fps=10)
+    manifest, files = sequence(predictor, clip, sampling=Sampling(fps=5), align="scale", preview=True,
+                               outputs={"ply": {}, "spz": {}})
+    later = render_preview(clip, manifest, files.get, source=source, limits=LIMITS)
+    assert (later == files["preview.mp4"]) == (source == "ply")  # from the PLY: byte for byte
+    eager, lazy = decoded(files["preview.mp4"]), decoded(later)
+    assert len(lazy) == len(eager) == manifest["num_frames"] == 2 and lazy[0].shape == eager[0].shape
+    for before, after in zip(eager, lazy, strict=True):  # from the SPZ: 42-44 dB
+        mse = np.mean((before.astype(np.float64) - after.astype(np.float64)) ** 2)
+        assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 38, source
+    with pytest.raises(PreviewError, match=r"frames/000001\.ply is gone"):
+        render_preview(clip, manifest, {**files, "frames/000001.ply": None}.get, source="ply", limits=LIMITS)
+    with pytest.raises(PreviewError, match="no longer decodes"):
+        render_preview(clip[:600], manifest, files.get, source="ply", limits=LIMITS)
+
+
 def test_a_budget_keeps_exactly_its_count_in_every_frame_after_the_alignment(predictor: SharpPredictor) -> None:
     clip = make_clip(2, shift_px=6)
     manifest, files = sequence(predictor, clip, outputs={"ply": {}, "spz": {}}, align="scale", max_gaussians=0.25)
