@@ -66,7 +66,7 @@ from app.jobs.modal_volume import POLL_S, VolumeBusyError, commit, reload
 from app.jobs.store import JobStore
 from app.prediction import ModelInfo, Prediction
 from app.sequence.fanout import Timings, load_prediction, predict_chunk, save_prediction
-from app.sequence.run import _expected_frames
+from app.sequence.run import expected_frames
 from app.service import InferenceService
 from app.settings import Settings
 from app.video import VideoLimits, probe_video
@@ -262,7 +262,7 @@ async def predict_clip(service: InferenceService, settings: Settings, store: Job
     sampling, _ = runner.sequence_options(job)
     limits = VideoLimits.from_settings(settings)
     info = await anyio.to_thread.run_sync(probe_video, data, sampling, limits)
-    expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
+    expected = expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     cap = min(sampling.max_frames or limits.max_frames, limits.max_frames)
     plan = clip_plan(first, expected, cap, settings.video_chunk_frames)
     chunks = ClipChunks(job.id, plan, spawn_frames, parallel=settings.video_parallel_chunks if spawn_frames else 0,

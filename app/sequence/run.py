@@ -140,7 +140,7 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     if max_gaussians is not None:
         budget_count(max_gaussians, predictor.info.num_gaussians)
     info = probe_video(source, sampling, limits)
-    expected = _expected_frames(info.duration_s, info.frame_rate, sampling, limits)
+    expected = expected_frames(info.duration_s, info.frame_rate, sampling, limits)
     report = progress or _ignore
     chain = ScaleChain() if align == "scale" else None
     records: list[FrameRecord] = []
@@ -219,8 +219,8 @@ def run_sequence(predictor: SharpPredictor, source: bytes | Path, outputs: Outpu
     return manifest
 
 
-def _expected_frames(duration_s: float | None, frame_rate: float | None, sampling: Sampling,
-                     limits: VideoLimits) -> int:
+def expected_frames(duration_s: float | None, frame_rate: float | None, sampling: Sampling,
+                    limits: VideoLimits) -> int:
     """The header's guess of how many frames `sampling` takes (for progress; at least 1)."""
     cap = min(sampling.max_frames or limits.max_frames, limits.max_frames)
     if duration_s is None or frame_rate is None:
