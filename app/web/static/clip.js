@@ -6,7 +6,7 @@
 // body.dataset.clipFrame the index (0-based) of the frame whose scene is shown.
 
 import { $, ApiError, Superseded, body, mb, page, setState, showError } from "./state.js";
-import { apiKey, download } from "./http.js";
+import { apiKey, download, whenMade } from "./http.js";
 import { shownFormat } from "./server.js";
 import { showScene } from "./viewer.js";
 import { plyForSpark } from "./ply.js";
@@ -176,12 +176,15 @@ function frameBytes(current, index, progress) {
   return bytes;
 }
 
-/** The preview video: its URL as is, or with an API key (which a <video> cannot send) a blob of it. */
+/** The preview video, once the server has made it (after the job succeeded: docs/jobs.md "Lazy outputs"): its
+ * URL as is, or with an API key (which a <video> cannot send) a blob of it. */
 async function showPreviewVideo(path, run) {
   if (!path) return;
   const video = $("clip-video");
   const url = new URL(path, location.href);
   try {
+    await whenMade(url, run);
+    if (!run.current()) return;
     if (apiKey()) {
       const { bytes } = await download(url, run);
       if (!run.current()) return;

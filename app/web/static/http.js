@@ -97,6 +97,20 @@ export async function download(url, run, onProgress) {
   return { bytes, headers: response.headers };
 }
 
+/** Resolves once the job file at `url` is made: the server holds a request for a file it is still making
+ * (SHARP_JOB_FILE_WAIT_S) and then answers 503 with Retry-After, so this asks again (HEAD) after that delay,
+ * for as long as `run` is current; any other error is thrown. */
+export async function whenMade(url, run) {
+  for (;;) {
+    const response = await fetch(url, { method: "HEAD", headers: authHeaders(), signal: run.signal });
+    if (response.ok) return;
+    if (response.status !== 503) throw await errorFromResponse(response);
+    const seconds = Number(response.headers.get("Retry-After")) || 1;
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    run.check();
+  }
+}
+
 /** The `event: job` messages of a server-sent event stream, read with fetch (so it can send a key). */
 export async function* jobEvents(url, run) {
   const response = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() }, signal: run.signal });
