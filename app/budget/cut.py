@@ -11,6 +11,7 @@ those losing least per Gaussian saved first.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,9 +36,10 @@ def choose_cut(costs: list[np.ndarray], parents: list[np.ndarray], target: int) 
     positive = np.concatenate([cost[cost > 0] for cost in costs])
     low = math.log(positive.min()) - 1 if positive.size else 0.0
     high = math.log(positive.sum()) + 1 if positive.size else 1.0
+    folded = fold_pyramid(costs, parents)
     for _ in range(BISECTIONS):
         middle = 0.5 * (low + high)
-        count, _ = pyramid_cut(costs, parents, math.exp(middle))
+        count = cut_count(folded, math.exp(middle))
         if count == target:
             low = middle
             break
@@ -94,6 +96,64 @@ def pyramid_cut(costs: list[np.ndarray], parents: list[np.ndarray], price: float
         count = np.where(merge, 1.0, children_count)
         merges.append(merge)
     return int(count.sum()), merges
+
+
+@dataclass(frozen=True)
+class FoldedPyramid:
+    """A pyramid (`pyramid_cut`'s costs and parents) with each node that can never merge folded into its only
+    child: a node of one child whose cost is at least its child's (in `app.budget.pyramid`, every node of one
+    child: it has its child's sums). Such a node's best and count in `pyramid_cut` are its child's, bit for bit
+    (its cost plus the price is never under its child's best), so `cut_count` computes them once.
+
+    Attributes:
+        leaves: the count of level 0's nodes (ids 0 to leaves - 1; the other nodes' ids follow, level by level).
+        levels: per level l >= 1, its nodes that stay: (the ids of their children, in `pyramid_cut`'s order,
+            (C,); the index of each child's node among them, (C,); their costs, (K,)).
+        top: the ids of the top level's nodes.
+    """
+
+    leaves: int
+    levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    top: np.ndarray
+
+
+def fold_pyramid(costs: list[np.ndarray], parents: list[np.ndarray]) -> FoldedPyramid:
+    """The pyramid of `costs` and `parents` (`pyramid_cut`) with its nodes that never merge folded (see
+    `FoldedPyramid`)."""
+    ids, below_costs = np.arange(costs[0].size), costs[0]
+    next_id = ids.size
+    levels = []
+    for cost, parent in zip(costs[1:], parents, strict=True):
+        children = np.bincount(parent, minlength=cost.size)
+        only_child = np.zeros(cost.size, dtype=np.int64)
+        only_child[parent] = np.arange(parent.size)  # a node's last child; its only one where it has one
+        folds = (children == 1) & (cost >= below_costs[only_child])
+        stays = ~folds
+        level_ids = np.empty(cost.size, dtype=np.int64)
+        level_ids[folds] = ids[only_child[folds]]
+        level_ids[stays] = next_id + np.arange(np.count_nonzero(stays))
+        child_nodes = np.flatnonzero(stays[parent])  # ascending: the order bincount adds them in pyramid_cut
+        local = np.cumsum(stays) - 1
+        levels.append((ids[child_nodes], local[parent[child_nodes]], cost[stays]))
+        next_id += np.count_nonzero(stays)
+        ids, below_costs = level_ids, cost
+    return FoldedPyramid(costs[0].size, levels, ids)
+
+
+def cut_count(folded: FoldedPyramid, price: float) -> int:
+    """`pyramid_cut`'s count of Gaussians at `price` (> 0), bit for bit, on the folded pyramid."""
+    size = folded.leaves + sum(level_costs.size for _, _, level_costs in folded.levels)
+    best, count = np.empty(size), np.empty(size)
+    best[:folded.leaves], count[:folded.leaves] = price, 1.0
+    start = folded.leaves
+    for child_ids, child_parent, cost in folded.levels:
+        children_best = np.bincount(child_parent, best[child_ids], cost.size)
+        children_count = np.bincount(child_parent, count[child_ids], cost.size)
+        merge = cost + price < children_best
+        best[start:start + cost.size] = np.where(merge, cost + price, children_best)
+        count[start:start + cost.size] = np.where(merge, 1.0, children_count)
+        start += cost.size
+    return int(count[folded.top].sum())
 
 
 def cut_members(merges: list[np.ndarray], parents: list[np.ndarray]) -> list[np.ndarray]:

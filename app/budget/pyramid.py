@@ -154,7 +154,7 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
     score = opacity * np.sqrt(areas) * transmittance(scene, opacity, areas)
     # The least important first (under drop_below x the mean), at most as many as the budget removes.
     dropped = min(n - target, int(np.count_nonzero(score < drop_below * score.mean())))
-    keep = np.sort(np.argsort(score, kind="stable")[dropped:]) if dropped else np.arange(n)
+    keep = np.flatnonzero(~smallest(score, dropped))
     pyramid = build_pyramid(scene, keep, weight[keep], score[keep], covariance[keep], side,
                             math.sqrt(image_area) / side)
     in_cut = choose_cut(pyramid.costs, pyramid.parents, target)
@@ -163,13 +163,33 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
     # The few still over the count go by importance, least first.
     excess = first.size - target
     if excess > 0:
-        kept = np.sort(np.argsort(pyramid.sums[rows, SUMS["i"]], kind="stable")[excess:])
+        kept = np.flatnonzero(~smallest(pyramid.sums[rows, SUMS["i"]], excess))
         rows, first = rows[kept], first[kept]
     # Grid order: each node where its first leaf was (the first leaves are distinct scene indices).
     slot = np.full(n, -1)
     slot[first] = np.arange(first.size)
     order = slot[slot >= 0]
     return _scene_of(pyramid.sums[rows[order]], first[order], scene)
+
+
+def smallest(values: np.ndarray, count: int) -> np.ndarray:
+    """(N,) bool: the `count` smallest of (N,) `values`, of equal ones the earlier (NaN last): the ones
+    ``np.argsort(values, kind="stable")[:count]`` names, found by a partition instead of a sort."""
+    chosen = np.zeros(values.size, dtype=bool)
+    if count <= 0:
+        return chosen
+    if count >= values.size:
+        chosen[:] = True
+        return chosen
+    threshold = np.partition(values, count - 1)[count - 1]
+    if np.isnan(threshold):
+        chosen = ~np.isnan(values)
+        tied = np.isnan(values)
+    else:
+        chosen = values < threshold
+        tied = values == threshold
+    chosen[np.flatnonzero(tied)[:count - np.count_nonzero(chosen)]] = True
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -236,7 +256,7 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
             run_starts = np.r_[0, np.cumsum(run_lengths)[:-1]]
             members = order[np.arange(run_lengths.sum()) + np.repeat(starts[several] - run_starts, run_lengths)]
             new = slice(used, used + several.size)
-            sums[new] = run_sums(sums[pyramid.rows[-1][members]], run_starts, run_lengths)
+            sums[new] = run_sums(sums, pyramid.rows[-1][members], run_starts, run_lengths)
             row_cost[new], row_depth[new] = node_costs(named_sums(sums[new]), pitch), _depths(sums[new])
             rows[several] = np.arange(new.start, new.stop)
             first[several] = np.minimum.reduceat(pyramid.first[-1][members], run_starts)
@@ -250,27 +270,30 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
     return Pyramid(sums[:used], pyramid.rows, pyramid.first, pyramid.costs, pyramid.parents)
 
 
-def run_sums(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(R, `SUMS_WIDTH`) the sums of runs of rows, bit for bit ``np.add.reduceat(values, starts, axis=0)``
-    (each run's first row plus the sum of the rest: in turn up to 7 of them, numpy's pairwise sum from 8), at
-    a fraction of its cost where most runs are short (reduceat walks the columns of each run one by one).
+def run_sums(sums: np.ndarray, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(R, `SUMS_WIDTH`) the sums of runs of rows of `sums`, bit for bit ``np.add.reduceat(sums[rows], starts,
+    axis=0)`` (each run's first row plus the sum of the rest: in turn up to 7 of them, numpy's pairwise sum
+    from 8), at a fraction of its cost where most runs are short (reduceat walks each run's columns one by one).
 
     Args:
-        values: (T, `SUMS_WIDTH`) rows, run after run. starts: (R,) where each run starts, ascending from 0.
-            lengths: (R,) each run's length, at least 2.
+        sums: (G, `SUMS_WIDTH`) rows of sums. rows: (T,) the rows added, run after run. starts: (R,) where each
+            run starts in `rows`, ascending from 0. lengths: (R,) each run's length, at least 2.
     """
-    by_length = np.argsort(-lengths, kind="stable")  # the runs longer than k are then a prefix, for each k
+    # Runs by length, longest first (a stable radix sort of 8 - min(length, 8)): for each k below 8 the runs
+    # longer than k are then a prefix.
+    by_length = np.argsort((8 - np.minimum(lengths, 8)).astype(np.uint8), kind="stable")
     first, sorted_lengths = starts[by_length], lengths[by_length]
-    longer = np.searchsorted(-sorted_lengths, -np.arange(min(int(sorted_lengths[0]), 8)), side="left")
-    rest = values[first + 1]
+    longer = np.searchsorted(-np.minimum(sorted_lengths, 8), -np.arange(min(int(sorted_lengths[0]), 8)))
+    rest = sums[rows[first + 1]]
     for k in range(2, longer.size):  # rows 2 to 7 of each run, in turn
-        rest[:longer[k]] += values[first[:longer[k]] + k]
-    total = values[first] + rest
+        rest[:longer[k]] += sums[rows[first[:longer[k]] + k]]
+    total = sums[rows[first]] + rest
     pairwise = np.flatnonzero(sorted_lengths > 8)  # 8 or more after the first: numpy's pairwise sum
     if pairwise.size:
         local = np.r_[0, np.cumsum(sorted_lengths[pairwise])[:-1]]
-        rows = np.arange(sorted_lengths[pairwise].sum()) + np.repeat(first[pairwise] - local, sorted_lengths[pairwise])
-        total[pairwise] = np.add.reduceat(values[rows], local, axis=0)
+        members = np.arange(sorted_lengths[pairwise].sum()) + np.repeat(first[pairwise] - local,
+                                                                      sorted_lengths[pairwise])
+        total[pairwise] = np.add.reduceat(sums[rows[members]], local, axis=0)
     out = np.empty_like(total)
     out[by_length] = total
     return out
