@@ -98,23 +98,27 @@ def level_sums(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, score
             (`app.budget.moments.covariances`).
 
     Returns:
-        (M, `SUMS_WIDTH`) float64, one row per node, columns (`SUMS`): ``w``, ``wp`` (3) w x centre, ``wpp``
-        (6) w x (covariance + centre centre^T) (`UPPER`), ``wc`` (3) w x colour; ``i``, ``ic`` (3), ``icc``
-        the importance, importance x colour and importance x |colour|^2; ``iu`` (2), ``iuu`` importance x the
-        centre's pixel (u, v) at the input view and x |(u, v)|^2; ``leaves`` the count of leaves.
+        (M, `SUMS_WIDTH`) float64, one row per node (stored column by column: copy it to rows where rows are
+        gathered), columns (`SUMS`): ``w``, ``wp`` (3) w x centre, ``wpp`` (6) w x (covariance + centre
+        centre^T) (`UPPER`), ``wc`` (3) w x colour; ``i``, ``ic`` (3), ``icc`` the importance, importance x
+        colour and importance x |colour|^2; ``iu`` (2), ``iuu`` importance x the centre's pixel (u, v) at the
+        input view and x |(u, v)|^2; ``leaves`` the count of leaves.
     """
     position = np.asarray(scene.positions, dtype=np.float64)[keep]
     color = np.asarray(scene.colors, dtype=np.float64)[keep]
     second = covariance + np.stack([position[:, i] * position[:, j] for i, j in UPPER], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         pixel = np.nan_to_num(scene.f_px * position[:, :2] / position[:, 2:], nan=0.0, posinf=0.0, neginf=0.0)
-    rows = np.empty((keep.size, SUMS_WIDTH))
-    sums = named_sums(rows)
-    sums["w"][:], sums["wp"][:], sums["wpp"][:], sums["wc"][:] = (
-        weight, weight[:, None] * position, weight[:, None] * second, weight[:, None] * color)
-    sums["i"][:], sums["ic"][:], sums["icc"][:] = score, score[:, None] * color, score * np.sum(color * color, axis=1)
-    sums["iu"][:], sums["iuu"][:], sums["leaves"][:] = score[:, None] * pixel, score * np.sum(pixel * pixel, axis=1), 1
-    return rows
+    columns = np.empty((keep.size, SUMS_WIDTH), order="F")  # filled column by column
+    sums = named_sums(columns)
+    np.multiply(weight[:, None], position, out=sums["wp"])
+    np.multiply(weight[:, None], second, out=sums["wpp"])
+    np.multiply(weight[:, None], color, out=sums["wc"])
+    np.multiply(score[:, None], color, out=sums["ic"])
+    np.multiply(score[:, None], pixel, out=sums["iu"])
+    sums["w"][:], sums["i"][:], sums["leaves"][:] = weight, score, 1
+    sums["icc"][:], sums["iuu"][:] = score * np.sum(color * color, axis=1), score * np.sum(pixel * pixel, axis=1)
+    return columns
 
 
 def node_costs(sums: dict[str, np.ndarray], pitch: float) -> np.ndarray:
