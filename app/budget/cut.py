@@ -99,6 +99,24 @@ def pyramid_cut(costs: list[np.ndarray], parents: list[np.ndarray], price: float
 
 
 @dataclass(frozen=True)
+class FoldedLevel:
+    """One level of a `FoldedPyramid`: its K nodes that stay and their C children (in `pyramid_cut`'s order),
+    of which I are not leaves.
+
+    Attributes:
+        parent: (C,) each child's node among the K. inner: (I,) which children are not leaves, and
+            inner_ids: (I,) their ids among the nodes above level 0. leaves: (K,) each node's leaf children, as
+            a float. costs: (K,) the nodes' costs.
+    """
+
+    parent: np.ndarray
+    inner: np.ndarray
+    inner_ids: np.ndarray
+    leaves: np.ndarray
+    costs: np.ndarray
+
+
+@dataclass(frozen=True)
 class FoldedPyramid:
     """A pyramid (`pyramid_cut`'s costs and parents) with each node that can never merge folded into its only
     child: a node of one child whose cost is at least its child's (in `app.budget.pyramid`, every node of one
@@ -106,22 +124,19 @@ class FoldedPyramid:
     (its cost plus the price is never under its child's best), so `cut_count` computes them once.
 
     Attributes:
-        leaves: the count of level 0's nodes (ids 0 to leaves - 1; the other nodes' ids follow, level by level).
-        levels: per level l >= 1, its nodes that stay: (the ids of their children, in `pyramid_cut`'s order,
-            (C,); the index of each child's node among them, (C,); their costs, (K,)).
-        top: the ids of the top level's nodes.
+        levels: per level l >= 1, its nodes that stay (ids above level 0: 0, 1, ..., level by level).
+        top: the top level's nodes: their ids above level 0, -1 for a leaf.
     """
 
-    leaves: int
-    levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    levels: list[FoldedLevel]
     top: np.ndarray
 
 
 def fold_pyramid(costs: list[np.ndarray], parents: list[np.ndarray]) -> FoldedPyramid:
     """The pyramid of `costs` and `parents` (`pyramid_cut`) with its nodes that never merge folded (see
     `FoldedPyramid`)."""
-    ids, below_costs = np.arange(costs[0].size), costs[0]
-    next_id = ids.size
+    ids, below_costs = np.full(costs[0].size, -1), costs[0]  # -1: a leaf
+    next_id = 0
     levels = []
     for cost, parent in zip(costs[1:], parents, strict=True):
         children = np.bincount(parent, minlength=cost.size)
@@ -129,31 +144,35 @@ def fold_pyramid(costs: list[np.ndarray], parents: list[np.ndarray]) -> FoldedPy
         only_child[parent] = np.arange(parent.size)  # a node's last child; its only one where it has one
         folds = (children == 1) & (cost >= below_costs[only_child])
         stays = ~folds
+        size = int(np.count_nonzero(stays))
         level_ids = np.empty(cost.size, dtype=np.int64)
         level_ids[folds] = ids[only_child[folds]]
-        level_ids[stays] = next_id + np.arange(np.count_nonzero(stays))
-        child_nodes = np.flatnonzero(stays[parent])  # ascending: the order bincount adds them in pyramid_cut
-        local = np.cumsum(stays) - 1
-        levels.append((ids[child_nodes], local[parent[child_nodes]], cost[stays]))
-        next_id += np.count_nonzero(stays)
+        level_ids[stays] = next_id + np.arange(size)
+        child_ids = ids[np.flatnonzero(stays[parent])]  # ascending: the order bincount adds them in pyramid_cut
+        child_parent = (np.cumsum(stays) - 1)[parent[stays[parent]]]
+        inner = np.flatnonzero(child_ids >= 0)
+        leaves = np.bincount(child_parent[child_ids < 0], minlength=size).astype(np.float64)
+        levels.append(FoldedLevel(child_parent, inner, child_ids[inner], leaves, cost[stays]))
+        next_id += size
         ids, below_costs = level_ids, cost
-    return FoldedPyramid(costs[0].size, levels, ids)
+    return FoldedPyramid(levels, ids)
 
 
 def cut_count(folded: FoldedPyramid, price: float) -> int:
     """`pyramid_cut`'s count of Gaussians at `price` (> 0), bit for bit, on the folded pyramid."""
-    size = folded.leaves + sum(level_costs.size for _, _, level_costs in folded.levels)
+    size = sum(level.costs.size for level in folded.levels)
     best, count = np.empty(size), np.empty(size)
-    best[:folded.leaves], count[:folded.leaves] = price, 1.0
-    start = folded.leaves
-    for child_ids, child_parent, cost in folded.levels:
-        children_best = np.bincount(child_parent, best[child_ids], cost.size)
-        children_count = np.bincount(child_parent, count[child_ids], cost.size)
-        merge = cost + price < children_best
-        best[start:start + cost.size] = np.where(merge, cost + price, children_best)
-        count[start:start + cost.size] = np.where(merge, 1.0, children_count)
-        start += cost.size
-    return int(count[folded.top].sum())
+    start = 0
+    for level in folded.levels:
+        values = np.full(level.parent.size, price)  # a leaf's best: the price
+        values[level.inner] = best[level.inner_ids]
+        children_best = np.bincount(level.parent, values, level.costs.size)
+        inner_count = np.bincount(level.parent[level.inner], count[level.inner_ids], level.costs.size)
+        merge = level.costs + price < children_best
+        best[start:start + level.costs.size] = np.where(merge, level.costs + price, children_best)
+        count[start:start + level.costs.size] = np.where(merge, 1.0, level.leaves + inner_count)
+        start += level.costs.size
+    return int(np.where(folded.top >= 0, count[folded.top], 1.0).sum())
 
 
 def cut_members(merges: list[np.ndarray], parents: list[np.ndarray]) -> list[np.ndarray]:
