@@ -167,13 +167,19 @@ def merge_to_budget(scene: GaussianScene, max_gaussians: MaxGaussians, grid: tup
     # The few still over the count go by importance, least first.
     excess = first.size - target
     if excess > 0:
-        kept = np.flatnonzero(~smallest(pyramid.sums[rows, SUMS["i"]], excess))
+        leaf = rows < pyramid.leaves
+        node_importance = np.empty(rows.size)
+        node_importance[leaf] = score[first[leaf]]
+        node_importance[~leaf] = pyramid.sums[rows[~leaf] - pyramid.leaves, SUMS["i"]]
+        kept = np.flatnonzero(~smallest(node_importance, excess))
         rows, first = rows[kept], first[kept]
     # Grid order: each node where its first leaf was (the first leaves are distinct scene indices).
     slot = np.full(n, -1)
     slot[first] = np.arange(first.size)
     order = slot[slot >= 0]
-    return _scene_of(pyramid.sums[rows[order]], first[order], scene)
+    rows, first = rows[order], first[order]
+    merged = rows >= pyramid.leaves
+    return _scene_of(merged, pyramid.sums[rows[merged] - pyramid.leaves], first, scene)
 
 
 def smallest(values: np.ndarray, count: int) -> np.ndarray:
@@ -201,14 +207,16 @@ class Pyramid:
     """A merging pyramid of the grid (`build_pyramid`), level 0 the leaves.
 
     Attributes:
-        sums: (R, `SUMS_WIDTH`) the sums of its distinct nodes, one row each (`level_sums`): a node of one
-            child is its child, and shares its row.
-        rows: per level l, (G_l,) each node's row of `sums`.
+        leaves: M, the count of its leaves (level 0's nodes; rows 0 to M - 1).
+        sums: (R, `SUMS_WIDTH`) the sums (`level_sums`) of its nodes of several children, row M + r in row r (a
+            leaf's sums are its Gaussian's, `level_sums`; a node of one child is its child, and has its row).
+        rows: per level l, (G_l,) each node's row.
         first: per level, (G_l,) the lowest scene index among each node's leaves.
         costs: per level, (G_l,) each node's cost (`node_costs`; 0 for the leaves).
         parents: per level l >= 1, (G_{l-1},) the node of level l of each node of level l - 1.
     """
 
+    leaves: int
     sums: np.ndarray
     rows: list[np.ndarray]
     first: list[np.ndarray]
@@ -228,13 +236,14 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
             cell in pixels.
     """
     m = keep.size
-    sums = np.empty((2 * m, SUMS_WIDTH))  # the leaves, then at most m - 1 nodes of several children
-    sums[:m] = level_sums(scene, keep, weight, score, covariance)
+    sums = np.empty((max(m - 1, 1), SUMS_WIDTH))  # the nodes of several children: at most m - 1
     row_depth, row_cost = np.empty(2 * m), np.zeros(2 * m)
-    row_depth[:m] = _depths(sums[:m])
+    with np.errstate(divide="ignore", invalid="ignore"):  # a leaf's depth, as `_depths` has it from its sums
+        wp_z = weight * np.asarray(scene.positions[keep, 2], dtype=np.float64)
+        row_depth[:m] = np.nan_to_num(wp_z / weight, nan=0.0, posinf=0.0, neginf=0.0)
     used = m
     rows, first = np.arange(m), keep.copy()
-    pyramid = Pyramid(sums, [rows], [first], [np.zeros(m)], [])
+    pyramid = Pyramid(m, sums, [rows], [first], [np.zeros(m)], [])
     layer, row, column = keep // (side * side), (keep // side) % side, keep % side
     level = 0
     while (side >> level) > 1:
@@ -259,9 +268,18 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
             run_lengths = lengths[several]
             run_starts = np.r_[0, np.cumsum(run_lengths)[:-1]]
             members = order[np.arange(run_lengths.sum()) + np.repeat(starts[several] - run_starts, run_lengths)]
+            # The members' sums: a leaf's from its Gaussian (each leaf is a member once at most), the others'
+            # from their rows.
+            member_rows = pyramid.rows[-1][members]
+            values = np.empty((members.size, SUMS_WIDTH))
+            leaf = member_rows < m
+            leaves = member_rows[leaf]
+            values[leaf] = level_sums(scene, keep[leaves], weight[leaves], score[leaves], covariance[leaves])
+            values[~leaf] = sums[member_rows[~leaf] - m]
             new = slice(used, used + several.size)
-            sums[new] = run_sums(sums, pyramid.rows[-1][members], run_starts, run_lengths)
-            row_cost[new], row_depth[new] = node_costs(named_sums(sums[new]), pitch), _depths(sums[new])
+            sums[new.start - m:new.stop - m] = run_sums(values, run_starts, run_lengths)
+            new_sums = sums[new.start - m:new.stop - m]
+            row_cost[new], row_depth[new] = node_costs(named_sums(new_sums), pitch), _depths(new_sums)
             rows[several] = np.arange(new.start, new.stop)
             first[several] = np.minimum.reduceat(pyramid.first[-1][members], run_starts)
             used = new.stop
@@ -271,33 +289,33 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
         pyramid.parents.append(parent)
         layer, row, column = sorted_block[starts] // (cells * cells), (sorted_block[starts] // cells) % cells, \
             sorted_block[starts] % cells
-    return Pyramid(sums[:used], pyramid.rows, pyramid.first, pyramid.costs, pyramid.parents)
+    return Pyramid(m, sums[:used - m], pyramid.rows, pyramid.first, pyramid.costs, pyramid.parents)
 
 
-def run_sums(sums: np.ndarray, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(R, `SUMS_WIDTH`) the sums of runs of rows of `sums`, bit for bit ``np.add.reduceat(sums[rows], starts,
-    axis=0)`` (each run's first row plus the sum of the rest: in turn up to 7 of them, numpy's pairwise sum
-    from 8), at a fraction of its cost where most runs are short (reduceat walks each run's columns one by one).
+def run_sums(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(R, `SUMS_WIDTH`) the sums of runs of rows, bit for bit ``np.add.reduceat(values, starts, axis=0)`` (each
+    run's first row plus the sum of the rest: in turn up to 7 of them, numpy's pairwise sum from 8), at a
+    fraction of its cost where most runs are short (reduceat walks each run's columns one by one).
 
     Args:
-        sums: (G, `SUMS_WIDTH`) rows of sums. rows: (T,) the rows added, run after run. starts: (R,) where each
-            run starts in `rows`, ascending from 0. lengths: (R,) each run's length, at least 2.
+        values: (T, `SUMS_WIDTH`) rows, run after run. starts: (R,) where each run starts, ascending from 0.
+            lengths: (R,) each run's length, at least 2.
     """
     # Runs by length, longest first (a stable radix sort of 8 - min(length, 8)): for each k below 8 the runs
     # longer than k are then a prefix.
     by_length = np.argsort((8 - np.minimum(lengths, 8)).astype(np.uint8), kind="stable")
     first, sorted_lengths = starts[by_length], lengths[by_length]
     longer = np.searchsorted(-np.minimum(sorted_lengths, 8), -np.arange(min(int(sorted_lengths[0]), 8)))
-    rest = sums[rows[first + 1]]
+    rest = values[first + 1]
     for k in range(2, longer.size):  # rows 2 to 7 of each run, in turn
-        rest[:longer[k]] += sums[rows[first[:longer[k]] + k]]
-    total = sums[rows[first]] + rest
+        rest[:longer[k]] += values[first[:longer[k]] + k]
+    total = values[first] + rest
     pairwise = np.flatnonzero(sorted_lengths > 8)  # 8 or more after the first: numpy's pairwise sum
     if pairwise.size:
         local = np.r_[0, np.cumsum(sorted_lengths[pairwise])[:-1]]
         members = np.arange(sorted_lengths[pairwise].sum()) + np.repeat(first[pairwise] - local,
                                                                       sorted_lengths[pairwise])
-        total[pairwise] = np.add.reduceat(sums[rows[members]], local, axis=0)
+        total[pairwise] = np.add.reduceat(values[members], local, axis=0)
     out = np.empty_like(total)
     out[by_length] = total
     return out
@@ -310,13 +328,13 @@ def _depths(rows: np.ndarray) -> np.ndarray:
         return np.nan_to_num(sums["wp"][:, 2] / sums["w"], nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _scene_of(sums: np.ndarray, first: np.ndarray, scene: GaussianScene) -> GaussianScene:
-    """The GaussianScene of the cut's nodes, from their (G, `SUMS_WIDTH`) sums (`level_sums`) and (G,) first
-    leaves: a node of one leaf is that Gaussian unchanged; a merged one from its moments (opacity: its weight
-    over the projected area of its covariance, at most 1)."""
-    original = sums[:, SUMS["leaves"]] == 1
+def _scene_of(merged: np.ndarray, sums: np.ndarray, first: np.ndarray, scene: GaussianScene) -> GaussianScene:
+    """The GaussianScene of the cut's G nodes: (G,) whether each is merged (a node of several leaves), the
+    (merged, `SUMS_WIDTH`) sums of those (`level_sums`), (G,) each one's first leaf. A leaf is that Gaussian
+    unchanged; a merged one is made from its moments (opacity: its weight over the projected area of its
+    covariance, at most 1)."""
+    original = ~merged
     kept = first[original]
-    merged = ~original
     size = original.size
     positions = np.empty((size, 3), dtype=np.float32)
     scales = np.empty((size, 3), dtype=np.float32)
@@ -326,7 +344,7 @@ def _scene_of(sums: np.ndarray, first: np.ndarray, scene: GaussianScene) -> Gaus
     positions[original], scales[original], rotations[original] = (
         scene.positions[kept], scene.scales[kept], scene.rotations[kept])
     colors[original], opacities[original] = scene.colors[kept], scene.opacities[kept]
-    nodes = named_sums(sums[merged])
+    nodes = named_sums(sums)
     (positions[merged], scales[merged], rotations[merged], colors[merged],
      opacities[merged]) = merged_gaussians(scene, nodes["w"], nodes["wp"], nodes["wpp"], nodes["wc"])
     return GaussianScene(positions=positions, scales=scales, rotations=rotations, colors=colors, opacities=opacities,
