@@ -287,8 +287,7 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
         pyramid.first.append(first)
         pyramid.costs.append(row_cost[rows])
         pyramid.parents.append(parent)
-        layer, row, column = sorted_block[starts] // (cells * cells), (sorted_block[starts] // cells) % cells, \
-            sorted_block[starts] % cells
+        layer, row, column = layer[order[starts]], row[order[starts]], column[order[starts]]  # a child's block
     return Pyramid(m, sums[:used - m], pyramid.rows, pyramid.first, pyramid.costs, pyramid.parents)
 
 
