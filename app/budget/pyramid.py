@@ -104,8 +104,8 @@ def level_sums(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, score
         colour and importance x |colour|^2; ``iu`` (2), ``iuu`` importance x the centre's pixel (u, v) at the
         input view and x |(u, v)|^2; ``leaves`` the count of leaves.
     """
-    position = np.asarray(scene.positions, dtype=np.float64)[keep]
-    color = np.asarray(scene.colors, dtype=np.float64)[keep]
+    position = np.asarray(scene.positions[keep], dtype=np.float64)
+    color = np.asarray(scene.colors[keep], dtype=np.float64)
     second = covariance + np.stack([position[:, i] * position[:, j] for i, j in UPPER], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         pixel = np.nan_to_num(scene.f_px * position[:, :2] / position[:, 2:], nan=0.0, posinf=0.0, neginf=0.0)
