@@ -3,7 +3,8 @@ of the cut, chosen per region, not per level.
 
 For a price per Gaussian kept, bottom up, a node merges where its cost plus one price is under the best of
 its children's (`pyramid_cut`: a flat region merges into a few large Gaussians, a detailed one keeps its
-own); the price is found by bisection so that the cut keeps the count or a little more (`choose_cut`).
+own); the price is found by bisection so that the cut keeps the count or a little more (`choose_cut`; each
+step counts on the pyramid with its nodes that can never merge folded away, `fold_pyramid`, `cut_count`).
 Where it keeps more (the count moves in steps), the nodes all of whose children are in the cut merge too,
 those losing least per Gaussian saved first.
 """
