@@ -34,43 +34,31 @@ def coarse_level(scene: GaussianScene, block: int = COARSE_BLOCK) -> GaussianSce
         return keep_most_important(scene, max(1, n // (block * block)))
     layers, side = grid
     cells = side // block
-    blocks = layers * cells * cells
+    members = np.arange(n).reshape(layers, cells, block, cells, block).transpose(0, 1, 3, 2, 4)
+    members = members.reshape(-1, block * block)  # (blocks, block^2) indices, block by block
     position = np.asarray(scene.positions, dtype=np.float64)
     covariance = covariances(scene)
     opacity = np.clip(np.nan_to_num(np.asarray(scene.opacities, dtype=np.float64), nan=0.0), 0.0, 1.0)
     # 1e-12: a group whose members add nothing (transparent, behind the camera) still gets a finite mean.
     weight = opacity * screen_areas(position, covariance, scene.f_px) + 1e-12
-
-    def by_block(values: np.ndarray) -> np.ndarray:
-        """(N,) per Gaussian -> (layers, cells, cells, block, block) view: block by block, its cells row by row."""
-        return values.reshape(layers, cells, block, cells, block).transpose(0, 1, 3, 2, 4)
-
-    log_depth = np.log(np.clip(np.nan_to_num(by_block(position[:, 2]).reshape(blocks, block * block), nan=1e-6),
-                               1e-6, None))
+    log_depth = np.log(np.clip(np.nan_to_num(position[members, 2], nan=1e-6), 1e-6, None))
     low, high = log_depth.min(axis=1, keepdims=True), log_depth.max(axis=1, keepdims=True)
     gap = math.log1p(SLOPE * block * (scene.image_width / side) / scene.f_px)
-    far = ((high - low > gap) & (log_depth > (low + high) / 2)).reshape(layers, cells, cells, block, block)
-    # Each block's near and far sums of w x each moment, its members added in turn (row by row).
+    far = (high - low > gap) & (log_depth > (low + high) / 2)
+    group = (2 * np.arange(members.shape[0])[:, None] + far).ravel()  # (blocks x block^2,) near, far per block
+    present = np.zeros(2 * members.shape[0], dtype=bool)  # the groups that have members, numbered in order
+    present[group] = True
+    used, group = np.flatnonzero(present), (np.cumsum(present) - 1)[group]
+    member = members.ravel()
+    w = weight[member]
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.stack([np.bincount(group, w * values[member, k], used.size) for k in range(values.shape[1])], axis=1)
+
     second = covariance + np.stack([position[:, i] * position[:, j] for i, j in UPPER], axis=1)
-    moments = [weight] + [weight * values[:, k] for values in (position, second,
-                                                              np.asarray(scene.colors, dtype=np.float64))
-                          for k in range(values.shape[1])]
-    near_sums, far_sums = np.zeros((2, len(moments), layers, cells, cells))
-    for moment, near_sum, far_sum in zip(moments, near_sums, far_sums, strict=True):
-        members = by_block(moment)
-        for row in range(block):
-            for column in range(block):
-                is_far = far[..., row, column]
-                near_sum += np.where(is_far, 0.0, members[..., row, column])
-                far_sum += np.where(is_far, members[..., row, column], 0.0)
-    # Block by block, near before far (where it has a far group).
-    has_far = far.reshape(blocks, block * block).any(axis=1)
-    groups = np.stack([near_sums.reshape(len(moments), blocks), far_sums.reshape(len(moments), blocks)], axis=2)
-    sums = np.ascontiguousarray(groups.reshape(len(moments), 2 * blocks)[:, np.stack([np.ones(blocks, dtype=bool),
-                                                                                     has_far], axis=1).ravel()].T)
     positions, scales, rotations, colors, opacities = merged_gaussians(
-        scene, np.ascontiguousarray(sums[:, 0]), np.ascontiguousarray(sums[:, 1:4]),
-        np.ascontiguousarray(sums[:, 4:10]), np.ascontiguousarray(sums[:, 10:13]))
+        scene, np.bincount(group, w, used.size), total(position), total(second),
+        total(np.asarray(scene.colors, dtype=np.float64)))
     return GaussianScene(positions=positions.astype(np.float32), scales=scales.astype(np.float32),
                          rotations=rotations.astype(np.float32), colors=colors.astype(np.float32),
                          opacities=opacities.astype(np.float32), f_px=scene.f_px, image_width=scene.image_width,

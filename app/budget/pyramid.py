@@ -207,9 +207,9 @@ class Pyramid:
     """A merging pyramid of the grid (`build_pyramid`), level 0 the leaves.
 
     Attributes:
-        leaves: M, the count of its leaves (level 0's nodes; rows 0 to M - 1).
-        sums: (R, `SUMS_WIDTH`) the sums (`level_sums`) of its nodes of several children, row M + r in row r (a
-            leaf's sums are its Gaussian's, `level_sums`; a node of one child is its child, and has its row).
+        leaves: M, the count of its leaves (level 0's nodes), whose rows are 0 to M - 1.
+        sums: (R, `SUMS_WIDTH`) the sums (`level_sums`) of its nodes of several children: row M + r's in
+            ``sums[r]``. A leaf's are its Gaussian's (not stored); a node of one child has its child's row.
         rows: per level l, (G_l,) each node's row.
         first: per level, (G_l,) the lowest scene index among each node's leaves.
         costs: per level, (G_l,) each node's cost (`node_costs`; 0 for the leaves).
@@ -273,8 +273,8 @@ def build_pyramid(scene: GaussianScene, keep: np.ndarray, weight: np.ndarray, sc
             member_rows = pyramid.rows[-1][members]
             values = np.empty((members.size, SUMS_WIDTH))
             leaf = member_rows < m
-            leaves = member_rows[leaf]
-            values[leaf] = level_sums(scene, keep[leaves], weight[leaves], score[leaves], covariance[leaves])
+            leaf_ids = member_rows[leaf]
+            values[leaf] = level_sums(scene, keep[leaf_ids], weight[leaf_ids], score[leaf_ids], covariance[leaf_ids])
             values[~leaf] = sums[member_rows[~leaf] - m]
             new = slice(used, used + several.size)
             sums[new.start - m:new.stop - m] = run_sums(values, run_starts, run_lengths)
