@@ -20,7 +20,7 @@ from app.budget import (
     parse_max_gaussians,
 )
 from app.budget.cut import cut_count, fold_pyramid, pyramid_cut
-from app.budget.importance import importance
+from app.budget.importance import importance, transmittance
 from app.budget.moments import covariances, full_matrices, projected_areas
 from app.budget.pyramid import SUMS_WIDTH, grid_of, merge_to_budget, run_sums, smallest
 from app.errors import InvalidRequestError
@@ -223,6 +223,15 @@ def test_smallest_picks_what_a_stable_sort_puts_first() -> None:
             want = np.zeros(40, dtype=bool)
             want[np.argsort(values, kind="stable")[:count]] = True
             np.testing.assert_array_equal(smallest(values, count), want)
+
+
+def test_transmittance_sorts_by_cell_then_depth_as_lexsort_does(tiny_photo_scene: GaussianScene) -> None:
+    # float32 centres take the one-key sort (cell, depth bits); float64 ones numpy's lexsort: the same light.
+    scene = tiny_photo_scene
+    wide = replace(scene, positions=scene.positions.astype(np.float64))
+    opacity = scene.opacities.astype(np.float64)
+    areas = projected_areas(scene)
+    np.testing.assert_array_equal(transmittance(scene, opacity, areas), transmittance(wide, opacity, areas))
 
 
 def test_a_merged_wall_keeps_its_moments_and_its_coverage() -> None:
