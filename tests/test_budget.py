@@ -19,10 +19,10 @@ from app.budget import (
     keep_most_important,
     parse_max_gaussians,
 )
-from app.budget.cut import pyramid_cut
-from app.budget.importance import importance
+from app.budget.cut import cut_count, fold_pyramid, pyramid_cut
+from app.budget.importance import importance, transmittance
 from app.budget.moments import covariances, full_matrices, projected_areas
-from app.budget.pyramid import grid_of, merge_to_budget
+from app.budget.pyramid import SUMS_WIDTH, grid_of, merge_to_budget, run_sums, smallest
 from app.errors import InvalidRequestError
 from app.formats import read_ply
 from app.gaussians import GaussianScene
@@ -183,6 +183,55 @@ def test_the_cut_merges_where_a_merge_costs_less_than_the_gaussians_it_saves() -
     np.testing.assert_array_equal(merges[2], [False])
     assert pyramid_cut(costs, parents, 200.0)[0] == 1
     assert pyramid_cut(costs, parents, 0.0)[0] == 4
+
+
+def test_the_folded_pyramid_counts_what_the_cut_keeps() -> None:
+    # Random pyramids with nodes of one child, some dearer than their child (folded), some cheaper (kept):
+    # the bisection's count (cut_count on fold_pyramid) is pyramid_cut's, at every price.
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        sizes, parents = [int(rng.integers(5, 60))], []
+        while sizes[-1] > 1:
+            above = max(1, int(sizes[-1] * rng.uniform(0.3, 1.0)))
+            parents.append(rng.permutation(np.r_[np.arange(above), rng.integers(0, above, sizes[-1] - above)]))
+            sizes.append(above)
+        costs = [np.zeros(sizes[0])] + [rng.choice([0.0, 0.5, 1.0, 3.0], size) * rng.uniform(0, 2, size)
+                                        for size in sizes[1:]]
+        folded = fold_pyramid(costs, parents)
+        for price in (1e-3, 0.1, 0.7, 1.0, 2.5, 10.0):
+            assert cut_count(folded, price) == pyramid_cut(costs, parents, price)[0]
+
+
+def test_run_sums_add_as_reduceat_does_bit_for_bit() -> None:
+    # Runs of 2 to 300 rows of values of very different sizes (where the order of the additions shows).
+    rng = np.random.default_rng(0)
+    for longest in (3, 9, 12, 40, 300):
+        lengths = rng.integers(2, longest, 400)
+        values = rng.normal(size=(lengths.sum(), SUMS_WIDTH)) * 10.0 ** rng.integers(-17, 3, (lengths.sum(),
+                                                                                               SUMS_WIDTH))
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        want = np.add.reduceat(values, starts, axis=0)
+        np.testing.assert_array_equal(run_sums(values, starts, lengths).view(np.int64), want.view(np.int64))
+
+
+def test_smallest_picks_what_a_stable_sort_puts_first() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        values = rng.integers(0, 5, 40).astype(float) if trial % 2 else rng.normal(size=40)
+        values[rng.integers(0, 40, 3)] = np.nan if trial % 3 == 0 else -0.0
+        for count in range(41):
+            want = np.zeros(40, dtype=bool)
+            want[np.argsort(values, kind="stable")[:count]] = True
+            np.testing.assert_array_equal(smallest(values, count), want)
+
+
+def test_transmittance_sorts_by_cell_then_depth_as_lexsort_does(tiny_photo_scene: GaussianScene) -> None:
+    # float32 centres take the one-key sort (cell, depth bits); float64 ones numpy's lexsort: the same light.
+    scene = tiny_photo_scene
+    wide = replace(scene, positions=scene.positions.astype(np.float64))
+    opacity = scene.opacities.astype(np.float64)
+    areas = projected_areas(scene)
+    np.testing.assert_array_equal(transmittance(scene, opacity, areas), transmittance(wide, opacity, areas))
 
 
 def test_a_merged_wall_keeps_its_moments_and_its_coverage() -> None:

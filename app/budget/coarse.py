@@ -48,7 +48,9 @@ def coarse_level(scene: GaussianScene, block: int = COARSE_BLOCK) -> GaussianSce
     gap = math.log1p(SLOPE * block * (scene.image_width / side) / scene.f_px)
     far = (high - low > gap) & (log_depth > (low + high) / 2)
     group = (2 * np.arange(members.shape[0])[:, None] + far).ravel()  # (blocks x block^2,) near, far per block
-    used, group = np.unique(group, return_inverse=True)
+    present = np.zeros(2 * members.shape[0], dtype=bool)  # the groups that have members, numbered in order
+    present[group] = True
+    used, group = np.flatnonzero(present), (np.cumsum(present) - 1)[group]
     member = members.ravel()
     w = weight[member]
 

@@ -3,7 +3,8 @@ of the cut, chosen per region, not per level.
 
 For a price per Gaussian kept, bottom up, a node merges where its cost plus one price is under the best of
 its children's (`pyramid_cut`: a flat region merges into a few large Gaussians, a detailed one keeps its
-own); the price is found by bisection so that the cut keeps the count or a little more (`choose_cut`).
+own); the price is found by bisection so that the cut keeps the count or a little more (`choose_cut`; each
+step counts on the pyramid with its nodes that can never merge folded away, `fold_pyramid`, `cut_count`).
 Where it keeps more (the count moves in steps), the nodes all of whose children are in the cut merge too,
 those losing least per Gaussian saved first.
 """
@@ -11,6 +12,7 @@ those losing least per Gaussian saved first.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,9 +37,10 @@ def choose_cut(costs: list[np.ndarray], parents: list[np.ndarray], target: int) 
     positive = np.concatenate([cost[cost > 0] for cost in costs])
     low = math.log(positive.min()) - 1 if positive.size else 0.0
     high = math.log(positive.sum()) + 1 if positive.size else 1.0
+    folded = fold_pyramid(costs, parents)
     for _ in range(BISECTIONS):
         middle = 0.5 * (low + high)
-        count, _ = pyramid_cut(costs, parents, math.exp(middle))
+        count = cut_count(folded, math.exp(middle))
         if count == target:
             low = middle
             break
@@ -94,6 +97,83 @@ def pyramid_cut(costs: list[np.ndarray], parents: list[np.ndarray], price: float
         count = np.where(merge, 1.0, children_count)
         merges.append(merge)
     return int(count.sum()), merges
+
+
+@dataclass(frozen=True)
+class FoldedLevel:
+    """One level of a `FoldedPyramid`: its K nodes that stay and their C children (in `pyramid_cut`'s order),
+    of which I are not leaves.
+
+    Attributes:
+        parent: (C,) each child's node among the K. inner: (I,) which children are not leaves, and
+            inner_ids: (I,) their ids among the nodes above level 0. leaves: (K,) each node's leaf children, as
+            a float. costs: (K,) the nodes' costs.
+    """
+
+    parent: np.ndarray
+    inner: np.ndarray
+    inner_ids: np.ndarray
+    leaves: np.ndarray
+    costs: np.ndarray
+
+
+@dataclass(frozen=True)
+class FoldedPyramid:
+    """A pyramid (`pyramid_cut`'s costs and parents) with each node that can never merge folded into its only
+    child: a node of one child whose cost is at least its child's (in `app.budget.pyramid`, every node of one
+    child: it has its child's sums). Such a node's best and count in `pyramid_cut` are its child's, bit for bit
+    (its cost plus the price is never under its child's best), so `cut_count` computes them once.
+
+    Attributes:
+        levels: per level l >= 1, its nodes that stay (ids above level 0: 0, 1, ..., level by level).
+        top: the top level's nodes: their ids above level 0, -1 for a leaf.
+    """
+
+    levels: list[FoldedLevel]
+    top: np.ndarray
+
+
+def fold_pyramid(costs: list[np.ndarray], parents: list[np.ndarray]) -> FoldedPyramid:
+    """The pyramid of `costs` and `parents` (`pyramid_cut`) with its nodes that never merge folded (see
+    `FoldedPyramid`)."""
+    ids, below_costs = np.full(costs[0].size, -1), costs[0]  # -1: a leaf
+    next_id = 0
+    levels = []
+    for cost, parent in zip(costs[1:], parents, strict=True):
+        children = np.bincount(parent, minlength=cost.size)
+        only_child = np.zeros(cost.size, dtype=np.int64)
+        only_child[parent] = np.arange(parent.size)  # a node's last child; its only one where it has one
+        folds = (children == 1) & (cost >= below_costs[only_child])
+        stays = ~folds
+        size = int(np.count_nonzero(stays))
+        level_ids = np.empty(cost.size, dtype=np.int64)
+        level_ids[folds] = ids[only_child[folds]]
+        level_ids[stays] = next_id + np.arange(size)
+        child_ids = ids[np.flatnonzero(stays[parent])]  # ascending: the order bincount adds them in pyramid_cut
+        child_parent = (np.cumsum(stays) - 1)[parent[stays[parent]]]
+        inner = np.flatnonzero(child_ids >= 0)
+        leaves = np.bincount(child_parent[child_ids < 0], minlength=size).astype(np.float64)
+        levels.append(FoldedLevel(child_parent, inner, child_ids[inner], leaves, cost[stays]))
+        next_id += size
+        ids, below_costs = level_ids, cost
+    return FoldedPyramid(levels, ids)
+
+
+def cut_count(folded: FoldedPyramid, price: float) -> int:
+    """`pyramid_cut`'s count of Gaussians at `price` (> 0), bit for bit, on the folded pyramid."""
+    size = sum(level.costs.size for level in folded.levels)
+    best, count = np.empty(size), np.empty(size)
+    start = 0
+    for level in folded.levels:
+        values = np.full(level.parent.size, price)  # a leaf's best: the price
+        values[level.inner] = best[level.inner_ids]
+        children_best = np.bincount(level.parent, values, level.costs.size)
+        inner_count = np.bincount(level.parent[level.inner], count[level.inner_ids], level.costs.size)
+        merge = level.costs + price < children_best
+        best[start:start + level.costs.size] = np.where(merge, level.costs + price, children_best)
+        count[start:start + level.costs.size] = np.where(merge, 1.0, level.leaves + inner_count)
+        start += level.costs.size
+    return int(np.where(folded.top >= 0, count[folded.top], 1.0).sum())
 
 
 def cut_members(merges: list[np.ndarray], parents: list[np.ndarray]) -> list[np.ndarray]:

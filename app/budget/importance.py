@@ -48,7 +48,12 @@ def transmittance(scene: GaussianScene, opacity: np.ndarray, areas: np.ndarray,
     inside = ahead & (column >= 0) & (column < columns) & (row >= 0) & (row < rows)
     cell_id = np.where(inside, row * columns + column, -1).astype(np.int64)
     alpha = np.clip(opacity * np.minimum(1.0, areas / (cell * cell)), 0.0, 0.999)
-    order = np.lexsort((np.where(ahead, z, np.inf), cell_id))
+    depth = np.where(ahead, z, np.inf)
+    if scene.positions.dtype == np.float32:  # by cell, then depth: one uint64 key (a float32 >= 0 orders as its bits)
+        key = ((cell_id + 1).astype(np.uint64) << np.uint64(32)) | depth.astype(np.float32).view(np.uint32)
+        order = np.argsort(key, kind="stable")
+    else:
+        order = np.lexsort((depth, cell_id))
     log_clear = np.log1p(-alpha[order])
     total = np.cumsum(log_clear)
     ids = cell_id[order]

@@ -29,12 +29,12 @@ def rotation_matrices(rotations: np.ndarray) -> np.ndarray:
     """(N, 4) quaternions (w, x, y, z), any norm -> (N, 3, 3) float64 rotation matrices."""
     q = np.asarray(rotations, dtype=np.float64)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-    w, x, y, z = q.T
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
+    w, x, y, z = np.ascontiguousarray(q.T)
+    entries = np.empty((9, q.shape[0]))  # entry by entry, then one copy to matrices
+    entries[0], entries[1], entries[2] = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
+    entries[3], entries[4], entries[5] = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
+    entries[6], entries[7], entries[8] = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
+    return np.ascontiguousarray(entries.T).reshape(-1, 3, 3)
 
 
 UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -42,9 +42,13 @@ UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 def covariances(scene: GaussianScene) -> np.ndarray:
-    """(N, 6) float64 covariances R diag(s^2) R^T in metres^2, as upper triangles (`UPPER`)."""
+    """(N, 6) float64 covariances R diag(s^2) R^T in metres^2, as upper triangles (`UPPER`); column-major
+    (each entry's (N,) contiguous)."""
     scaled = rotation_matrices(scene.rotations) * np.asarray(scene.scales, dtype=np.float64)[:, None, :]
-    return np.stack([np.einsum("nk,nk->n", scaled[:, i], scaled[:, j]) for i, j in UPPER], axis=1)
+    entries = np.empty((len(UPPER), scaled.shape[0]))
+    for entry, (i, j) in enumerate(UPPER):
+        entries[entry] = np.einsum("nk,nk->n", scaled[:, i], scaled[:, j])
+    return entries.T
 
 
 def full_matrices(upper: np.ndarray) -> np.ndarray:
@@ -101,12 +105,11 @@ def matrices_to_quaternions(rotations: np.ndarray) -> np.ndarray:
                              1 + 2 * r[:, 2, 2] - trace], axis=1)  # 4w^2, 4x^2, 4y^2, 4z^2
     wx, wy, wz = r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]
     xy, xz, yz = r[:, 0, 1] + r[:, 1, 0], r[:, 0, 2] + r[:, 2, 0], r[:, 1, 2] + r[:, 2, 1]
-    candidates = np.stack([
-        np.stack([four_squares[:, 0], wx, wy, wz], axis=1),
-        np.stack([wx, four_squares[:, 1], xy, xz], axis=1),
-        np.stack([wy, xy, four_squares[:, 2], yz], axis=1),
-        np.stack([wz, xz, yz, four_squares[:, 3]], axis=1),
-    ], axis=1)
-    q = candidates[np.arange(r.shape[0]), np.argmax(four_squares, axis=1)]
+    candidates = [[four_squares[:, 0], wx, wy, wz], [wx, four_squares[:, 1], xy, xz],
+                  [wy, xy, four_squares[:, 2], yz], [wz, xz, yz, four_squares[:, 3]]]
+    row = np.argmax(four_squares, axis=1)
+    q = np.empty((r.shape[0], 4))
+    for component in range(4):
+        q[:, component] = np.choose(row, [candidate[component] for candidate in candidates])
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     return q * np.where(q[:, :1] < 0, -1.0, 1.0)
