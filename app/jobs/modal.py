@@ -92,19 +92,17 @@ class ModalJobQueue:
         settings: time to live and size cap.
         store: the job directories on the mounted Volume.
         volume: that `modal.Volume` (`reload` to see other containers' commits, `commit` to publish ours).
-        spawn: queues a job's call (`Spawn`), returns the call's id.
-        spawn_photo: if given, queues a photo job instead (`modal_api`: on the CPU class `SharpJobRunner`, whose
-            GPU call does only the prediction, `app.jobs.modal_worker.predict_job`); clips go to `spawn`.
+        spawn: queues a job's call (`Spawn`; `modal_api`: on the CPU class `SharpJobRunner`, whose GPU calls only
+            predict, `app.jobs.modal_worker`), returns the call's id.
         lock_timeout_s: the longest wait for a job's lock, or a forced reload, before a 503 (`locked`).
     """
 
     def __init__(self, settings: Settings, store: JobStore, volume: Any, spawn: Spawn, *,
-                 spawn_photo: Spawn | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+                 lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.settings = settings
         self.store = store
         self.volume = volume
         self.spawn = spawn
-        self.spawn_photo = spawn_photo
         self.lock_timeout_s = lock_timeout_s
         self._reloaded_at = 0.0
         self._reloading: asyncio.Future[None] | None = None
@@ -150,7 +148,7 @@ class ModalJobQueue:
                 await anyio.to_thread.run_sync(self._store_new, job, data)
                 await commit(self.volume)
             try:
-                job.call_id = await self._spawner(job)(job.id)
+                job.call_id = await self.spawn(job.id)
             except Exception as error:
                 raise QueueUnavailableError(f"Modal did not queue the job ({type(error).__name__}: {error}); "
                                             "retry shortly.", retry_after_s=5) from error
@@ -226,9 +224,6 @@ class ModalJobQueue:
                 yield job
 
     # ------------------------------------------------------------------------------------------ helpers
-
-    def _spawner(self, job: Job) -> Spawn:
-        return self.spawn_photo if self.spawn_photo is not None and job.sequence is None else self.spawn
 
     def _store_new(self, job: Job, data: bytes) -> None:
         self.store.write_input(job.id, data)
@@ -308,7 +303,7 @@ class ModalJobQueue:
             await anyio.to_thread.run_sync(self.store.save, latest)
             await commit(self.volume)
         try:
-            call_id = await self._spawner(latest)(job.id)
+            call_id = await self.spawn(job.id)
         except Exception as error:  # the next poll sees the same lost call and tries again
             LOGGER.error("Job %s: queueing it again failed (%s: %s)", job.id, type(error).__name__, error)
             return latest
