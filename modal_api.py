@@ -13,7 +13,7 @@ longer than 150 s get Modal's 303 redirect: use `/jobs` for long work (docs/moda
 Jobs (`POST /jobs`, `app.jobs.modal`): the CPU container stores the upload on the Volume `sharp-jobs` and
 `.spawn()`s the job, which runs on a CPU container (`SharpJobRunner`). Its predictions are GPU calls that
 stash them on the Volume: a photo's `SharpJobWorker.predict_job`, a clip's `SharpJobWorker.predict_clip`, which
-spreads chunks of frames over `SharpFrameWorker` containers too (`app.jobs.modal_worker`); the CPU container
+spreads chunks of frames over `SharpFrameWorker` containers too (`app.jobs.modal_clip`); the CPU container
 makes every output, preview and zip: a GPU is held for forward passes, not encodes. Results go to the
 Volume, from which the front serves them. Up to `SHARP_MAX_CONTAINERS` containers per class. Every GPU class
 shares one lifecycle (`deploy.container.ModelContainer`).
@@ -81,9 +81,9 @@ class SharpJobWorker(ModelContainer):
     @modal.method()
     async def predict_clip(self, job_id: str, first: int) -> dict[str, Any]:
         """Stash every frame of the clip job `job_id` from `first` on on the jobs Volume for its CPU container,
-        predicted here or by `SharpFrameWorker` containers (`app.jobs.modal_worker.predict_clip`); returns a
+        predicted here or by `SharpFrameWorker` containers (`app.jobs.modal_clip.predict_clip`); returns a
         few numbers, never a scene."""
-        from app.jobs.modal_worker import predict_clip
+        from app.jobs.modal_clip import predict_clip
 
         return await predict_clip(self.service, self.settings, job_store(self.settings), jobs_volume, job_id, first,
                                   spawn_frames)
@@ -125,14 +125,14 @@ class SharpJobRunner:
 @app.cls(**gpu_cls_options(jobs=True), max_containers=config.max_containers())
 class SharpFrameWorker(ModelContainer):
     """A GPU container predicting runs of a clip job's frames, one run at a time, for the clip's own GPU call
-    (`SharpJobWorker.predict_clip`, `app.jobs.modal_worker`); `SHARP_VIDEO_PARALLEL_CHUNKS` bounds how many one
+    (`SharpJobWorker.predict_clip`, `app.jobs.modal_clip`); `SHARP_VIDEO_PARALLEL_CHUNKS` bounds how many one
     job uses."""
 
     @modal.method()
     async def predict_frames(self, job_id: str, first: int, count: int) -> list[int]:
         """Stash the predictions of frames `first` .. `first + count - 1` of the clip job `job_id` on the jobs
-        Volume (`app.jobs.modal_worker.predict_frames`); returns the frames stashed."""
-        from app.jobs.modal_worker import predict_frames
+        Volume (`app.jobs.modal_clip.predict_frames`); returns the frames stashed."""
+        from app.jobs.modal_clip import predict_frames
 
         return await predict_frames(self.service, self.settings, job_store(self.settings), jobs_volume, job_id,
                                     first, count)

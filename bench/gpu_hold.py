@@ -2,10 +2,10 @@
 
     python -m bench.gpu_hold [--preset tiny_full] [--outputs ply,spz,sog,preview]
 
-Runs the containers' own code (`app.jobs.modal_worker`) locally on the CPU, on a real job store in a temporary
-folder, with the conformance photo and `tiny_full` (1,179,648 Gaussians, the real output size, synthetic
-weights). The jobs Volume is that folder: its reload and commit do nothing here (on Modal a commit uploads
-what changed: the stash, 56 B per Gaussian, 66 MB at full size; not measured).
+Runs the containers' own code (`app.jobs.modal_worker`, `app.jobs.modal_clip`) locally on the CPU, on a real
+job store in a temporary folder, with the conformance photo and `tiny_full` (1,179,648 Gaussians, the real
+output size, synthetic weights). The jobs Volume is that folder: its reload and commit do nothing here (on
+Modal a commit uploads what changed: the stash, 56 B per Gaussian, 66 MB at full size; not measured).
 
 * `before`: the whole job in the GPU container (`run_job` without `predict`, as photo jobs ran until now):
   decode, forward, postprocess, then every output and preview. Held after the forward: from the forward's
@@ -116,7 +116,7 @@ async def measure(preset: str, outputs: list[str]) -> dict[str, float]:
 
 
 async def measure_clip(preset: str, frames: int) -> dict[str, float]:
-    from app.jobs import modal_worker, runner
+    from app.jobs import modal_clip, modal_worker, runner
     from app.jobs.job import Job, new_job_id
     from app.jobs.store import JobStore
     from app.predictor import SharpPredictor
@@ -148,7 +148,7 @@ async def measure_clip(preset: str, frames: int) -> dict[str, float]:
     before = whole_s - job.timings_ms["forward"] / 1000
 
     job_id = new_clip_job()
-    answer = await modal_worker.predict_clip(gpu, settings, store, volume, job_id, 0)
+    answer = await modal_clip.predict_clip(gpu, settings, store, volume, job_id, 0)
     start = time.perf_counter()  # the CPU container: `run_job`'s `execute` with every frame stashed
     job = store.load(job_id)
     assert job is not None
@@ -158,7 +158,7 @@ async def measure_clip(preset: str, frames: int) -> dict[str, float]:
     def stashed(index: int, expected: int, waiting: Any) -> Any:  # `StashedFrames` without Modal's calls
         return load_prediction(store.take_stash(job_id, index) or b"")
 
-    here = InferenceService(settings, modal_worker.StashedModel(model))  # type: ignore[arg-type]
+    here = InferenceService(settings, modal_clip.StashedModel(model))  # type: ignore[arg-type]
     await runner.execute(here, store, job, lambda stage, fraction: None, elsewhere=stashed)
     cpu_s = time.perf_counter() - start
     assert job.frames == frames and "sequence.zip" in job.results, job.results

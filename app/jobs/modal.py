@@ -8,7 +8,8 @@ autoscaler fans them out over GPU containers (up to the class's `max_containers`
     GET /jobs/{id}: reload the Volume, read job.json, poll the call (`FunctionCall.from_id(...).get(timeout=0)`)
 
 This module is the web container's side; the Volume's helpers both sides use are `app.jobs.modal_volume`;
-the job's side (`run_job`, and its predictions made in GPU containers) is `app.jobs.modal_worker`.
+the job's side (`run_job`, and its predictions made in GPU containers) is `app.jobs.modal_worker` (a clip's
+frames: `app.jobs.modal_clip`).
 The job's run is `app.jobs.lifecycle`, as locally. Modal specifics, checked against the SDK (1.6):
 
 * `FunctionCall.get(timeout=0)` raises Python's built-in `TimeoutError` while the call runs;

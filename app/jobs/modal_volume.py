@@ -1,5 +1,5 @@
 """A Modal Volume of jobs, reloaded and committed safely: the helpers both sides of Modal's job queue use
-(the web container's `app.jobs.modal`, the GPU side's `app.jobs.modal_worker`).
+(the web container's `app.jobs.modal`, the job's and the GPU side's `app.jobs.modal_worker`, `app.jobs.modal_clip`).
 
 `Volume.reload()` fails while any file of the Volume is open in the container, and `commit()` reloads
 afterwards: a file of another job open at that moment makes either fail. So both are retried briefly

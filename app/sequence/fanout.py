@@ -3,7 +3,7 @@
 The forward pass is what takes the time; everything after it (the scale alignment, the budget, each output,
 the preview) needs the frames in order and is cheap. So a clip is cut into chunks of consecutive frames
 (`chunks`): the place that runs `run_sequence` predicts chunk 0 itself and asks `FramePredictions` for each
-later frame; the other places (Modal GPU containers, `app.jobs.modal_worker`) each run `predict_chunk` on
+later frame; the other places (Modal GPU containers, `app.jobs.modal_clip`) each run `predict_chunk` on
 one chunk and hand every prediction back as a stash (`save_prediction`, an ``.npz`` of the scene's float32
 arrays, lossless). `run_sequence` then passes each frame's prediction, stashed or its own, through
 `app.pipeline.run` in frame order, so a clip spread over containers gives the bytes a serial run gives.

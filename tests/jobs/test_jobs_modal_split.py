@@ -24,7 +24,8 @@ from app.formats import decode_spz
 from app.formats.ply import read_ply
 from app.http import create_app
 from app.jobs.modal import MAX_REQUEUES, ModalJobQueue
-from app.jobs.modal_worker import predict_clip, predict_frames, predict_job, run_job
+from app.jobs.modal_clip import predict_clip, predict_frames
+from app.jobs.modal_worker import predict_job, run_job
 from app.jobs.store import JobStore
 from app.predictor import SharpPredictor
 from app.sequence import run_sequence
