@@ -19,32 +19,20 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lazy import follow, start_server
+from bench.lazy import start_server, timed_job
 from bench.load import HOST
 from tests.helpers import free_port, make_clip, stop_process, wait_ready
 
 
 def one_clip(client: httpx.Client, clip: bytes) -> tuple[float, float]:
     """Seconds from submission to `succeeded`, and to every file ready (the job followed to its end)."""
-    start = time.perf_counter()
-    response = client.post("/jobs", files={"file": ("clip.mp4", clip, "video/mp4")}, data={"outputs": "spz"})
-    response.raise_for_status()
-    job_id = response.json()["id"]
-    job = follow(client, job_id, until_settled=False)
-    if job.get("status") != "succeeded":
-        raise RuntimeError(f"the job ended {job.get('status')}: {job.get('error')}")
-    succeeded = time.perf_counter() - start
-    follow(client, job_id, until_settled=True)
-    settled = time.perf_counter() - start
-    client.delete(f"/jobs/{job_id}")
-    return succeeded, settled
+    return timed_job(client, {"file": ("clip.mp4", clip, "video/mp4")}, {"outputs": "spz"})
 
 
 def main() -> int:
