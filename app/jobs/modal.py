@@ -70,6 +70,21 @@ is queued again before it fails `worker_failed`."""
 POLL_ATTEMPTS = 4
 """Tries of one poll of a job's call when the SDK's own retries of a transient RPC error ran out."""
 
+
+
+def lost_call_errors() -> tuple[type[Exception], ...]:
+    """What the SDK raises for a call Modal lost (TERMINATED, GENERIC_STATUS_INTERNAL_FAILURE, an eviction: no
+    exception of the run's own): such a call is queued again, `MAX_REQUEUES` times at most."""
+    import modal.exception
+
+    return (modal.exception.InternalFailure, modal.exception.RemoteError)
+
+
+def lost_too_often(call: str, times: int, last: str) -> str:
+    """Why a job failed `worker_failed`: its `call` ("The GPU call") was lost `times` times, the last for `last`."""
+    return f"{call} was lost {times} times (last: {last}); submit it again."
+
+
 Spawn = Callable[[str], Awaitable[str]]
 """`spawn(job_id) -> call id`: queue `run_job(job_id)` (`modal_api.spawn_job`: on the CPU class `SharpJobRunner`,
 whose GPU calls only predict, `app.jobs.modal_worker`)."""
@@ -269,8 +284,7 @@ class ModalJobQueue:
                 return job
             except (modal.exception.FunctionTimeoutError, modal.exception.OutputExpiredError) as error:
                 return await self._worker_failed(job, f"The GPU call ended without a result: {error!r}")
-            except (modal.exception.InternalFailure, modal.exception.RemoteError) as error:
-                # GENERIC_STATUS_INTERNAL_FAILURE, or TERMINATED / an eviction (no exception of the run's own)
+            except lost_call_errors() as error:
                 return await self._requeue(job, f"{type(error).__name__}: {error}")
             except (modal.exception.ServiceError, modal.exception.ConnectionError, modal.exception.TimeoutError,
                     GRPCError, OSError) as error:  # the SDK retried the RPC already
@@ -295,8 +309,7 @@ class ModalJobQueue:
         if latest is None or latest.final or latest.call_id != job.call_id:
             return latest or job
         if latest.requeues >= MAX_REQUEUES:
-            return await self._worker_failed(
-                latest, f"The GPU call was lost {latest.requeues + 1} times (last: {reason}); submit it again.")
+            return await self._worker_failed(latest, lost_too_often("The GPU call", latest.requeues + 1, reason))
         LOGGER.warning("Job %s: its call %s was lost (%s); queueing it again", job.id, job.call_id, reason)
         latest.status, latest.stage, latest.progress, latest.started_at = "queued", "queued", 0.0, None
         latest.frame, latest.requeues = None, latest.requeues + 1

@@ -45,7 +45,7 @@ from app.errors import SharpError
 from app.jobs import runner
 from app.jobs.errors import JobNotFoundError
 from app.jobs.job import Job, check_job_id
-from app.jobs.modal import MAX_REQUEUES, function_call
+from app.jobs.modal import MAX_REQUEUES, function_call, lost_call_errors, lost_too_often
 from app.jobs.modal_volume import POLL_S, VolumeBusyError, commit, reload
 from app.jobs.store import JobStore
 from app.prediction import ModelInfo, Prediction
@@ -288,8 +288,6 @@ class StashedFrames:
         """Frame `index`'s prediction, once stashed and committed; None after waiting up to `POLL_S` for it.
         A clip call Modal lost is queued again from frame `index` (`MAX_REQUEUES` times at most, then
         `worker_failed`); its own error is raised."""
-        import modal.exception
-
         made = await anyio.to_thread.run_sync(self._load, index)
         if made is not None:
             return made
@@ -300,11 +298,11 @@ class StashedFrames:
                 self._ended = True
             except TimeoutError:  # Python's own: it runs, or waits in Modal's queue
                 pass
-            except (modal.exception.InternalFailure, modal.exception.RemoteError) as error:
+            except lost_call_errors() as error:
                 self._lost += 1
                 if self._lost > MAX_REQUEUES:
-                    raise SharpError(f"The clip's GPU call was lost {self._lost} times (last: "
-                                     f"{type(error).__name__}: {error}); submit it again.", code="worker_failed",
+                    last = f"{type(error).__name__}: {error}"
+                    raise SharpError(lost_too_often("The clip's GPU call", self._lost, last), code="worker_failed",
                                      status=503) from error
                 LOGGER.warning("Job %s: its clip call %s was lost (%s: %s); queueing it again from frame %d",
                                self.job_id, self._call, type(error).__name__, error, index)

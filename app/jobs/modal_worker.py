@@ -34,7 +34,7 @@ from app.imaging import LoadedImage
 from app.jobs import lifecycle, runner
 from app.jobs.errors import JobCancelledError, JobNotFoundError
 from app.jobs.job import Job, check_job_id
-from app.jobs.modal import MAX_REQUEUES, Spawn, function_call
+from app.jobs.modal import MAX_REQUEUES, Spawn, function_call, lost_call_errors, lost_too_often
 from app.jobs.modal_clip import SpawnClip, StashedFrames, StashedModel
 from app.jobs.modal_volume import VolumeBusyError, commit, reload
 from app.jobs.store import JobStore
@@ -144,8 +144,6 @@ async def predicted_on_gpu(predict: Spawn, store: JobStore, volume: Any, job_id:
     Modal lost (terminated, its internal failure, an eviction: `RemoteError`, `InternalFailure`) is queued
     again, `MAX_REQUEUES` times at most, then the job fails `worker_failed`. Cancelling the wait (the job
     cancelled or preempted) cancels the GPU call too."""
-    import modal.exception
-
     for attempt in range(1, MAX_REQUEUES + 2):
         call_id = await predict(job_id)
         try:
@@ -155,10 +153,10 @@ async def predicted_on_gpu(predict: Spawn, store: JobStore, volume: Any, job_id:
             with contextlib.suppress(Exception):  # it stops at its timeout otherwise
                 await function_call(call_id).cancel.aio()
             raise
-        except (modal.exception.InternalFailure, modal.exception.RemoteError) as error:
+        except lost_call_errors() as error:
             if attempt > MAX_REQUEUES:
-                raise SharpError(f"The GPU call was lost {attempt} times (last: {type(error).__name__}: {error}); "
-                                 "submit it again.", code="worker_failed", status=503) from error
+                raise SharpError(lost_too_often("The GPU call", attempt, f"{type(error).__name__}: {error}"),
+                                 code="worker_failed", status=503) from error
             LOGGER.warning("Job %s: its GPU call %s was lost (%s: %s); queueing it again", job_id, call_id,
                            type(error).__name__, error)
     if not stashed:  # the job ended (was cancelled) before its prediction
