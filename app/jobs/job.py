@@ -126,6 +126,20 @@ class Job:
     def final(self) -> bool:
         return self.status in FINAL_JOB_STATUSES
 
+    @property
+    def stored_bytes(self) -> int:
+        """What its files take on disk (its results, its upload and its kept prediction)."""
+        return sum(self.results.values()) + self.input_bytes + self.kept_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """What it counts against the jobs folder's cap (`JobStore.sweep`): a settled job's files; an unfinished
+        job's (or one with outputs still to encode) upload plus its projected files (its kept prediction
+        included), or what it has stored if more."""
+        if self.settled:
+            return self.stored_bytes
+        return max(self.stored_bytes, self.input_bytes + self.projected_bytes)
+
     def to_dict(self) -> dict[str, Any]:
         state = asdict(self)
         del state["queue_position"], state["encoding"]

@@ -3,7 +3,7 @@
 
 `POST /jobs` refuses a job whose projection does not fit the store's cap (`check_fits`: 413 `job_too_large`,
 naming the numbers and how to fit), and a queued or running job reserves its projection in the store
-(`app.jobs.store.held_bytes`), so that a job once accepted finds its room when it finishes.
+(`app.jobs.job.Job.held_bytes`), so that a job once accepted finds its room when it finishes.
 
 The figures are upper bounds of each format's size, per Gaussian plus a fixed part (each `OutputFormat`'s
 `bytes_per_gaussian` and `fixed_bytes` in `app.outputs`), measured on full-size

@@ -19,7 +19,7 @@ leaves either the old file or the new one, never half of one. Job ids are checke
 `JOB_ID_PATTERN` before any path is built from them.
 
 Limits (`sweep`): a finished job's files are deleted `SHARP_JOB_TTL_S` after it finished. The size cap
-`SHARP_JOBS_MAX_BYTES` counts what every job holds or reserves (`held_bytes`: a finished job's files; an
+`SHARP_JOBS_MAX_BYTES` counts what every job holds or reserves (`Job.held_bytes`: a finished job's files; an
 unfinished job's upload plus its projected files, or what it has written if that is more); when the sum
 passes the cap, finished jobs' files go, the oldest finished first. A submission makes its room at once
 (any finished job may go); any other sweep (after a job finishes, periodically) spares the job that finished
@@ -345,16 +345,16 @@ class JobStore:
                 expired.append(job)
         gone = {job.id for job in removed}
         live = [job for job in jobs if job.id not in gone]
-        total = sum(held_bytes(job) for job in live)
+        total = sum(job.held_bytes for job in live)
         finished = sorted((j for j in live if j.settled and j.expired is None), key=lambda j: j.finished_at or 0)
         for job in finished[:-1] if spare_last else finished:
             if total <= self.max_bytes:
                 break
-            if not stored_bytes(job):
+            if not job.stored_bytes:
                 continue
-            total -= stored_bytes(job)
+            total -= job.stored_bytes
             LOGGER.info("Evicting the results of job %s (%d bytes) to stay under SHARP_JOBS_MAX_BYTES=%d",
-                        job.id, stored_bytes(job), self.max_bytes)
+                        job.id, job.stored_bytes, self.max_bytes)
             self._expire(job, "evicted", now)
             expired.append(job)
         if total > self.max_bytes:
@@ -364,8 +364,8 @@ class JobStore:
 
     def reserved_bytes(self, jobs: Iterable[Job]) -> int:
         """What the unsettled ones of `jobs` (unfinished, or with outputs still to encode) hold or reserve
-        (`held_bytes`): room no eviction can make."""
-        return sum(held_bytes(job) for job in jobs if not job.settled)
+        (`Job.held_bytes`): room no eviction can make."""
+        return sum(job.held_bytes for job in jobs if not job.settled)
 
     def _expire(self, job: Job, reason: str, now: float) -> None:
         self.delete_files(job)
@@ -378,19 +378,6 @@ def _one_line(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())[:300]
     return " ".join(str(error).split())[:300] or type(error).__name__
-
-
-def stored_bytes(job: Job) -> int:
-    """What a job's files take on disk (its results, its upload and its kept prediction)."""
-    return sum(job.results.values()) + job.input_bytes + job.kept_bytes
-
-
-def held_bytes(job: Job) -> int:
-    """What a job counts against the cap: a settled job's files; an unfinished job's (or one with outputs still
-    to encode) upload plus its projected files (its kept prediction included), or what it has stored if more."""
-    if job.settled:
-        return stored_bytes(job)
-    return max(stored_bytes(job), job.input_bytes + job.projected_bytes)
 
 
 def _read_whole(path: Path) -> bytes | None:

@@ -20,7 +20,7 @@ from app.formats.spz import decode_spz
 from app.http import create_app
 from app.jobs.job import Job
 from app.jobs.size import KEPT_BYTES_PER_GAUSSIAN, KEPT_FIXED_BYTES, file_bytes, projected_bytes
-from app.jobs.store import PREDICTION_FILE, STATE_FILE, held_bytes
+from app.jobs.store import PREDICTION_FILE, STATE_FILE
 from app.pipeline import run
 from app.predictor import SharpPredictor
 from tests.conformance import DATA_DIR
@@ -116,7 +116,7 @@ def test_a_lazy_job_keeps_its_prediction_and_its_files_within_the_reservation(
     assert state.kept_bytes == kept and state.pending == ["ply", "sog", "glb"]  # the registry's order
     assert kept <= KEPT_BYTES_PER_GAUSSIAN * NUM_GAUSSIANS + KEPT_FIXED_BYTES, kept
     assert state.projected_bytes == projected_bytes(LAZY_OUTPUTS, {}, NUM_GAUSSIANS)
-    reserved = held_bytes(state)  # what the store counts for it until its last output is made
+    reserved = state.held_bytes  # what the store counts for it until its last output is made
     assert sum(p.stat().st_size for p in directory.iterdir() if p.name != STATE_FILE) <= reserved
 
     with serve(create_app(tiny_settings(preset="tiny_full", jobs_dir=jobs_dir), predictor=predictor)
