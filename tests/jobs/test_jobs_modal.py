@@ -161,6 +161,7 @@ def modal_jobs(tmp_path: Path, predictor: SharpPredictor, serve: Callable[[Any],
             with server.client(timeout=120) as client:
                 yield ModalJobs(wire, web, worker, server, client, gate, queue, settings)
         finally:
+            server.stop()  # before the wire closes: the web container polls no call of a stopped control plane
             gate.open()
             worker_service.close()
 

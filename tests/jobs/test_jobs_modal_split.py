@@ -165,6 +165,7 @@ def split_jobs(tmp_path: Path, serve: Callable[[Any], LiveServer]) -> Iterator[S
                 yield SplitJobs(wire, client, gpu_entered, gpu_open, stashed, gpu_service, settings, clip_gate,
                                 frames_gate, broken_chunks, predicted, clip_answers)
         finally:
+            server.stop()  # before the wire closes: the web container polls no call of a stopped control plane
             gpu_open.set()
             clip_gate.open()
             frames_gate.open()
@@ -281,7 +282,11 @@ def assert_serial_files(jobs: SplitJobs, job: dict[str, Any], local: dict[str, b
     remote = {path: jobs.client.get(url).content for path, url in job["results"].items() if path != "sequence.zip"}
     assert sorted(remote) == sorted(local)
     frames_and_preview = sorted(path for path in local if path != "manifest.json")
-    assert [digest(remote[path]) for path in frames_and_preview] == [digest(local[path]) for path in frames_and_preview]
+
+    def sizes_and_digests(files: dict[str, bytes]) -> dict[str, tuple[int, str]]:  # a failure names the files
+        return {path: (len(files[path]), digest(files[path])) for path in frames_and_preview}
+
+    assert sizes_and_digests(remote) == sizes_and_digests(local)
     manifests = [orjson.loads(files["manifest.json"]) for files in (remote, local)]
     for manifest in manifests:
         for frame in manifest["frames"]:
