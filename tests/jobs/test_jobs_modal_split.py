@@ -279,7 +279,12 @@ def serial_files() -> dict[str, bytes]:
 
 def assert_serial_files(jobs: SplitJobs, job: dict[str, Any], local: dict[str, bytes]) -> None:
     """Every file of the clip job is byte-equal to the one-place run's (the manifest but for its timings)."""
-    remote = {path: jobs.client.get(url).content for path, url in job["results"].items() if path != "sequence.zip"}
+    remote = {}
+    for path, url in job["results"].items():
+        if path != "sequence.zip":
+            response = jobs.client.get(url)
+            assert response.status_code == 200, (path, response.status_code, response.text[:300])
+            remote[path] = response.content
     assert sorted(remote) == sorted(local)
     frames_and_preview = sorted(path for path in local if path != "manifest.json")
 
