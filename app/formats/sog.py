@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.formats.threads import usable_cpus
 from app.gaussians import SH_C0, GaussianScene, largest_components, linear_to_srgb
 
 SOG_VERSION = 2
@@ -54,7 +55,7 @@ CODEBOOK_SIZE = 256
 MAX_IMAGE_SIDE = 16383
 """WebP's largest width or height."""
 WEBP_SETTINGS: dict[str, tuple[int, int]] = {
-    "means_l.webp": (0, 0), "means_u.webp": (30, 1), "scales.webp": (0, 1), "quats.webp": (25, 2),
+    "means_l.webp": (0, 0), "means_u.webp": (30, 1), "scales.webp": (0, 1), "quats.webp": (0, 2),
     "sh0.webp": (0, 0),
 }
 """Each image's lossless WebP (`quality`, `method`): libwebp's effort (0-100) and method (0-6), chosen by
@@ -132,10 +133,17 @@ def _spread_bits(values: np.ndarray) -> np.ndarray:
 
 
 def morton_order(codes: np.ndarray) -> np.ndarray:
-    """(N,) int64 indices sorting (N, 3) uint16 codes along the 3-D Morton curve (x lowest bit; stable)."""
+    """(N,) int64 indices sorting (N, 3) uint16 codes along the 3-D Morton curve (x lowest bit; stable).
+
+    The 48-bit keys are sorted 16 bits at a time, lowest first, each pass stable: numpy sorts 16-bit keys by
+    radix in linear time, so three passes take about two thirds of one stable sort of the 64-bit keys."""
     key = _spread_bits(codes[:, 0]) | (_spread_bits(codes[:, 1]) << np.uint64(1))
     key |= _spread_bits(codes[:, 2]) << np.uint64(2)
-    return np.argsort(key, kind="stable")
+    order = np.argsort(key.astype(np.uint16), kind="stable")
+    for shift in (16, 32):
+        digits = (key >> np.uint64(shift)).astype(np.uint16)
+        order = order[np.argsort(digits[order], kind="stable")]
+    return order
 
 
 def _lloyd(codebook: np.ndarray, centers: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
@@ -274,7 +282,7 @@ def _image(columns: np.ndarray, width: int, height: int, order: np.ndarray | Non
     return pixels.reshape(height, width, columns.shape[1])
 
 
-def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
+def encode_sog(scene: GaussianScene, *, workers: int | None = None) -> bytes:
     """The scene as a bundled ``.sog`` (a zip of ``meta.json`` and five WebP images; see the module docstring).
 
     Each image is made and encoded by its own task (the codebooks' k-means inside theirs), beside the Morton
@@ -283,7 +291,8 @@ def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
 
     Args:
         scene: the Gaussians (OpenCV axes, kept as in the PLY).
-        workers: threads making and encoding the images.
+        workers: threads making and encoding the images; None: one per usable CPU, 5 at most (one per image:
+            more threads than cores only contend, 15 % slower on 2 cores).
     """
     n = scene.num_gaussians
     width, height = image_size(n)
@@ -316,12 +325,14 @@ def encode_sog(scene: GaussianScene, *, workers: int = 5) -> bytes:
                                                    height)), None)
 
     # The Morton order first; meanwhile each image's own work (k-means, packing), in the original order, then
-    # its values put in Morton order (uint8 gathers) and encoded. The longest tasks first.
+    # its values put in Morton order (uint8 gathers) and encoded. With fewer threads than tasks, the colours'
+    # k-means beside the order, then the longest encode (the positions' high bytes) as soon as the order is made.
     tasks: dict[str, Callable[[Future[tuple[np.ndarray, ...]]], tuple[bytes, np.ndarray | None]]] = {
-        "sh0.webp": sh0, "scales.webp": scales, "means_u.webp": means(1), "quats.webp": quats,
+        "sh0.webp": sh0, "means_u.webp": means(1), "scales.webp": scales, "quats.webp": quats,
         "means_l.webp": means(0),
     }
-    with ThreadPoolExecutor(max_workers=max(2, workers)) as pool:
+    threads = workers if workers is not None else min(len(tasks), usable_cpus())
+    with ThreadPoolExecutor(max_workers=max(2, threads)) as pool:
         ordered = pool.submit(morton)
         futures = {name: pool.submit(task, ordered) for name, task in tasks.items()}
         results = {name: future.result() for name, future in futures.items()}

@@ -36,7 +36,6 @@ which is then up to ~0.1 off when small (covariances within ~25 %), hence versio
 from __future__ import annotations
 
 import math
-import os
 import struct
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +46,7 @@ from isal import isal_zlib
 
 from app.formats.limits import check_deflate_ratio, check_gaussian_count, gunzip_exactly, gunzip_head
 from app.formats.splat import quantize_uint8
+from app.formats.threads import usable_cpus
 from app.gaussians import SH_C0, GaussianScene, largest_components, linear_to_srgb, srgb_to_linear
 
 SPZ_MAGIC = 0x5053474E
@@ -245,8 +245,7 @@ def _gzip_sections(data: np.ndarray, sections: list[tuple[slice, Callable[[], No
     deflating overlapping. The pieces depend only on the sections, so the bytes do not depend on the threads."""
     view = memoryview(data).cast("B")
     total = len(view)
-    threads = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers or usable_cpus())) as pool:
         filled = [pool.submit(fill) for _, fill in sections]
         pieces: list[Future[bytes]] = []
         for (section, _), done in zip(sections, filled, strict=True):

@@ -193,3 +193,15 @@ def test_reader_refuses_other_versions(sog: bytes) -> None:
             bundle.writestr(info.filename, data)
     with pytest.raises(ValueError, match="SOG version 3 is not supported"):
         decode_sog(buffer.getvalue())
+
+
+def test_the_morton_order_is_one_stable_sort_of_the_interleaved_codes() -> None:
+    """`morton_order`'s 16-bit passes give the order of one stable sort of the 48-bit keys, ties (equal codes,
+    here one in two) in their original order."""
+    codes = np.random.default_rng(7).integers(0, 1 << 16, size=(50_000, 3), dtype=np.uint16)
+    codes[1::2] = codes[::2]
+    key = np.zeros(len(codes), dtype=np.int64)
+    for bit in range(16):  # x, y, z bit by bit, x lowest
+        for axis in range(3):
+            key |= ((codes[:, axis].astype(np.int64) >> bit) & 1) << (3 * bit + axis)
+    assert np.array_equal(morton_order(codes), np.argsort(key, kind="stable"))
