@@ -179,6 +179,8 @@ class Encoder:
         """
         if name not in job.pending:
             return
+        # A client may see the job succeed (and ask for this output) before its run hands it over (`add`).
+        self._jobs.setdefault(job.id, job)
         key = (job.id, name)
         made = self._made.setdefault(key, asyncio.Event())
         if key not in self._wanted:
