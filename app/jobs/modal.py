@@ -71,7 +71,6 @@ POLL_ATTEMPTS = 4
 """Tries of one poll of a job's call when the SDK's own retries of a transient RPC error ran out."""
 
 
-
 def lost_call_errors() -> tuple[type[Exception], ...]:
     """What the SDK raises for a call Modal lost (TERMINATED, GENERIC_STATUS_INTERNAL_FAILURE, an eviction: no
     exception of the run's own): such a call is queued again, `MAX_REQUEUES` times at most."""

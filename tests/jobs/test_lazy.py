@@ -94,8 +94,7 @@ def test_without_encoding_ahead_each_output_is_made_when_first_downloaded(start:
         assert events(client, job["id"])[-1]["files"]["ply"] == "ready"  # settled: the stream ends at once
 
 
-def test_an_output_asked_for_the_moment_its_job_succeeds_is_made(start: Callable[..., LiveServer],
-                                                                  tmp_path: Path) -> None:
+def test_an_output_asked_for_the_moment_its_job_succeeds_is_made(start: Callable[..., LiveServer]) -> None:
     """A client sees the job succeed before the run has handed its pending outputs to the encoder (the state is
     still being saved); a download then must not wait `SHARP_JOB_FILE_WAIT_S` for nothing (it did: the encoder
     dropped the wish of a job it did not know yet). The run's last tidy is made slow here to widen that gap."""
@@ -110,12 +109,13 @@ def test_an_output_asked_for_the_moment_its_job_succeeds_is_made(start: Callable
 
     store.tidy = slow_tidy
     with live.client() as client:
-        job = submit(client, image_bytes(15), outputs="spz,splat", first="spz")
+        photo = image_bytes(15)
+        job = submit(client, photo, outputs="spz,splat", first="spz")
         seen = wait_for(client, job["id"], ("succeeded",), timeout=120)
         assert seen["files"]["splat"] == "waiting"
         splat = client.get(seen["results"]["splat"])  # during the slow tidy: made now, and waited for
         assert splat.status_code == 200, splat.text
-        assert splat.content == synchronous(client, image_bytes(15), "splat")
+        assert splat.content == synchronous(client, photo, "splat")
         assert wait_for(client, job["id"])["files"] == {"spz": "ready", "splat": "ready"}
 
 
